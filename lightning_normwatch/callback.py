@@ -1,0 +1,373 @@
+"""``NormWatch``: the Lightning callback, a thin layer over ``Monitor``.
+
+Example:
+    >>> import pytorch_lightning as pl
+    >>> cb = NormWatch(modules=["encoder.*"], every_n_steps=10)
+    >>> cb.alerts
+    []
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.utilities import rank_zero_warn
+from torch import Tensor
+from typing_extensions import override
+
+from .alerts import Alert, NormWatchAlertError
+from .config import Thresholds, check_choice, check_positive_int
+from .distributed import Exchange
+from .monitor import Monitor, MonitorConfig, StepResult
+from .replay import RngState, preserved
+from .selection import Pattern, named_tensors, validate_patterns
+
+__all__ = ["NormWatch"]
+
+log = logging.getLogger("lightning_normwatch")
+
+InputSpec = bool | str | int | Callable[[Any], Any]
+
+#: figures logged as scalars ``normwatch/<tensor>/<figure>`` (when finite, or always for the first four)
+SCALARS = (
+    "mean",
+    "std",
+    "min",
+    "max",
+    "zeros",
+    "nonfinite",
+    "skew",
+    "kurtosis",
+    "channel_skew",
+    "channel_kurtosis",
+    "channel_scale_ratio",
+    "dead",
+    "saturated",
+    "normal_ks",
+    "normaltest_p",
+    "jarque_bera_p",
+    "std_log_ratio",
+    "mean_shift",
+    "psi",
+    "ks",
+)
+_ALWAYS = {"mean", "std", "min", "max"}
+
+
+def find_inputs(batch: Any, spec: InputSpec) -> list[tuple[str, Tensor]]:
+    """The batch's input features to watch: ``[(name, tensor)]``.
+
+    ``True``: the first floating-point tensor found (``"input"``, or ``"input/<key>"`` in a dict);
+    a string: that key of a dict batch; an int: that position of a tuple/list batch; a callable:
+    called with the batch, returning a tensor or a dict of tensors.
+    """
+    if spec is False:
+        return []
+    if callable(spec) and not isinstance(spec, bool):
+        chosen = spec(batch)
+        if isinstance(chosen, Mapping):
+            return [(f"input/{k}", v) for k, v in chosen.items() if isinstance(v, Tensor) and v.is_floating_point()]
+        return [("input", chosen)] if isinstance(chosen, Tensor) and chosen.is_floating_point() else []
+    if isinstance(spec, str):
+        value = batch.get(spec) if isinstance(batch, Mapping) else None
+        return [(f"input/{spec}", value)] if isinstance(value, Tensor) and value.is_floating_point() else []
+    if isinstance(spec, int) and not isinstance(spec, bool):
+        value = batch[spec] if isinstance(batch, (tuple, list)) and -len(batch) <= spec < len(batch) else None
+        return [("input", value)] if isinstance(value, Tensor) and value.is_floating_point() else []
+    if isinstance(batch, Mapping):
+        for key, value in batch.items():
+            if isinstance(value, Tensor) and value.is_floating_point():
+                return [(f"input/{key}", value)]
+        return []
+    for _, tensor in named_tensors(batch, "input"):
+        return [("input", tensor)]
+    return []
+
+
+class NormWatch(Callback):
+    """Watch the scale, shape and drift of inputs and activations; alert when something is wrong.
+
+    Args:
+        modules: ``None`` watches every leaf module (except identity/dropout); otherwise glob patterns
+            of qualified names (``"encoder.*"``) and/or ``nn.Module`` classes.
+        exclude: patterns/classes to skip.
+        inputs: watch the batch's input features: ``True`` (first float tensor), ``False``, a dict key,
+            a tuple index, or a callable ``batch -> tensor | dict``.
+        every_n_steps: logging interval in global steps; ``None`` uses the trainer's ``log_every_n_steps``.
+        sample_size: values sampled per tensor per logging step (the bound on the cost per layer).
+        pvalue_size: values the normality p-values are computed on (same for every layer).
+        warmup_steps: global steps before the reference window opens.
+        reference_steps: length of the reference window (global steps); drift is measured after it.
+        thresholds: ``Thresholds`` or a dict of overrides.
+        on_alert: ``"warn"`` (log), ``"raise"`` (stop training with ``NormWatchAlertError`` on a warning
+            or error), or ``"ignore"`` (only collect in ``.alerts``).
+        check_nonfinite: check the loss every step and, when it is NaN/Inf, replay the batch to name the
+            first module that produced non-finite values (CPU: every step; CUDA: checked without host
+            sync and reported at the next logging step).
+        seed: seed of the callback's own sampling generator.
+        tensorboard: write histograms, the custom-scalars layout and the alert table when a
+            ``TensorBoardLogger`` is present.
+        plot_every_n_steps: write Q-Q/histogram figures every this many steps (``None``: never).
+
+    Raises:
+        ValueError: a parameter has a bad value (the message names it).
+
+    Example:
+        >>> cb = NormWatch(exclude=["head"], thresholds={"dead": 0.8}, on_alert="ignore")
+        >>> cb.thresholds.dead
+        0.8
+    """
+
+    def __init__(
+        self,
+        modules: Sequence[Pattern] | Pattern | None = None,
+        exclude: Sequence[Pattern] | Pattern = (),
+        inputs: InputSpec = True,
+        every_n_steps: int | None = None,
+        *,
+        sample_size: int = 8192,
+        pvalue_size: int = 5000,
+        warmup_steps: int = 100,
+        reference_steps: int = 200,
+        thresholds: Thresholds | dict[str, float] | None = None,
+        on_alert: str = "warn",
+        check_nonfinite: bool = True,
+        seed: int = 0,
+        tensorboard: bool = True,
+        plot_every_n_steps: int | None = None,
+    ) -> None:
+        self.modules = None if modules is None else validate_patterns("modules", modules)
+        self.exclude = validate_patterns("exclude", exclude)
+        if not (isinstance(inputs, (bool, str, int)) or callable(inputs)):
+            raise ValueError(f"NormWatch: inputs must be a bool, a key, an index or a callable, got {inputs!r}")
+        self.inputs = inputs
+        check_positive_int("every_n_steps", every_n_steps, allow_none=True)
+        check_positive_int("sample_size", sample_size, minimum=16)
+        check_positive_int("pvalue_size", pvalue_size, minimum=8)
+        check_positive_int("warmup_steps", warmup_steps, minimum=0)
+        check_positive_int("reference_steps", reference_steps)
+        check_choice("on_alert", on_alert, ("warn", "raise", "ignore"))
+        check_positive_int("plot_every_n_steps", plot_every_n_steps, allow_none=True)
+        if not isinstance(check_nonfinite, bool):
+            raise ValueError(f"NormWatch: check_nonfinite must be a bool, got {check_nonfinite!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"NormWatch: seed must be an int, got {seed!r}")
+        self.every_n_steps = every_n_steps
+        self.thresholds = Thresholds.coerce(thresholds)
+        self.on_alert = on_alert
+        self.check_nonfinite = check_nonfinite
+        self.tensorboard = tensorboard
+        self.plot_every_n_steps = plot_every_n_steps
+        self.config = MonitorConfig(
+            sample_size=sample_size,
+            pvalue_size=pvalue_size,
+            warmup_steps=warmup_steps,
+            reference_steps=reference_steps,
+            thresholds=self.thresholds,
+            seed=seed,
+        )
+        self.monitor = Monitor(self.config)
+        self.last_result: StepResult | None = None
+        self._exchange: Exchange | None = None
+        self._panels: Any = None
+        self._interval = every_n_steps or 50
+        self._collecting = False
+        self._step_at_start = -1
+        self._batch: Any = None
+        self._batch_idx = 0
+        self._rng: RngState | None = None
+        self._bad_loss: Tensor | None = None
+
+    @property
+    def alerts(self) -> list[Alert]:
+        """Every alert raised so far, in order."""
+        return self.monitor.alerts
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(modules=repr(self.modules), exclude=repr(self.exclude))
+
+    # ------------------------------------------------------------------ set-up / tear-down
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        self._interval = self.every_n_steps or trainer.log_every_n_steps or 50
+        world = max(1, trainer.world_size)
+        if world != self.monitor.config.world_size:
+            from dataclasses import replace
+
+            state = self.monitor.state_dict() if self.monitor.references or self.monitor.alerts else None
+            self.monitor = Monitor(replace(self.config, world_size=world))
+            if state is not None:
+                self.monitor.load_state_dict(state)
+        self._exchange = Exchange.for_trainer(trainer, self.monitor)
+        names = self.monitor.attach(pl_module, self.modules, self.exclude)
+        if not names and self.inputs is False:
+            rank_zero_warn("NormWatch: no module matches `modules`/`exclude` and inputs=False: nothing to watch.")
+        if not trainer.loggers:
+            rank_zero_warn("NormWatch: the trainer has no logger; figures are not logged, alerts still are.")
+        if self.tensorboard:
+            from .panels import Panels
+
+            self._panels = Panels.for_trainer(trainer, self.plot_every_n_steps)
+
+    def _stop(self) -> None:
+        self.monitor.disarm()
+        self._collecting = False
+        self._batch = None
+        self._rng = None
+
+    @override
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._stop()
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._stop()
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._stop()
+        if self._panels is not None:
+            self._panels.flush()
+
+    # ------------------------------------------------------------------ per step
+    def is_logging_step(self, step: int) -> bool:
+        return step % self._interval == 0
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        step = trainer.global_step
+        if self.check_nonfinite:
+            self._batch, self._batch_idx = batch, batch_idx
+            self._rng = RngState.capture()
+        if self.is_logging_step(step):
+            if not self._collecting or step != self._step_at_start:
+                self.monitor.arm()
+                self._collecting = True
+                self._step_at_start = step
+            for name, tensor in find_inputs(batch, self.inputs):
+                self.monitor.observe(name, tensor, role="input")
+
+    @override
+    def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Tensor) -> None:
+        if not self.check_nonfinite or self.monitor.nonfinite_active or self._batch is None:
+            return
+        loss = loss.detach()
+        if loss.device.type != "cpu":  # no host sync on CUDA: accumulate, read at the next logging step
+            bad = ~torch.isfinite(loss).all()
+            self._bad_loss = bad if self._bad_loss is None else self._bad_loss | bad
+            return
+        if bool(torch.isfinite(loss).all()):
+            return
+        self._locate_nonfinite(trainer, pl_module)
+
+    def _locate_nonfinite(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Replay this batch's forward with hooks armed to name the first module with NaN/Inf."""
+        saved = self.monitor._blocks
+        was_armed = self.monitor.armed
+        self.monitor.arm()
+        originals = {name: pl_module.__dict__.get(name) for name in ("log", "log_dict")}
+        try:
+            pl_module.log = lambda *args, **kwargs: None  # type: ignore[method-assign]
+            pl_module.log_dict = lambda *args, **kwargs: None  # type: ignore[method-assign]
+            with preserved(pl_module, self._rng):
+                for name, tensor in find_inputs(self._batch, self.inputs):
+                    self.monitor.observe(name, tensor, role="input")
+                pl_module.training_step(self._batch, self._batch_idx)
+            stats = self.monitor.collect()
+        except Exception as exc:  # the replay is best effort: never break training for it
+            log.debug("NormWatch: replay for non-finite values failed: %r", exc)
+            stats = {}
+        finally:
+            for name, value in originals.items():
+                if value is None:
+                    pl_module.__dict__.pop(name, None)
+                else:
+                    pl_module.__dict__[name] = value
+            self.monitor.disarm()
+            self.monitor._blocks = saved
+            if was_armed:
+                self.monitor.arm()
+                self.monitor._blocks = saved
+        first = self.monitor.first_nonfinite(stats)
+        origin, share, downstream = first if first is not None else ("loss", math.nan, 0)
+        new = self.monitor.raise_nonfinite(trainer.global_step, origin, share, downstream, "replaying the batch")
+        self._emit(trainer, new)
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self._batch = None
+        if not self._collecting or trainer.global_step == self._step_at_start:
+            return  # not a logging step, or still accumulating gradients for it
+        self.monitor.disarm()
+        self._collecting = False
+        self._finish_step(trainer, self._step_at_start)
+
+    def _finish_step(self, trainer: pl.Trainer, step: int) -> None:
+        assert self._exchange is not None
+        stats = self._exchange.collect()
+        result = self.monitor.evaluate(step, stats)
+        if self._bad_loss is not None and bool(self._bad_loss) and not self.monitor.nonfinite_active:
+            result.alerts[:0] = self.monitor.raise_nonfinite(step, "loss", math.nan, 0, "the loss check")
+        self._bad_loss = None
+        self.last_result = result
+        if trainer.is_global_zero:
+            self._log_figures(trainer, result)
+            if self._panels is not None:
+                self._panels.write(result, stats, self.monitor)
+        self._emit(trainer, result.alerts)
+
+    def _log_figures(self, trainer: pl.Trainer, result: StepResult) -> None:
+        metrics: dict[str, float] = {}
+        for key, fig in result.figures.items():
+            for stat in SCALARS:
+                value = fig.get(stat)
+                if value is not None and (stat in _ALWAYS or math.isfinite(value)):
+                    metrics[f"normwatch/{key}/{stat}"] = float(value)
+            if math.isfinite(fig["mean"]) and math.isfinite(fig["std"]):
+                metrics[f"normwatch/{key}/mean_minus_std"] = fig["mean"] - fig["std"]
+                metrics[f"normwatch/{key}/mean_plus_std"] = fig["mean"] + fig["std"]
+        th = self.thresholds
+        metrics["normwatch/thresholds/shift"] = th.shift
+        metrics["normwatch/thresholds/log_scale_drift"] = math.log(th.scale_drift)
+        metrics["normwatch/thresholds/mean_drift"] = th.mean_drift
+        for severity, count in result.active.items():
+            metrics[f"normwatch/alerts/{severity}"] = float(count)
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=result.step)
+
+    def _emit(self, trainer: pl.Trainer, alerts: list[Alert]) -> None:
+        if not alerts:
+            return
+        if self._panels is not None and trainer.is_global_zero:
+            self._panels.write_alerts(self.monitor.alerts, alerts[-1].step)
+        if self.on_alert != "ignore" and trainer.is_global_zero:
+            for alert in alerts:
+                level = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}[alert.severity]
+                log.log(level, "NormWatch [%s] %s: %s", alert.kind, alert.module, alert.message)
+        if self.on_alert == "raise":
+            for alert in alerts:
+                if alert.severity != "info":
+                    raise NormWatchAlertError(alert)
+
+    # ------------------------------------------------------------------ checkpoint
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return self.monitor.state_dict()
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.monitor.load_state_dict(state_dict)

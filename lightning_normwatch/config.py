@@ -1,0 +1,95 @@
+"""Thresholds and validation of user configuration (errors name the parameter and the value).
+
+Example:
+    >>> Thresholds(dead=0.6).dead
+    0.6
+    >>> Thresholds(dead=2)
+    Traceback (most recent call last):
+    ...
+    ValueError: NormWatch: thresholds.dead must be in (0, 1], got 2
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+__all__ = ["Thresholds", "check_positive_int", "check_choice"]
+
+
+def _fail(name: str, rule: str, value: object) -> ValueError:
+    return ValueError(f"NormWatch: {name} must be {rule}, got {value!r}")
+
+
+def check_positive_int(name: str, value: object, allow_none: bool = False, minimum: int = 1) -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``value`` is an int >= ``minimum`` (or None if allowed)."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise _fail(name, f"an integer >= {minimum}" + (" or None" if allow_none else ""), value)
+
+
+def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise _fail(name, "one of " + ", ".join(repr(c) for c in choices), value)
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Alert thresholds. Defaults were calibrated on healthy and broken runs (README, "Calibration").
+
+    Attributes:
+        dead: share of a layer's units that are zero on the whole sampled batch.
+        saturated: share of a bounded activation's outputs within 1 % of its range from a limit.
+        scale_drift: factor by which std may move from the reference (either way).
+        mean_drift: reference stds by which the mean may move.
+        shift: PSI against the reference histogram (0.25 is "major" in credit scoring; activations
+            of a learning network move more than that when healthy).
+        feature_scale: ratio of the largest to the smallest input feature RMS (constant features
+            left out); also fires when an input feature's RMS exceeds this value.
+        outlier: max |x| over the tensor's RMS.
+        outlier_min_abs: ... and max |x| at least this large (ignore tiny tensors' noise).
+        skew: |within-channel skewness| above which the shape is reported as non-normal (info).
+        kurtosis: within-channel excess kurtosis above which the shape is reported as non-normal (info).
+    """
+
+    dead: float = 0.5
+    saturated: float = 0.5
+    scale_drift: float = 4.0
+    mean_drift: float = 4.0
+    shift: float = 2.0
+    feature_scale: float = 100.0
+    outlier: float = 100.0
+    outlier_min_abs: float = 6.0
+    skew: float = 2.0
+    kurtosis: float = 4.0
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise _fail(f"thresholds.{f.name}", "a finite number", value)
+        for name in ("dead", "saturated"):
+            if not 0 < getattr(self, name) <= 1:
+                raise _fail(f"thresholds.{name}", "in (0, 1]", getattr(self, name))
+        for name in ("scale_drift", "feature_scale", "outlier"):
+            if getattr(self, name) <= 1:
+                raise _fail(f"thresholds.{name}", "> 1", getattr(self, name))
+        for name in ("mean_drift", "shift", "outlier_min_abs", "skew", "kurtosis"):
+            if getattr(self, name) <= 0:
+                raise _fail(f"thresholds.{name}", "> 0", getattr(self, name))
+
+    @classmethod
+    def coerce(cls, value: Thresholds | dict[str, float] | None) -> Thresholds:
+        """Accept a ``Thresholds``, a dict of overrides, or None (defaults)."""
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, dict):
+            known = {f.name for f in fields(cls)}
+            unknown = sorted(set(value) - known)
+            if unknown:
+                raise _fail("thresholds", "a dict with keys among " + ", ".join(sorted(known)), unknown)
+            return cls(**value)
+        raise _fail("thresholds", "a Thresholds, a dict or None", value)

@@ -1,0 +1,159 @@
+"""Histograms on fixed, shared bin edges: binned on the device, merged by adding counts.
+
+The edges are the same for every tensor, step and rank: zero, then magnitudes from ``1e-6``
+to ``1e6`` growing by 10 % per bin on each side (TensorBoard's own default bucketing uses the
+same idea), plus two open-ended outer bins. Because they never change, counts from different
+steps, ranks and checkpoints merge by summation, and every drift distance (PSI, KS) comes from
+counts alone.
+
+Example:
+    >>> import torch
+    >>> edges = bin_edges()
+    >>> counts = bin_counts(torch.tensor([[0.0, 1.0], [-1.0, float("nan")]]), edges)
+    >>> int(counts.sum())   # non-finite values are not binned
+    3
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = [
+    "bin_edges",
+    "edges_numpy",
+    "bin_counts",
+    "num_bins",
+    "psi",
+    "ks_distance",
+    "normal_ks",
+    "tensorboard_buckets",
+    "quantile_groups",
+]
+
+_LOW, _HIGH, _GROWTH = 1e-6, 1e6, 1.1
+
+
+@lru_cache(maxsize=1)
+def edges_numpy() -> np.ndarray:
+    """The shared bin edges as a float64 array (increasing, symmetric around zero)."""
+    k = math.ceil(math.log(_HIGH / _LOW) / math.log(_GROWTH))
+    pos = _LOW * _GROWTH ** np.arange(k + 1)
+    return np.concatenate([-pos[::-1], pos])
+
+
+def num_bins() -> int:
+    """Number of bins: one more than the number of edges (two open-ended outer bins)."""
+    return len(edges_numpy()) + 1
+
+
+_EDGE_CACHE: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+
+
+def bin_edges(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Tensor:
+    """The shared edges as a tensor on ``device`` (cached per device and dtype)."""
+    key = (torch.device(device), dtype)
+    if key not in _EDGE_CACHE:
+        _EDGE_CACHE[key] = torch.as_tensor(edges_numpy(), dtype=dtype, device=key[0])
+    return _EDGE_CACHE[key]
+
+
+def bin_counts(sample: Tensor, edges: Tensor) -> Tensor:
+    """Counts of the finite values of ``sample`` in the shared bins, on its device, no host sync.
+
+    Bin ``i`` holds values ``v`` with ``edges[i-1] < v <= edges[i]`` (bin 0 and the last bin are
+    open-ended). Non-finite values are left out.
+    """
+    flat = sample.reshape(-1)
+    finite = torch.isfinite(flat)
+    idx = torch.bucketize(torch.where(finite, flat, 0), edges.to(flat.dtype))
+    counts = torch.zeros(edges.numel() + 1, dtype=flat.dtype, device=flat.device)
+    return counts.index_add_(0, idx, finite.to(flat.dtype))
+
+
+def _probabilities(counts: np.ndarray, floor: float) -> np.ndarray:
+    total = counts.sum()
+    p = counts / total if total > 0 else np.full_like(counts, 1.0 / len(counts))
+    return np.maximum(p, floor)
+
+
+def quantile_groups(reference: np.ndarray, groups: int = 20) -> np.ndarray:
+    """Group the fine bins into about ``groups`` bins of equal reference mass.
+
+    Returns the indices of fine bins at which each group starts (first is 0). A bin holding more
+    than one group's share (e.g. ReLU's zeros) becomes a group of its own.
+    """
+    total = reference.sum()
+    if total <= 0:
+        return np.array([0])
+    cum = np.cumsum(reference) / total
+    cuts = np.searchsorted(cum, np.arange(1, groups) / groups, side="left") + 1
+    cuts = cuts[cuts < len(reference)]
+    return np.unique(np.concatenate([[0], cuts]))
+
+
+def psi(reference: np.ndarray, current: np.ndarray, groups: int = 20, floor: float = 1e-4) -> float:
+    """Population stability index between two count vectors on the shared bins.
+
+    ``PSI = sum((q - p) * ln(q / p))`` over groups of equal reference mass, with empty groups
+    floored at ``floor`` (Evidently's choice). Bands: < 0.1 stable, 0.1-0.25 moderate, > 0.25 major.
+
+    Example:
+        >>> import numpy as np
+        >>> psi(np.array([10.0, 10, 0]), np.array([10.0, 10, 0]))
+        0.0
+    """
+    if reference.sum() <= 0 or current.sum() <= 0:
+        return math.nan
+    starts = quantile_groups(reference, groups)
+    p = _probabilities(np.add.reduceat(reference, starts), floor)
+    q = _probabilities(np.add.reduceat(current, starts), floor)
+    return float(((q - p) * np.log(q / p)).sum())
+
+
+def ks_distance(reference: np.ndarray, current: np.ndarray) -> float:
+    """Largest gap between the two empirical CDFs, evaluated at the shared edges."""
+    if reference.sum() <= 0 or current.sum() <= 0:
+        return math.nan
+    f = np.cumsum(reference) / reference.sum()
+    g = np.cumsum(current) / current.sum()
+    return float(np.abs(f - g).max())
+
+
+def normal_ks(counts: np.ndarray, mean: float, std: float) -> float:
+    """Distance to the fitted normal: max |F_empirical - Phi((edge - mean) / std)| at the edges.
+
+    An effect size for non-normality that does not grow with the sample size (KS D in
+    ``shared/STATISTICS.md`` §2; resolution is one bin, 10 % in magnitude).
+    """
+    from scipy import special
+
+    total = counts.sum()
+    if total <= 0 or not (std > 0) or not math.isfinite(std):
+        return math.nan
+    cdf = np.cumsum(counts)[:-1] / total
+    phi = special.ndtr((edges_numpy() - mean) / std)
+    return float(np.abs(cdf - phi).max())
+
+
+def tensorboard_buckets(counts: np.ndarray, vmin: float, vmax: float) -> tuple[list[float], list[float]]:
+    """Bucket limits and counts for ``add_histogram_raw``: from the first to the last non-empty bin.
+
+    Each limit is a bin's right edge; the last one is ``vmax`` (so the outer open bins get the
+    observed extreme as their limit). Limits are strictly increasing.
+    """
+    nz = np.flatnonzero(counts)
+    if nz.size == 0:
+        return [], []
+    lo, hi = int(nz[0]), int(nz[-1])
+    edges = edges_numpy()
+    limits = [float(edges[i]) for i in range(lo, min(hi + 1, len(edges)))]
+    if hi == len(edges):  # open-ended top bin: its limit is the observed maximum
+        top = float(vmax) if math.isfinite(vmax) else float(edges[-1]) * _GROWTH
+        limits.append(max(top, float(edges[-1]) * (1 + 1e-9)))
+    del vmin  # the first bucket's left edge is implied by TensorBoard (the histogram's min)
+    return limits, [float(c) for c in counts[lo : hi + 1]]

@@ -1,0 +1,210 @@
+"""Device-side measurement of one tensor into a packed float64 block.
+
+Called inside forward hooks on logging steps. It never synchronises with the host, never keeps
+a reference to the tensor, and reads only a bounded random subsample drawn with the monitor's own
+generator (the training RNG is untouched):
+
+- rows: up to ``sample_size`` values as ``[rows, channels]`` positions (all of them when the
+  tensor is that small, so the figures are then exact);
+- per channel: count, mean, M2, M3, M4 and non-zero count (what batch norm acts on, and what
+  merges exactly);
+- a fixed-size subsample of the rows for p-values;
+- counts on the shared histogram bins; full-tensor min and max; saturated count.
+
+Example:
+    >>> import torch
+    >>> spec = MeasureSpec(sample_size=64, pvalue_size=64)
+    >>> block = measure(torch.randn(4, 3), spec, torch.Generator().manual_seed(0))
+    >>> layout = BlockLayout(channels=3)
+    >>> float(layout.unpack(block.numpy())["numel"])
+    12.0
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .histogram import bin_counts, bin_edges, num_bins
+from .moments import channel_moments
+
+__all__ = ["MeasureSpec", "BlockLayout", "measure", "channel_first_for", "saturation_bounds_for"]
+
+HEAD = ("numel", "sampled", "fmin", "fmax", "smin", "smax", "saturated", "pn", "pmean", "pm2", "pm3", "pm4")
+CHANNEL_FIELDS = ("cn", "cmean", "cm2", "cm3", "cm4", "cnz")
+
+_CHANNEL_FIRST_3D = (
+    nn.Conv1d,
+    nn.ConvTranspose1d,
+    nn.BatchNorm1d,
+    nn.InstanceNorm1d,
+    nn.MaxPool1d,
+    nn.AvgPool1d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveMaxPool1d,
+)
+
+# (lower, upper) limits at which a bounded activation's gradient vanishes; None: not counted.
+# ReLU6's lower limit is plain ReLU sparsity, not saturation.
+_BOUNDED: tuple[tuple[type[nn.Module], float | None, float | None], ...] = (
+    (nn.Sigmoid, 0.0, 1.0),
+    (nn.Tanh, -1.0, 1.0),
+    (nn.Hardsigmoid, 0.0, 1.0),
+    (nn.Softsign, -1.0, 1.0),
+    (nn.ReLU6, None, 6.0),
+)
+
+
+def channel_first_for(module: nn.Module | None, ndim: int) -> bool:
+    """Whether dimension 1 holds channels (conv/pool/norm layouts) rather than the last dimension.
+
+    Tensors with 4 or more dimensions are ``[batch, channels, *spatial]``; 3-D tensors are
+    ``[batch, length, features]`` unless the module is a 1-d conv/pool/norm layer.
+    """
+    if ndim >= 4:
+        return True
+    return ndim == 3 and isinstance(module, _CHANNEL_FIRST_3D)
+
+
+def saturation_bounds_for(module: nn.Module | None) -> tuple[float | None, float | None] | None:
+    """The limits of a bounded activation, or None if the module is not one."""
+    if isinstance(module, nn.Hardtanh) and not isinstance(module, nn.ReLU6):
+        return float(module.min_val), float(module.max_val)
+    for cls, lo, hi in _BOUNDED:
+        if isinstance(module, cls):
+            return lo, hi
+    return None
+
+
+@dataclass(frozen=True)
+class MeasureSpec:
+    """What to measure for one tensor.
+
+    Attributes:
+        sample_size: values sampled per tensor (rows x channels), the bound on the work per tensor.
+        pvalue_size: values used for p-values (per rank under DDP, so the merged size stays fixed).
+        min_rows: rows sampled at least, so that per-channel figures have some support.
+        max_channels: channels measured at most; wider tensors are measured on an evenly strided subset.
+        channel_first: channels in dimension 1 (else the last dimension).
+        bounds: saturation limits of a bounded activation, or None.
+        saturation_tolerance: share of the output range within which a value counts as at its limit.
+    """
+
+    sample_size: int = 8192
+    pvalue_size: int = 5000
+    min_rows: int = 16
+    max_channels: int = 2048
+    channel_first: bool = False
+    bounds: tuple[float | None, float | None] | None = None
+    saturation_tolerance: float = 0.01
+
+
+@dataclass(frozen=True)
+class BlockLayout:
+    """Offsets of the fields in a packed block for a tensor with ``channels`` measured channels."""
+
+    channels: int
+
+    @property
+    def size(self) -> int:
+        return len(HEAD) + num_bins() + len(CHANNEL_FIELDS) * self.channels
+
+    def unpack(self, block: np.ndarray) -> dict[str, np.ndarray]:
+        """Split a block (numpy, any leading dims) into named fields (views)."""
+        out: dict[str, np.ndarray] = {name: block[..., i] for i, name in enumerate(HEAD)}
+        start = len(HEAD)
+        out["hist"] = block[..., start : start + num_bins()]
+        start += num_bins()
+        for name in CHANNEL_FIELDS:
+            out[name] = block[..., start : start + self.channels]
+            start += self.channels
+        return out
+
+
+def _as_channel_rows(x: Tensor, spec: MeasureSpec, generator: torch.Generator) -> Tensor:
+    """A ``[rows, channels]`` sample of ``x`` (all rows when ``x`` has at most ``sample_size`` values)."""
+    if x.ndim == 0:
+        x = x.reshape(1, 1)
+    elif x.ndim == 1:
+        x = x.reshape(-1, 1)
+    if spec.channel_first and x.ndim >= 3:
+        view = x.reshape(x.shape[0], x.shape[1], -1)  # [B, C, P]
+    else:
+        view = x.reshape(-1, x.shape[-1], 1)  # [N, C, 1]
+    channels = view.shape[1]
+    if channels > spec.max_channels:
+        view = view[:, :: math.ceil(channels / spec.max_channels)]
+        channels = view.shape[1]
+    batch, positions = view.shape[0], view.shape[2]
+    rows = batch * positions
+    if rows * channels <= spec.sample_size:
+        return view.permute(0, 2, 1).reshape(rows, channels)
+    want = min(rows, max(spec.min_rows, spec.sample_size // channels))
+    b = torch.randint(batch, (want,), device=x.device, generator=generator)
+    if positions == 1:
+        return view[b, :, 0]
+    p = torch.randint(positions, (want,), device=x.device, generator=generator)
+    return view[b, :, p]
+
+
+def measured_channels(x: Tensor, spec: MeasureSpec) -> int:
+    """How many channels ``measure`` reports for ``x`` (the block layout's ``channels``)."""
+    if x.ndim <= 1:
+        return 1
+    c = x.shape[1] if (spec.channel_first and x.ndim >= 3) else x.shape[-1]
+    return len(range(0, c, math.ceil(c / spec.max_channels))) if c > spec.max_channels else c
+
+
+@torch.no_grad()
+def measure(x: Tensor, spec: MeasureSpec, generator: torch.Generator) -> Tensor:
+    """Measure a floating-point tensor into a float64 block laid out as ``BlockLayout``.
+
+    Runs on ``x``'s device; ``generator`` must live on that device. Half-precision input is
+    upcast to float32 before any arithmetic.
+    """
+    x = x.detach()
+    work_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    sample = _as_channel_rows(x, spec, generator).to(work_dtype)
+    if x.numel() > 0:
+        fmin, fmax = torch.aminmax(x.reshape(-1))
+    else:
+        fmin = fmax = torch.full((), math.nan, device=x.device)
+    finite = torch.isfinite(sample)
+    smin = torch.where(finite, sample, math.inf).amin() if sample.numel() else fmin
+    smax = torch.where(finite, sample, -math.inf).amax() if sample.numel() else fmax
+    saturated = torch.zeros((), device=x.device, dtype=work_dtype)
+    if spec.bounds is not None:
+        lo, hi = spec.bounds
+        span = (hi if hi is not None else 1.0) - (lo if lo is not None else 0.0)
+        tol = spec.saturation_tolerance * span
+        if lo is not None:
+            saturated = saturated + (sample <= lo + tol).sum()
+        if hi is not None:
+            saturated = saturated + (sample >= hi - tol).sum()
+    flat = sample.reshape(-1)
+    if flat.numel() > spec.pvalue_size:
+        flat = flat[torch.randint(flat.numel(), (spec.pvalue_size,), device=x.device, generator=generator)]
+    pn, pmean, pm2, pm3, pm4, _ = channel_moments(flat.reshape(-1, 1))
+    head = torch.stack(
+        [
+            torch.full((), float(x.numel()), device=x.device, dtype=work_dtype),
+            torch.full((), float(sample.numel()), device=x.device, dtype=work_dtype),
+            fmin.to(work_dtype),
+            fmax.to(work_dtype),
+            smin,
+            smax,
+            saturated.to(work_dtype),
+            pn[0],
+            pmean[0],
+            pm2[0],
+            pm3[0],
+            pm4[0],
+        ]
+    )
+    hist = bin_counts(sample, bin_edges(x.device, work_dtype))
+    per_channel = channel_moments(sample)
+    return torch.cat([head, hist, *per_channel]).to(torch.float64)

@@ -1,0 +1,290 @@
+"""The framework-agnostic core: hooks, per-step collection, reference, drift and alerts.
+
+The Lightning callback (``callback.py``) is a thin layer over this class; it can also be used
+with a plain PyTorch loop.
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
+    >>> mon = Monitor(MonitorConfig(warmup_steps=0, reference_steps=1))
+    >>> mon.attach(model)
+    ['0', '1', '2']
+    >>> mon.arm()
+    >>> mon.observe("input", x := torch.randn(32, 8), role="input")
+    >>> _ = model(x)
+    >>> result = mon.evaluate(0, mon.collect())
+    >>> mon.disarm()
+    >>> sorted(result.figures)
+    ['0', '1', '2', 'input']
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from .alerts import SEVERITY, Alert, AlertTracker
+from .config import Thresholds
+from .measure import MeasureSpec, channel_first_for, measure, measured_channels, saturation_bounds_for
+from .reference import Reference, drift
+from .rules import TensorInfo, evaluate, nonfinite_alert
+from .selection import Pattern, named_tensors, role_of, select_modules
+from .summary import TensorStats, figures
+
+__all__ = ["Monitor", "MonitorConfig", "StepResult"]
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    """Monitor settings (validated by ``NormWatch``).
+
+    Attributes:
+        sample_size: values sampled per watched tensor per logging step.
+        pvalue_size: values the normality p-values are computed on (fixed, whatever the layer size).
+        min_rows: rows (batch positions) sampled at least per tensor.
+        max_channels: channels measured at most per tensor.
+        warmup_steps: global steps before the reference window opens.
+        reference_steps: length of the reference window in global steps.
+        thresholds: alert thresholds.
+        seed: seed of the monitor's own sampling generator.
+        world_size: number of processes whose samples are merged (p-value subsample is split).
+    """
+
+    sample_size: int = 8192
+    pvalue_size: int = 5000
+    min_rows: int = 16
+    max_channels: int = 2048
+    warmup_steps: int = 100
+    reference_steps: int = 200
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    seed: int = 0
+    world_size: int = 1
+
+
+@dataclass
+class StepResult:
+    """What one logging step produced.
+
+    Attributes:
+        step: global step.
+        figures: per watched tensor, figure name to value (drift figures included once the
+            reference is complete).
+        alerts: alerts newly raised at this step.
+        active: active alert count by severity (``info``, ``warning``, ``error``).
+    """
+
+    step: int
+    figures: dict[str, dict[str, float]]
+    alerts: list[Alert]
+    active: dict[str, int]
+
+
+class Monitor:
+    """Watches a model's modules and turns their outputs into figures and alerts."""
+
+    def __init__(self, config: MonitorConfig) -> None:
+        self.config = config
+        self.alerts: list[Alert] = []
+        self.tracker = AlertTracker()
+        self.references: dict[str, Reference] = {}
+        self.nonfinite_active = False
+        self.watched: list[tuple[str, nn.Module]] = []
+        self._infos: dict[str, TensorInfo] = {}
+        self._specs: dict[str, MeasureSpec] = {}
+        self._blocks: dict[str, list[Tensor]] = {}
+        self._handles: list[RemovableHandle] = []
+        self._generators: dict[torch.device, torch.Generator] = {}
+        self._generator_states: dict[str, Tensor] = {}
+
+    # ----------------------------------------------------------------- hooks
+    def attach(
+        self, model: nn.Module, modules: Sequence[Pattern] | None = None, exclude: Sequence[Pattern] = ()
+    ) -> list[str]:
+        """Choose the modules to watch (hooks are only registered by ``arm``)."""
+        self.watched = select_modules(model, modules, exclude)
+        return [name for name, _ in self.watched]
+
+    @property
+    def armed(self) -> bool:
+        return bool(self._handles)
+
+    def arm(self) -> None:
+        """Register forward hooks on the watched modules and start a new collection."""
+        self.disarm()
+        self._blocks = {}
+        for name, module in self.watched:
+            self._handles.append(module.register_forward_hook(self._hook_for(name)))
+
+    def disarm(self) -> None:
+        """Remove every hook (idempotent)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def _hook_for(self, name: str) -> Callable[[nn.Module, object, object], None]:
+        def hook(module: nn.Module, args: object, output: object) -> None:
+            for key, tensor in named_tensors(output, name):
+                self.observe(key, tensor, module)
+
+        return hook
+
+    # ----------------------------------------------------------- collection
+    def _generator(self, device: torch.device) -> torch.Generator:
+        gen = self._generators.get(device)
+        if gen is None:
+            gen = torch.Generator(device=device)
+            saved = self._generator_states.get(str(device))
+            if saved is not None:
+                gen.set_state(saved)
+            else:
+                gen.manual_seed(self.config.seed)
+            self._generators[device] = gen
+        return gen
+
+    def _spec(self, tensor: Tensor, module: nn.Module | None, role: str | None) -> MeasureSpec:
+        c = self.config
+        channel_first = channel_first_for(module, tensor.ndim) if role != "input" else tensor.ndim >= 4
+        return MeasureSpec(
+            sample_size=c.sample_size,
+            pvalue_size=math.ceil(c.pvalue_size / c.world_size),
+            min_rows=c.min_rows,
+            max_channels=c.max_channels,
+            channel_first=channel_first,
+            bounds=saturation_bounds_for(module),
+        )
+
+    def observe(self, name: str, tensor: Tensor, module: nn.Module | None = None, role: str | None = None) -> None:
+        """Measure one tensor now (on its device, no host sync); repeated calls of a module merge."""
+        if not isinstance(tensor, Tensor) or not tensor.is_floating_point():
+            return
+        key, spec = name, self._specs.get(name)
+        channels = measured_channels(tensor, spec or self._spec(tensor, module, role))
+        call = 1
+        while spec is not None and self._infos[key].channels != channels:
+            call += 1  # same module called with a differently shaped tensor: a separate entry
+            key = f"{name}@{call}"
+            spec = self._specs.get(key)
+        if spec is None:
+            spec = self._specs[key] = self._spec(tensor, module, role)
+            self._infos[key] = TensorInfo(
+                key, role or role_of(module), type(module).__name__ if module is not None else "batch", channels
+            )
+        with torch.no_grad():
+            block = measure(tensor, spec, self._generator(tensor.device))
+        self._blocks.setdefault(key, []).append(block)
+
+    def local_blocks(self) -> dict[str, Tensor]:
+        """This process's blocks of the current collection, ``[calls, size]`` per tensor, in execution order."""
+        return {key: torch.stack(blocks) for key, blocks in self._blocks.items()}
+
+    def channels(self, key: str) -> int:
+        return self._infos[key].channels
+
+    def info(self, key: str) -> TensorInfo:
+        return self._infos[key]
+
+    def register(self, info: TensorInfo) -> None:
+        """Learn about a tensor another rank observed (its role decides which rules apply)."""
+        self._infos.setdefault(info.name, info)
+
+    def collect(self) -> dict[str, TensorStats]:
+        """Merge this process's blocks on the host (one device-to-host transfer for all tensors)."""
+        blocks = self.local_blocks()
+        self._blocks = {}
+        if not blocks:
+            return {}
+        flat = torch.cat([b.reshape(-1) for b in blocks.values()]).cpu().numpy()
+        out, start = {}, 0
+        for key, b in blocks.items():
+            stop = start + b.numel()
+            out[key] = TensorStats.from_blocks(flat[start:stop].reshape(b.shape), self.channels(key))
+            start = stop
+        return out
+
+    # ----------------------------------------------------------- evaluation
+    def in_reference_window(self, step: int) -> bool:
+        start = self.config.warmup_steps
+        return start <= step < start + self.config.reference_steps
+
+    def reference_ready(self, step: int) -> bool:
+        return step >= self.config.warmup_steps + self.config.reference_steps
+
+    def evaluate(self, step: int, stats: dict[str, TensorStats]) -> StepResult:
+        """Figures, reference update, drift and alerts for one logging step (same on every rank)."""
+        th = self.config.thresholds
+        all_figures: dict[str, dict[str, float]] = {}
+        firing: list[Alert] = []
+        checked: set[tuple[str, str]] = set()
+        for key, st in stats.items():
+            info = self._infos.get(key) or TensorInfo(key, "other", "?", len(st.cn))
+            fig = figures(st)
+            ref = self.references.setdefault(key, Reference())
+            overall = st.overall
+            if not st.has_nonfinite and self.in_reference_window(step) and overall.n > 0:
+                ref.add(overall, st.hist)
+            d = None
+            if self.reference_ready(step) and ref.steps > 0:
+                d = drift(ref, overall, st.hist)
+                fig.update(d)
+            all_figures[key] = fig
+            a, c = evaluate(info, fig, d, th, step)
+            firing += a
+            checked |= c
+        new = self.tracker.update(firing, checked)
+        first = self.first_nonfinite(stats)
+        if first is not None:
+            new = self.raise_nonfinite(step, *first, "the logging-step sample") + new
+        elif stats:
+            self.nonfinite_active = False
+        self.alerts.extend(a for a in new if a.kind != "nonfinite")
+        return StepResult(step, all_figures, new, self.active_counts())
+
+    def raise_nonfinite(self, step: int, origin: str, share: float, downstream: int, source: str) -> list[Alert]:
+        """Record the run's ``nonfinite`` alert unless one is active; returns the new alert (or nothing)."""
+        if self.nonfinite_active:
+            return []
+        self.nonfinite_active = True
+        alert = nonfinite_alert(step, origin, share, downstream, source)
+        self.alerts.append(alert)
+        return [alert]
+
+    def active_counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(("info", "warning", "error"), 0)
+        for _, kind in self.tracker.active:
+            counts[SEVERITY[kind]] += 1
+        counts["error"] += int(self.nonfinite_active)
+        return counts
+
+    def first_nonfinite(self, stats: dict[str, TensorStats]) -> tuple[str, float, int] | None:
+        """(first tensor in execution order with NaN/Inf, its non-finite share, how many others have some)."""
+        bad = [(k, st.nonfinite) for k, st in stats.items() if st.has_nonfinite]
+        if not bad:
+            return None
+        return bad[0][0], bad[0][1], len(bad) - 1
+
+    # ----------------------------------------------------------- state
+    def state_dict(self) -> dict[str, object]:
+        """Plain values (and CPU tensors) for a checkpoint."""
+        for device, gen in self._generators.items():
+            self._generator_states[str(device)] = gen.get_state()
+        return {
+            "references": {k: r.state() for k, r in self.references.items()},
+            "active": self.tracker.state(),
+            "nonfinite_active": self.nonfinite_active,
+            "generators": dict(self._generator_states),
+            "alerts": [a.to_dict() for a in self.alerts],
+        }
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        self.references = {k: Reference.from_state(v) for k, v in state.get("references", {}).items()}  # type: ignore[union-attr]
+        self.tracker.load(state.get("active", []))  # type: ignore[arg-type]
+        self.nonfinite_active = bool(state.get("nonfinite_active", False))
+        self._generator_states = dict(state.get("generators", {}))  # type: ignore[arg-type]
+        self._generators = {}
+        self.alerts = [Alert(**a) for a in state.get("alerts", [])]  # type: ignore[union-attr]

@@ -1,0 +1,70 @@
+"""Re-running a forward pass without disturbing training: RNG states and buffers restored.
+
+Used to locate where non-finite values start: when a step's loss is NaN/Inf, the batch's forward
+is replayed with hooks armed, before the optimizer applies the update, with the random state the
+original forward had (same dropout masks) and the model's buffers (BatchNorm running statistics)
+put back afterwards, bit for bit.
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> bn = nn.BatchNorm1d(3)
+    >>> state = RngState.capture()
+    >>> with preserved(bn, replay_rng=state):
+    ...     _ = bn(torch.randn(8, 3))
+    >>> bool((bn.running_mean == 0).all())
+    True
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["RngState", "preserved"]
+
+
+@dataclass
+class RngState:
+    """The global random states a forward pass may draw from (torch CPU/CUDA, numpy, random)."""
+
+    torch_cpu: torch.Tensor
+    torch_cuda: list[torch.Tensor] | None
+    numpy: Any
+    python: Any
+
+    @classmethod
+    def capture(cls) -> RngState:
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+        return cls(torch.get_rng_state(), cuda, np.random.get_state(), random.getstate())
+
+    def restore(self) -> None:
+        torch.set_rng_state(self.torch_cpu)
+        if self.torch_cuda is not None:
+            torch.cuda.set_rng_state_all(self.torch_cuda)
+        np.random.set_state(self.numpy)
+        random.setstate(self.python)
+
+
+@contextmanager
+def preserved(model: nn.Module, replay_rng: RngState | None = None) -> Iterator[None]:
+    """Run the body with ``replay_rng`` (if given) and no gradient; restore RNG and buffers after."""
+    current = RngState.capture()
+    saved = [(b, b.detach().clone()) for b in model.buffers()]
+    try:
+        if replay_rng is not None:
+            replay_rng.restore()
+        with torch.no_grad():
+            yield
+    finally:
+        with torch.no_grad():
+            for buf, copy in saved:
+                buf.copy_(copy)
+        current.restore()

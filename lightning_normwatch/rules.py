@@ -1,0 +1,183 @@
+"""Alert rules: pure functions from one tensor's figures to the alerts that hold now.
+
+Scale problems are warnings; a non-Gaussian shape is information, and is only reported where a
+Gaussian shape is usually expected (inputs and pre-activations: linear, conv and norm outputs),
+never for post-activation outputs, which are not Gaussian by construction.
+
+Example:
+    >>> info = TensorInfo("fc", role="activation", type_name="ReLU", channels=64)
+    >>> alerts, checked = evaluate(info, {"dead": 0.9}, None, Thresholds(), step=7)
+    >>> [(a.kind, a.module, a.severity) for a in alerts]
+    [('dead', 'fc', 'warning')]
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .alerts import SEVERITY, Alert
+from .config import Thresholds
+
+__all__ = ["TensorInfo", "evaluate", "nonfinite_alert"]
+
+ROLES = ("input", "preact", "activation", "bounded", "other")
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """What is known about a watched tensor besides its figures.
+
+    Attributes:
+        name: alert/tag name (qualified module name, ``input``, ``name[0]`` ...).
+        role: ``input``, ``preact`` (linear/conv/norm output), ``activation``, ``bounded``
+            (sigmoid, tanh ...) or ``other``.
+        type_name: module class name (``"batch"`` for inputs).
+        channels: measured channels (features).
+    """
+
+    name: str
+    role: str
+    type_name: str
+    channels: int
+
+
+def _alert(step: int, info: TensorInfo, kind: str, value: float, threshold: float, message: str) -> Alert:
+    return Alert(step, info.name, kind, SEVERITY[kind], float(value), float(threshold), message)
+
+
+def _gt(value: float | None, threshold: float) -> bool:
+    return value is not None and math.isfinite(value) and value > threshold
+
+
+def nonfinite_alert(step: int, origin: str, share: float, downstream: int, source: str) -> Alert:
+    """The ``nonfinite`` alert naming the first module (in execution order) that produced NaN/Inf."""
+    rest = f"; {downstream} later watched tensor(s) are non-finite too" if downstream else ""
+    what = f"{share:.1%} of sampled values" if math.isfinite(share) and share > 0 else "NaN/Inf values"
+    return Alert(
+        step,
+        origin,
+        "nonfinite",
+        SEVERITY["nonfinite"],
+        float(share) if math.isfinite(share) else 1.0,
+        0.0,
+        f"Non-finite values first appear in `{origin}` at step {step} ({what}, found by {source}{rest}); "
+        "usual causes: a learning rate too high, log/sqrt/division of non-positive values, or fp16 overflow.",
+    )
+
+
+def evaluate(
+    info: TensorInfo,
+    fig: dict[str, float],
+    drift: dict[str, float] | None,
+    th: Thresholds,
+    step: int,
+) -> tuple[list[Alert], set[tuple[str, str]]]:
+    """Alerts whose condition holds for this tensor now, and the (module, kind) pairs evaluated.
+
+    ``nonfinite`` is handled across tensors by the monitor (it names the first one), not here.
+    """
+    out: list[Alert] = []
+    checked: set[tuple[str, str]] = set()
+    name = info.name
+
+    def check(kind: str, condition: bool, value: float, threshold: float, message: str) -> None:
+        checked.add((name, kind))
+        if condition:
+            out.append(_alert(step, info, kind, value, threshold, message))
+
+    dead = fig.get("dead")
+    if info.role != "input" and dead is not None and math.isfinite(dead) and info.channels >= 4:
+        check(
+            "dead",
+            dead >= th.dead,
+            dead,
+            th.dead,
+            f"{dead:.0%} of `{name}`'s {info.channels} units ({info.type_name}) output zero for the whole "
+            f"sampled batch (threshold {th.dead:.0%}); usual cause: dying ReLUs from a large negative bias "
+            "or a learning rate too high.",
+        )
+    sat = fig.get("saturated")
+    if info.role == "bounded" and sat is not None and math.isfinite(sat):
+        check(
+            "saturated",
+            sat >= th.saturated,
+            sat,
+            th.saturated,
+            f"{sat:.0%} of `{name}`'s outputs sit at the limits of its {info.type_name} (threshold "
+            f"{th.saturated:.0%}), where its gradient vanishes; usual cause: large weights or initialization, "
+            "or unnormalized inputs.",
+        )
+    rms = math.hypot(fig.get("mean", math.nan), fig.get("std", math.nan))
+    max_abs = fig.get("max_abs", math.nan)
+    if math.isfinite(rms) and math.isfinite(max_abs) and fig.get("sampled", 0) >= 100:
+        ratio = max_abs / rms if rms > 0 else math.inf
+        check(
+            "outlier",
+            ratio > th.outlier and max_abs >= th.outlier_min_abs,
+            ratio,
+            th.outlier,
+            f"`{name}` has massive values: max |x| = {max_abs:.4g} is {ratio:.0f}x its RMS {rms:.3g} "
+            f"(threshold {th.outlier:.0f}x); usual causes: a few exploding units, unclipped inputs or "
+            "corrupted samples.",
+        )
+    if info.role == "input":
+        ratio = fig.get("channel_scale_ratio", math.nan)
+        largest = math.hypot(fig.get("channel_mean_absmax", 0.0), fig.get("channel_std_max", 0.0))
+        value = max(ratio if math.isfinite(ratio) else 0.0, largest if math.isfinite(largest) else 0.0)
+        check(
+            "feature_scale",
+            value > th.feature_scale,
+            value,
+            th.feature_scale,
+            f"Input features of `{name}` are not on comparable scales: feature RMS spans a ratio of "
+            f"{ratio:.3g} and reaches {largest:.3g} (threshold {th.feature_scale:.0f}); standardize them "
+            "(e.g. StandardScaler or a Normalize transform) so that no feature dominates the gradients.",
+        )
+    if info.role in ("input", "preact"):
+        g1, g2 = fig.get("channel_skew", math.nan), fig.get("channel_kurtosis", math.nan)
+        value = max(abs(g1) / th.skew if math.isfinite(g1) else 0.0, g2 / th.kurtosis if math.isfinite(g2) else 0.0)
+        check(
+            "non_normal",
+            value > 1.0,
+            max(abs(g1), g2) if math.isfinite(g1) and math.isfinite(g2) else value,
+            th.skew if (math.isfinite(g1) and abs(g1) / th.skew >= value) else th.kurtosis,
+            f"`{name}` is far from Gaussian-shaped (within-channel skewness {g1:.2f}, excess kurtosis "
+            f"{g2:.2f}; thresholds |{th.skew:g}| and {th.kurtosis:g}). Information, not a fault: networks "
+            "do not need Gaussian values, only comparable, stable scales.",
+        )
+    if drift is not None:
+        slr = drift.get("std_log_ratio", math.nan)
+        if math.isfinite(slr):
+            factor = math.exp(abs(slr))
+            direction = "grew" if slr > 0 else "shrank"
+            check(
+                "scale_drift",
+                factor > th.scale_drift,
+                factor,
+                th.scale_drift,
+                f"The std of `{name}` {direction} {factor:.1f}x from its reference (threshold "
+                f"{th.scale_drift:g}x); usual causes: a learning rate too high (exploding) or a vanishing "
+                "signal, or input data whose scale changed.",
+            )
+        shift = drift.get("mean_shift", math.nan)
+        if math.isfinite(shift):
+            check(
+                "mean_drift",
+                abs(shift) > th.mean_drift,
+                abs(shift),
+                th.mean_drift,
+                f"The mean of `{name}` moved {shift:+.1f} reference stds from its reference (threshold "
+                f"{th.mean_drift:g}); usual causes: a shifted input distribution or a bias running away.",
+            )
+        value = drift.get("psi", math.nan)
+        if math.isfinite(value):
+            check(
+                "shift",
+                value > th.shift,
+                value,
+                th.shift,
+                f"The distribution of `{name}` moved away from its reference: PSI {value:.2f} (threshold "
+                f"{th.shift:g}); usual causes: changed input data or unstable training.",
+            )
+    return out, checked

@@ -1,0 +1,148 @@
+"""Which modules to watch, what role each plays, and how their outputs are named.
+
+Example:
+    >>> from torch import nn
+    >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Dropout(), nn.Linear(8, 2))
+    >>> [name for name, _ in select_modules(model)]
+    ['0', '1', '3']
+    >>> [name for name, _ in select_modules(model, modules=["0", nn.ReLU])]
+    ['0', '1']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _NormBase
+
+from .measure import saturation_bounds_for
+
+__all__ = ["select_modules", "named_tensors", "role_of", "validate_patterns", "Pattern"]
+
+Pattern = str | type
+
+# Leaves that only copy or randomly mask their input: watching them repeats the layer before.
+_SKIPPED_BY_DEFAULT = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
+
+_PREACT = (
+    nn.Linear,
+    nn.Bilinear,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+    _NormBase,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.RMSNorm,
+)
+
+_ACTIVATIONS = (
+    nn.ReLU,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.RReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Softplus,
+    nn.Hardswish,
+    nn.Threshold,
+)
+
+
+def validate_patterns(name: str, patterns: object) -> tuple[Pattern, ...]:
+    """Normalize ``modules``/``exclude``: a pattern, a class, or an iterable of them."""
+    if isinstance(patterns, (str, type)):
+        patterns = (patterns,)
+    if not isinstance(patterns, Iterable):
+        raise ValueError(
+            f"NormWatch: {name} must be a glob pattern, an nn.Module class or a list of them, got {patterns!r}"
+        )
+    out = tuple(patterns)
+    for p in out:
+        if isinstance(p, str):
+            continue
+        if isinstance(p, type) and issubclass(p, nn.Module):
+            continue
+        raise ValueError(f"NormWatch: {name} entries must be glob patterns or nn.Module classes, got {p!r}")
+    return out
+
+
+def _matches(name: str, module: nn.Module, patterns: Sequence[Pattern]) -> bool:
+    for p in patterns:
+        if isinstance(p, str) and fnmatch.fnmatchcase(name, p):
+            return True
+        if isinstance(p, type) and isinstance(module, p):
+            return True
+    return False
+
+
+def select_modules(
+    model: nn.Module, modules: Sequence[Pattern] | None = None, exclude: Sequence[Pattern] = ()
+) -> list[tuple[str, nn.Module]]:
+    """Watched ``(qualified name, module)`` pairs in ``named_modules()`` order.
+
+    ``modules=None`` selects every leaf module except identity and dropout layers; otherwise the
+    modules whose qualified name matches a glob pattern or which are instances of a listed class.
+    The model itself (name ``""``) is never selected.
+    """
+    chosen = []
+    for name, module in model.named_modules():
+        if not name:
+            continue
+        if modules is None:
+            if any(True for _ in module.children()) or isinstance(module, _SKIPPED_BY_DEFAULT):
+                continue
+        elif not _matches(name, module, modules):
+            continue
+        if exclude and _matches(name, module, exclude):
+            continue
+        chosen.append((name, module))
+    return chosen
+
+
+def role_of(module: nn.Module | None) -> str:
+    """``preact``, ``bounded``, ``activation`` or ``other`` (see ``rules.TensorInfo``)."""
+    if module is None:
+        return "other"
+    if saturation_bounds_for(module) is not None:
+        return "bounded"
+    if isinstance(module, _ACTIVATIONS):
+        return "activation"
+    if isinstance(module, _PREACT):
+        return "preact"
+    return "other"
+
+
+def named_tensors(output: Any, prefix: str, depth: int = 3) -> Iterator[tuple[str, Tensor]]:
+    """Floating-point tensors in a module output, named ``prefix``, ``prefix[i]`` or ``prefix.key``.
+
+    Tuples, lists, dicts and dataclasses are walked (up to ``depth`` levels); ``None``, integer
+    tensors and other objects are skipped.
+    """
+    if isinstance(output, Tensor):
+        if output.is_floating_point():
+            yield prefix, output
+        return
+    if depth == 0:
+        return
+    if isinstance(output, dict):
+        items: Iterable[tuple[str, Any]] = ((f"{prefix}.{k}", v) for k, v in output.items())
+    elif isinstance(output, (tuple, list)):
+        items = ((f"{prefix}[{i}]", v) for i, v in enumerate(output))
+    elif dataclasses.is_dataclass(output) and not isinstance(output, type):
+        items = ((f"{prefix}.{f.name}", getattr(output, f.name)) for f in dataclasses.fields(output))
+    else:
+        return
+    for name, value in items:
+        yield from named_tensors(value, name, depth - 1)

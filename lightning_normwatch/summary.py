@@ -1,0 +1,149 @@
+"""Host-side merging of packed blocks and the figures derived from them (pure numpy, float64).
+
+Example:
+    >>> import torch
+    >>> from lightning_normwatch.measure import MeasureSpec, measure
+    >>> x = torch.tensor([[1.0, -2.0], [3.0, 0.5], [0.0, 4.0]])
+    >>> block = measure(x, MeasureSpec(), torch.Generator().manual_seed(0)).numpy()
+    >>> stats = TensorStats.from_blocks(block[None], channels=2)
+    >>> round(figures(stats)["mean"], 6)
+    1.083333
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .histogram import normal_ks
+from .measure import BlockLayout
+from .moments import Moments, merge_groups, standardized_shape
+from .normality import normality
+
+__all__ = ["TensorStats", "figures"]
+
+
+@dataclass
+class TensorStats:
+    """One tensor's raw statistics at one logging step, merged over ranks (and calls).
+
+    Attributes:
+        numel: values in the full tensor(s).
+        sampled: values in the sample(s) the moments come from.
+        vmin, vmax: full-tensor extremes (NaN/inf when the tensor held non-finite values).
+        smin, smax: extremes of the sample's finite values.
+        saturated: sampled values at a bounded activation's limits.
+        pvalue: moments of the fixed-size subsample used for p-values.
+        hist: counts on the shared histogram bins (finite sampled values).
+        cn, cmean, cm2, cm3, cm4, cnz: per-channel count, mean, central moment sums, non-zero count.
+    """
+
+    numel: float
+    sampled: float
+    vmin: float
+    vmax: float
+    smin: float
+    smax: float
+    saturated: float
+    pvalue: Moments
+    hist: np.ndarray
+    cn: np.ndarray
+    cmean: np.ndarray
+    cm2: np.ndarray
+    cm3: np.ndarray
+    cm4: np.ndarray
+    cnz: np.ndarray
+
+    @classmethod
+    def from_blocks(cls, blocks: np.ndarray, channels: int) -> TensorStats:
+        """Merge blocks ``[k, size]`` (one per rank or per call; empty ones allowed) exactly."""
+        f = BlockLayout(channels).unpack(np.asarray(blocks, dtype=np.float64).reshape(-1, BlockLayout(channels).size))
+        seen = f["numel"] > 0
+        pn, pmean, pm2, pm3, pm4 = merge_groups(f["pn"], f["pmean"], f["pm2"], f["pm3"], f["pm4"])
+        cn, cmean, cm2, cm3, cm4 = merge_groups(f["cn"], f["cmean"], f["cm2"], f["cm3"], f["cm4"])
+
+        def extreme(values: np.ndarray, fn) -> float:
+            values = values[seen]
+            return float(fn(values)) if values.size else math.nan
+
+        return cls(
+            numel=float(f["numel"].sum()),
+            sampled=float(f["sampled"].sum()),
+            vmin=extreme(f["fmin"], np.min),
+            vmax=extreme(f["fmax"], np.max),
+            smin=extreme(f["smin"], np.min),
+            smax=extreme(f["smax"], np.max),
+            saturated=float(f["saturated"].sum()),
+            pvalue=Moments(float(pn), float(pmean), float(pm2), float(pm3), float(pm4)),
+            hist=f["hist"].sum(axis=0),
+            cn=cn,
+            cmean=cmean,
+            cm2=cm2,
+            cm3=cm3,
+            cm4=cm4,
+            cnz=f["cnz"].sum(axis=0),
+        )
+
+    @property
+    def overall(self) -> Moments:
+        """Moments of all sampled finite values (channels merged exactly)."""
+        n, mean, m2, m3, m4 = merge_groups(self.cn, self.cmean, self.cm2, self.cm3, self.cm4)
+        return Moments(float(n), float(mean), float(m2), float(m3), float(m4))
+
+    @property
+    def nonfinite(self) -> float:
+        """Share of sampled values that were NaN or infinite."""
+        return (self.sampled - float(self.cn.sum())) / self.sampled if self.sampled > 0 else math.nan
+
+    @property
+    def has_nonfinite(self) -> bool:
+        """Whether any value of the full tensor was NaN/inf (from its extremes) or of the sample."""
+        return not (math.isfinite(self.vmin) and math.isfinite(self.vmax)) or self.nonfinite > 0
+
+
+def _safe_div(a: float, b: float) -> float:
+    return a / b if b > 0 else math.nan
+
+
+def figures(stats: TensorStats) -> dict[str, float]:
+    """All figures for one tensor at one step, by name.
+
+    Names: ``mean std min max max_abs zeros nonfinite skew kurtosis channel_skew channel_kurtosis
+    channel_std_min channel_std_max channel_scale_ratio channel_mean_absmax dead saturated
+    normal_ks normaltest_p jarque_bera_p numel sampled``.
+    """
+    m = stats.overall
+    finite_min = stats.vmin if math.isfinite(stats.vmin) else stats.smin
+    finite_max = stats.vmax if math.isfinite(stats.vmax) else stats.smax
+    live = stats.cn > 0
+    cstd = np.sqrt(np.where(live, stats.cm2 / np.where(live, stats.cn, 1), 0.0))
+    crms = np.sqrt(cstd**2 + stats.cmean**2)
+    scaled = live & (crms > 0)
+    g1, g2 = standardized_shape(stats.cn, stats.cm2, stats.cm3, stats.cm4)
+    test = normality(stats.pvalue)
+    return {
+        "mean": m.mean if m.n else math.nan,
+        "std": m.std,
+        "min": finite_min,
+        "max": finite_max,
+        "max_abs": max(abs(finite_min), abs(finite_max)),
+        "zeros": _safe_div(stats.sampled - float(stats.cnz.sum()), stats.sampled),
+        "nonfinite": stats.nonfinite,
+        "skew": m.skew,
+        "kurtosis": m.kurtosis,
+        "channel_skew": g1,
+        "channel_kurtosis": g2,
+        "channel_std_min": float(cstd[live].min()) if live.any() else math.nan,
+        "channel_std_max": float(cstd[live].max()) if live.any() else math.nan,
+        "channel_scale_ratio": float(crms[scaled].max() / crms[scaled].min()) if scaled.any() else math.nan,
+        "channel_mean_absmax": float(np.abs(stats.cmean[live]).max()) if live.any() else math.nan,
+        "dead": float(((stats.cnz == 0) & live).sum() / live.sum()) if live.any() else math.nan,
+        "saturated": _safe_div(stats.saturated, stats.sampled),
+        "normal_ks": normal_ks(stats.hist, m.mean, m.std) if m.n else math.nan,
+        "normaltest_p": test.normaltest_p,
+        "jarque_bera_p": test.jarque_bera_p,
+        "numel": stats.numel,
+        "sampled": stats.sampled,
+    }
