@@ -42,6 +42,8 @@ def channel_moments(sample: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Ten
     f = finite.to(sample.dtype)
     n = f.sum(0)
     mean = torch.where(finite, sample, 0).sum(0) / n.clamp_min(1)
+    # Corrected two-pass: remove the first mean's rounding error (a constant channel gets M2 = 0 exactly).
+    mean = mean + torch.where(finite, sample - mean, 0).sum(0) / n.clamp_min(1)
     d = torch.where(finite, sample - mean, 0)
     d2 = d * d
     m2 = d2.sum(0)
@@ -67,11 +69,18 @@ def merge_groups(
         >>> float(n), float(mean), float(m2)
         (6.0, 2.5, 17.5)
     """
+    with np.errstate(invalid="ignore", over="ignore"):  # non-finite inputs give NaN/inf figures, not warnings
+        return _merge_groups(n, mean, m2, m3, m4, axis)
+
+
+def _merge_groups(n, mean, m2, m3, m4, axis):  # noqa: ANN001, ANN202
     n = np.asarray(n, dtype=np.float64)
     mean, m2, m3, m4 = (np.asarray(v, dtype=np.float64) for v in (mean, m2, m3, m4))
     total = n.sum(axis=axis)
     safe = np.where(total > 0, total, 1.0)
     grand = (n * mean).sum(axis=axis) / safe
+    # Correct the rounding error of the weighted mean (groups of equal means then give M2 = 0 exactly).
+    grand = grand + np.where(n > 0, n * (mean - np.expand_dims(grand, axis)), 0.0).sum(axis=axis) / safe
     d = np.where(n > 0, mean - np.expand_dims(grand, axis), 0.0)
     d2 = d * d
     M2 = (m2 + n * d2).sum(axis=axis)
