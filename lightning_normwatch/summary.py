@@ -100,6 +100,8 @@ class TensorStats:
     @property
     def has_nonfinite(self) -> bool:
         """Whether any value of the full tensor was NaN/inf (from its extremes) or of the sample."""
+        if self.numel == 0:  # an empty tensor has no values, non-finite or otherwise
+            return False
         return not (math.isfinite(self.vmin) and math.isfinite(self.vmax)) or self.nonfinite > 0
 
 
@@ -115,8 +117,9 @@ def figures(stats: TensorStats) -> dict[str, float]:
     normal_ks normaltest_p jarque_bera_p numel sampled``.
     """
     m = stats.overall
-    finite_min = stats.vmin if math.isfinite(stats.vmin) else stats.smin
-    finite_max = stats.vmax if math.isfinite(stats.vmax) else stats.smax
+    # Full-tensor extremes, else the sample's finite ones (NaN when no finite value was sampled).
+    finite_min = stats.vmin if math.isfinite(stats.vmin) else (stats.smin if math.isfinite(stats.smin) else math.nan)
+    finite_max = stats.vmax if math.isfinite(stats.vmax) else (stats.smax if math.isfinite(stats.smax) else math.nan)
     live = stats.cn > 0
     cstd = np.sqrt(np.where(live, stats.cm2 / np.where(live, stats.cn, 1), 0.0))
     crms = np.sqrt(cstd**2 + stats.cmean**2)
