@@ -158,6 +158,8 @@ class NormWatch(Callback):
             raise ValueError(f"NormWatch: check_nonfinite must be a bool, got {check_nonfinite!r}")
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"NormWatch: seed must be an int, got {seed!r}")
+        if not isinstance(tensorboard, bool):
+            raise ValueError(f"NormWatch: tensorboard must be a bool, got {tensorboard!r}")
         self.every_n_steps = every_n_steps
         self.thresholds = Thresholds.coerce(thresholds)
         self.on_alert = on_alert
