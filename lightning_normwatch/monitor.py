@@ -25,6 +25,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
@@ -35,6 +36,7 @@ from .measure import MeasureSpec, channel_first_for, measure, measured_channels,
 from .reference import Reference, drift
 from .rules import TensorInfo, evaluate, nonfinite_alert
 from .selection import Pattern, named_tensors, role_of, select_modules
+from .moments import merge_groups
 from .summary import TensorStats, figures
 
 __all__ = ["Monitor", "MonitorConfig", "StepResult"]
@@ -94,6 +96,7 @@ class Monitor:
         self.tracker = AlertTracker()
         self.references: dict[str, Reference] = {}
         self.nonfinite_active = False
+        self.inputs_seen: dict[str, tuple[np.ndarray, ...]] = {}
         self.watched: list[tuple[str, nn.Module]] = []
         self._infos: dict[str, TensorInfo] = {}
         self._specs: dict[str, MeasureSpec] = {}
@@ -221,9 +224,12 @@ class Monitor:
         all_figures: dict[str, dict[str, float]] = {}
         firing: list[Alert] = []
         checked: set[tuple[str, str]] = set()
+        head = next((k for k in reversed(stats) if not k.startswith("input")), None)
         for key, st in stats.items():
             info = self._infos.get(key) or TensorInfo(key, "other", "?", len(st.cn))
             fig = figures(st)
+            if info.role == "input":
+                fig.update(self._feature_scales(key, st))
             ref = self.references.setdefault(key, Reference())
             overall = st.overall
             if not st.has_nonfinite and self.in_reference_window(step) and overall.n > 0:
@@ -233,7 +239,8 @@ class Monitor:
                 d = drift(ref, overall, st.hist)
                 fig.update(d)
             all_figures[key] = fig
-            a, c = evaluate(info, fig, d, th, step)
+            # The model's last output is its prediction: its drift is learning, not covariate shift.
+            a, c = evaluate(info, fig, None if key == head else d, th, step)
             firing += a
             checked |= c
         new = self.tracker.update(firing, checked)
@@ -244,6 +251,26 @@ class Monitor:
             self.nonfinite_active = False
         self.alerts.extend(a for a in new if a.kind != "nonfinite")
         return StepResult(step, all_figures, new, self.active_counts())
+
+    def _feature_scales(self, key: str, st: TensorStats, min_rows: float = 256) -> dict[str, float]:
+        """Per-feature RMS spread of an input, on every batch seen so far (one batch misleads on sparse features)."""
+        current = (st.cn, st.cmean, st.cm2)
+        seen = self.inputs_seen.get(key)
+        if seen is not None and len(seen[0]) == len(st.cn):
+            n, mean, m2 = (np.stack([a, b]) for a, b in zip(seen, current, strict=True))
+            zeros = np.zeros_like(n)
+            current = merge_groups(n, mean, m2, zeros, zeros)[:3]
+        self.inputs_seen[key] = current
+        n, mean, m2 = current
+        live = n > 0
+        rms = np.sqrt(np.where(live, m2 / np.where(live, n, 1), 0.0) + mean**2)
+        scaled = live & (rms > 0) & np.isfinite(rms)
+        if not scaled.any() or n.max() < min_rows:
+            return {}
+        return {
+            "feature_rms_ratio": float(rms[scaled].max() / rms[scaled].min()),
+            "feature_rms_max": float(rms[scaled].max()),
+        }
 
     def raise_nonfinite(self, step: int, origin: str, share: float, downstream: int, source: str) -> list[Alert]:
         """Record the run's ``nonfinite`` alert unless one is active; returns the new alert (or nothing)."""
@@ -279,6 +306,7 @@ class Monitor:
             "nonfinite_active": self.nonfinite_active,
             "generators": dict(self._generator_states),
             "alerts": [a.to_dict() for a in self.alerts],
+            "inputs_seen": {k: [a.tolist() for a in v] for k, v in self.inputs_seen.items()},
         }
 
     def load_state_dict(self, state: dict[str, object]) -> None:
@@ -288,3 +316,7 @@ class Monitor:
         self._generator_states = dict(state.get("generators", {}))  # type: ignore[arg-type]
         self._generators = {}
         self.alerts = [Alert(**a) for a in state.get("alerts", [])]  # type: ignore[union-attr]
+        self.inputs_seen = {
+            k: tuple(np.asarray(a, dtype=np.float64) for a in v)
+            for k, v in state.get("inputs_seen", {}).items()  # type: ignore[union-attr]
+        }

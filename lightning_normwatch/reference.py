@@ -6,10 +6,13 @@ step inside a window that starts after a warm-up (activations move fast at initi
 stds, PSI and KS on the shared bins.
 
 Example:
-    >>> import numpy as np
+    >>> import torch
+    >>> from lightning_normwatch.histogram import bin_counts, bin_edges
+    >>> def hist(x): return bin_counts(x, bin_edges()).double().numpy()
+    >>> x = torch.tensor([-1.0, 1.0])
     >>> ref = Reference()
-    >>> ref.add(Moments.of(np.array([-1.0, 1.0])), np.array([1.0, 0.0, 1.0]))
-    >>> d = drift(ref, Moments.of(np.array([-2.0, 2.0])), np.array([1.0, 0.0, 1.0]))
+    >>> ref.add(Moments.of(x.numpy()), hist(x))
+    >>> d = drift(ref, Moments.of(2 * x.numpy()), hist(2 * x))
     >>> round(d["std_log_ratio"], 4), d["mean_shift"]
     (0.6931, 0.0)
 """
@@ -21,12 +24,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .histogram import ks_distance, psi
+from .histogram import edges_numpy, ks_distance, psi
 from .moments import Moments
 
-__all__ = ["Reference", "drift", "DRIFT_FIGURES"]
+__all__ = ["Reference", "drift", "shape_drift", "DRIFT_FIGURES"]
 
-DRIFT_FIGURES = ("std_log_ratio", "mean_shift", "psi", "ks")
+DRIFT_FIGURES = ("std_log_ratio", "mean_shift", "psi", "ks", "shape_psi", "shape_ks")
 
 
 @dataclass
@@ -81,4 +84,75 @@ def drift(reference: Reference, current: Moments, hist: np.ndarray) -> dict[str,
     out["mean_shift"] = (current.mean - ref.mean) / scale
     out["psi"] = psi(reference.hist, hist)
     out["ks"] = ks_distance(reference.hist, hist)
+    if ref_std > 0 and cur_std > 0:
+        out["shape_psi"], out["shape_ks"] = shape_drift(reference.hist, ref.mean, ref_std, hist, current.mean, cur_std)
     return out
+
+
+def _split_zeros(counts: np.ndarray, mean: float, std: float) -> tuple[float, np.ndarray, float, float]:
+    """(share of exact zeros, counts without them, mean and std of the non-zero part).
+
+    Exact zeros (ReLU, dropout) are a point mass that no location-scale change moves; they are
+    compared as a group of their own. The zero bin is (-1e-6, 1e-6]: continuous data has ~no mass there.
+    """
+    zero_bin = int(np.searchsorted(edges_numpy(), 0.0))
+    total = counts.sum()
+    p0 = float(counts[zero_bin] / total)
+    rest = counts.copy()
+    rest[zero_bin] = 0
+    if p0 >= 1:
+        return 1.0, rest, math.nan, math.nan
+    mean_nz = mean / (1 - p0)
+    var_nz = (std * std + mean * mean) / (1 - p0) - mean_nz * mean_nz
+    return p0, rest, mean_nz, math.sqrt(max(var_nz, 0.0))
+
+
+def _standardized_cdf(counts: np.ndarray, mean: float, std: float) -> tuple[np.ndarray, np.ndarray]:
+    """(z at each shared edge, empirical CDF there) for counts on the shared bins."""
+    cdf = np.cumsum(counts)[:-1] / counts.sum()
+    return (edges_numpy() - mean) / std, cdf
+
+
+def shape_drift(
+    ref_hist: np.ndarray,
+    ref_mean: float,
+    ref_std: float,
+    hist: np.ndarray,
+    mean: float,
+    std: float,
+    groups: int = 20,
+    floor: float = 1e-4,
+) -> tuple[float, float]:
+    """PSI and KS between the two distributions after standardizing each by its own mean and std.
+
+    Location and scale have their own figures (``mean_shift``, ``std_log_ratio``); this isolates a
+    change of *shape*. Exact zeros are one group of their own (a point mass that does not move); the
+    non-zero parts are standardized by their own mean and std and both CDFs are read on a common grid
+    (linear interpolation between the shared edges); the groups are the reference's quantiles.
+
+    Example:
+        >>> import numpy as np
+        >>> from lightning_normwatch.histogram import bin_counts, bin_edges
+        >>> import torch
+        >>> g = torch.Generator().manual_seed(0)
+        >>> a = bin_counts(torch.randn(20000, generator=g), bin_edges()).numpy().astype(float)
+        >>> b = bin_counts(5 + 3 * torch.randn(20000, generator=g), bin_edges()).numpy().astype(float)
+        >>> psi_value, ks_value = shape_drift(a, 0.0, 1.0, b, 5.0, 3.0)
+        >>> psi_value < 0.02
+        True
+    """
+    if ref_hist.sum() <= 0 or hist.sum() <= 0:
+        return math.nan, math.nan
+    r0, ref_rest, ref_mean, ref_std = _split_zeros(ref_hist, ref_mean, ref_std)
+    c0, rest, mean, std = _split_zeros(hist, mean, std)
+    pr, pc = [max(r0, floor)], [max(c0, floor)]
+    shape_ks = abs(r0 - c0)
+    if ref_rest.sum() > 0 and rest.sum() > 0 and ref_std > 0 and std > 0:
+        zr, fr = _standardized_cdf(ref_rest, ref_mean, ref_std)
+        zc, fc = _standardized_cdf(rest, mean, std)
+        cuts = np.unique(np.interp(np.arange(1, groups) / groups, fr, zr))
+        pr += list(np.maximum((1 - r0) * np.diff(np.concatenate([[0.0], np.interp(cuts, zr, fr), [1.0]])), floor))
+        pc += list(np.maximum((1 - c0) * np.diff(np.concatenate([[0.0], np.interp(cuts, zc, fc), [1.0]])), floor))
+        shape_ks = max(shape_ks, float(np.abs((1 - r0) * fr - (1 - c0) * np.interp(zr, zc, fc)).max()))
+    p, q = np.asarray(pr), np.asarray(pc)
+    return float(((q - p) * np.log(q / p)).sum()), float(shape_ks)

@@ -121,18 +121,17 @@ def evaluate(
             f"(threshold {th.outlier:.0f}x); usual causes: a few exploding units, unclipped inputs or "
             "corrupted samples.",
         )
-    if info.role == "input":
-        ratio = fig.get("channel_scale_ratio", math.nan)
-        largest = math.hypot(fig.get("channel_mean_absmax", 0.0), fig.get("channel_std_max", 0.0))
-        value = max(ratio if math.isfinite(ratio) else 0.0, largest if math.isfinite(largest) else 0.0)
+    ratio, largest = fig.get("feature_rms_ratio", math.nan), fig.get("feature_rms_max", math.nan)
+    if info.role == "input" and math.isfinite(ratio) and math.isfinite(largest):
+        value = max(ratio, largest)
         check(
             "feature_scale",
             value > th.feature_scale,
             value,
             th.feature_scale,
-            f"Input features of `{name}` are not on comparable scales: feature RMS spans a ratio of "
-            f"{ratio:.3g} and reaches {largest:.3g} (threshold {th.feature_scale:.0f}); standardize them "
-            "(e.g. StandardScaler or a Normalize transform) so that no feature dominates the gradients.",
+            f"Input features of `{name}` are not on comparable scales: their RMS spans a ratio of {ratio:.3g} "
+            f"and reaches {largest:.3g} (threshold {th.feature_scale:g}); standardize them (e.g. StandardScaler "
+            "or a Normalize transform) so that no feature dominates the gradients.",
         )
     if info.role in ("input", "preact"):
         g1, g2 = fig.get("channel_skew", math.nan), fig.get("channel_kurtosis", math.nan)
@@ -170,14 +169,15 @@ def evaluate(
                 f"The mean of `{name}` moved {shift:+.1f} reference stds from its reference (threshold "
                 f"{th.mean_drift:g}); usual causes: a shifted input distribution or a bias running away.",
             )
-        value = drift.get("psi", math.nan)
+        value = drift.get("shape_psi", math.nan)
         if math.isfinite(value):
             check(
                 "shift",
                 value > th.shift,
                 value,
                 th.shift,
-                f"The distribution of `{name}` moved away from its reference: PSI {value:.2f} (threshold "
-                f"{th.shift:g}); usual causes: changed input data or unstable training.",
+                f"The shape of `{name}`'s distribution moved away from its reference: PSI {value:.2f} after "
+                f"standardizing both (threshold {th.shift:g}); usual causes: changed input data, units dying "
+                "or saturating, or unstable training.",
             )
     return out, checked

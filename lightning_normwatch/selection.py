@@ -25,8 +25,16 @@ __all__ = ["select_modules", "named_tensors", "role_of", "validate_patterns", "P
 
 Pattern = str | type
 
-# Leaves that only copy or randomly mask their input: watching them repeats the layer before.
-_SKIPPED_BY_DEFAULT = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
+# Leaves that only copy or randomly mask their input (watching them repeats the layer before), and losses.
+_SKIPPED_BY_DEFAULT = (
+    nn.Identity,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+    nn.modules.loss._Loss,
+)
 
 _PREACT = (
     nn.Linear,
