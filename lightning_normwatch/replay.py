@@ -55,16 +55,22 @@ class RngState:
 
 @contextmanager
 def preserved(model: nn.Module, replay_rng: RngState | None = None) -> Iterator[None]:
-    """Run the body with ``replay_rng`` (if given) and no gradient; restore RNG and buffers after."""
+    """Run the body with ``replay_rng`` (if given) and no gradient; restore RNG and buffers after.
+
+    The body runs on copies of the buffers: the originals are never written to, because the pending
+    backward pass may have saved them (BatchNorm saves its running statistics) and any in-place write,
+    even one restoring the same values, bumps their version and makes that backward fail.
+    """
     current = RngState.capture()
-    saved = [(b, b.detach().clone()) for b in model.buffers()]
+    owners = [(m, name, b) for m in model.modules() for name, b in m._buffers.items() if b is not None]
     try:
+        for module, name, buf in owners:
+            module._buffers[name] = buf.detach().clone()
         if replay_rng is not None:
             replay_rng.restore()
         with torch.no_grad():
             yield
     finally:
-        with torch.no_grad():
-            for buf, copy in saved:
-                buf.copy_(copy)
+        for module, name, buf in owners:
+            module._buffers[name] = buf
         current.restore()
