@@ -1,32 +1,46 @@
-"""TensorBoard-only output: histograms, the custom-scalars layout and the alert table.
+"""TensorBoard-only output: histograms, the custom-scalars layout, the alert table and figures.
 
 Scalars go through the trainer's loggers (any logger); this module writes what only TensorBoard
-can show, through the ``SummaryWriter`` of the trainer's ``TensorBoardLogger``. Histograms come
-from counts already binned on the device (``add_histogram_raw``), never from whole tensors.
+can show, through the ``SummaryWriter`` of the trainer's ``TensorBoardLogger``:
+
+- ``normwatch/<tensor>`` histograms (Histograms and Distributions dashboards) from the counts
+  already binned on the device (``add_histogram_raw``), never from whole tensors;
+- the custom-scalars layout (one category per layer group, see ``layout_for``);
+- the alert table, a Markdown Text panel (tag ``normwatch/alerts``);
+- every ``plot_every_n_steps`` steps, one figure per layer group (Images dashboard,
+  ``normwatch/figures/<group>``), when matplotlib is installed.
 
 Example:
     >>> from torch.utils.tensorboard import SummaryWriter
     >>> import tempfile
     >>> panels = Panels(SummaryWriter(tempfile.mkdtemp()))
     >>> panels.write_alerts([], step=0)   # nothing to show: writes nothing
+    >>> group_of("encoder.0.conv1"), group_of("net.3"), group_of("fc1"), group_of("input/x")
+    ('encoder.0', 'net', 'model', 'inputs')
 """
 
 from __future__ import annotations
 
+import math
 import re
+import sys
+from collections.abc import Sequence
 from typing import Any
 
-from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_warn
 
 from .alerts import Alert
 from .histogram import tensorboard_buckets
 from .monitor import Monitor, StepResult
+from .report import ALERT_COLUMNS, ALERT_TAG
 from .summary import TensorStats
 
-__all__ = ["Panels", "alerts_markdown", "layout_for"]
+__all__ = ["Panels", "alerts_markdown", "layout_for", "group_of", "FIGURE_TAG"]
 
-ALERT_TAG = "normwatch/alerts"
+#: figures are written as images ``normwatch/figures/<group>``
+FIGURE_TAG = "normwatch/figures"
+#: at most this many rows (tensor or pre/post pair) per figure; bigger groups get several figures
+_ROWS_PER_FIGURE = 8
 
 
 def _cell(value: object) -> str:
@@ -34,100 +48,251 @@ def _cell(value: object) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def alerts_markdown(alerts: list[Alert]) -> str:
-    """A Markdown table of alerts (newest last)."""
-    head = "| step | module | kind | severity | value | threshold | message |\n|---|---|---|---|---|---|---|\n"
-    rows = (
+def alerts_markdown(alerts: Sequence[Alert]) -> str:
+    """The alert Text panel: a one-line summary, then a Markdown table of every alert (oldest first).
+
+    ``report.parse_alerts_markdown`` reads it back.
+
+    Example:
+        >>> a = Alert(3, "net.1", "dead", "warning", 0.8, 0.5, "80% of units are dead")
+        >>> print(alerts_markdown([a]))
+        **1 alert** up to step 3: 0 error, 1 warning, 0 info
+        <BLANKLINE>
+        | step | module | kind | severity | value | threshold | message |
+        |---|---|---|---|---|---|---|
+        | 3 | net.1 | dead | warning | 0.8 | 0.5 | 80% of units are dead |
+    """
+    counts = {s: sum(a.severity == s for a in alerts) for s in ("error", "warning", "info")}
+    last = max((a.step for a in alerts), default=0)
+    summary = (
+        f"**{len(alerts)} alert{'s' if len(alerts) != 1 else ''}** up to step {last}: "
+        f"{counts['error']} error, {counts['warning']} warning, {counts['info']} info"
+    )
+    head = "| " + " | ".join(ALERT_COLUMNS) + " |\n" + "|---" * len(ALERT_COLUMNS) + "|"
+    rows = [
         "| "
         + " | ".join(_cell(v) for v in (a.step, a.module, a.kind, a.severity, a.value, a.threshold, a.message))
         + " |"
         for a in alerts
-    )
-    return head + "\n".join(rows)
+    ]
+    return "\n".join([summary, "", head, *rows])
 
 
-def _group_of(key: str) -> str:
-    """Layers are grouped by their top-level parent (``encoder.0.conv`` -> ``encoder``)."""
-    if key.startswith("input"):
+def group_of(key: str) -> str:
+    """The layer group of a tensor key: its block, i.e. the path up to the first numeric index.
+
+    ``encoder.0.conv1`` -> ``encoder.0`` (a block of a Sequential/ModuleList), ``net.3`` -> ``net``
+    (a layer of a Sequential), ``model.layers.2.mlp.fc1`` -> ``model.layers.2``, a top-level module
+    ``fc1`` -> ``model``; batch inputs -> ``inputs``. Output parts (``lstm[0]``) and repeated calls
+    (``fc@2``) belong to their module's group.
+
+    Example:
+        >>> group_of("model.layers.2.mlp.fc1"), group_of("lstm[0]"), group_of("block.fc@2")
+        ('model.layers.2', 'model', 'block')
+    """
+    if key == "input" or key.startswith("input/"):
         return "inputs"
-    return re.split(r"[.\[@]", key, maxsplit=1)[0] if "." in key or "[" in key else "layers"
+    parts = re.split(r"[\[@]", key, maxsplit=1)[0].split(".")
+    if len(parts) == 1:
+        return "model"
+    for i, part in enumerate(parts[:-1]):
+        if part.isdigit() and i > 0:
+            return ".".join(parts[: i + 1])
+    return ".".join(parts[:-1]) if parts[-1].isdigit() else parts[0]
 
 
-def layout_for(keys: list[str], thresholds: Any) -> dict[str, dict[str, list[Any]]]:
-    """Custom-scalars layout: one category per layer group, plus an overview across depth."""
+def _groups(keys: Sequence[str]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for key in keys:
+        out.setdefault(group_of(key), []).append(key)
+    return out
+
+
+def layout_for(keys: Sequence[str]) -> dict[str, dict[str, list[Any]]]:
+    """Custom-scalars layout: an overview across depth, then one category per layer group.
+
+    Multiline charts take regular expressions (TensorBoard matches them from the start of the tag);
+    Margin charts take exactly three existing tags (value, lower, upper). Every series is one the
+    callback logs: ``normwatch/<tensor>/<figure>``, ``normwatch/thresholds/*``, ``normwatch/alerts/*``.
+
+    Per group: the std of each of its layers in one chart; each drift figure of its layers against
+    the alert threshold (flat line); per layer, mean ± std (Margin) and skew with excess kurtosis.
+
+    Example:
+        >>> layout = layout_for(["net.0", "net.1"])
+        >>> list(layout)
+        ['normwatch: overview', 'normwatch: net']
+        >>> layout["normwatch: net"]["net.0: mean ± std"]
+        ['Margin', ['normwatch/net.0/mean', 'normwatch/net.0/mean_minus_std', 'normwatch/net.0/mean_plus_std']]
+    """
     esc = re.escape
     layout: dict[str, dict[str, list[Any]]] = {
         "normwatch: overview": {
-            "std of every watched tensor (scale across depth)": ["Multiline", [r"normwatch/.*/std$"]],
-            "excess kurtosis of every watched tensor": ["Multiline", [r"normwatch/.*/kurtosis$"]],
+            "std of every watched tensor (scale across depth)": ["Multiline", [r"normwatch/.+/std$"]],
+            "share of exact zeros in every watched tensor": ["Multiline", [r"normwatch/.+/zeros$"]],
             "active alerts by severity": ["Multiline", [r"normwatch/alerts/(info|warning|error)$"]],
         }
     }
-    for key in keys:
-        category = layout.setdefault(f"normwatch: {_group_of(key)}", {})
-        base = f"normwatch/{key}"
-        category[f"{key}: mean ± std"] = ["Margin", [f"{base}/mean", f"{base}/mean_minus_std", f"{base}/mean_plus_std"]]
-        category[f"{key}: skew and kurtosis"] = [
+    for group, members in _groups(keys).items():
+        category = layout.setdefault(f"normwatch: {group}", {})
+        any_member = "(" + "|".join(esc(k) for k in members) + ")"
+        category[f"{group}: std of each layer"] = ["Multiline", [rf"normwatch/{any_member}/std$"]]
+        category[f"{group}: PSI vs reference (alert above normwatch/thresholds/shift)"] = [
             "Multiline",
-            [rf"^{esc(base)}/(skew|kurtosis|channel_skew|channel_kurtosis)$"],
+            [rf"normwatch/{any_member}/psi$", r"normwatch/thresholds/shift$"],
         ]
-        category[f"{key}: drift vs thresholds"] = [
+        category[f"{group}: log(std / reference std) (alert beyond ± thresholds/log_scale_drift)"] = [
             "Multiline",
-            [
-                rf"^{esc(base)}/(psi|std_log_ratio|mean_shift)$",
-                r"^normwatch/thresholds/(shift|log_scale_drift|mean_drift)$",
-            ],
+            [rf"normwatch/{any_member}/std_log_ratio$", r"normwatch/thresholds/log_scale_drift$"],
         ]
-    del thresholds
+        category[f"{group}: mean shift in reference stds (alert beyond ± thresholds/mean_drift)"] = [
+            "Multiline",
+            [rf"normwatch/{any_member}/mean_shift$", r"normwatch/thresholds/mean_drift$"],
+        ]
+        for key in members:
+            base = f"normwatch/{key}"
+            category[f"{key}: mean ± std"] = [
+                "Margin",
+                [f"{base}/mean", f"{base}/mean_minus_std", f"{base}/mean_plus_std"],
+            ]
+            category[f"{key}: skew and excess kurtosis (overall and within-channel)"] = [
+                "Multiline",
+                [rf"{esc(base)}/(skew|kurtosis|channel_skew|channel_kurtosis)$"],
+            ]
     return layout
 
 
+def _is_tensorboard_logger(logger: Any) -> bool:
+    """A ``TensorBoardLogger`` of ``pytorch_lightning`` or of the unified ``lightning`` package."""
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    if isinstance(logger, TensorBoardLogger):
+        return True
+    unified = sys.modules.get("lightning.pytorch.loggers")
+    return unified is not None and isinstance(logger, unified.TensorBoardLogger)
+
+
 class Panels:
-    """Writes NormWatch's TensorBoard panels to one ``SummaryWriter``."""
+    """Writes NormWatch's TensorBoard panels to one ``SummaryWriter``.
+
+    Args:
+        writer: a ``torch.utils.tensorboard.SummaryWriter`` (``TensorBoardLogger.experiment``).
+        plot_every_n_steps: draw the group figures when a logging step enters a new interval of
+            this many steps (``None``: never).
+
+    Example:
+        >>> from torch.utils.tensorboard import SummaryWriter
+        >>> import tempfile
+        >>> panels = Panels(SummaryWriter(tempfile.mkdtemp()), plot_every_n_steps=100)
+        >>> panels.plot_due(0), Panels(panels.writer).plot_due(0)
+        (True, False)
+    """
 
     def __init__(self, writer: Any, plot_every_n_steps: int | None = None) -> None:
         self.writer = writer
         self.plot_every_n_steps = plot_every_n_steps
-        self._layout_written = False
+        self._layout_keys: list[str] = []
+        self._last_plot_interval: int | None = None
 
     @classmethod
     def for_trainer(cls, trainer: Any, plot_every_n_steps: int | None = None) -> Panels | None:
-        """Panels on the trainer's first ``TensorBoardLogger``; None (with one warning) without one."""
+        """Panels on the trainer's first ``TensorBoardLogger``; None (with one warning) without one.
+
+        With ``logger=False`` nothing is written and the callback itself warns that there is no logger.
+        """
         for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
+            if _is_tensorboard_logger(logger):
                 return cls(logger.experiment, plot_every_n_steps) if trainer.is_global_zero else None
         if trainer.loggers:
+            names = ", ".join(type(lg).__name__ for lg in trainer.loggers)
             rank_zero_warn(
-                "NormWatch: no TensorBoardLogger among the trainer's loggers; scalars go to the loggers there are, "
-                "histograms, the custom-scalars layout and the alert table are skipped."
+                f"NormWatch: no TensorBoardLogger among the trainer's loggers ({names}); the scalars "
+                "normwatch/<tensor>/<figure> go to these loggers, but the TensorBoard-only panels (histograms, "
+                "custom-scalars layout, alert table" + (", figures" if plot_every_n_steps else "") + ") are skipped."
             )
         return None
 
+    def plot_due(self, step: int) -> bool:
+        """Whether the group figures are drawn at this logging step.
+
+        They are drawn at the first logging step of each interval ``[k n, (k + 1) n)`` of
+        ``n = plot_every_n_steps`` steps, so the interval need not be a multiple of the logging
+        interval: with logging every 2 steps and ``n = 5``, figures come at steps 0, 6, 10, 16 ...
+        """
+        if not self.plot_every_n_steps:
+            return False
+        interval = step // self.plot_every_n_steps
+        return interval != self._last_plot_interval
+
     def write(self, result: StepResult, stats: dict[str, TensorStats], monitor: Monitor) -> None:
-        """Histograms (and, once, the layout) for one logging step."""
+        """Histograms, the layout (when new tensors appear) and, when due, the figures of one logging step."""
         step = result.step
         for key, st in stats.items():
-            limits, counts = tensorboard_buckets(st.hist, st.smin, st.smax)
-            if not counts:
-                continue
-            m = st.overall
-            self.writer.add_histogram_raw(
-                f"normwatch/{key}",
-                min=float(st.smin),
-                max=float(st.smax),
-                num=int(sum(counts)),
-                sum=float(m.n * m.mean),
-                sum_squares=float(m.m2 + m.n * m.mean * m.mean),
-                bucket_limits=limits,
-                bucket_counts=counts,
-                global_step=step,
+            self._histogram(key, st, step)
+        new = [k for k in stats if k not in self._layout_keys]
+        if new:
+            # written once; again only if tensors appear later (TensorBoard shows the latest layout)
+            self._layout_keys += new
+            self.writer.add_custom_scalars(layout_for(self._layout_keys))
+        if stats and self.plot_due(step):
+            self._last_plot_interval = step // self.plot_every_n_steps  # type: ignore[operator]
+            self._figures(result, stats, monitor)
+
+    def _histogram(self, key: str, st: TensorStats, step: int) -> None:
+        limits, counts = tensorboard_buckets(st.hist, st.smin, st.smax)
+        if not counts or not (math.isfinite(st.smin) and math.isfinite(st.smax)):
+            return
+        m = st.overall
+        self.writer.add_histogram_raw(
+            f"normwatch/{key}",
+            min=float(st.smin),
+            max=float(st.smax),
+            num=int(sum(counts)),
+            sum=float(m.n * m.mean),
+            sum_squares=float(m.m2 + m.n * m.mean * m.mean),
+            bucket_limits=limits,
+            bucket_counts=counts,
+            global_step=step,
+        )
+
+    def _figures(self, result: StepResult, stats: dict[str, TensorStats], monitor: Monitor) -> None:
+        from .plots import PlotData, group_figure, load_matplotlib, pair_rows
+
+        figure_cls = load_matplotlib()
+        if figure_cls is None:
+            return
+        items: dict[str, list[PlotData]] = {}
+        for key, st in stats.items():
+            try:
+                info = monitor.info(key)
+                label, role = info.type_name, info.role
+            except KeyError:
+                label, role = "?", "other"
+            fig = result.figures.get(key, {})
+            items.setdefault(group_of(key), []).append(
+                PlotData(
+                    key,
+                    label,
+                    role,
+                    st.hist,
+                    st.smin,
+                    st.smax,
+                    fig.get("mean", math.nan),
+                    fig.get("std", math.nan),
+                    fig.get("skew", math.nan),
+                    fig.get("kurtosis", math.nan),
+                )
             )
-        if not self._layout_written and stats:
-            self.writer.add_custom_scalars(layout_for(list(stats), monitor.config.thresholds))
-            self._layout_written = True
+        for group, members in items.items():
+            rows = pair_rows(members)
+            for part, start in enumerate(range(0, len(rows), _ROWS_PER_FIGURE)):
+                chunk = rows[start : start + _ROWS_PER_FIGURE]
+                tag = f"{FIGURE_TAG}/{group}" + (f"/{part + 1}" if part else "")
+                figure = group_figure(figure_cls, group, result.step, chunk)
+                self.writer.add_figure(tag, figure, global_step=result.step, close=True)
 
     def write_alerts(self, alerts: list[Alert], step: int) -> None:
-        """The alert table as a Text panel (all alerts so far)."""
+        """The alert table as a Text panel: every alert so far, rewritten when new ones are raised."""
         if alerts:
             self.writer.add_text(ALERT_TAG, alerts_markdown(alerts), global_step=step)
 

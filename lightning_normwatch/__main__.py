@@ -1,0 +1,8 @@
+"""``python -m lightning_normwatch report LOGDIR``: the ``normwatch`` command."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

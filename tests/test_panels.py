@@ -1,0 +1,323 @@
+"""TensorBoard panels, read back from real event files with TensorBoard's own reader."""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from models import Regressor, loader, mlp, regression_data, trainer
+from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.custom_scalar import layout_pb2
+from tensorboard.util import tensor_util
+from torch import nn
+
+from lightning_normwatch import NormWatch
+from lightning_normwatch.callback import SCALARS
+from lightning_normwatch.histogram import bin_counts, bin_edges
+from lightning_normwatch.panels import alerts_markdown, group_of, layout_for
+from lightning_normwatch.plots import PlotData, density, pair_rows, qq_points, quantiles, zero_share
+from lightning_normwatch.report import parse_alerts_markdown
+
+BATCH, D_IN, WIDTH = 32, 16, 32
+#: values per watched tensor per step: every value is sampled (tensors are smaller than sample_size)
+NUMEL = {"input": BATCH * D_IN, "net.0": BATCH * WIDTH, "net.1": BATCH * WIDTH, "net.2": BATCH * WIDTH}
+NUMEL |= {"net.3": BATCH * WIDTH, "net.4": BATCH}
+
+
+def read_events(log_dir: str | Path) -> EventAccumulator:
+    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "histograms": 0, "images": 0, "tensors": 0})
+    acc.Reload()
+    return acc
+
+
+def dead_relu_net() -> nn.Sequential:
+    """A Linear whose bias is -100, so the ReLU after it outputs only zeros (a ``dead`` alert)."""
+    net = nn.Sequential(nn.Linear(D_IN, WIDTH), nn.ReLU(), nn.Linear(WIDTH, 1))
+    with torch.no_grad():
+        net[0].bias.fill_(-100.0)
+    return net
+
+
+@pytest.fixture(scope="module")
+def healthy(tmp_path_factory: pytest.TempPathFactory) -> tuple[NormWatch, EventAccumulator, Path]:
+    """An MLP logged to TensorBoard and CSV every 2 steps, drift from step 4, figures at steps 0 and 6.
+
+    Figures are due at the first logging step of each interval of 5 steps: 0 (0-4) and 6 (5-9).
+    """
+    root = tmp_path_factory.mktemp("healthy")
+    torch.manual_seed(0)
+    cb = NormWatch(every_n_steps=2, warmup_steps=0, reference_steps=4, plot_every_n_steps=5, on_alert="ignore")
+    loggers = [TensorBoardLogger(root, name="tb"), CSVLogger(root, name="csv")]
+    tr = trainer(root, [cb], max_steps=9, logger=loggers)
+    tr.fit(Regressor(mlp(D_IN, WIDTH)), loader(regression_data(d_in=D_IN), batch_size=BATCH))
+    return cb, read_events(loggers[0].log_dir), Path(loggers[1].log_dir)
+
+
+@pytest.fixture(scope="module")
+def dead(tmp_path_factory: pytest.TempPathFactory) -> tuple[NormWatch, EventAccumulator]:
+    root = tmp_path_factory.mktemp("dead")
+    torch.manual_seed(0)
+    cb = NormWatch(every_n_steps=1, on_alert="ignore")
+    logger = TensorBoardLogger(root)
+    tr = trainer(root, [cb], max_steps=2, logger=logger)
+    tr.fit(Regressor(dead_relu_net()), loader(regression_data(d_in=D_IN), batch_size=BATCH))
+    return cb, read_events(logger.log_dir)
+
+
+# ---------------------------------------------------------------------------------------- histograms
+def test_histograms_hold_every_sampled_value(healthy) -> None:
+    cb, acc, _ = healthy
+    tags = acc.Tags()
+    assert sorted(tags["histograms"]) == sorted(f"normwatch/{k}" for k in NUMEL)
+    assert sorted(tags["distributions"]) == sorted(tags["histograms"])  # the Distributions dashboard too
+    for key, numel in NUMEL.items():
+        events = acc.Histograms(f"normwatch/{key}")
+        assert [e.step for e in events] == [0, 2, 4, 6, 8]
+        for event in events:
+            h = event.histogram_value
+            limits = np.array(h.bucket_limit)
+            assert sum(h.bucket) == h.num == numel  # counts sum to the sampled count
+            assert np.all(np.diff(limits) > 0), "bucket limits must be strictly increasing"
+            assert len(h.bucket) == len(limits) and h.bucket[0] > 0 and h.bucket[-1] > 0
+            assert h.min <= limits[0] and (len(limits) < 2 or limits[-2] < h.max <= limits[-1])
+        last = events[-1].histogram_value
+        assert last.num == cb.last_result.figures[key]["sampled"]
+        mean = acc.Scalars(f"normwatch/{key}/mean")[-1].value
+        assert last.sum / last.num == pytest.approx(mean, rel=1e-4, abs=1e-6)
+
+
+def test_tag_scheme_holds_for_every_watched_module(healthy) -> None:
+    cb, acc, _ = healthy
+    scalars = set(acc.Tags()["scalars"])
+    keys = {name for name, _ in cb.monitor.watched} | {"input"}
+    assert keys == set(NUMEL)
+    figures = set(SCALARS) | {"mean_minus_std", "mean_plus_std"}
+    for key in keys:
+        for stat in ("mean", "std", "skew", "kurtosis", "zeros", "normaltest_p", "psi", "std_log_ratio"):
+            assert f"normwatch/{key}/{stat}" in scalars
+    for tag in scalars:
+        if not tag.startswith("normwatch/"):
+            continue
+        module, stat = tag[len("normwatch/") :].rsplit("/", 1)
+        if module == "thresholds":
+            assert stat in ("shift", "log_scale_drift", "mean_drift")
+        elif module == "alerts":
+            assert stat in ("info", "warning", "error")
+        else:
+            assert module in keys and stat in figures, tag
+
+
+def test_custom_scalars_layout_matches_logged_tags(healthy) -> None:
+    _, acc, _ = healthy
+    scalars = set(acc.Tags()["scalars"])
+    events = acc.Tensors("custom_scalars__config__")
+    assert len(events) == 1  # written once
+    layout = layout_pb2.Layout()
+    layout.ParseFromString(tensor_util.make_ndarray(events[0].tensor_proto).item())
+    titles = [c.title for c in layout.category]
+    assert titles == ["normwatch: overview", "normwatch: inputs", "normwatch: net"]
+    margins = 0
+    for category in layout.category:
+        for chart in category.chart:
+            if chart.HasField("margin"):
+                for series in chart.margin.series:
+                    assert {series.value, series.lower, series.upper} <= scalars, chart.title
+                margins += 1
+            else:
+                for pattern in chart.multiline.tag:  # TensorBoard uses re.match on every tag
+                    assert any(re.match(pattern, tag) for tag in scalars), (chart.title, pattern)
+    assert margins == len(NUMEL)  # mean ± std of every watched tensor
+    net = {c.title: c for c in layout.category}["normwatch: net"]
+    std_chart = next(ch for ch in net.chart if ch.title == "net: std of each layer")
+    matched = {t for t in scalars if re.match(std_chart.multiline.tag[0], t)}
+    assert matched == {f"normwatch/net.{i}/std" for i in range(5)}
+    psi_chart = next(ch for ch in net.chart if ch.title.startswith("net: PSI"))
+    assert {t for p in psi_chart.multiline.tag for t in scalars if re.match(p, t)} == {
+        *(f"normwatch/net.{i}/psi" for i in range(5)),
+        "normwatch/thresholds/shift",
+    }
+
+
+def test_figures_every_plot_interval(healthy) -> None:
+    _, acc, _ = healthy
+    assert sorted(acc.Tags()["images"]) == ["normwatch/figures/inputs", "normwatch/figures/net"]
+    for tag in acc.Tags()["images"]:
+        images = acc.Images(tag)
+        assert [im.step for im in images] == [0, 6]
+        assert all(im.encoded_image_string[:8] == b"\x89PNG\r\n\x1a\n" and im.width > 300 for im in images)
+    # net: three rows (Linear+ReLU, Linear+ReLU, Linear), pre/post side by side -> 4 panels wide
+    net = acc.Images("normwatch/figures/net")[-1]
+    assert net.width >= 2 * acc.Images("normwatch/figures/inputs")[-1].width
+
+
+def test_scalars_also_reach_the_csv_logger(healthy) -> None:
+    _, acc, csv_dir = healthy
+    with open(csv_dir / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert "normwatch/net.1/zeros" in rows[0]
+    steps = [int(r["step"]) for r in rows if r.get("normwatch/net.1/zeros")]
+    assert steps == [0, 2, 4, 6, 8]
+    tb = [e.value for e in acc.Scalars("normwatch/net.1/zeros")]
+    assert [float(r["normwatch/net.1/zeros"]) for r in rows if r["normwatch/net.1/zeros"]] == pytest.approx(tb)
+
+
+# ---------------------------------------------------------------------------------------- alerts
+def test_alert_table_for_a_dead_relu(dead) -> None:
+    cb, acc = dead
+    assert any(a.kind == "dead" and a.module == "net.1" for a in cb.alerts)
+    assert acc.Tags()["tensors"].count("normwatch/alerts/text_summary") == 1
+    events = acc.Tensors("normwatch/alerts/text_summary")
+    text = tensor_util.make_ndarray(events[-1].tensor_proto).item().decode()
+    assert "| step | module | kind | severity | value | threshold | message |" in text
+    rows = parse_alerts_markdown(text)
+    assert [(r["step"], r["module"], r["kind"], r["severity"]) for r in rows] == [
+        (a.step, a.module, a.kind, a.severity) for a in cb.alerts
+    ]
+    dead_row = next(r for r in rows if r["kind"] == "dead")
+    assert dead_row["value"] == pytest.approx(1.0) and dead_row["threshold"] == pytest.approx(0.5)
+    assert acc.Scalars("normwatch/alerts/warning")[0].value >= 1
+    assert "images" not in acc.Tags() or not acc.Tags()["images"]  # plot_every_n_steps=None: no figures
+
+
+def test_alerts_markdown_round_trip() -> None:
+    from lightning_normwatch.alerts import Alert
+
+    alerts = [
+        Alert(3, "enc.0[1]", "outlier", "warning", 123.456789, 100.0, "max |x| is 123x | its RMS\nsecond line"),
+        Alert(9, "net.1", "nonfinite", "error", float("nan"), 0.0, "NaN in `net.1`"),
+    ]
+    text = alerts_markdown(alerts)
+    assert text.splitlines()[0] == "**2 alerts** up to step 9: 1 error, 1 warning, 0 info"
+    rows = parse_alerts_markdown(text)
+    assert [r["module"] for r in rows] == ["enc.0[1]", "net.1"]
+    assert rows[0]["message"] == "max |x| is 123x | its RMS second line"
+    assert rows[0]["value"] == pytest.approx(123.5) and math.isnan(rows[1]["value"])
+
+
+# ---------------------------------------------------------------------------------------- other loggers
+def test_csv_logger_only_warns_once_and_logs_scalars(tmp_path: Path) -> None:
+    cb = NormWatch(every_n_steps=1, plot_every_n_steps=1, on_alert="ignore")
+    logger = CSVLogger(tmp_path)
+    tr = trainer(tmp_path, [cb], max_steps=2, logger=logger)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tr.fit(Regressor(mlp(D_IN, WIDTH)), loader(regression_data(d_in=D_IN), batch_size=BATCH))
+    ours = [str(w.message) for w in caught if "TensorBoard" in str(w.message)]
+    assert len(ours) == 1 and "CSVLogger" in ours[0] and "skipped" in ours[0], ours
+    with open(Path(logger.log_dir) / "metrics.csv") as f:
+        header = next(csv.reader(f))
+    assert {"normwatch/net.0/std", "normwatch/input/mean", "normwatch/alerts/error"} <= set(header)
+    assert not list(tmp_path.rglob("events.out.tfevents*"))
+
+
+def test_logger_false_still_watches(tmp_path: Path) -> None:
+    cb = NormWatch(every_n_steps=1, plot_every_n_steps=1, on_alert="ignore")
+    tr = trainer(tmp_path, [cb], max_steps=2, logger=False)
+    tr.fit(Regressor(dead_relu_net()), loader(regression_data(d_in=D_IN), batch_size=BATCH))
+    assert cb.last_result is not None and cb.last_result.step == 1
+    assert any(a.kind == "dead" for a in cb.alerts)
+    assert not list(tmp_path.rglob("events.out.tfevents*"))
+
+
+@pytest.mark.slow
+def test_without_matplotlib_everything_else_is_written(tmp_path: Path) -> None:
+    """matplotlib made unimportable in a fresh interpreter: one warning, no figures, the rest written."""
+    script = f"""
+import sys, warnings
+from pytorch_lightning.loggers import TensorBoardLogger  # (torchmetrics may import matplotlib itself)
+for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+    del sys.modules[name]
+sys.modules["matplotlib"] = None  # from here on, `import matplotlib` raises ImportError
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from models import Regressor, loader, mlp, regression_data, trainer
+from lightning_normwatch import NormWatch
+cb = NormWatch(every_n_steps=1, plot_every_n_steps=1, on_alert="ignore")
+logger = TensorBoardLogger({str(tmp_path)!r})
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    trainer({str(tmp_path)!r}, [cb], max_steps=3, logger=logger).fit(Regressor(mlp()), loader(regression_data()))
+print("WARNINGS", sum("matplotlib is not installed" in str(w.message) for w in caught))
+print("LOGDIR", logger.log_dir)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "WARNINGS 1" in out.stdout
+    log_dir = out.stdout.split("LOGDIR ")[1].strip()
+    tags = read_events(log_dir).Tags()
+    assert not tags["images"]
+    assert "normwatch/net.0" in tags["histograms"] and "normwatch/net.0/std" in tags["scalars"]
+
+
+# ---------------------------------------------------------------------------------------- pure helpers
+def test_group_of() -> None:
+    assert group_of("net.0") == group_of("net.4") == "net"
+    assert group_of("encoder.layers.3.attn.q") == "encoder.layers.3"
+    assert group_of("fc1") == group_of("lstm[0]") == "model"
+    assert group_of("input") == group_of("input/image") == "inputs"
+    assert group_of("head.proj@2") == "head"
+
+
+def test_layout_escapes_module_names() -> None:
+    layout = layout_for(["blocks.0.fc", "blocks.0.act", "blocks.1.fc"])
+    assert list(layout) == ["normwatch: overview", "normwatch: blocks.0", "normwatch: blocks.1"]
+    pattern = layout["normwatch: blocks.0"]["blocks.0.fc: skew and excess kurtosis (overall and within-channel)"][1][0]
+    assert re.match(pattern, "normwatch/blocks.0.fc/kurtosis")
+    assert not re.match(pattern, "normwatch/blocksX0.fc/kurtosis")
+    assert not re.match(pattern, "normwatch/blocks.0.fc/kurtosis_extra")
+
+
+def _hist(x: torch.Tensor) -> np.ndarray:
+    return bin_counts(x, bin_edges(dtype=torch.float64)).numpy()
+
+
+def test_quantiles_from_shared_bins_match_the_sample() -> None:
+    g = torch.Generator().manual_seed(1)
+    for x in (torch.randn(20_000, generator=g) * 3 + 1, torch.relu(torch.randn(20_000, generator=g))):
+        p = np.linspace(0.01, 0.99, 25)
+        exact = np.quantile(x.double().numpy(), p)
+        approx = quantiles(_hist(x), float(x.min()), float(x.max()), p)
+        # bins grow by 10 %: an interpolated quantile is within one bin of the exact one
+        assert np.all(np.abs(approx - exact) <= 0.1 * np.abs(exact) + 1e-3), np.abs(approx - exact).max()
+
+
+def test_density_and_zero_atom() -> None:
+    x = torch.relu(torch.randn(50_000, generator=torch.Generator().manual_seed(2)))
+    h = _hist(x)
+    assert zero_share(h) == pytest.approx(float((x == 0).double().mean()))
+    grid = np.linspace(-1.0, 5.0, 121)
+    full = density(h, 0.0, float(x.max()), grid)
+    cont = density(h, 0.0, float(x.max()), grid, drop_zero_bin=True)
+    assert (full * np.diff(grid)).sum() == pytest.approx(1.0, abs=1e-3)
+    assert (cont * np.diff(grid)).sum() == pytest.approx(1.0 - zero_share(h), abs=1e-3)
+    # the continuous part of a ReLU'd standard normal has density 2 * phi(x) * 1/2 = phi(x) for x > 0
+    mid = (grid[:-1] + grid[1:]) / 2
+    sel = (mid > 0.2) & (mid < 2.0)
+    assert cont[sel] == pytest.approx(np.exp(-(mid[sel] ** 2) / 2) / np.sqrt(2 * np.pi), abs=0.03)
+
+
+def test_qq_points_flag_heavy_tails_and_pairs() -> None:
+    g = torch.Generator().manual_seed(3)
+    t = torch.distributions.StudentT(3.0).sample((50_000,))
+    h = _hist(t)
+    d = PlotData("t", "batch", "input", h, float(t.min()), float(t.max()), float(t.mean()), float(t.std()), 0, 0)
+    z, q = qq_points(d)
+    assert q[-1] > z[-1] and q[0] < z[0]  # heavy tails: the ends leave the diagonal outwards
+    n = torch.randn(50_000, generator=g)
+    dn = PlotData("n", "batch", "input", _hist(n), float(n.min()), float(n.max()), 0.0, 1.0, 0, 0)
+    z, q = qq_points(dn)
+    assert np.abs(q - z).max() < 0.1
+
+    def mk(name: str, role: str) -> PlotData:
+        return PlotData(name, "M", role, h, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0)
+
+    rows = pair_rows([mk("in", "input"), mk("fc", "preact"), mk("act", "activation"), mk("sig", "bounded")])
+    assert [(a and a.name, b and b.name) for a, b in rows] == [("in", None), ("fc", "act"), (None, "sig")]
