@@ -1,0 +1,144 @@
+"""The real ``tensorboard`` program serves NormWatch's panels: asked through its HTTP data API."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from models import Regressor, loader, regression_data, trainer
+from pytorch_lightning.loggers import TensorBoardLogger
+from torch import nn
+
+from lightning_normwatch import NormWatch
+
+TENSORBOARD = Path(sys.executable).with_name("tensorboard")
+STARTUP_TIMEOUT = 60.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def logdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run with a dead ReLU (so an alert is raised), histograms, the layout and figures."""
+    root = tmp_path_factory.mktemp("tb")
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 1))
+    with torch.no_grad():
+        net[0].bias.fill_(-100.0)
+    cb = NormWatch(every_n_steps=1, warmup_steps=0, reference_steps=1, plot_every_n_steps=100, on_alert="ignore")
+    tr = trainer(root, [cb], max_steps=3, logger=TensorBoardLogger(root, name="demo"))
+    tr.fit(Regressor(net), loader(regression_data()))
+    assert any(a.kind == "dead" for a in cb.alerts)
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(logdir: Path) -> Iterator[str]:
+    """``tensorboard`` on 127.0.0.1 and a free port; stopped (terminate, then kill) at the end."""
+    if not TENSORBOARD.exists():
+        pytest.skip(f"no tensorboard program next to {sys.executable}")
+    port = free_port()
+    cmd = [str(TENSORBOARD), "--logdir", str(logdir), "--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--load_fast=false", "--reload_interval=1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"tensorboard exited with {proc.returncode}: {proc.stdout.read()[-2000:]}")  # type: ignore[union-attr]
+            try:
+                text_runs = get(base, "/data/plugin/text/tags")
+                scalar_runs = get(base, "/data/plugin/scalars/tags")
+                if text_runs and scalar_runs:  # the run is loaded, text included
+                    break
+            except (urllib.error.URLError, ConnectionError, json.JSONDecodeError):
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"tensorboard did not load {logdir} within {STARTUP_TIMEOUT:.0f} s")
+            time.sleep(0.5)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def get(base: str, path: str, **params: str) -> Any:
+    url = base + path + ("?" + urllib.parse.urlencode(params) if params else "")
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read().decode())
+
+
+def test_plugins_are_active(server: str) -> None:
+    listing = get(server, "/data/plugins_listing")
+    for plugin in ("scalars", "histograms", "distributions", "custom_scalars", "text", "images"):
+        assert listing[plugin]["enabled"], plugin
+
+
+def test_scalar_and_histogram_tags(server: str) -> None:
+    runs = get(server, "/data/plugin/scalars/tags")
+    assert list(runs) == ["demo/version_0"]
+    scalars = set(runs["demo/version_0"])
+    for module in ("input", "net.0", "net.1", "net.2"):
+        assert {f"normwatch/{module}/{s}" for s in ("mean", "std", "zeros", "mean_minus_std")} <= scalars
+    # the dead ReLU's outputs are all zero: no skew or kurtosis (NaN figures are not logged)
+    assert "normwatch/net.0/skew" in scalars and "normwatch/net.1/skew" not in scalars
+    assert {"normwatch/alerts/warning", "normwatch/thresholds/shift"} <= scalars
+    hist = get(server, "/data/plugin/histograms/tags")["demo/version_0"]
+    assert set(hist) == {"normwatch/input", "normwatch/net.0", "normwatch/net.1", "normwatch/net.2"}
+    data = get(server, "/data/plugin/histograms/histograms", run="demo/version_0", tag="normwatch/net.0")
+    assert [step for _, step, _ in data] == [0, 1, 2]
+    for _, _, buckets in data:  # [left, right, count] as the dashboard draws them
+        assert sum(c for _, _, c in buckets) == 32 * 32
+        assert all(left <= right for left, right, _ in buckets)
+
+
+def test_custom_scalars_layout_is_served(server: str) -> None:
+    layout = get(server, "/data/plugin/custom_scalars/layout")
+    categories = {c["title"]: c for c in layout["category"]}
+    assert list(categories) == ["normwatch: overview", "normwatch: inputs", "normwatch: net"]
+    charts = {ch["title"]: ch for ch in categories["normwatch: net"]["chart"]}
+    assert charts["net.1: mean ± std"]["margin"]["series"] == [
+        {
+            "value": "normwatch/net.1/mean",
+            "lower": "normwatch/net.1/mean_minus_std",
+            "upper": "normwatch/net.1/mean_plus_std",
+        }
+    ]
+    # the plugin resolves a Multiline regex to the matching scalar series
+    pattern = charts["net: std of each layer"]["multiline"]["tag"][0]
+    found = get(server, "/data/plugin/custom_scalars/scalars", run="demo/version_0", tag=pattern)
+    assert found["regex_valid"] and set(found["tag_to_events"]) == {f"normwatch/net.{i}/std" for i in range(3)}
+    assert all(len(events) == 3 for events in found["tag_to_events"].values())
+
+
+def test_alert_text_and_figures(server: str) -> None:
+    tags = get(server, "/data/plugin/text/tags")["demo/version_0"]
+    assert tags == ["normwatch/alerts/text_summary"]
+    texts = get(server, "/data/plugin/text/text", run="demo/version_0", tag=tags[0])
+    html = texts[-1]["text"]
+    assert "<table>" in html and re.search(r"<td>net\.1</td>\s*<td>dead</td>\s*<td>warning</td>", html), html
+    images = get(server, "/data/plugin/images/tags")["demo/version_0"]
+    assert set(images) == {"normwatch/figures/inputs", "normwatch/figures/net"}
