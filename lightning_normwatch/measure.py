@@ -131,10 +131,11 @@ def _as_channel_rows(x: Tensor, spec: MeasureSpec, generator: torch.Generator) -
         x = x.reshape(1, 1)
     elif x.ndim == 1:
         x = x.reshape(-1, 1)
+    # Explicit sizes (no -1): an empty tensor such as a batch of 0 would make -1 ambiguous.
     if spec.channel_first and x.ndim >= 3:
-        view = x.reshape(x.shape[0], x.shape[1], -1)  # [B, C, P]
+        view = x.reshape(x.shape[0], x.shape[1], math.prod(x.shape[2:]))  # [B, C, P]
     else:
-        view = x.reshape(-1, x.shape[-1], 1)  # [N, C, 1]
+        view = x.reshape(math.prod(x.shape[:-1]), x.shape[-1], 1)  # [N, C, 1]
     channels = view.shape[1]
     if channels > spec.max_channels:
         view = view[:, :: math.ceil(channels / spec.max_channels)]

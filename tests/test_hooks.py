@@ -250,6 +250,27 @@ def test_module_called_with_different_widths_gets_two_entries(tmp_path) -> None:
     assert_figures_describe(figs["net.act@2"], net.outputs[1].numpy())
 
 
+class EmptyBranch(Regressor):
+    """A conv branch that receives no rows (as a detection head with no proposals does)."""
+
+    def __init__(self) -> None:
+        super().__init__(nn.Linear(16, 1))
+        self.conv = nn.Conv2d(1, 3, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        picked = x[x.sum(1) > 1e9]  # no row qualifies
+        extra = self.conv(picked.reshape(-1, 1, 4, 4)).sum()
+        return self.net(x) + extra
+
+
+def test_empty_outputs_do_not_break_training_or_raise_nonfinite(tmp_path) -> None:
+    cb = watch(inputs=False)
+    fit(EmptyBranch(), cb, steps=2, tmp_path=tmp_path)
+    figs = cb.last_result.figures  # type: ignore[union-attr]
+    assert figs["conv"]["numel"] == 0 and figs["net"]["numel"] == 32
+    assert not cb.alerts and cb.last_result.active["error"] == 0  # type: ignore[union-attr]
+
+
 # --------------------------------------------------------------------------- inputs
 class DictData(Dataset):
     def __init__(self, n: int = 64) -> None:

@@ -148,10 +148,17 @@ def test_nonfinite_in_a_large_tensor_is_flagged_even_when_not_sampled() -> None:
     assert st.sampled <= 256 and st.has_nonfinite  # the full-tensor extremes see it
 
 
-def test_empty_tensor_is_not_reported_as_nonfinite() -> None:
-    st = stats_of(torch.empty(0, 4))
+@pytest.mark.parametrize(
+    ("shape", "channel_first"),
+    [((0,), False), ((0, 4), False), ((4, 0), False), ((0, 5, 6), False), ((2, 3, 0), False), ((0, 3, 4, 4), True)],
+)
+def test_empty_tensor_is_measured_and_not_reported_as_nonfinite(shape: tuple[int, ...], channel_first: bool) -> None:
+    st = stats_of(torch.empty(shape), MeasureSpec(channel_first=channel_first))
     assert st.numel == 0 and not st.has_nonfinite
     assert math.isnan(figures(st)["mean"])
+
+
+def test_empty_and_nonempty_calls_merge() -> None:
     both = merged([torch.empty(0, 4), torch.ones(3, 4)])
     assert not both.has_nonfinite and figures(both)["mean"] == 1.0
 
