@@ -1,0 +1,351 @@
+"""NormWatch under real two-process CPU DDP (gloo) with a Lightning ``Trainer``.
+
+Each DDP run happens in a subprocess (``python tests/test_ddp.py <scenario> <out>``) with a
+timeout, so that a hang fails the test instead of blocking the suite. Inside it, Lightning's
+``ddp_fork`` strategy forks the two ranks from a process that has already imported torch and
+Lightning (no second import: a run takes a few seconds), and each rank writes what it saw to
+``<out>/rank<r>.json``: the figures of every logging step, the collectives made, the alerts, the
+``lightning_normwatch`` log records and the metrics its logger received.
+
+Scenarios:
+
+- ``same``: every rank runs the same modules. The logged figures must equal those of one process
+  that trains on the same global batches: batch ``2 * B`` over the samples in the order Lightning's
+  ``DistributedSampler`` deals them out (it shuffles training data with seed 0: rank ``r`` gets
+  ``perm[r::2]``, so the union at step ``k`` is ``perm[2kB : 2(k+1)B]``). Every tensor has fewer values per rank than
+  ``sample_size`` and ``pvalue_size / 2``, so measurement is exact and the comparison is exact up
+  to float rounding, not statistical.
+- ``skip``: rank 0 alone runs ``only0`` from the start; rank 1 alone runs ``late1`` from step 3
+  (a branch taken for the first time mid-training). No hang; the figures of those modules are the
+  ones of the rank that ran them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.loggers import Logger
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from models import Regressor, mlp, regression_data  # noqa: E402
+
+from lightning_normwatch.callback import NormWatch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+WORLD = 2
+BATCH = 8  # per rank
+STEPS = 6
+TIMEOUT_S = 300  # generous (a loaded 2-core machine imports Lightning slowly); a run takes ~15 s
+
+
+class Net(nn.Module):
+    """An MLP (``body``), a dead side branch (``side.1``) and two optional rank-dependent branches.
+
+    ``only0`` (``Tanh``) runs on rank 0 only; ``late1`` (``Sigmoid``) on rank 1 only from step 3.
+    Both are parameter-free, so DDP needs no ``find_unused_parameters``.
+    """
+
+    def __init__(self, branches: bool = False) -> None:
+        super().__init__()
+        self.body = mlp(16, 32, 1)
+        self.side = nn.Sequential(nn.Linear(16, 8), nn.ReLU())
+        self.head = nn.Linear(8, 1)
+        self.only0 = nn.Tanh()
+        self.late1 = nn.Sigmoid()
+        with torch.no_grad():
+            self.side[0].bias.fill_(-5.0)  # every unit of side.1 outputs zero: one `dead` alert
+        self.branches = branches
+        self.rank = 0
+        self.step = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.body[1](self.body[0](x))
+        if self.branches and self.rank == 0:
+            h = h + self.only0(h)
+        if self.branches and self.rank == 1 and self.step >= 3:
+            h = h * self.late1(h)
+        h = self.body[4](self.body[3](self.body[2](h)))
+        return h + self.head(self.side(x))
+
+
+class Model(Regressor):
+    """``Regressor`` that tells its net the rank and step (for the rank-dependent branches)."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        self.net.rank, self.net.step = self.global_rank, self.global_step
+        return super().training_step(batch, batch_idx)
+
+
+class MemoryLogger(Logger):
+    """Keeps every logged metric in memory: ``{step: {name: value}}``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.metrics: dict[int, dict[str, float]] = {}
+
+    @property
+    def name(self) -> str:
+        return "memory"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.metrics.setdefault(int(step or 0), {}).update({k: float(v) for k, v in metrics.items()})
+
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+class _Records(logging.Handler):
+    def __init__(self, sink: list[str]) -> None:
+        super().__init__(logging.INFO)
+        self.sink = sink
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.sink.append(record.getMessage())
+
+
+class Recorder(pl.Callback):
+    """Runs after ``NormWatch`` on every rank; writes what this rank saw to ``<out>/rank<r>.json``."""
+
+    def __init__(self, nw: NormWatch, out: Path) -> None:
+        self.nw, self.out = nw, out
+        self.steps: list[dict[str, Any]] = []
+        self.messages: list[str] = []
+        self.branch_values: dict[str, dict[int, list[float]]] = {}
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        logger = logging.getLogger("lightning_normwatch")
+        logger.setLevel(logging.INFO)
+        logger.addHandler(_Records(self.messages))
+        for name in ("only0", "late1"):
+            module = getattr(pl_module.net, name)
+            module.register_forward_hook(self._capture(trainer, name))
+
+    def _capture(self, trainer: pl.Trainer, name: str) -> Any:
+        def hook(module: nn.Module, args: Any, output: torch.Tensor) -> None:
+            v = output.detach().double().numpy().ravel()
+            self.branch_values.setdefault(name, {})[trainer.global_step] = [v.size, v.mean(), v.std()]
+
+        return hook
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        ex, result = self.nw._exchange, self.nw.last_result
+        assert ex is not None and result is not None
+        self.steps.append(
+            {
+                "step": result.step,
+                "collectives": ex.collectives,
+                "bytes": ex.bytes_sent,
+                "figures": result.figures,
+                "layout": ex.layout,
+            }
+        )
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        logged = next((lg.metrics for lg in trainer.loggers if isinstance(lg, MemoryLogger)), {})
+        record = {
+            "rank": trainer.global_rank,
+            "world": trainer.world_size,
+            "steps": self.steps,
+            "alerts": [a.to_dict() for a in self.nw.alerts],
+            "messages": self.messages,
+            "logged": logged,
+            "branch_values": self.branch_values,
+        }
+        (self.out / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
+
+
+def _normwatch() -> NormWatch:
+    return NormWatch(every_n_steps=1, warmup_steps=1, reference_steps=2, tensorboard=False, on_alert="warn")
+
+
+def _trainer(root: Path, callbacks: list[pl.Callback], logger: Logger, **kwargs: Any) -> pl.Trainer:
+    return pl.Trainer(
+        default_root_dir=str(root),
+        max_steps=STEPS,
+        log_every_n_steps=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        accelerator="cpu",
+        logger=logger,
+        callbacks=callbacks,
+        **kwargs,
+    )
+
+
+def _data() -> Any:
+    return regression_data(n=WORLD * BATCH * STEPS)
+
+
+def run_scenario(scenario: str, out: Path) -> None:
+    """The body of the subprocess: one two-rank ``ddp_fork`` fit; each rank writes ``rank<r>.json``."""
+    torch.manual_seed(0)
+    model = Model(Net(branches=scenario == "skip"))
+    nw = _normwatch()
+    trainer = _trainer(out, [nw, Recorder(nw, out)], MemoryLogger(), devices=WORLD, strategy="ddp_fork")
+    trainer.fit(model, DataLoader(_data(), batch_size=BATCH, shuffle=False))
+
+
+def _launch(scenario: str, out: Path) -> list[dict[str, Any]]:
+    """Run a scenario in a subprocess with a timeout; kill its process group on a hang."""
+    out.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env.pop("PL_GLOBAL_SEED", None)  # Lightning's DistributedSampler then shuffles with seed 0
+    proc = subprocess.Popen(
+        [sys.executable, __file__, scenario, str(out)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        output, _ = proc.communicate(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+        pytest.fail(f"DDP scenario {scenario!r} did not finish within {TIMEOUT_S} s (hang):\n{output[-3000:]}")
+    assert proc.returncode == 0, output[-5000:]
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(WORLD)]
+
+
+def _same(a: float, b: float, rel: float = 1e-5, abs_: float = 1e-5) -> bool:
+    return (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=rel, abs_tol=abs_)
+
+
+@pytest.fixture(scope="module")
+def ddp_same(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    return _launch("same", tmp_path_factory.mktemp("ddp_same"))
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory: pytest.TempPathFactory) -> tuple[MemoryLogger, NormWatch]:
+    """One process over the same global batches: batch ``2 * B`` in the same sample order."""
+    torch.manual_seed(0)
+    model = Model(Net())
+    nw, logger = _normwatch(), MemoryLogger()
+    trainer = _trainer(tmp_path_factory.mktemp("single"), [nw], logger, devices=1)
+    data = _data()
+    per_rank = [list(DistributedSampler(data, num_replicas=WORLD, rank=r, shuffle=True, seed=0)) for r in range(WORLD)]
+    order = [i for step in range(STEPS) for r in range(WORLD) for i in per_rank[r][step * BATCH : (step + 1) * BATCH]]
+    trainer.fit(model, DataLoader(Subset(data, order), batch_size=WORLD * BATCH, shuffle=False))
+    return logger, nw
+
+
+def test_ddp_figures_equal_single_process(ddp_same: list[dict[str, Any]], single: tuple[MemoryLogger, NormWatch]):
+    rank0, rank1 = ddp_same
+    assert rank0["world"] == WORLD
+    expected = single[0].metrics
+    logged = {int(step): metrics for step, metrics in rank0["logged"].items()}
+    nw_keys = {step: {k: v for k, v in m.items() if k.startswith("normwatch/")} for step, m in logged.items()}
+    exp_keys = {step: {k: v for k, v in m.items() if k.startswith("normwatch/")} for step, m in expected.items()}
+    assert sorted(nw_keys) == sorted(exp_keys) == list(range(STEPS))
+    layers = ["input"] + [
+        f"net.{m}" for m in ("body.0", "body.1", "body.2", "body.3", "body.4", "side.0", "side.1", "head")
+    ]
+    for step in range(STEPS):
+        got, want = nw_keys[step], exp_keys[step]
+        assert set(got) == set(want), (step, set(got) ^ set(want))
+        for layer in layers:
+            for stat in ("mean", "std", "skew", "kurtosis"):
+                key = f"normwatch/{layer}/{stat}"
+                assert key in got or stat in ("skew", "kurtosis"), key  # NaN skew of a constant is not logged
+        bad = {k: (got[k], want[k]) for k in want if not _same(got[k], want[k])}
+        assert not bad, (step, bad)
+    # drift figures are there (reference window: steps 1-2) and equal too
+    assert "normwatch/net.body.0/psi" in nw_keys[STEPS - 1]
+    # the merged sample is the global batch: twice one rank's values
+    body0 = rank0["steps"][0]["figures"]["net.body.0"]
+    assert body0["numel"] == body0["sampled"] == WORLD * BATCH * 32
+    # only rank zero logs figures
+    assert not any(k.startswith("normwatch/") for m in rank1["logged"].values() for k in m)
+
+
+def test_ddp_alerts_raised_once(ddp_same: list[dict[str, Any]], single: tuple[MemoryLogger, NormWatch]):
+    rank0, rank1 = ddp_same
+    dead = [a for a in rank0["alerts"] if a["kind"] == "dead"]
+    assert [(a["module"], a["step"]) for a in dead] == [("net.side.1", 0)]
+    # every rank computed the same alerts from the same merged figures ...
+    assert rank1["alerts"] == rank0["alerts"]
+    assert [(a["module"], a["kind"], a["step"]) for a in rank0["alerts"]] == [
+        (a.module, a.kind, a.step) for a in single[1].alerts
+    ]
+    # ... and only rank zero logged them: the message appears once over both processes
+    messages = rank0["messages"] + rank1["messages"]
+    assert sum("NormWatch [dead] net.side.1" in m for m in messages) == 1
+    assert rank1["messages"] == []
+
+
+def test_ddp_one_collective_per_logging_step(ddp_same: list[dict[str, Any]]):
+    for rank in ddp_same:
+        counts = [s["collectives"] for s in rank["steps"]]
+        per_step = np.diff([0, *counts]).tolist()
+        # first step: one all_gather_object that agrees on the layout and carries the blocks;
+        # then one all_gather per logging step
+        assert per_step == [1] * STEPS, per_step
+        steady = {s["bytes"] for s in rank["steps"][1:]}
+        assert len(steady) == 1
+    layout = ddp_same[0]["steps"][-1]["layout"]
+    assert layout == ddp_same[1]["steps"][-1]["layout"]
+    # bytes per rank per step: a head of 2 floats plus one block per tensor (see docs/distributed.md)
+    assert ddp_same[0]["steps"][-1]["bytes"] == 8 * (2 + sum(12 + 583 + 6 * c for _, c in layout))
+
+
+def test_ddp_rank_skipping_a_module_does_not_hang(tmp_path: Path):
+    rank0, rank1 = _launch("skip", tmp_path)
+    for step in range(STEPS):
+        f0, f1 = rank0["steps"][step]["figures"], rank1["steps"][step]["figures"]
+        assert json.dumps(f0) == json.dumps(f1)  # identical on both ranks, same order
+        # only0 ran on rank 0 alone: its figures are rank 0's values
+        n, mean, std = rank0["branch_values"]["only0"][str(step)]
+        assert f0["net.only0"]["numel"] == n == BATCH * 32
+        assert _same(f0["net.only0"]["mean"], mean) and _same(f0["net.only0"]["std"], std)
+        assert "only0" not in rank1["branch_values"]
+        # late1 ran on rank 1 alone, from step 3
+        if step < 3:
+            assert "net.late1" not in f0
+        else:
+            n, mean, std = rank1["branch_values"]["late1"][str(step)]
+            assert f0["net.late1"]["numel"] == n == BATCH * 32
+            assert _same(f0["net.late1"]["mean"], mean) and _same(f0["net.late1"]["std"], std)
+        assert f0["net.body.0"]["numel"] == WORLD * BATCH * 32
+    # the layout follows execution order: late1 right after body.1, only0 after it
+    names = [name for name, _ in rank0["steps"][-1]["layout"]]
+    assert names.index("net.body.1") < names.index("net.late1") < names.index("net.body.2")
+    assert names.index("net.body.1") < names.index("net.only0") < names.index("net.body.2")
+    # collectives: 1 per step, 2 at the step where a rank meets a new tensor (flag + names and blocks)
+    per_step = np.diff([0, *[s["collectives"] for s in rank0["steps"]]]).tolist()
+    assert per_step == [1, 1, 1, 2, 1, 1]
+    assert rank0["alerts"] == rank1["alerts"]
+    logged = {int(k): v for k, v in rank0["logged"].items()}
+    assert "normwatch/net.late1/mean" in logged[3] and "normwatch/net.late1/mean" not in logged[2]
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore")
+    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    run_scenario(sys.argv[1], Path(sys.argv[2]))
