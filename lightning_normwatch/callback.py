@@ -206,10 +206,11 @@ class NormWatch(Callback):
         if world != self.monitor.config.world_size:
             from dataclasses import replace
 
-            state = self.monitor.state_dict() if self.monitor.references or self.monitor.alerts else None
+            # carry over everything loaded before setup (generator states included); Lightning itself
+            # restores a checkpoint after setup, into this new monitor (the one the exchange uses)
+            state = self.monitor.state_dict()
             self.monitor = Monitor(replace(self.config, world_size=world))
-            if state is not None:
-                self.monitor.load_state_dict(state)
+            self.monitor.load_state_dict(state)
         self._exchange = Exchange.for_trainer(trainer, self.monitor)
         names = self.monitor.attach(pl_module, self.modules, self.exclude)
         if not names and self.inputs is False:
@@ -320,9 +321,10 @@ class NormWatch(Callback):
 
     def _finish_step(self, trainer: pl.Trainer, step: int) -> None:
         assert self._exchange is not None
-        stats = self._exchange.collect()
+        bad_loss = self._bad_loss is not None and bool(self._bad_loss)
+        stats = self._exchange.collect(flags=(bad_loss,))  # OR-ed over ranks: every rank raises the same alert
         result = self.monitor.evaluate(step, stats)
-        if self._bad_loss is not None and bool(self._bad_loss) and not self.monitor.nonfinite_active:
+        if self._exchange.flags[0] and not self.monitor.nonfinite_active:
             result.alerts[:0] = self.monitor.raise_nonfinite(step, "loss", math.nan, 0, "the loss check")
         self._bad_loss = None
         self.last_result = result
