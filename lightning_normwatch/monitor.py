@@ -142,7 +142,8 @@ class Monitor:
         gen = self._generators.get(device)
         if gen is None:
             gen = torch.Generator(device=device)
-            saved = self._generator_states.get(str(device))
+            # a checkpoint holds rank 0's states: another rank resumes from its device type's (e.g. cuda:0 for cuda:1)
+            saved = self._generator_states.get(str(device), self._generator_states.get(device.type))
             if saved is not None:
                 gen.set_state(saved)
             else:
@@ -299,7 +300,7 @@ class Monitor:
     def state_dict(self) -> dict[str, object]:
         """Plain values (and CPU tensors) for a checkpoint."""
         for device, gen in self._generators.items():
-            self._generator_states[str(device)] = gen.get_state()
+            self._generator_states[str(device)] = self._generator_states[device.type] = gen.get_state()
         return {
             "references": {k: r.state() for k, r in self.references.items()},
             "active": self.tracker.state(),
