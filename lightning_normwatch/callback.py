@@ -281,18 +281,23 @@ class NormWatch(Callback):
         was_armed = self.monitor.armed
         self.monitor.arm()
         originals = {name: pl_module.__dict__.get(name) for name in ("log", "log_dict")}
+        batch, self._batch = self._batch, None  # a backward inside training_step must not replay again
         try:
             pl_module.log = lambda *args, **kwargs: None  # type: ignore[method-assign]
             pl_module.log_dict = lambda *args, **kwargs: None  # type: ignore[method-assign]
             with preserved(pl_module, self._rng):
-                for name, tensor in find_inputs(self._batch, self.inputs):
+                for name, tensor in find_inputs(batch, self.inputs):
                     self.monitor.observe(name, tensor, role="input")
-                pl_module.training_step(self._batch, self._batch_idx)
+                pl_module.training_step(batch, self._batch_idx)
             stats = self.monitor.collect()
         except Exception as exc:  # the replay is best effort: never break training for it
             log.debug("NormWatch: replay for non-finite values failed: %r", exc)
-            stats = {}
+            try:  # what the forward measured before the failure (e.g. manual_backward under no_grad) still counts
+                stats = self.monitor.collect()
+            except Exception:
+                stats = {}
         finally:
+            self._batch = batch
             for name, value in originals.items():
                 if value is None:
                     pl_module.__dict__.pop(name, None)

@@ -118,3 +118,37 @@ def test_replay_after_nonfinite_loss_leaves_training_unchanged(tmp_path, every_n
     assert all(torch.isfinite(v.double()).all() for v in watched.values())
     assert_identical(baseline, watched)
     assert watched["net.1.num_batches_tracked"].item() == STEPS
+
+
+class ManualNaNAtStep(NaNAtStep):
+    """Manual optimization (``manual_backward`` inside ``training_step``), gradients accumulated over 2 steps."""
+
+    def __init__(self, nan_step: int) -> None:
+        super().__init__(nan_step)
+        self.automatic_optimization = False
+        self.calls = 0
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        self.calls += 1
+        opt = self.optimizers()
+        loss = super().training_step(batch, batch_idx)
+        self.manual_backward(loss)
+        if batch_idx % 2 == 1:
+            opt.step()
+            opt.zero_grad()
+
+
+def test_replay_with_manual_optimization(tmp_path) -> None:
+    """The backward inside the replayed ``training_step`` must not start another replay."""
+    baseline = run(lambda: ManualNaNAtStep(3), None, tmp_path / "a")
+    cb = NormWatch(every_n_steps=100, on_alert="ignore", tensorboard=False)
+    model_box: list[ManualNaNAtStep] = []
+
+    def make() -> ManualNaNAtStep:
+        model_box.append(ManualNaNAtStep(3))
+        return model_box[-1]
+
+    watched = run(make, cb, tmp_path / "b")
+    assert model_box[0].calls == 2 * STEPS + 1  # optimizer steps every 2 batches; one replay
+    assert [(a.module, a.step) for a in cb.alerts if a.kind == "nonfinite"] == [("poison", 3)]
+    assert_identical(baseline, watched)
