@@ -145,6 +145,11 @@ def _as_channel_rows(x: Tensor, spec: MeasureSpec, generator: torch.Generator) -
     if rows * channels <= spec.sample_size:
         return view.permute(0, 2, 1).reshape(rows, channels)
     want = min(rows, max(spec.min_rows, spec.sample_size // channels))
+    if rows <= 32 * want:
+        # Without replacement: repeated rows would inflate the p-values' test statistics (and could miss
+        # rows of a small batch). O(rows), so only here; above, repeats are under 1/64 of the sample.
+        r = torch.randperm(rows, device=x.device, generator=generator)[:want]
+        return view[r, :, 0] if positions == 1 else view[r // positions, :, r % positions]
     b = torch.randint(batch, (want,), device=x.device, generator=generator)
     if positions == 1:
         return view[b, :, 0]
@@ -188,7 +193,7 @@ def measure(x: Tensor, spec: MeasureSpec, generator: torch.Generator) -> Tensor:
             saturated = saturated + (sample >= hi - tol).sum()
     flat = sample.reshape(-1)
     if flat.numel() > spec.pvalue_size:
-        flat = flat[torch.randint(flat.numel(), (spec.pvalue_size,), device=x.device, generator=generator)]
+        flat = flat[torch.randperm(flat.numel(), device=x.device, generator=generator)[: spec.pvalue_size]]
     pn, pmean, pm2, pm3, pm4, _ = channel_moments(flat.reshape(-1, 1))
     head = torch.stack(
         [

@@ -289,3 +289,31 @@ def test_unbounded_modules_have_no_saturation() -> None:
     assert saturation_bounds_for(nn.ReLU()) is None and saturation_bounds_for(nn.Linear(2, 2)) is None
     x = nn.ReLU()(torch.randn(50, 4, generator=gen(15)) * 10)
     assert figures(stats_of(x, MeasureSpec(bounds=saturation_bounds_for(nn.ReLU()))))["saturated"] == 0.0
+
+
+def test_few_rows_are_all_taken_once_when_subsampling() -> None:
+    """Batch of 3 with many features: every row is sampled exactly once, so per-feature figures are exact."""
+    x = torch.randn(3, 2000, generator=gen(16), dtype=torch.float64)
+    x[:2, 7] = 0.0  # zero on 2 of the 3 rows: not dead
+    x[:, 9] = 0.0  # dead
+    st = stats_of(x, MeasureSpec(sample_size=1024))
+    assert st.sampled == 6000 and st.cn.tolist() == [3.0] * 2000
+    np.testing.assert_allclose(st.cmean, x.mean(0).numpy(), rtol=1e-12, atol=1e-15)
+    assert figures(st)["dead"] == pytest.approx(1 / 2000)
+
+
+@pytest.mark.parametrize("shape", [(2048, 8), (100_000, 1)])
+def test_normaltest_p_is_calibrated_on_subsampled_normal_tensors(shape: tuple[int, ...]) -> None:
+    """On exactly normal data, p < 0.05 about 5 % of the time (repeated values in the sample would inflate it)."""
+    data, sampler = gen(17), gen(18)
+    spec = MeasureSpec()
+    p = []
+    for _ in range(200):
+        x = torch.randn(shape, generator=data)
+        block = measure(x, spec, sampler).numpy()
+        st = TensorStats.from_blocks(block[None], measured_channels(x, spec))
+        assert st.pvalue.n == spec.pvalue_size < st.sampled < st.numel
+        p.append(figures(st)["normaltest_p"])
+    p = np.array(p)
+    assert np.mean(p < 0.05) < 0.1
+    assert 0.1 < np.mean(p < 0.25) < 0.4
