@@ -37,6 +37,7 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import Logger
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
@@ -180,7 +181,7 @@ def _normwatch() -> NormWatch:
 
 
 def _trainer(root: Path, callbacks: list[pl.Callback], logger: Logger, **kwargs: Any) -> pl.Trainer:
-    return pl.Trainer(
+    opts: dict[str, Any] = dict(
         default_root_dir=str(root),
         max_steps=STEPS,
         log_every_n_steps=1,
@@ -188,18 +189,46 @@ def _trainer(root: Path, callbacks: list[pl.Callback], logger: Logger, **kwargs:
         enable_model_summary=False,
         enable_checkpointing=False,
         accelerator="cpu",
-        logger=logger,
-        callbacks=callbacks,
-        **kwargs,
     )
+    opts.update(kwargs)
+    return pl.Trainer(logger=logger, callbacks=callbacks, **opts)
 
 
-def _data() -> Any:
-    return regression_data(n=WORLD * BATCH * STEPS)
+def _data(steps_per_epoch: int = STEPS) -> Any:
+    return regression_data(n=WORLD * BATCH * steps_per_epoch)
+
+
+RESUME_STEPS, RESUME_EPOCH = 8, 4  # resume scenario: 2 epochs of 4 steps, checkpoint after the first
+
+
+def _resume_fit(out: Path, ckpt_path: Path | None) -> None:
+    """A ``ddp_fork`` fit for the resume scenario (sampled tensors, reference window [2, 6))."""
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    model = Model(Net())
+    nw = NormWatch(
+        every_n_steps=1, warmup_steps=2, reference_steps=4, sample_size=64, tensorboard=False, on_alert="warn"
+    )
+    ckpt = ModelCheckpoint(dirpath=out, filename="{step}", every_n_train_steps=RESUME_EPOCH, save_top_k=-1)
+    trainer = _trainer(
+        out,
+        [nw, Recorder(nw, out), ckpt],
+        MemoryLogger(),
+        devices=WORLD,
+        strategy="ddp_fork",
+        max_steps=RESUME_STEPS,
+        enable_checkpointing=True,
+    )
+    data = DataLoader(_data(RESUME_EPOCH), batch_size=BATCH, shuffle=False)
+    trainer.fit(model, data, ckpt_path=None if ckpt_path is None else str(ckpt_path))
 
 
 def run_scenario(scenario: str, out: Path) -> None:
-    """The body of the subprocess: one two-rank ``ddp_fork`` fit; each rank writes ``rank<r>.json``."""
+    """The body of the subprocess: two-rank ``ddp_fork`` fits; each rank writes ``rank<r>.json``."""
+    if scenario == "resume":  # an uninterrupted run, then a run resumed from its step-4 checkpoint
+        _resume_fit(out / "full", None)
+        _resume_fit(out / "resumed", out / "full" / f"step={RESUME_EPOCH}.ckpt")
+        return
     torch.manual_seed(0)
     model = Model(Net(branches=scenario == "skip"))
     nw = _normwatch()
@@ -208,7 +237,7 @@ def run_scenario(scenario: str, out: Path) -> None:
 
 
 def _launch(scenario: str, out: Path) -> list[dict[str, Any]]:
-    """Run a scenario in a subprocess with a timeout; kill its process group on a hang."""
+    """Run a scenario in a subprocess with a timeout (killing its process group on a hang); read its records."""
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     env.pop("PL_GLOBAL_SEED", None)  # Lightning's DistributedSampler then shuffles with seed 0
@@ -228,6 +257,8 @@ def _launch(scenario: str, out: Path) -> list[dict[str, Any]]:
         output, _ = proc.communicate()
         pytest.fail(f"DDP scenario {scenario!r} did not finish within {TIMEOUT_S} s (hang):\n{output[-3000:]}")
     assert proc.returncode == 0, output[-5000:]
+    if scenario == "resume":
+        out = out / "resumed"
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(WORLD)]
 
 
@@ -341,6 +372,25 @@ def test_ddp_rank_skipping_a_module_does_not_hang(tmp_path: Path):
     assert rank0["alerts"] == rank1["alerts"]
     logged = {int(k): v for k, v in rank0["logged"].items()}
     assert "normwatch/net.late1/mean" in logged[3] and "normwatch/net.late1/mean" not in logged[2]
+
+
+@pytest.mark.slow
+def test_ddp_resume_from_checkpoint(tmp_path: Path):
+    """Under DDP every rank loads the checkpoint (rank 0's state) and continues exactly."""
+    resumed = _launch("resume", tmp_path)
+    full = [json.loads((tmp_path / "full" / f"rank{r}.json").read_text()) for r in range(WORLD)]
+    for rank in range(WORLD):
+        after = {s["step"]: s for s in resumed[rank]["steps"]}
+        before = {s["step"]: s for s in full[rank]["steps"]}
+        assert sorted(after) == list(range(RESUME_EPOCH, RESUME_STEPS))
+        for step in after:
+            np.testing.assert_equal(after[step]["figures"], before[step]["figures"], err_msg=f"rank {rank} step {step}")
+        assert "psi" in after[RESUME_STEPS - 1]["figures"]["net.body.0"]
+        # the layout is agreed again after the resume: still one collective per step
+        assert np.diff([0, *[s["collectives"] for s in resumed[rank]["steps"]]]).tolist() == [1] * len(after)
+        assert resumed[rank]["alerts"] == full[rank]["alerts"]
+        assert resumed[rank]["messages"] == []  # the dead branch is not alerted again
+    assert any(a["kind"] == "dead" for a in full[0]["alerts"])
 
 
 if __name__ == "__main__":
