@@ -317,3 +317,19 @@ def test_normaltest_p_is_calibrated_on_subsampled_normal_tensors(shape: tuple[in
     p = np.array(p)
     assert np.mean(p < 0.05) < 0.1
     assert 0.1 < np.mean(p < 0.25) < 0.4
+
+
+@pytest.mark.parametrize(("shape", "channel_first"), [((8, 4, 16, 16), True), ((6, 50, 20), False), ((300, 30), False)])
+def test_subsample_rows_are_distinct_and_keep_channels_together(shape: tuple[int, ...], channel_first: bool) -> None:
+    """Each sampled row is one (batch, position) of the tensor, with its channels, and no row repeats."""
+    from lightning_normwatch.measure import _as_channel_rows
+
+    x = torch.arange(math.prod(shape), dtype=torch.float64).reshape(shape)
+    spec = MeasureSpec(sample_size=512, channel_first=channel_first)
+    rows = _as_channel_rows(x, spec, gen(19))
+    channels = shape[1] if channel_first else shape[-1]
+    assert rows.shape[1] == channels and rows.shape[0] * channels <= max(512, 16 * channels)
+    as_rows = (x.movedim(1, -1) if channel_first else x).reshape(-1, channels)
+    index = {tuple(r.tolist()): i for i, r in enumerate(as_rows)}
+    picked = [index[tuple(r.tolist())] for r in rows]  # KeyError if a row mixes positions
+    assert len(set(picked)) == len(picked)
