@@ -84,6 +84,26 @@ def test_hooks_exist_only_on_logging_steps_and_are_removed_after_fit(tmp_path) -
     assert not cb.monitor.armed
 
 
+def test_every_n_steps_none_follows_the_trainer(tmp_path) -> None:
+    counter = HookCounter()
+    model = Regressor(nn.Sequential(nn.Linear(16, 8), counter, nn.ReLU(), nn.Linear(8, 1)))
+    fit(model, watch(every_n_steps=None), steps=9, tmp_path=tmp_path, log_every_n_steps=4)
+    assert counter.seen == [1 if step % 4 == 0 else 0 for step in range(9)]
+
+
+def test_gradient_accumulation_merges_the_batches_of_one_step(tmp_path) -> None:
+    """With 2 batches per optimizer step, a logging step's figures cover both batches exactly."""
+    counter = HookCounter()
+    model = Regressor(nn.Sequential(nn.Linear(16, 8), counter, nn.ReLU(), nn.Linear(8, 1)))
+    cb = watch(every_n_steps=2)
+    fit(model, cb, steps=3, tmp_path=tmp_path, accumulate_grad_batches=2, data=loader(regression_data(n=256)))
+    assert counter.seen == [1, 1, 0, 0, 1, 1]  # global steps 0, 0, 1, 1, 2, 2
+    assert cb.last_result is not None and cb.last_result.step == 2
+    x = regression_data(n=256).tensors[0]
+    assert_figures_describe(cb.last_result.figures["input"], x[128:192].numpy())  # batches 4 and 5
+    assert_no_hooks(model)
+
+
 class HookCheck(pl.Callback):
     """Placed after NormWatch: records which watched modules carry a hook during each training step."""
 
