@@ -35,7 +35,7 @@ from .monitor import Monitor, StepResult
 from .report import ALERT_COLUMNS, ALERT_TAG
 from .summary import TensorStats
 
-__all__ = ["Panels", "alerts_markdown", "layout_for", "group_of", "FIGURE_TAG"]
+__all__ = ["Panels", "alerts_markdown", "layout_for", "group_of", "group_pattern", "FIGURE_TAG"]
 
 #: figures are written as images ``normwatch/figures/<group>``
 FIGURE_TAG = "normwatch/figures"
@@ -108,6 +108,27 @@ def _groups(keys: Sequence[str]) -> dict[str, list[str]]:
     return out
 
 
+def group_pattern(group: str) -> str:
+    """Regular expression for the tensor keys under a group (its whole subtree).
+
+    The same group gives the same pattern whatever the model, so layouts of several runs in one
+    log directory merge into one set of charts.
+
+    Example:
+        >>> import re
+        >>> p = group_pattern("net")
+        >>> [bool(re.fullmatch(p, k)) for k in ("net.0", "net.3[1]", "net.0.conv", "network.0", "input")]
+        [True, True, True, False, False]
+        >>> [bool(re.fullmatch(group_pattern("model"), k)) for k in ("fc1", "lstm[0]", "input", "net.0")]
+        [True, True, False, False]
+    """
+    if group == "inputs":
+        return r"input(/[^/]+)?"
+    if group == "model":
+        return r"(?!(input|thresholds|alerts)(/|$))[^/.]+"
+    return re.escape(group) + r"\.[^/]*"
+
+
 def layout_for(keys: Sequence[str]) -> dict[str, dict[str, list[Any]]]:
     """Custom-scalars layout: an overview across depth, then one category per layer group.
 
@@ -115,8 +136,8 @@ def layout_for(keys: Sequence[str]) -> dict[str, dict[str, list[Any]]]:
     Margin charts take exactly three existing tags (value, lower, upper). Every series is one the
     callback logs: ``normwatch/<tensor>/<figure>``, ``normwatch/thresholds/*``, ``normwatch/alerts/*``.
 
-    Per group: the std of each of its layers in one chart; each drift figure of its layers against
-    the alert threshold (flat line); per layer, mean ± std (Margin) and skew with excess kurtosis.
+    Per group: the std of each of its tensors in one chart; each drift figure of its tensors against
+    the alert threshold (a flat line); per tensor, mean ± std (Margin) and skew with excess kurtosis.
 
     Example:
         >>> layout = layout_for(["net.0", "net.1"])
@@ -125,7 +146,6 @@ def layout_for(keys: Sequence[str]) -> dict[str, dict[str, list[Any]]]:
         >>> layout["normwatch: net"]["net.0: mean ± std"]
         ['Margin', ['normwatch/net.0/mean', 'normwatch/net.0/mean_minus_std', 'normwatch/net.0/mean_plus_std']]
     """
-    esc = re.escape
     layout: dict[str, dict[str, list[Any]]] = {
         "normwatch: overview": {
             "std of every watched tensor (scale across depth)": ["Multiline", [r"normwatch/.+/std$"]],
@@ -135,19 +155,19 @@ def layout_for(keys: Sequence[str]) -> dict[str, dict[str, list[Any]]]:
     }
     for group, members in _groups(keys).items():
         category = layout.setdefault(f"normwatch: {group}", {})
-        any_member = "(" + "|".join(esc(k) for k in members) + ")"
-        category[f"{group}: std of each layer"] = ["Multiline", [rf"normwatch/{any_member}/std$"]]
-        category[f"{group}: PSI vs reference (alert above normwatch/thresholds/shift)"] = [
+        sub = f"normwatch/({group_pattern(group)})"
+        category[f"{group}: std of each tensor"] = ["Multiline", [rf"{sub}/std$"]]
+        category[f"{group}: PSI vs reference (alert above the threshold line)"] = [
             "Multiline",
-            [rf"normwatch/{any_member}/psi$", r"normwatch/thresholds/shift$"],
+            [rf"{sub}/psi$", r"normwatch/thresholds/shift$"],
         ]
-        category[f"{group}: log(std / reference std) (alert beyond ± thresholds/log_scale_drift)"] = [
+        category[f"{group}: log(std / reference std) (alert beyond ± threshold)"] = [
             "Multiline",
-            [rf"normwatch/{any_member}/std_log_ratio$", r"normwatch/thresholds/log_scale_drift$"],
+            [rf"{sub}/std_log_ratio$", r"normwatch/thresholds/log_scale_drift$"],
         ]
-        category[f"{group}: mean shift in reference stds (alert beyond ± thresholds/mean_drift)"] = [
+        category[f"{group}: mean shift in reference stds (alert beyond ± threshold)"] = [
             "Multiline",
-            [rf"normwatch/{any_member}/mean_shift$", r"normwatch/thresholds/mean_drift$"],
+            [rf"{sub}/mean_shift$", r"normwatch/thresholds/mean_drift$"],
         ]
         for key in members:
             base = f"normwatch/{key}"
@@ -155,10 +175,7 @@ def layout_for(keys: Sequence[str]) -> dict[str, dict[str, list[Any]]]:
                 "Margin",
                 [f"{base}/mean", f"{base}/mean_minus_std", f"{base}/mean_plus_std"],
             ]
-            category[f"{key}: skew and excess kurtosis (overall and within-channel)"] = [
-                "Multiline",
-                [rf"{esc(base)}/(skew|kurtosis|channel_skew|channel_kurtosis)$"],
-            ]
+            category[f"{key}: skew and excess kurtosis"] = ["Multiline", [rf"{re.escape(base)}/(skew|kurtosis)$"]]
     return layout
 
 

@@ -137,7 +137,7 @@ def test_custom_scalars_layout_matches_logged_tags(healthy) -> None:
                     assert any(re.match(pattern, tag) for tag in scalars), (chart.title, pattern)
     assert margins == len(NUMEL)  # mean ± std of every watched tensor
     net = {c.title: c for c in layout.category}["normwatch: net"]
-    std_chart = next(ch for ch in net.chart if ch.title == "net: std of each layer")
+    std_chart = next(ch for ch in net.chart if ch.title == "net: std of each tensor")
     matched = {t for t in scalars if re.match(std_chart.multiline.tag[0], t)}
     assert matched == {f"normwatch/net.{i}/std" for i in range(5)}
     psi_chart = next(ch for ch in net.chart if ch.title.startswith("net: PSI"))
@@ -269,10 +269,13 @@ def test_group_of() -> None:
 def test_layout_escapes_module_names() -> None:
     layout = layout_for(["blocks.0.fc", "blocks.0.act", "blocks.1.fc"])
     assert list(layout) == ["normwatch: overview", "normwatch: blocks.0", "normwatch: blocks.1"]
-    pattern = layout["normwatch: blocks.0"]["blocks.0.fc: skew and excess kurtosis (overall and within-channel)"][1][0]
+    pattern = layout["normwatch: blocks.0"]["blocks.0.fc: skew and excess kurtosis"][1][0]
     assert re.match(pattern, "normwatch/blocks.0.fc/kurtosis")
     assert not re.match(pattern, "normwatch/blocksX0.fc/kurtosis")
     assert not re.match(pattern, "normwatch/blocks.0.fc/kurtosis_extra")
+    std = layout["normwatch: blocks.0"]["blocks.0: std of each tensor"][1][0]
+    assert re.match(std, "normwatch/blocks.0.fc/std") and re.match(std, "normwatch/blocks.0.act/std")
+    assert not re.match(std, "normwatch/blocks.1.fc/std") and not re.match(std, "normwatch/blocks.0.fc/mean_plus_std")
 
 
 def _hist(x: torch.Tensor) -> np.ndarray:

@@ -128,7 +128,7 @@ def test_custom_scalars_layout_is_served(server: str) -> None:
         }
     ]
     # the plugin resolves a Multiline regex to the matching scalar series
-    pattern = charts["net: std of each layer"]["multiline"]["tag"][0]
+    pattern = charts["net: std of each tensor"]["multiline"]["tag"][0]
     found = get(server, "/data/plugin/custom_scalars/scalars", run="demo/version_0", tag=pattern)
     assert found["regex_valid"] and set(found["tag_to_events"]) == {f"normwatch/net.{i}/std" for i in range(3)}
     assert all(len(events) == 3 for events in found["tag_to_events"].values())
