@@ -157,3 +157,29 @@ def tensorboard_buckets(counts: np.ndarray, vmin: float, vmax: float) -> tuple[l
         limits.append(max(top, float(edges[-1]) * (1 + 1e-9)))
     del vmin  # the first bucket's left edge is implied by TensorBoard (the histogram's min)
     return limits, [float(c) for c in counts[lo : hi + 1]]
+
+
+def abs_median_nonzero(counts: np.ndarray) -> float:
+    """Median of |x| over the non-zero values, from counts on the shared bins (10 % resolution).
+
+    The typical magnitude against which "massive" values are judged (Sun et al. 2024 compare with
+    the median |x|); exact zeros (ReLU) are left out so that sparse layers have a typical magnitude.
+    Returns the upper edge of the magnitude bin holding the median; NaN when there is no non-zero value.
+
+    Example:
+        >>> import torch
+        >>> c = bin_counts(torch.tensor([0.0, 0.0, 0.0, -1.0, 2.0, 3.0]), bin_edges()).double().numpy()
+        >>> 1.9 < abs_median_nonzero(c) < 2.2
+        True
+    """
+    edges = edges_numpy()
+    half = len(edges) // 2  # edges[half:] are the positive magnitudes; bin `half` is the zero bin
+    pos = counts[half + 1 :]  # bins (edges[half], edges[half+1]] ... and the open top bin
+    neg = counts[:half][::-1]  # mirrored: bin half-1 is (-edges[half], -edges[half-1]] ...
+    folded = pos + neg
+    total = folded.sum()
+    if total <= 0:
+        return math.nan
+    i = int(np.searchsorted(np.cumsum(folded), total / 2))
+    magnitudes = np.append(edges[half + 1 :], edges[-1] * _GROWTH)
+    return float(magnitudes[min(i, len(magnitudes) - 1)])

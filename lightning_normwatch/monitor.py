@@ -33,10 +33,10 @@ from torch.utils.hooks import RemovableHandle
 from .alerts import SEVERITY, Alert, AlertTracker
 from .config import Thresholds
 from .measure import MeasureSpec, channel_first_for, measure, measured_channels, saturation_bounds_for
+from .moments import merge_groups, standardized_shape
 from .reference import Reference, drift
 from .rules import TensorInfo, evaluate, nonfinite_alert
 from .selection import Pattern, named_tensors, role_of, select_modules
-from .moments import merge_groups
 from .summary import TensorStats, figures
 
 __all__ = ["Monitor", "MonitorConfig", "StepResult"]
@@ -230,7 +230,7 @@ class Monitor:
             info = self._infos.get(key) or TensorInfo(key, "other", "?", len(st.cn))
             fig = figures(st)
             if info.role == "input":
-                fig.update(self._feature_scales(key, st))
+                fig.update(self._input_figures(key, st))
             ref = self.references.setdefault(key, Reference())
             overall = st.overall
             if not st.has_nonfinite and self.in_reference_window(step) and overall.n > 0:
@@ -253,24 +253,31 @@ class Monitor:
         self.alerts.extend(a for a in new if a.kind != "nonfinite")
         return StepResult(step, all_figures, new, self.active_counts())
 
-    def _feature_scales(self, key: str, st: TensorStats, min_rows: float = 256) -> dict[str, float]:
-        """Per-feature RMS spread of an input, on every batch seen so far (one batch misleads on sparse features)."""
-        current = (st.cn, st.cmean, st.cm2)
+    def _input_figures(self, key: str, st: TensorStats, min_rows: float = 256) -> dict[str, float]:
+        """Per-feature scales and within-feature shape of an input over every batch seen so far.
+
+        One batch misleads on sparse features (a pixel that is almost always 0); data is usually
+        stationary, so the per-feature moments of all logged batches are merged exactly.
+        """
+        current = (st.cn, st.cmean, st.cm2, st.cm3, st.cm4)
         seen = self.inputs_seen.get(key)
         if seen is not None and len(seen[0]) == len(st.cn):
-            n, mean, m2 = (np.stack([a, b]) for a, b in zip(seen, current, strict=True))
-            zeros = np.zeros_like(n)
-            current = merge_groups(n, mean, m2, zeros, zeros)[:3]
+            current = merge_groups(*(np.stack([a, b]) for a, b in zip(seen, current, strict=True)))
         self.inputs_seen[key] = current
-        n, mean, m2 = current
+        n, mean, m2, m3, m4 = current
+        if n.max() < min_rows:
+            return {}
         live = n > 0
         rms = np.sqrt(np.where(live, m2 / np.where(live, n, 1), 0.0) + mean**2)
         scaled = live & (rms > 0) & np.isfinite(rms)
-        if not scaled.any() or n.max() < min_rows:
+        if not scaled.any():
             return {}
+        g1, g2 = standardized_shape(n, m2, m3, m4)
         return {
             "feature_rms_ratio": float(rms[scaled].max() / rms[scaled].min()),
             "feature_rms_max": float(rms[scaled].max()),
+            "channel_skew": g1,
+            "channel_kurtosis": g2,
         }
 
     def raise_nonfinite(self, step: int, origin: str, share: float, downstream: int, source: str) -> list[Alert]:

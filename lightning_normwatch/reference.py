@@ -107,10 +107,18 @@ def _split_zeros(counts: np.ndarray, mean: float, std: float) -> tuple[float, np
     return p0, rest, mean_nz, math.sqrt(max(var_nz, 0.0))
 
 
-def _standardized_cdf(counts: np.ndarray, mean: float, std: float) -> tuple[np.ndarray, np.ndarray]:
-    """(z at each shared edge, empirical CDF there) for counts on the shared bins."""
+def _standardized_cdf(counts: np.ndarray, std: float) -> tuple[np.ndarray, np.ndarray]:
+    """(z at each shared edge, empirical CDF there), robustly standardized: (x - median) / IQR.
+
+    Median and IQR (read off the CDF) rather than mean and std: a few large values (one feature on
+    a much larger scale, a heavy tail) would otherwise squeeze the bulk of the values into a sliver
+    of z where sampling noise moves every quantile group.
+    """
     cdf = np.cumsum(counts)[:-1] / counts.sum()
-    return (edges_numpy() - mean) / std, cdf
+    edges = edges_numpy()
+    q25, median, q75 = np.interp([0.25, 0.5, 0.75], cdf, edges)
+    scale = q75 - q25 if q75 > q25 else std
+    return (edges - median) / scale, cdf
 
 
 def shape_drift(
@@ -123,12 +131,12 @@ def shape_drift(
     groups: int = 20,
     floor: float = 1e-4,
 ) -> tuple[float, float]:
-    """PSI and KS between the two distributions after standardizing each by its own mean and std.
+    """PSI and KS between the two distributions after standardizing each by its own location and scale.
 
     Location and scale have their own figures (``mean_shift``, ``std_log_ratio``); this isolates a
     change of *shape*. Exact zeros are one group of their own (a point mass that does not move); the
-    non-zero parts are standardized by their own mean and std and both CDFs are read on a common grid
-    (linear interpolation between the shared edges); the groups are the reference's quantiles.
+    non-zero parts are standardized by their own median and IQR and both CDFs are read on a common
+    grid (linear interpolation between the shared edges); the groups are the reference's quantiles.
 
     Example:
         >>> import numpy as np
@@ -148,8 +156,8 @@ def shape_drift(
     pr, pc = [max(r0, floor)], [max(c0, floor)]
     shape_ks = abs(r0 - c0)
     if ref_rest.sum() > 0 and rest.sum() > 0 and ref_std > 0 and std > 0:
-        zr, fr = _standardized_cdf(ref_rest, ref_mean, ref_std)
-        zc, fc = _standardized_cdf(rest, mean, std)
+        zr, fr = _standardized_cdf(ref_rest, ref_std)
+        zc, fc = _standardized_cdf(rest, std)
         cuts = np.unique(np.interp(np.arange(1, groups) / groups, fr, zr))
         pr += list(np.maximum((1 - r0) * np.diff(np.concatenate([[0.0], np.interp(cuts, zr, fr), [1.0]])), floor))
         pc += list(np.maximum((1 - c0) * np.diff(np.concatenate([[0.0], np.interp(cuts, zc, fc), [1.0]])), floor))

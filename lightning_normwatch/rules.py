@@ -22,6 +22,10 @@ from .config import Thresholds
 __all__ = ["TensorInfo", "evaluate", "nonfinite_alert"]
 
 ROLES = ("input", "preact", "activation", "bounded", "other")
+#: an active alert clears when its figure falls below this fraction of the threshold
+CLEAR_FRACTION = 0.8
+#: rows per channel below which within-channel skewness/kurtosis are too biased to report a shape
+MIN_SHAPE_ROWS = 64
 
 
 @dataclass(frozen=True)
@@ -82,9 +86,13 @@ def evaluate(
     name = info.name
 
     def check(kind: str, condition: bool, value: float, threshold: float, message: str) -> None:
-        checked.add((name, kind))
+        # Hysteresis: an active alert clears only once the figure is clearly back (below 80 % of the
+        # threshold), so a figure hovering around its threshold does not raise the alert again and again.
         if condition:
             out.append(_alert(step, info, kind, value, threshold, message))
+            checked.add((name, kind))
+        elif value < CLEAR_FRACTION * threshold:
+            checked.add((name, kind))
 
     dead = fig.get("dead")
     if info.role != "input" and dead is not None and math.isfinite(dead) and info.channels >= 4:
@@ -108,18 +116,17 @@ def evaluate(
             f"{th.saturated:.0%}), where its gradient vanishes; usual cause: large weights or initialization, "
             "or unnormalized inputs.",
         )
-    rms = math.hypot(fig.get("mean", math.nan), fig.get("std", math.nan))
-    max_abs = fig.get("max_abs", math.nan)
-    if math.isfinite(rms) and math.isfinite(max_abs) and fig.get("sampled", 0) >= 100:
-        ratio = max_abs / rms if rms > 0 else math.inf
+    typical, max_abs = fig.get("abs_median", math.nan), fig.get("max_abs", math.nan)
+    if math.isfinite(typical) and math.isfinite(max_abs) and typical > 0 and fig.get("sampled", 0) >= 100:
+        ratio = max_abs / typical
         check(
             "outlier",
             ratio > th.outlier and max_abs >= th.outlier_min_abs,
             ratio,
             th.outlier,
-            f"`{name}` has massive values: max |x| = {max_abs:.4g} is {ratio:.0f}x its RMS {rms:.3g} "
-            f"(threshold {th.outlier:.0f}x); usual causes: a few exploding units, unclipped inputs or "
-            "corrupted samples.",
+            f"`{name}` has massive values: max |x| = {max_abs:.4g} is {ratio:.0f}x its median non-zero |x| "
+            f"{typical:.3g} (threshold {th.outlier:g}x); usual causes: a few exploding units, unclipped inputs "
+            "or corrupted samples.",
         )
     ratio, largest = fig.get("feature_rms_ratio", math.nan), fig.get("feature_rms_max", math.nan)
     if info.role == "input" and math.isfinite(ratio) and math.isfinite(largest):
@@ -133,14 +140,14 @@ def evaluate(
             f"and reaches {largest:.3g} (threshold {th.feature_scale:g}); standardize them (e.g. StandardScaler "
             "or a Normalize transform) so that no feature dominates the gradients.",
         )
-    if info.role in ("input", "preact"):
+    if info.role == "input" or (info.role == "preact" and fig.get("channel_rows", 0) >= MIN_SHAPE_ROWS):
         g1, g2 = fig.get("channel_skew", math.nan), fig.get("channel_kurtosis", math.nan)
         value = max(abs(g1) / th.skew if math.isfinite(g1) else 0.0, g2 / th.kurtosis if math.isfinite(g2) else 0.0)
         check(
             "non_normal",
             value > 1.0,
-            max(abs(g1), g2) if math.isfinite(g1) and math.isfinite(g2) else value,
-            th.skew if (math.isfinite(g1) and abs(g1) / th.skew >= value) else th.kurtosis,
+            value,
+            1.0,
             f"`{name}` is far from Gaussian-shaped (within-channel skewness {g1:.2f}, excess kurtosis "
             f"{g2:.2f}; thresholds |{th.skew:g}| and {th.kurtosis:g}). Information, not a fault: networks "
             "do not need Gaussian values, only comparable, stable scales.",

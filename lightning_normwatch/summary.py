@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .histogram import normal_ks
+from .histogram import abs_median_nonzero, normal_ks
 from .measure import BlockLayout
 from .moments import Moments, merge_groups, standardized_shape
 from .normality import normality
@@ -147,6 +147,8 @@ def figures(stats: TensorStats) -> dict[str, float]:
         "normal_ks": normal_ks(stats.hist, m.mean, m.std) if m.n else math.nan,
         "normaltest_p": test.normaltest_p,
         "jarque_bera_p": test.jarque_bera_p,
+        "abs_median": abs_median_nonzero(stats.hist),
+        "channel_rows": float(np.median(stats.cn)) if stats.cn.size else 0.0,
         "numel": stats.numel,
         "sampled": stats.sampled,
     }
