@@ -180,6 +180,12 @@ def test_half_precision_is_upcast(dtype: torch.dtype) -> None:
     assert figures(stats_of(x.float())) == pytest.approx(fig, nan_ok=True)
 
 
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
+def test_float8_is_measured_exactly(dtype: torch.dtype) -> None:
+    x = (torch.randn(64, 8, generator=gen(20)) * 3).to(dtype)
+    assert_figures(figures(stats_of(x)), expected(x.double().numpy()), rtol=1e-5, atol=1e-5)
+
+
 def test_large_tensor_is_subsampled_and_estimates_are_close() -> None:
     g = gen(6)
     offsets = torch.arange(16.0) * 3
