@@ -204,10 +204,10 @@ def test_lstm_tuple_outputs_are_named_by_position(tmp_path) -> None:
 
 
 class DictOut(nn.Module):
-    """Returns a dict with a float tensor, an integer tensor, a nested tuple and None."""
+    """Returns a dict with a float tensor, an integer tensor, a nested list and None."""
 
     def forward(self, x: torch.Tensor) -> dict[str, Any]:
-        return {"value": x * 2, "index": x.argmax(-1), "pair": (x + 1, x.long()), "nothing": None}
+        return {"value": x * 2, "index": x.argmax(-1), "pair": [x + 1, x.long()], "nothing": None}
 
 
 class DictRegressor(Regressor):
