@@ -1,10 +1,10 @@
 """NormWatch under real two-process CPU DDP (gloo) with a Lightning ``Trainer``.
 
-Each DDP run happens in a subprocess (``python tests/test_ddp.py <scenario> <out>``) with a
+The DDP runs happen in a subprocess (``python tests/test_ddp.py <scenario,...> <out>``) with a
 timeout, so that a hang fails the test instead of blocking the suite. Inside it, Lightning's
 ``ddp_fork`` strategy forks the two ranks from a process that has already imported torch and
 Lightning (no second import: a run takes a few seconds), and each rank writes what it saw to
-``<out>/rank<r>.json``: the figures of every logging step, the collectives made, the alerts, the
+``<out>/<scenario>/rank<r>.json``: the figures of every logging step, the collectives made, the alerts, the
 ``lightning_normwatch`` log records and the metrics its logger received.
 
 Scenarios:
@@ -22,11 +22,14 @@ Scenarios:
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import math
+import multiprocessing
 import os
 import signal
+import socket
 import subprocess
 import sys
 import warnings
@@ -37,6 +40,7 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
+import torch.distributed as dist
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import Logger
 from torch import nn
@@ -46,6 +50,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from models import Regressor, mlp, regression_data  # noqa: E402
 
 from lightning_normwatch.callback import NormWatch  # noqa: E402
+from lightning_normwatch.distributed import Exchange  # noqa: E402
+from lightning_normwatch.monitor import Monitor, MonitorConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 WORLD = 2
@@ -224,7 +230,8 @@ def _resume_fit(out: Path, ckpt_path: Path | None) -> None:
 
 
 def run_scenario(scenario: str, out: Path) -> None:
-    """The body of the subprocess: two-rank ``ddp_fork`` fits; each rank writes ``rank<r>.json``."""
+    """Two-rank ``ddp_fork`` fit(s) of one scenario; each rank writes ``<out>/rank<r>.json``."""
+    out.mkdir(parents=True, exist_ok=True)
     if scenario == "resume":  # an uninterrupted run, then a run resumed from its step-4 checkpoint
         _resume_fit(out / "full", None)
         _resume_fit(out / "resumed", out / "full" / f"step={RESUME_EPOCH}.ckpt")
@@ -236,13 +243,14 @@ def run_scenario(scenario: str, out: Path) -> None:
     trainer.fit(model, DataLoader(_data(), batch_size=BATCH, shuffle=False))
 
 
-def _launch(scenario: str, out: Path) -> list[dict[str, Any]]:
-    """Run a scenario in a subprocess with a timeout (killing its process group on a hang); read its records."""
+def _launch(scenarios: list[str], out: Path) -> dict[str, list[dict[str, Any]]]:
+    """Run scenarios one after the other in one subprocess (one import of Lightning) with a timeout,
+    killing its process group on a hang; read each scenario's per-rank records."""
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     env.pop("PL_GLOBAL_SEED", None)  # Lightning's DistributedSampler then shuffles with seed 0
     proc = subprocess.Popen(
-        [sys.executable, __file__, scenario, str(out)],
+        [sys.executable, __file__, ",".join(scenarios), str(out)],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -255,11 +263,11 @@ def _launch(scenario: str, out: Path) -> list[dict[str, Any]]:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         output, _ = proc.communicate()
-        pytest.fail(f"DDP scenario {scenario!r} did not finish within {TIMEOUT_S} s (hang):\n{output[-3000:]}")
+        done = [s for s in scenarios if (out / s / "rank0.json").exists()]
+        pytest.fail(f"DDP scenarios {scenarios} did not finish in {TIMEOUT_S} s (hang); done: {done}\n{output[-3000:]}")
     assert proc.returncode == 0, output[-5000:]
-    if scenario == "resume":
-        out = out / "resumed"
-    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(WORLD)]
+    paths = {s: out / s / ("resumed" if s == "resume" else "") for s in scenarios}
+    return {s: [json.loads((path / f"rank{r}.json").read_text()) for r in range(WORLD)] for s, path in paths.items()}
 
 
 def _same(a: float, b: float, rel: float = 1e-5, abs_: float = 1e-5) -> bool:
@@ -267,8 +275,14 @@ def _same(a: float, b: float, rel: float = 1e-5, abs_: float = 1e-5) -> bool:
 
 
 @pytest.fixture(scope="module")
-def ddp_same(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-    return _launch("same", tmp_path_factory.mktemp("ddp_same"))
+def ddp_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str, Any]]]:
+    """The ``same`` and ``skip`` scenarios, run once for the module (one subprocess, one timeout)."""
+    return _launch(["same", "skip"], tmp_path_factory.mktemp("ddp"))
+
+
+@pytest.fixture(scope="module")
+def ddp_same(ddp_runs: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    return ddp_runs["same"]
 
 
 @pytest.fixture(scope="module")
@@ -344,8 +358,8 @@ def test_ddp_one_collective_per_logging_step(ddp_same: list[dict[str, Any]]):
     assert ddp_same[0]["steps"][-1]["bytes"] == 8 * (2 + sum(12 + 583 + 6 * c for _, c in layout))
 
 
-def test_ddp_rank_skipping_a_module_does_not_hang(tmp_path: Path):
-    rank0, rank1 = _launch("skip", tmp_path)
+def test_ddp_rank_skipping_a_module_does_not_hang(ddp_runs: dict[str, list[dict[str, Any]]]):
+    rank0, rank1 = ddp_runs["skip"]
     for step in range(STEPS):
         f0, f1 = rank0["steps"][step]["figures"], rank1["steps"][step]["figures"]
         assert json.dumps(f0) == json.dumps(f1)  # identical on both ranks, same order
@@ -374,11 +388,81 @@ def test_ddp_rank_skipping_a_module_does_not_hang(tmp_path: Path):
     assert "normwatch/net.late1/mean" in logged[3] and "normwatch/net.late1/mean" not in logged[2]
 
 
+def _exchange_worker(rank: int, port: int, out: str) -> None:
+    """One rank of a bare gloo group driving ``Monitor`` + ``Exchange`` by hand (no Lightning)."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=60))
+    monitor = Monitor(MonitorConfig(world_size=WORLD))
+    exchange = Exchange(monitor, distributed=True)
+    gen = torch.Generator().manual_seed(rank)
+    plan = {  # step -> widths this rank calls module "m" with, in order
+        0: [4] if rank == 0 else [6],  # the same module, a different width on each rank
+        1: [4, 6] if rank == 0 else [6],  # rank 0 now also calls it with width 6 (locally "m@2")
+        2: [4] if rank == 0 else [],  # rank 1 measures nothing at all
+    }
+    record: dict[str, Any] = {"local": [], "merged": [], "flags": [], "layout": [], "collectives": []}
+    for step, widths in plan.items():
+        local: dict[str, list[float]] = {}
+        for width in widths:
+            x = torch.randn(8, width, generator=gen) + rank
+            monitor.observe("m", x)
+            local.setdefault(str(width), [0.0, 0.0])
+            local[str(width)][0] += x.numel()
+            local[str(width)][1] += float(x.double().sum())
+        stats = exchange.collect(flags=[rank == 1 and step == 0, False])
+        record["local"].append(local)
+        record["merged"].append({k: [st.numel, len(st.cn), st.overall.mean] for k, st in stats.items()})
+        record["flags"].append(list(exchange.flags))
+        record["layout"].append([list(e) for e in exchange.layout])
+        record["collectives"].append(exchange.collectives)
+    record["info"] = {name: monitor.info(name).channels for name, _ in exchange.layout}
+    Path(out, f"rank{rank}.json").write_text(json.dumps(record))
+    dist.destroy_process_group()
+
+
+def test_exchange_widths_flags_and_empty_ranks(tmp_path: Path):
+    """Widths differing across ranks get agreed names; flags are OR-ed; a rank may measure nothing."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_exchange_worker, args=(r, port, str(tmp_path))) for r in range(WORLD)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    alive = [p for p in procs if p.is_alive()]
+    for p in alive:
+        p.kill()
+    assert not alive, "the exchange hung"
+    assert [p.exitcode for p in procs] == [0, 0]
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD))
+    for key in ("merged", "flags", "layout", "collectives"):
+        assert r0[key] == r1[key], key
+    # each rank ran its "m" first: rank 1's goes before rank 0's (no predecessor), under an agreed new name
+    assert r0["layout"][0] == [["m@2", 6], ["m", 4]]
+    assert r0["flags"] == [[True, False], [False, False], [False, False]]
+    assert r0["collectives"] == [1, 2, 3]  # first step: the agreement only; then one all_gather each
+
+    def expected(step: int, width: int) -> list[float]:
+        parts = [r["local"][step].get(str(width), [0.0, 0.0]) for r in (r0, r1)]
+        n, total = sum(p[0] for p in parts), sum(p[1] for p in parts)
+        return [n, width, total / n]
+
+    for step, names in enumerate([{"m": 4, "m@2": 6}, {"m": 4, "m@2": 6}, {"m": 4}]):
+        merged = r0["merged"][step]
+        assert sorted(merged) == sorted(names)
+        for name, width in names.items():
+            np.testing.assert_allclose(merged[name], expected(step, width), rtol=1e-6, atol=1e-6)  # float32 on device
+    assert r0["merged"][1]["m@2"][0] == 2 * 8 * 6  # rank 0's local "m@2" and rank 1's local "m" merged
+    assert r0["info"] == {"m": 4, "m@2": 6}  # rank 0 learned the width it had not seen
+
+
 @pytest.mark.slow
 def test_ddp_resume_from_checkpoint(tmp_path: Path):
     """Under DDP every rank loads the checkpoint (rank 0's state) and continues exactly."""
-    resumed = _launch("resume", tmp_path)
-    full = [json.loads((tmp_path / "full" / f"rank{r}.json").read_text()) for r in range(WORLD)]
+    resumed = _launch(["resume"], tmp_path)["resume"]
+    full = [json.loads((tmp_path / "resume" / "full" / f"rank{r}.json").read_text()) for r in range(WORLD)]
     for rank in range(WORLD):
         after = {s["step"]: s for s in resumed[rank]["steps"]}
         before = {s["step"]: s for s in full[rank]["steps"]}
@@ -398,4 +482,5 @@ if __name__ == "__main__":
     warnings.filterwarnings("ignore")
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    run_scenario(sys.argv[1], Path(sys.argv[2]))
+    for name in sys.argv[1].split(","):
+        run_scenario(name, Path(sys.argv[2]) / name)
