@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import re
 import sys
+import textwrap
 from collections.abc import Sequence
 from typing import Any
 
@@ -48,33 +49,49 @@ def _cell(value: object) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def alerts_markdown(alerts: Sequence[Alert]) -> str:
-    """The alert Text panel: a one-line summary, then a Markdown table of every alert (oldest first).
+#: the message column is wrapped at this many characters: TensorBoard's Text panel breaks words
+#: anywhere, so without it one long message squeezes the other columns to a letter or two
+_MESSAGE_WIDTH = 48
 
-    ``report.parse_alerts_markdown`` reads it back.
+
+def _message_cell(message: str) -> str:
+    lines = textwrap.wrap(" ".join(message.split()), _MESSAGE_WIDTH, break_long_words=False, break_on_hyphens=False)
+    return "<br>".join(_cell(line) for line in lines)
+
+
+def alerts_markdown(alerts: Sequence[Alert]) -> str:
+    """The alert Text panel: a one-line summary, then a Markdown table of every alert.
+
+    Errors come first, then warnings, then information; newest first within each severity.
+
+    Messages are wrapped with ``<br>``; ``report.parse_alerts_markdown`` reads the table back.
 
     Example:
         >>> a = Alert(3, "net.1", "dead", "warning", 0.8, 0.5, "80% of units are dead")
-        >>> print(alerts_markdown([a]))
-        **1 alert** up to step 3: 0 error, 1 warning, 0 info
+        >>> b = Alert(5, "net.2", "nonfinite", "error", 1.0, 0.0, "NaN")
+        >>> print(alerts_markdown([a, b]))
+        **2 alerts** up to step 5: 1 error, 1 warning, 0 info (most severe first, then newest first)
         <BLANKLINE>
         | step | module | kind | severity | value | threshold | message |
         |---|---|---|---|---|---|---|
+        | 5 | net.2 | nonfinite | **error** | 1 | 0 | NaN |
         | 3 | net.1 | dead | warning | 0.8 | 0.5 | 80% of units are dead |
     """
     counts = {s: sum(a.severity == s for a in alerts) for s in ("error", "warning", "info")}
     last = max((a.step for a in alerts), default=0)
     summary = (
         f"**{len(alerts)} alert{'s' if len(alerts) != 1 else ''}** up to step {last}: "
-        f"{counts['error']} error, {counts['warning']} warning, {counts['info']} info"
+        f"{counts['error']} error, {counts['warning']} warning, {counts['info']} info "
+        "(most severe first, then newest first)"
     )
+    rank = {"error": 0, "warning": 1, "info": 2}
+    ordered = sorted(reversed(alerts), key=lambda a: (rank.get(a.severity, 3), -a.step))
     head = "| " + " | ".join(ALERT_COLUMNS) + " |\n" + "|---" * len(ALERT_COLUMNS) + "|"
-    rows = [
-        "| "
-        + " | ".join(_cell(v) for v in (a.step, a.module, a.kind, a.severity, a.value, a.threshold, a.message))
-        + " |"
-        for a in alerts
-    ]
+    rows = []
+    for a in ordered:
+        severity = f"**{a.severity}**" if a.severity == "error" else a.severity
+        cells = [_cell(v) for v in (a.step, a.module, a.kind, severity, a.value, a.threshold)]
+        rows.append("| " + " | ".join([*cells, _message_cell(a.message)]) + " |")
     return "\n".join([summary, "", head, *rows])
 
 

@@ -83,7 +83,9 @@ class RunReport:
 def parse_alerts_markdown(text: str) -> list[dict[str, Any]]:
     """Rows of the alert table written by ``panels.alerts_markdown`` (other lines are ignored).
 
-    Returns dicts with ``ALERT_COLUMNS`` keys; ``step`` is an int, ``value`` and ``threshold`` floats.
+    Returns dicts with ``ALERT_COLUMNS`` keys in the order they were raised (by step; the table
+    lists the most severe first);
+    ``step`` is an int, ``value`` and ``threshold`` floats, ``message`` one line.
     """
     rows: list[dict[str, Any]] = []
     header_seen = False
@@ -91,7 +93,9 @@ def parse_alerts_markdown(text: str) -> list[dict[str, Any]]:
         line = line.strip()
         if not line.startswith("|"):
             continue
-        cells = [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+        cells = [
+            " ".join(c.replace("\\|", "|").replace("<br>", " ").split()) for c in re.split(r"(?<!\\)\|", line)[1:-1]
+        ]
         if not header_seen:
             header_seen = tuple(cells) == ALERT_COLUMNS
             continue
@@ -109,7 +113,7 @@ def parse_alerts_markdown(text: str) -> list[dict[str, Any]]:
             except ValueError:
                 row[key] = math.nan
         rows.append(row)
-    return rows
+    return sorted(rows[::-1], key=lambda r: r["step"])
 
 
 def _split_tag(tag: str) -> tuple[str, str] | None:

@@ -196,9 +196,19 @@ def test_alerts_markdown_round_trip() -> None:
         Alert(9, "net.1", "nonfinite", "error", float("nan"), 0.0, "NaN in `net.1`"),
     ]
     text = alerts_markdown(alerts)
-    assert text.splitlines()[0] == "**2 alerts** up to step 9: 1 error, 1 warning, 0 info"
+    assert (
+        text.splitlines()[0]
+        == "**2 alerts** up to step 9: 1 error, 1 warning, 0 info (most severe first, then newest first)"
+    )
+    assert text.splitlines()[4].startswith("| 9 | net.1 | nonfinite | **error** |")  # errors first
+    long = Alert(1, "fc", "shift", "warning", 3.0, 2.0, " ".join(["word"] * 60))
+    assert (
+        "<br>" in alerts_markdown([long])
+        and parse_alerts_markdown(alerts_markdown([long]))[0]["message"] == long.message
+    )
     rows = parse_alerts_markdown(text)
-    assert [r["module"] for r in rows] == ["enc.0[1]", "net.1"]
+    assert [r["module"] for r in rows] == ["enc.0[1]", "net.1"]  # oldest first
+    assert rows[1]["severity"] == "error"
     assert rows[0]["message"] == "max |x| is 123x | its RMS second line"
     assert rows[0]["value"] == pytest.approx(123.5) and math.isnan(rows[1]["value"])
 
