@@ -38,18 +38,21 @@ def channel_moments(sample: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Ten
         >>> mean.tolist(), m2.tolist(), nz.tolist()
         ([2.0, 0.0], [2.0, 0.0], [2.0, 0.0])
     """
-    finite = torch.isfinite(sample)
-    f = finite.to(sample.dtype)
+    # Float ops only (boolean masks cost 3-5x more per element on CPU): f is 1 where finite, else 0;
+    # z is the sample with non-finite values zeroed; z - f * mean equals where(finite, sample - mean, 0).
+    f = sample.mul(0).add_(1).nan_to_num_(0.0, 0.0, 0.0)
+    z = sample.nan_to_num(0.0, 0.0, 0.0)
     n = f.sum(0)
-    mean = torch.where(finite, sample, 0).sum(0) / n.clamp_min(1)
+    count = n.clamp_min(1)
+    mean = z.sum(0) / count
     # Corrected two-pass: remove the first mean's rounding error (a constant channel gets M2 = 0 exactly).
-    mean = mean + torch.where(finite, sample - mean, 0).sum(0) / n.clamp_min(1)
-    d = torch.where(finite, sample - mean, 0)
+    mean = mean + torch.addcmul(z, f, mean, value=-1).sum(0) / count
+    d = torch.addcmul(z, f, mean, value=-1)
     d2 = d * d
     m2 = d2.sum(0)
     m3 = (d2 * d).sum(0)
     m4 = (d2 * d2).sum(0)
-    nonzero = (sample != 0).to(sample.dtype).sum(0)
+    nonzero = (sample != 0).sum(0, dtype=sample.dtype)
     return n, mean, m2, m3, m4, nonzero
 
 
