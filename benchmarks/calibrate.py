@@ -5,7 +5,7 @@ without batch norm, on data that ships with scikit-learn or is generated) and se
 records every figure an alert rule reads at every logging step after the reference window, and
 prints, per rule, the largest value seen on healthy runs and the largest on each broken run.
 
-Run: ``.venv/bin/python benchmarks/calibrate.py`` (about 3 minutes on 2 cores; ``--quick`` for a smoke run).
+Run: ``.venv/bin/python benchmarks/calibrate.py`` (about 5 minutes on 2 cores; ``--quick`` for a smoke run).
 """
 
 from __future__ import annotations
@@ -213,7 +213,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     steps = 150 if args.quick else args.steps
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     print(f"{'run':38s} " + " ".join(f"{r:>13s}" for r in RULES) + "   alerts raised (kind@module)")
     t0 = time.time()
     for run in RUNS:

@@ -43,10 +43,10 @@ class Thresholds:
         saturated: share of a bounded activation's outputs within 1 % of its range from a limit.
         scale_drift: factor by which std may move from the reference (either way).
         mean_drift: reference stds by which the mean may move.
-        shift: PSI against the reference histogram (0.25 is "major" in credit scoring; activations
-            of a learning network move more than that when healthy).
-        feature_scale: ratio of the largest to the smallest input feature RMS (constant features
-            left out); also fires when an input feature's RMS exceeds this value.
+        shift: PSI between the reference and current distributions after standardizing each by its
+            median and IQR (a change of shape; location and scale have their own alerts).
+        feature_scale: ratio of the largest input feature RMS to the median feature's (constant
+            features left out, over all batches seen); also fires when a feature's RMS exceeds it.
         outlier: max |x| over the tensor's RMS.
         outlier_min_abs: ... and max |x| at least this large (ignore tiny tensors' noise).
         skew: |within-channel skewness| above which the shape is reported as non-normal (info).
@@ -57,7 +57,7 @@ class Thresholds:
     saturated: float = 0.5
     scale_drift: float = 4.0
     mean_drift: float = 4.0
-    shift: float = 2.0
+    shift: float = 2.5
     feature_scale: float = 100.0
     outlier: float = 100.0
     outlier_min_abs: float = 6.0

@@ -136,8 +136,8 @@ def evaluate(
             value > th.feature_scale,
             value,
             th.feature_scale,
-            f"Input features of `{name}` are not on comparable scales: their RMS spans a ratio of {ratio:.3g} "
-            f"and reaches {largest:.3g} (threshold {th.feature_scale:g}); standardize them (e.g. StandardScaler "
+            f"Input features of `{name}` are not on comparable scales: the largest feature RMS is {largest:.3g}, "
+            f"{ratio:.3g}x the median feature's (threshold {th.feature_scale:g} for both); standardize them (e.g. StandardScaler "
             "or a Normalize transform) so that no feature dominates the gradients.",
         )
     if info.role == "input" or (info.role == "preact" and fig.get("channel_rows", 0) >= MIN_SHAPE_ROWS):
