@@ -45,13 +45,13 @@ _ROWS_PER_FIGURE = 8
 
 
 def _cell(value: object) -> str:
-    text = f"{value:.4g}" if isinstance(value, float) else str(value)
+    text = f"{value:.3g}" if isinstance(value, float) else str(value)
     return text.replace("|", "\\|").replace("\n", " ")
 
 
 #: the message column is wrapped at this many characters: TensorBoard's Text panel breaks words
 #: anywhere, so without it one long message squeezes the other columns to a letter or two
-_MESSAGE_WIDTH = 48
+_MESSAGE_WIDTH = 40
 
 
 def _message_cell(message: str) -> str:
@@ -153,8 +153,9 @@ def layout_for(keys: Sequence[str]) -> dict[str, dict[str, list[Any]]]:
     Margin charts take exactly three existing tags (value, lower, upper). Every series is one the
     callback logs: ``normwatch/<tensor>/<figure>``, ``normwatch/thresholds/*``, ``normwatch/alerts/*``.
 
-    Per group: the std of each of its tensors in one chart; each drift figure of its tensors against
-    the alert threshold (a flat line); per tensor, mean ± std (Margin) and skew with excess kurtosis.
+    Per group: the std of each of its tensors in one chart; each drift figure that an alert compares
+    with a threshold (``std_log_ratio``, ``mean_shift``, ``shape_psi``) against that threshold (a
+    flat line); per tensor, mean ± std (Margin) and skew with excess kurtosis.
 
     Example:
         >>> layout = layout_for(["net.0", "net.1"])
@@ -174,9 +175,9 @@ def layout_for(keys: Sequence[str]) -> dict[str, dict[str, list[Any]]]:
         category = layout.setdefault(f"normwatch: {group}", {})
         sub = f"normwatch/({group_pattern(group)})"
         category[f"{group}: std of each tensor"] = ["Multiline", [rf"{sub}/std$"]]
-        category[f"{group}: PSI vs reference (alert above the threshold line)"] = [
+        category[f"{group}: shape PSI vs reference (alert above the threshold line)"] = [
             "Multiline",
-            [rf"{sub}/psi$", r"normwatch/thresholds/shift$"],
+            [rf"{sub}/shape_psi$", r"normwatch/thresholds/shift$"],
         ]
         category[f"{group}: log(std / reference std) (alert beyond ± threshold)"] = [
             "Multiline",

@@ -43,7 +43,7 @@ ALERT_TAG = "normwatch/alerts"
 #: columns of the alert table, in order
 ALERT_COLUMNS = ("step", "module", "kind", "severity", "value", "threshold", "message")
 #: figures shown in the printed table (``--json`` has every logged figure)
-TABLE_FIGURES = ("mean", "std", "skew", "kurtosis", "zeros", "std_log_ratio", "mean_shift", "psi", "ks")
+TABLE_FIGURES = ("mean", "std", "skew", "kurtosis", "zeros", "std_log_ratio", "mean_shift", "shape_psi")
 #: ``normwatch/<name>/...`` scalars that are not watched tensors
 _NOT_TENSORS = ("thresholds", "alerts")
 SEVERITIES = ("error", "warning", "info")
@@ -231,9 +231,9 @@ def format_reports(reports: Sequence[RunReport]) -> str:
         >>> r = RunReport("version_0", 9, {"net.0": {"step": 9, "mean": 0.1, "std": 1.0}})
         >>> print(format_reports([r]))  # doctest: +NORMALIZE_WHITESPACE
         run version_0: latest step 9, 1 watched tensor, no alerts
-        tensor  step  mean  std  skew  kurtosis  zeros  std_log_ratio  mean_shift  psi  ks
-        ------  ----  ----  ---  ----  --------  -----  -------------  ----------  ---  --
-        net.0      9   0.1    1     -         -      -              -           -    -   -
+        tensor  step  mean  std  skew  kurtosis  zeros  std_log_ratio  mean_shift  shape_psi
+        ------  ----  ----  ---  ----  --------  -----  -------------  ----------  ---------
+        net.0      9   0.1    1     -         -      -              -           -          -
     """
     out: list[str] = []
     for r in reports:

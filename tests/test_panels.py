@@ -140,9 +140,9 @@ def test_custom_scalars_layout_matches_logged_tags(healthy) -> None:
     std_chart = next(ch for ch in net.chart if ch.title == "net: std of each tensor")
     matched = {t for t in scalars if re.match(std_chart.multiline.tag[0], t)}
     assert matched == {f"normwatch/net.{i}/std" for i in range(5)}
-    psi_chart = next(ch for ch in net.chart if ch.title.startswith("net: PSI"))
+    psi_chart = next(ch for ch in net.chart if ch.title.startswith("net: shape PSI"))
     assert {t for p in psi_chart.multiline.tag for t in scalars if re.match(p, t)} == {
-        *(f"normwatch/net.{i}/psi" for i in range(5)),
+        *(f"normwatch/net.{i}/shape_psi" for i in range(5)),
         "normwatch/thresholds/shift",
     }
 
@@ -210,7 +210,7 @@ def test_alerts_markdown_round_trip() -> None:
     assert [r["module"] for r in rows] == ["enc.0[1]", "net.1"]  # oldest first
     assert rows[1]["severity"] == "error"
     assert rows[0]["message"] == "max |x| is 123x | its RMS second line"
-    assert rows[0]["value"] == pytest.approx(123.5) and math.isnan(rows[1]["value"])
+    assert rows[0]["value"] == pytest.approx(123.0) and math.isnan(rows[1]["value"])
 
 
 # ---------------------------------------------------------------------------------------- other loggers

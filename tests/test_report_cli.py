@@ -65,7 +65,7 @@ def test_table_of_a_healthy_run(runs, capsys: pytest.CaptureFixture[str]) -> Non
     for key, cells in rows.items():
         assert cells[1] == "6"
         values = dict(zip(TABLE_FIGURES, cells[2:], strict=True))
-        for name in ("mean", "std", "psi"):
+        for name in ("mean", "std", "shape_psi"):
             assert float(values[name]) == pytest.approx(figs[key][name], rel=1e-3, abs=1e-6), (key, name)
 
 
