@@ -4,11 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all lint bench clean
+.PHONY: demo test test-all bench calibrate clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV) || python3 -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,plots,examples]'
 	touch $(STAMP)
 
@@ -18,13 +17,16 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check lightning_normwatch tests examples benchmarks
 	$(BIN)/ruff format --check -q lightning_normwatch tests examples benchmarks
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" tests lightning_normwatch --doctest-modules
 
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q tests lightning_normwatch --doctest-modules
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/overhead.py
+
+calibrate: $(STAMP)
+	$(BIN)/python benchmarks/calibrate.py
 
 clean:
 	rm -rf $(VENV) lightning_logs logs
