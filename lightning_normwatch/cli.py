@@ -41,7 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     report.add_argument("logdir", metavar="LOGDIR", help="a TensorBoardLogger save_dir or log_dir")
-    report.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
+    report.add_argument("--json", action="store_true", help="print one JSON document (every figure and alert)")
+    report.add_argument(
+        "--all-alerts", action="store_true", help="also list info alerts (by default they are only counted)"
+    )
     report.add_argument(
         "--fail-on",
         choices=("error", "warning", "info", "never"),
@@ -70,6 +73,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.json:
             print(json.dumps(reports_json(reports, args.logdir, args.fail_on), indent=2, allow_nan=False))
         else:
-            print(format_reports(reports))
+            print(format_reports(reports, all_alerts=args.all_alerts))
         return exit_code(reports, args.fail_on)
     return 2  # pragma: no cover - argparse requires a command

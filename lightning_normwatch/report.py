@@ -224,8 +224,10 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], left: Sequence[
     return [line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)]
 
 
-def format_reports(reports: Sequence[RunReport]) -> str:
+def format_reports(reports: Sequence[RunReport], all_alerts: bool = False) -> str:
     """The human-readable report: per run, a table of the latest figures, then the alerts.
+
+    Alerts of severity ``info`` are only counted unless ``all_alerts`` (``--all-alerts``).
 
     Example:
         >>> r = RunReport("version_0", 9, {"net.0": {"step": 9, "mean": 0.1, "std": 1.0}})
@@ -245,16 +247,20 @@ def format_reports(reports: Sequence[RunReport]) -> str:
         out.append(f"run {r.run}: latest step {r.step}, {n} watched tensor{'s' if n != 1 else ''}, {alerts}")
         rows = [[name, str(v["step"]), *(_num(v.get(f)) for f in TABLE_FIGURES)] for name, v in r.tensors.items()]
         out += _table(["tensor", "step", *TABLE_FIGURES], rows)
-        if r.alerts:
+        shown = [a for a in r.alerts if all_alerts or a["severity"] != "info"]
+        hidden = len(r.alerts) - len(shown)
+        if shown:
             out.append("alerts:")
             rows = [
                 [str(a["step"]), a["severity"], a["kind"], a["module"], _num(a["value"]), _num(a["threshold"])]
-                for a in r.alerts
+                for a in shown
             ]
             table = _table(["step", "severity", "kind", "module", "value", "threshold"], rows, left=(1, 2, 3))
             out.append("  " + table[0] + "  message")
             out.append("  " + table[1] + "  -------")
-            out += [f"  {line}  {a['message']}" for line, a in zip(table[2:], r.alerts, strict=True)]
+            out += [f"  {line}  {a['message']}" for line, a in zip(table[2:], shown, strict=True)]
+        if hidden:
+            out.append(f"({hidden} info alert{'s' if hidden != 1 else ''} not listed: --all-alerts lists them)")
         out.append("")
     return "\n".join(out).rstrip("\n")
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from lightning_normwatch import NormWatch
 from lightning_normwatch.cli import main
-from lightning_normwatch.report import TABLE_FIGURES
+from lightning_normwatch.report import TABLE_FIGURES, RunReport, exit_code, format_reports
 
 
 class NaNAfter(nn.Module):
@@ -117,6 +117,19 @@ def test_several_runs_and_fail_on(runs, capsys: pytest.CaptureFixture[str]) -> N
     assert nan["raised"]["error"] == 1 and nan["tensors"]["net.1"]["mean"] is None  # NaN -> null
     assert main(["report", root, "--fail-on", "never"]) == 0
     capsys.readouterr()
+
+
+def test_info_alerts_are_counted_unless_all_alerts() -> None:
+    alert = dict(step=4, module="fc", value=5.0, threshold=4.0, message="m")
+    info = {**alert, "kind": "non_normal", "severity": "info"}
+    warning = {**alert, "kind": "dead", "severity": "warning"}
+    report = RunReport("run", 4, {"fc": {"step": 4, "mean": 0.0}}, alerts=[info, warning])
+    default = format_reports([report])
+    assert "dead" in default and "non_normal" not in default
+    assert "(1 info alert not listed: --all-alerts lists them)" in default
+    everything = format_reports([report], all_alerts=True)
+    assert "dead" in everything and "non_normal" in everything and "not listed" not in everything
+    assert exit_code([report]) == 0 and exit_code([report], "warning") == 1 and exit_code([report], "never") == 0
 
 
 @pytest.mark.slow
