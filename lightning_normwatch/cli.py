@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -71,8 +72,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"normwatch report: error: {exc}", file=sys.stderr)
             return 2
         if args.json:
-            print(json.dumps(reports_json(reports, args.logdir, args.fail_on), indent=2, allow_nan=False))
+            text = json.dumps(reports_json(reports, args.logdir, args.fail_on), indent=2, allow_nan=False)
         else:
-            print(format_reports(reports, all_alerts=args.all_alerts))
+            text = format_reports(reports, all_alerts=args.all_alerts)
+        try:
+            print(text, flush=True)
+        except BrokenPipeError:  # e.g. `normwatch report logs | head`: not an error
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return exit_code(reports, args.fail_on)
     return 2  # pragma: no cover - argparse requires a command
