@@ -56,6 +56,10 @@ SCALARS = (
     "mean_shift",
     "psi",
     "ks",
+    "shape_psi",
+    "shape_ks",
+    "feature_rms_ratio",
+    "feature_rms_max",
 )
 _ALWAYS = {"mean", "std", "min", "max"}
 
