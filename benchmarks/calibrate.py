@@ -171,14 +171,13 @@ RUNS = [
 def rule_values(fig: dict[str, float], role: str) -> dict[str, float]:
     """The figure each rule compares with its threshold."""
     f = {k: v for k, v in fig.items() if isinstance(v, float) and math.isfinite(v)}
-    rms = math.hypot(f.get("mean", 0.0), f.get("std", 0.0))
     out = {
         "dead": f.get("dead", math.nan) if role != "input" else math.nan,
         "saturated": f.get("saturated", math.nan) if role == "bounded" else math.nan,
         "scale_drift": math.exp(abs(f["std_log_ratio"])) if "std_log_ratio" in f else math.nan,
         "mean_drift": abs(f.get("mean_shift", math.nan)),
         "shift": f.get("shape_psi", math.nan),
-        "outlier": f.get("max_abs", math.nan) / rms if rms > 0 else math.nan,
+        "outlier": f.get("max_abs", math.nan) / f["abs_median"] if f.get("abs_median", 0) > 0 else math.nan,
         "feature_scale": math.nan,
         "non_normal": math.nan,
     }

@@ -5,10 +5,32 @@ Example:
     >>> callback = NormWatch()          # add to pl.Trainer(callbacks=[callback])
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .alerts import KINDS, Alert, NormWatchAlertError
-from .callback import NormWatch
 from .config import Thresholds
-from .monitor import Monitor, MonitorConfig, StepResult
+
+if TYPE_CHECKING:
+    from .callback import NormWatch
+    from .monitor import Monitor, MonitorConfig, StepResult
+
+# torch and Lightning are imported on first use, so that `normwatch report` starts quickly.
+_LAZY = {
+    "NormWatch": ".callback",
+    "Monitor": ".monitor",
+    "MonitorConfig": ".monitor",
+    "StepResult": ".monitor",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "NormWatch",

@@ -47,7 +47,8 @@ class Thresholds:
             median and IQR (a change of shape; location and scale have their own alerts).
         feature_scale: ratio of the largest input feature RMS to the median feature's (constant
             features left out, over all batches seen); also fires when a feature's RMS exceeds it.
-        outlier: max |x| over the tensor's RMS.
+        outlier: max |x| over the median non-zero |x| ("Massive Activations", Sun et al. 2024, use
+            about 1000x the median; healthy standardized inputs with rare features reached 80x).
         outlier_min_abs: ... and max |x| at least this large (ignore tiny tensors' noise).
         skew: |within-channel skewness| above which the shape is reported as non-normal (info).
         kurtosis: within-channel excess kurtosis above which the shape is reported as non-normal (info).
@@ -59,7 +60,7 @@ class Thresholds:
     mean_drift: float = 4.0
     shift: float = 2.5
     feature_scale: float = 100.0
-    outlier: float = 100.0
+    outlier: float = 500.0
     outlier_min_abs: float = 6.0
     skew: float = 2.0
     kurtosis: float = 4.0

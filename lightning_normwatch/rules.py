@@ -136,9 +136,10 @@ def evaluate(
             value > th.feature_scale,
             value,
             th.feature_scale,
-            f"Input features of `{name}` are not on comparable scales: the largest feature RMS is {largest:.3g}, "
-            f"{ratio:.3g}x the median feature's (threshold {th.feature_scale:g} for both); standardize them (e.g. StandardScaler "
-            "or a Normalize transform) so that no feature dominates the gradients.",
+            f"Input features of `{name}` are not on comparable scales: the largest feature RMS is "
+            f"{largest:.3g}, {ratio:.3g}x the median feature's (threshold {th.feature_scale:g} for both); "
+            "standardize them (e.g. StandardScaler or a Normalize transform) so that no feature dominates "
+            "the gradients.",
         )
     if info.role == "input" or (info.role == "preact" and fig.get("channel_rows", 0) >= MIN_SHAPE_ROWS):
         g1, g2 = fig.get("channel_skew", math.nan), fig.get("channel_kurtosis", math.nan)
