@@ -281,25 +281,21 @@ class NormWatch(Callback):
 
     def _locate_nonfinite(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Replay this batch's forward with hooks armed to name the first module with NaN/Inf."""
-        saved = self.monitor._blocks
-        was_armed = self.monitor.armed
-        self.monitor.arm()
         originals = {name: pl_module.__dict__.get(name) for name in ("log", "log_dict")}
         batch, self._batch = self._batch, None  # a backward inside training_step must not replay again
         try:
             pl_module.log = lambda *args, **kwargs: None  # type: ignore[method-assign]
             pl_module.log_dict = lambda *args, **kwargs: None  # type: ignore[method-assign]
-            with preserved(pl_module, self._rng):
-                for name, tensor in find_inputs(batch, self.inputs):
-                    self.monitor.observe(name, tensor, role="input")
-                pl_module.training_step(batch, self._batch_idx)
-            stats = self.monitor.collect()
-        except Exception as exc:  # the replay is best effort: never break training for it
-            log.debug("NormWatch: replay for non-finite values failed: %r", exc)
-            try:  # what the forward measured before the failure (e.g. manual_backward under no_grad) still counts
+            with self.monitor.separate_collection():
+                try:
+                    with preserved(pl_module, self._rng):
+                        for name, tensor in find_inputs(batch, self.inputs):
+                            self.monitor.observe(name, tensor, role="input")
+                        pl_module.training_step(batch, self._batch_idx)
+                except Exception as exc:  # the replay is best effort: never break training for it
+                    # what the forward measured before the failure (e.g. manual_backward under no_grad) still counts
+                    log.debug("NormWatch: replay for non-finite values failed: %r", exc)
                 stats = self.monitor.collect()
-            except Exception:
-                stats = {}
         finally:
             self._batch = batch
             for name, value in originals.items():
@@ -307,11 +303,6 @@ class NormWatch(Callback):
                     pl_module.__dict__.pop(name, None)
                 else:
                     pl_module.__dict__[name] = value
-            self.monitor.disarm()
-            self.monitor._blocks = saved
-            if was_armed:
-                self.monitor.arm()
-                self.monitor._blocks = saved
         first = self.monitor.first_nonfinite(stats)
         origin, share, downstream = first if first is not None else ("loss", math.nan, 0)
         new = self.monitor.raise_nonfinite(trainer.global_step, origin, share, downstream, "replaying the batch")

@@ -22,7 +22,8 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -129,6 +130,22 @@ class Monitor:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+
+    @contextmanager
+    def separate_collection(self) -> Iterator[None]:
+        """Armed hooks collecting into a fresh buffer; the current collection and hook state come back after.
+
+        Used to replay a forward pass (to locate NaN/Inf) in the middle of a logging step.
+        """
+        saved, was_armed = self._blocks, self.armed
+        self.arm()
+        try:
+            yield
+        finally:
+            self.disarm()
+            if was_armed:
+                self.arm()
+            self._blocks = saved
 
     def _hook_for(self, name: str) -> Callable[[nn.Module, object, object], None]:
         def hook(module: nn.Module, args: object, output: object) -> None:
