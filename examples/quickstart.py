@@ -86,9 +86,15 @@ def train(name: str, standardize: bool, batchnorm: bool, steps: int, logdir: str
 
 
 def show_alerts(title: str, watch: NormWatch) -> None:
-    print(f"\n== {title}: {len(watch.alerts)} alert(s)")
-    for a in watch.alerts:
+    """Warnings and errors in full; shape information (``non_normal``) summarized per module."""
+    serious = [a for a in watch.alerts if a.severity != "info"]
+    info = [a for a in watch.alerts if a.severity == "info"]
+    print(f"\n== {title}: {len(serious)} warning(s)/error(s), {len(info)} information alert(s)")
+    for a in serious:
         print(f"  step {a.step:4d}  {a.severity:7s} {a.kind:13s} {a.module:8s} {a.message}")
+    if info:
+        modules = ", ".join(dict.fromkeys(a.module for a in info))
+        print(f"  info: non-Gaussian shape (non_normal) at {modules}: information, not a fault")
     if not watch.alerts:
         print("  none")
 
