@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -61,8 +62,12 @@ class TensorStats:
         """Merge blocks ``[k, size]`` (one per rank or per call; empty ones allowed) exactly."""
         f = BlockLayout(channels).unpack(np.asarray(blocks, dtype=np.float64).reshape(-1, BlockLayout(channels).size))
         seen = f["numel"] > 0
-        pn, pmean, pm2, pm3, pm4 = merge_groups(f["pn"], f["pmean"], f["pm2"], f["pm3"], f["pm4"])
-        cn, cmean, cm2, cm3, cm4 = merge_groups(f["cn"], f["cmean"], f["cm2"], f["cm3"], f["cm4"])
+        if len(seen) == 1:  # one block (one call on one process, the usual case): nothing to merge
+            pn, pmean, pm2, pm3, pm4 = (f[k][0] for k in ("pn", "pmean", "pm2", "pm3", "pm4"))
+            cn, cmean, cm2, cm3, cm4 = (f[k][0].copy() for k in ("cn", "cmean", "cm2", "cm3", "cm4"))
+        else:
+            pn, pmean, pm2, pm3, pm4 = merge_groups(f["pn"], f["pmean"], f["pm2"], f["pm3"], f["pm4"])
+            cn, cmean, cm2, cm3, cm4 = merge_groups(f["cn"], f["cmean"], f["cm2"], f["cm3"], f["cm4"])
 
         def extreme(values: np.ndarray, fn) -> float:
             values = values[seen]
@@ -86,9 +91,9 @@ class TensorStats:
             cnz=f["cnz"].sum(axis=0),
         )
 
-    @property
+    @cached_property
     def overall(self) -> Moments:
-        """Moments of all sampled finite values (channels merged exactly)."""
+        """Moments of all sampled finite values (channels merged exactly; computed once)."""
         n, mean, m2, m3, m4 = merge_groups(self.cn, self.cmean, self.cm2, self.cm3, self.cm4)
         return Moments(float(n), float(mean), float(m2), float(m3), float(m4))
 
