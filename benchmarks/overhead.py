@@ -68,7 +68,7 @@ from lightning_normwatch import NormWatch  # noqa: E402
 from lightning_normwatch.selection import select_modules  # noqa: E402
 
 CONFIGS = ("plain", "every step", "default", "naive hist")
-THREADS = 2
+THREADS = 2  # torch threads of every run (--threads)
 INTERVAL = 50  # the trainer's log_every_n_steps: NormWatch's default logging interval
 
 
@@ -275,6 +275,13 @@ def fit(
 
 
 # ---------------------------------------------------------------------------------------------- memory
+def set_threads(n: int) -> None:
+    """Torch threads of this process and of the children it forks."""
+    global THREADS
+    THREADS = n
+    torch.set_num_threads(n)
+
+
 def status_kib(field: str) -> int:
     """A ``/proc/self/status`` field in KiB (``VmRSS``, ``VmHWM``)."""
     with open("/proc/self/status") as f:
@@ -428,11 +435,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", default="MLP,CNN,Transformer", help="comma-separated subset of MLP,CNN,Transformer")
     p.add_argument("--long-steps", type=int, default=None, help="steps of the growth check (default 2000)")
     p.add_argument("--logger", choices=("tensorboard", "none"), default="tensorboard", help="logger of every run")
+    p.add_argument("--threads", type=int, default=THREADS, help="torch threads (default 2)")
     args = p.parse_args(argv)
+    set_threads(args.threads)
 
     for name in ("pytorch_lightning", "lightning.pytorch", "lightning_normwatch"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    torch.set_num_threads(THREADS)
     rounds = args.rounds or (1 if args.quick else 3)
     long_steps = args.long_steps or (300 if args.quick else 2000)
     logger = args.logger == "tensorboard"
