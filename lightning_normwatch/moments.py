@@ -108,12 +108,13 @@ def standardized_shape(n: np.ndarray, m2: np.ndarray, m3: np.ndarray, m4: np.nda
     if not ok.any():
         return math.nan, math.nan
     n, m2, m3, m4 = n[ok], m2[ok], m3[ok], m4[ok]
-    var = m2 / n
-    z3 = (m3 / var**1.5).sum()
-    z4 = (m4 / var**2).sum()
-    total = n.sum()
-    # After per-channel standardization every channel has mean 0 and variance 1: pooled m2 = 1.
-    return float(z3 / total), float(z4 / total - 3.0)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):  # inf moments give NaN, not warnings
+        var = m2 / n
+        z3 = (m3 / var**1.5).sum()
+        z4 = (m4 / var**2).sum()
+        total = n.sum()
+        # After per-channel standardization every channel has mean 0 and variance 1: pooled m2 = 1.
+        return float(z3 / total), float(z4 / total - 3.0)
 
 
 @dataclass(frozen=True)

@@ -119,8 +119,14 @@ def figures(stats: TensorStats) -> dict[str, float]:
 
     Names: ``mean std min max max_abs zeros nonfinite skew kurtosis channel_skew channel_kurtosis
     channel_std_min channel_std_max channel_scale_ratio channel_mean_absmax dead saturated
-    normal_ks normaltest_p jarque_bera_p numel sampled``.
+    normal_ks normaltest_p jarque_bera_p abs_median channel_rows numel sampled``. Non-finite
+    statistics (an exploding layer) give NaN/inf figures, not numpy warnings.
     """
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        return _figures(stats)
+
+
+def _figures(stats: TensorStats) -> dict[str, float]:
     m = stats.overall
     # Full-tensor extremes, else the sample's finite ones (NaN when no finite value was sampled).
     finite_min = stats.vmin if math.isfinite(stats.vmin) else (stats.smin if math.isfinite(stats.smin) else math.nan)
