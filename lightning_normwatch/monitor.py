@@ -33,7 +33,15 @@ from torch.utils.hooks import RemovableHandle
 
 from .alerts import SEVERITY, Alert, AlertTracker
 from .config import Thresholds
-from .measure import MeasureSpec, channel_first_for, measure, measured_channels, saturation_bounds_for
+from .measure import (
+    MeasureSpec,
+    Sampled,
+    channel_first_for,
+    measure_sampled,
+    measured_channels,
+    saturation_bounds_for,
+    take_sample,
+)
 from .moments import merge_groups, standardized_shape
 from .reference import Reference, drift
 from .rules import TensorInfo, evaluate, nonfinite_alert
@@ -101,7 +109,7 @@ class Monitor:
         self.watched: list[tuple[str, nn.Module]] = []
         self._infos: dict[str, TensorInfo] = {}
         self._specs: dict[str, MeasureSpec] = {}
-        self._blocks: dict[str, list[Tensor]] = {}
+        self._blocks: dict[str, list[Sampled]] = {}  # samples taken in the hooks, measured by local_blocks()
         self._handles: list[RemovableHandle] = []
         self._generators: dict[torch.device, torch.Generator] = {}
         self._generator_states: dict[str, Tensor] = {}
@@ -181,7 +189,11 @@ class Monitor:
         )
 
     def observe(self, name: str, tensor: Tensor, module: nn.Module | None = None, role: str | None = None) -> None:
-        """Measure one tensor now (on its device, no host sync); repeated calls of a module merge."""
+        """Sample one tensor now (on its device, no host sync); repeated calls of a module merge.
+
+        Only the random draws and the full-tensor extremes happen here; the arithmetic on the
+        sample waits for ``local_blocks`` (all tensors in a row, with warm caches).
+        """
         if not isinstance(tensor, Tensor) or not tensor.is_floating_point():
             return
         key, spec = name, self._specs.get(name)
@@ -196,13 +208,11 @@ class Monitor:
             self._infos[key] = TensorInfo(
                 key, role or role_of(module), type(module).__name__ if module is not None else "batch", channels
             )
-        with torch.no_grad():
-            block = measure(tensor, spec, self._generator(tensor.device))
-        self._blocks.setdefault(key, []).append(block)
+        self._blocks.setdefault(key, []).append(take_sample(tensor, spec, self._generator(tensor.device)))
 
     def local_blocks(self) -> dict[str, Tensor]:
         """This process's blocks of the current collection, ``[calls, size]`` per tensor, in execution order."""
-        return {key: torch.stack(blocks) for key, blocks in self._blocks.items()}
+        return {key: torch.stack([measure_sampled(s) for s in taken]) for key, taken in self._blocks.items()}
 
     def channels(self, key: str) -> int:
         return self._infos[key].channels
