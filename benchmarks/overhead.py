@@ -87,6 +87,7 @@ class ModelSpec:
         steps: timed steps per configuration and round (``naive_steps`` for the naive peer).
         warmup: steps dropped at the start of every fit.
         memory_steps: steps of the fit whose peak memory is measured.
+        round_factor: rounds of this model per requested round (cheap models get more, against noise).
     """
 
     name: str
@@ -97,6 +98,7 @@ class ModelSpec:
     naive_steps: int
     warmup: int = 3
     memory_steps: int = 3
+    round_factor: int = 1
     classes: int = 10
 
 
@@ -140,7 +142,7 @@ def build_transformer() -> nn.Module:
 
 
 MODELS = (
-    ModelSpec("MLP", build_mlp, (256,), 256, steps=60, naive_steps=10, warmup=5, memory_steps=10),
+    ModelSpec("MLP", build_mlp, (256,), 256, steps=60, naive_steps=10, warmup=5, memory_steps=10, round_factor=2),
     ModelSpec("CNN", build_cnn, (3, 32, 32), 64, steps=8, naive_steps=3),
     ModelSpec("Transformer", build_transformer, (32, 128), 16, steps=16, naive_steps=3),
 )
@@ -405,6 +407,7 @@ def time_model(spec: ModelSpec, rounds: int, quick: bool, log_dir: str, logger: 
     torch.manual_seed(0)
     model = spec.build()
     fit(model, spec, "every step", 3, log_dir, logger=logger)  # warm the code paths once
+    rounds *= spec.round_factor
     for r in range(rounds):
         order = CONFIGS[r % len(CONFIGS) :] + CONFIGS[: r % len(CONFIGS)]
         medians: dict[str, float] = {}
@@ -516,11 +519,11 @@ def main(argv: list[str] | None = None) -> int:
     total_s = time.perf_counter() - started
 
     command = " ".join(["python benchmarks/overhead.py", *(argv if argv is not None else sys.argv[1:])])
-    budget = ", ".join(f"{s.name} {s.steps} (naive {s.naive_steps})" for s in specs)
+    budget = ", ".join(f"{s.name} {s.steps} (naive {s.naive_steps}) × {rounds * s.round_factor} rounds" for s in specs)
     lines = [
         f"Machine: {machine()}.",
         f"Command: `{command}`; logger: {args.logger}.",
-        f"Date: {time.strftime('%Y-%m-%d %H:%M %Z')}; {rounds} interleaved round(s); timed steps per configuration "
+        f"Date: {time.strftime('%Y-%m-%d %H:%M %Z')}; interleaved rounds, timed steps per configuration "
         f"and round: {budget}{' (halved: --quick)' if args.quick else ''}, after dropping warm-up steps; "
         f"run time {total_s:.0f} s, of which memory {memory_s:.0f} s.",
         "",
