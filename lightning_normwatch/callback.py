@@ -212,6 +212,7 @@ class NormWatch(Callback):
         self._batch_idx = 0
         self._rng: RngState | None = None
         self._bad_loss: Tensor | None = None
+        self._resume_after_validation = False
 
     @property
     def alerts(self) -> list[Alert]:
@@ -229,15 +230,13 @@ class NormWatch(Callback):
         if stage != "fit":
             return
         self._interval = self.every_n_steps or trainer.log_every_n_steps or 50
-        world = max(1, trainer.world_size)
-        if world != self.monitor.config.world_size:
-            from dataclasses import replace
+        # A fresh monitor for every fit: references, alert state and tensor names of an earlier fit with
+        # this callback must not leak into this one. Lightning restores a checkpoint's state after setup.
+        from dataclasses import replace
 
-            # carry over everything loaded before setup (generator states included); Lightning itself
-            # restores a checkpoint after setup, into this new monitor (the one the exchange uses)
-            state = self.monitor.state_dict()
-            self.monitor = Monitor(replace(self.config, world_size=world))
-            self.monitor.load_state_dict(state)
+        self.monitor = Monitor(replace(self.config, world_size=max(1, trainer.world_size)))
+        self.last_result = None
+        self._bad_loss = None
         self._exchange = Exchange.for_trainer(trainer, self.monitor)
         names = self.monitor.attach(pl_module, self.modules, self.exclude)
         if not names and self.inputs is False:
@@ -268,6 +267,18 @@ class NormWatch(Callback):
         self._stop()
         if self._panels is not None:
             self._panels.flush()
+
+    @override
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # validation inside a logging step (gradient accumulation) is not training data
+        self._resume_after_validation = self.monitor.armed
+        self.monitor.pause()
+
+    @override
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._resume_after_validation:
+            self.monitor.resume()
+        self._resume_after_validation = False
 
     # ------------------------------------------------------------------ per step
     def is_logging_step(self, step: int) -> bool:
@@ -301,7 +312,13 @@ class NormWatch(Callback):
         # a 1-element loss is read directly: 1 us, where isfinite().all() costs 20-100 us every step
         if math.isfinite(loss.item()) if loss.numel() == 1 else bool(torch.isfinite(loss).all()):
             return
-        self._locate_nonfinite(trainer, pl_module)
+        if pl_module.automatic_optimization:
+            self._locate_nonfinite(trainer, pl_module)
+            return
+        # Under manual optimization a replay of training_step would repeat its optimizer toggling and
+        # backward calls (breaking e.g. toggle_optimizer): report the loss without locating the origin.
+        source = "the loss check; no replay under manual optimization"
+        self._emit(trainer, self.monitor.raise_nonfinite(trainer.global_step, "loss", math.nan, 0, source))
 
     def _locate_nonfinite(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Replay this batch's forward with hooks armed to name the first module with NaN/Inf."""

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -113,6 +113,7 @@ class Monitor:
         self._handles: list[RemovableHandle] = []
         self._generators: dict[torch.device, torch.Generator] = {}
         self._generator_states: dict[str, Tensor] = {}
+        self._last_layout: tuple[torch.Size, bool] | None = None
 
     # ----------------------------------------------------------------- hooks
     def attach(
@@ -130,8 +131,16 @@ class Monitor:
         """Register forward hooks on the watched modules and start a new collection."""
         self.disarm()
         self._blocks = {}
-        for name, module in self.watched:
-            self._handles.append(module.register_forward_hook(self._hook_for(name)))
+        self.resume()
+
+    def resume(self) -> None:
+        """Register the hooks again after ``pause``, keeping what was collected."""
+        if not self._handles:
+            self._handles = [module.register_forward_hook(self._hook_for(name)) for name, module in self.watched]
+
+    def pause(self) -> None:
+        """Remove the hooks but keep the collection (e.g. while validation runs inside a logging step)."""
+        self.disarm()
 
     def disarm(self) -> None:
         """Remove every hook (idempotent)."""
@@ -179,6 +188,10 @@ class Monitor:
     def _spec(self, tensor: Tensor, module: nn.Module | None, role: str | None) -> MeasureSpec:
         c = self.config
         channel_first = channel_first_for(module, tensor.ndim) if role != "input" else tensor.ndim >= 4
+        if tensor.ndim == 3 and role != "input" and not channel_first and self._last_layout is not None:
+            # an activation after a Conv1d keeps its [B, C, L] layout: inherit it from the tensor before
+            shape, previous_channel_first = self._last_layout
+            channel_first = previous_channel_first and shape == tensor.shape
         return MeasureSpec(
             sample_size=c.sample_size,
             pvalue_size=math.ceil(c.pvalue_size / c.world_size),
@@ -208,7 +221,11 @@ class Monitor:
             self._infos[key] = TensorInfo(
                 key, role or role_of(module), type(module).__name__ if module is not None else "batch", channels
             )
-        self._blocks.setdefault(key, []).append(take_sample(tensor, spec, self._generator(tensor.device)))
+        taken = take_sample(tensor, spec, self._generator(tensor.device))
+        if key in self._blocks:  # a further call (module reused, accumulated batches): p-values stay on one sample
+            taken = replace(taken, pvalues=taken.pvalues[:0])
+        self._blocks.setdefault(key, []).append(taken)
+        self._last_layout = (tensor.shape, spec.channel_first)
 
     def local_blocks(self) -> dict[str, Tensor]:
         """This process's blocks of the current collection, ``[calls, size]`` per tensor, in execution order."""
@@ -239,9 +256,25 @@ class Monitor:
         return out
 
     # ----------------------------------------------------------- evaluation
-    def in_reference_window(self, step: int) -> bool:
+    def in_reference_window(self, step: int, reference: Reference | None = None) -> bool:
+        """Whether this logging step goes into the reference: inside the window, or the first logging
+        step after the warm-up when none fell inside it (a logging interval longer than the window)."""
         start = self.config.warmup_steps
-        return start <= step < start + self.config.reference_steps
+        if start <= step < start + self.config.reference_steps:
+            return True
+        return step >= start and reference is not None and reference.steps == 0
+
+    def _prediction_keys(self, stats: dict[str, TensorStats]) -> set[str]:
+        """The model's output: the last tensor in execution order and, when that one is an activation
+        (softmax, log-softmax, sigmoid ...), the logits before it."""
+        order = [k for k in stats if self._infos.get(k) is None or self._infos[k].role != "input"]
+        if not order:
+            return set()
+        last = order[-1]
+        info = self._infos.get(last)
+        if len(order) > 1 and (info is None or info.role != "preact"):
+            return {last, order[-2]}
+        return {last}
 
     def reference_ready(self, step: int) -> bool:
         return step >= self.config.warmup_steps + self.config.reference_steps
@@ -252,7 +285,7 @@ class Monitor:
         all_figures: dict[str, dict[str, float]] = {}
         firing: list[Alert] = []
         checked: set[tuple[str, str]] = set()
-        head = next((k for k in reversed(stats) if not k.startswith("input")), None)
+        prediction = self._prediction_keys(stats)
         for key, st in stats.items():
             info = self._infos.get(key) or TensorInfo(key, "other", "?", len(st.cn))
             fig = figures(st)
@@ -260,15 +293,15 @@ class Monitor:
                 fig.update(self._input_figures(key, st))
             ref = self.references.setdefault(key, Reference())
             overall = st.overall
-            if not st.has_nonfinite and self.in_reference_window(step) and overall.n > 0:
+            if not st.has_nonfinite and self.in_reference_window(step, ref) and overall.n > 0:
                 ref.add(overall, st.hist)
             d = None
             if self.reference_ready(step) and ref.steps > 0:
                 d = drift(ref, overall, st.hist)
                 fig.update(d)
             all_figures[key] = fig
-            # The model's last output is its prediction: its drift is learning, not covariate shift.
-            a, c = evaluate(info, fig, None if key == head else d, th, step)
+            # The model's prediction drifts because it learns: that is not covariate shift.
+            a, c = evaluate(info, fig, None if key in prediction else d, th, step)
             firing += a
             checked |= c
         new = self.tracker.update(firing, checked)

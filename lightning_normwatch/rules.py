@@ -24,6 +24,8 @@ __all__ = ["TensorInfo", "evaluate", "nonfinite_alert"]
 ROLES = ("input", "preact", "activation", "bounded", "other")
 #: an active alert clears when its figure falls below this fraction of the threshold
 CLEAR_FRACTION = 0.8
+#: rows per unit below which `dead` is not judged (a healthy ReLU unit is zero on 16 rows with p ~ 2e-5)
+MIN_DEAD_ROWS = 16
 #: rows per channel below which within-channel skewness/kurtosis are too biased to report a shape
 MIN_SHAPE_ROWS = 64
 
@@ -95,7 +97,16 @@ def evaluate(
             checked.add((name, kind))
 
     dead = fig.get("dead")
-    if info.role != "input" and dead is not None and math.isfinite(dead) and info.channels >= 4:
+    # Units of activations (not of linear/conv outputs: a zero-initialised projection is deliberate),
+    # judged on enough rows that a healthy ReLU unit is practically never zero on all of them.
+    judged = (
+        info.role in ("activation", "bounded", "other")
+        and dead is not None
+        and math.isfinite(dead)
+        and info.channels >= 4
+        and fig.get("channel_rows", 0) >= MIN_DEAD_ROWS
+    )
+    if judged:
         check(
             "dead",
             dead >= th.dead,
