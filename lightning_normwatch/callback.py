@@ -215,6 +215,11 @@ class NormWatch(Callback):
         self._resume_after_validation = False
 
     @property
+    def exchange(self) -> Exchange | None:
+        """How statistics are collected (``collectives`` and ``bytes_sent`` tell the cost under DDP)."""
+        return self._exchange
+
+    @property
     def alerts(self) -> list[Alert]:
         """Every alert raised so far, in order."""
         return self.monitor.alerts
