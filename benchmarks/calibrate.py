@@ -172,7 +172,7 @@ def rule_values(fig: dict[str, float], role: str) -> dict[str, float]:
     """The figure each rule compares with its threshold."""
     f = {k: v for k, v in fig.items() if isinstance(v, float) and math.isfinite(v)}
     out = {
-        "dead": f.get("dead", math.nan) if role != "input" else math.nan,
+        "dead": f.get("dead", math.nan) if role in ("activation", "bounded", "other") else math.nan,
         "saturated": f.get("saturated", math.nan) if role == "bounded" else math.nan,
         "scale_drift": math.exp(abs(f["std_log_ratio"])) if "std_log_ratio" in f else math.nan,
         "mean_drift": abs(f.get("mean_shift", math.nan)),
