@@ -296,7 +296,7 @@ class NormWatch(Callback):
         step = trainer.global_step
         if self.check_nonfinite:
             self._batch, self._batch_idx = batch, batch_idx
-            self._rng = RngState.capture()
+            self._rng = RngState.capture(torch_only=True)
         if self.is_logging_step(step):
             if not self._collecting or step != self._step_at_start:
                 self.monitor.arm()
