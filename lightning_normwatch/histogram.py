@@ -193,23 +193,28 @@ def normal_ks(counts: np.ndarray, mean: float, std: float) -> float:
     return float(np.abs(cdf - phi).max())
 
 
-def tensorboard_buckets(counts: np.ndarray, vmin: float, vmax: float) -> tuple[list[float], list[float]]:
+def tensorboard_buckets(
+    counts: np.ndarray, vmin: float, vmax: float, group: int = 3
+) -> tuple[list[float], list[float]]:
     """Bucket limits and counts for ``add_histogram_raw``: from the first to the last non-empty bin.
 
-    Each limit is a bin's right edge; the last one is ``vmax`` (so the outer open bins get the
-    observed extreme as their limit). Limits are strictly increasing.
+    ``group`` fine bins make one bucket (3: 33 % wide in magnitude, plenty for a picture, and a third
+    of the bytes TensorBoard checksums in pure Python). Each limit is its bucket's right edge; the
+    open top bin's limit is ``vmax``. Limits are strictly increasing.
     """
     nz = np.flatnonzero(counts)
     if nz.size == 0:
         return [], []
     lo, hi = int(nz[0]), int(nz[-1])
     edges = edges_numpy()
-    limits = [float(edges[i]) for i in range(lo, min(hi + 1, len(edges)))]
+    starts = np.arange(lo, hi + 1, group)
+    grouped = np.add.reduceat(counts[lo : hi + 1], starts - lo)
+    limits = [float(edges[i]) for i in np.minimum(starts + group - 1, hi) if i < len(edges)]
     if hi == len(edges):  # open-ended top bin: its limit is the observed maximum
         top = float(vmax) if math.isfinite(vmax) else float(edges[-1]) * _GROWTH
         limits.append(max(top, float(edges[-1]) * (1 + 1e-9)))
     del vmin  # the first bucket's left edge is implied by TensorBoard (the histogram's min)
-    return limits, [float(c) for c in counts[lo : hi + 1]]
+    return limits, [float(c) for c in grouped]
 
 
 def abs_median_nonzero(counts: np.ndarray) -> float:
