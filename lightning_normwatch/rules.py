@@ -6,7 +6,7 @@ never for post-activation outputs, which are not Gaussian by construction.
 
 Example:
     >>> info = TensorInfo("fc", role="activation", type_name="ReLU", channels=64)
-    >>> alerts, checked = evaluate(info, {"dead": 0.9}, None, Thresholds(), step=7)
+    >>> alerts, checked = evaluate(info, {"dead": 0.9, "channel_rows": 32}, None, Thresholds(), step=7)
     >>> [(a.kind, a.module, a.severity) for a in alerts]
     [('dead', 'fc', 'warning')]
 """
