@@ -42,11 +42,11 @@ from .measure import (
     saturation_bounds_for,
     take_sample,
 )
-from .moments import merge_groups, standardized_shape
+from .moments import merge_groups
 from .reference import Reference, drift
 from .rules import TensorInfo, evaluate, nonfinite_alert
 from .selection import Pattern, named_tensors, role_of, select_modules
-from .summary import TensorStats, figures
+from .summary import TensorStats, feature_figures, figures
 
 __all__ = ["Monitor", "MonitorConfig", "StepResult"]
 
@@ -324,23 +324,7 @@ class Monitor:
         if seen is not None and len(seen[0]) == len(st.cn):
             current = merge_groups(*(np.stack([a, b]) for a, b in zip(seen, current, strict=True)))
         self.inputs_seen[key] = current
-        n, mean, m2, m3, m4 = current
-        if n.max() < min_rows:
-            return {}
-        live = n > 0
-        rms = np.sqrt(np.where(live, m2 / np.where(live, n, 1), 0.0) + mean**2)
-        scaled = live & (rms > 0) & np.isfinite(rms)
-        if not scaled.any():
-            return {}
-        g1, g2 = standardized_shape(n, m2, m3, m4)
-        return {
-            # largest over median: a feature far larger than the rest dominates the gradients; tiny,
-            # sparse features (a pixel that is almost always 0) are harmless and would make max/min useless
-            "feature_rms_ratio": float(rms[scaled].max() / np.median(rms[scaled])),
-            "feature_rms_max": float(rms[scaled].max()),
-            "channel_skew": g1,
-            "channel_kurtosis": g2,
-        }
+        return feature_figures(*current, min_rows=min_rows)
 
     def raise_nonfinite(self, step: int, origin: str, share: float, downstream: int, source: str) -> list[Alert]:
         """Record the run's ``nonfinite`` alert unless one is active; returns the new alert (or nothing)."""

@@ -23,7 +23,7 @@ from .measure import BlockLayout
 from .moments import Moments, merge_groups, standardized_shape
 from .normality import normality
 
-__all__ = ["TensorStats", "figures"]
+__all__ = ["TensorStats", "channel_scales", "feature_figures", "figures"]
 
 
 @dataclass
@@ -126,14 +126,49 @@ def figures(stats: TensorStats) -> dict[str, float]:
         return _figures(stats)
 
 
+def channel_scales(n: np.ndarray, mean: np.ndarray, m2: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(channels with values, std, RMS) per channel from counts, means and M2 sums.
+
+    Example:
+        >>> live, std, rms = channel_scales(np.array([4.0, 0.0]), np.array([3.0, 0.0]), np.array([64.0, 0.0]))
+        >>> live.tolist(), std.tolist(), rms.tolist()
+        ([True, False], [4.0, 0.0], [5.0, 0.0])
+    """
+    live = n > 0
+    std = np.sqrt(np.where(live, m2 / np.where(live, n, 1), 0.0))
+    return live, std, np.sqrt(std**2 + mean**2)
+
+
+def feature_figures(
+    n: np.ndarray, mean: np.ndarray, m2: np.ndarray, m3: np.ndarray, m4: np.ndarray, min_rows: float = 256
+) -> dict[str, float]:
+    """Input-feature scales and within-feature shape from per-feature moments (of all batches seen).
+
+    Empty when no feature has ``min_rows`` values yet, or none has a non-zero finite RMS.
+    """
+    if n.max() < min_rows:
+        return {}
+    live, _, rms = channel_scales(n, mean, m2)
+    scaled = live & (rms > 0) & np.isfinite(rms)
+    if not scaled.any():
+        return {}
+    g1, g2 = standardized_shape(n, m2, m3, m4)
+    return {
+        # largest over median: a feature far larger than the rest dominates the gradients; tiny,
+        # sparse features (a pixel that is almost always 0) are harmless and would make max/min useless
+        "feature_rms_ratio": float(rms[scaled].max() / np.median(rms[scaled])),
+        "feature_rms_max": float(rms[scaled].max()),
+        "channel_skew": g1,
+        "channel_kurtosis": g2,
+    }
+
+
 def _figures(stats: TensorStats) -> dict[str, float]:
     m = stats.overall
     # Full-tensor extremes, else the sample's finite ones (NaN when no finite value was sampled).
     finite_min = stats.vmin if math.isfinite(stats.vmin) else (stats.smin if math.isfinite(stats.smin) else math.nan)
     finite_max = stats.vmax if math.isfinite(stats.vmax) else (stats.smax if math.isfinite(stats.smax) else math.nan)
-    live = stats.cn > 0
-    cstd = np.sqrt(np.where(live, stats.cm2 / np.where(live, stats.cn, 1), 0.0))
-    crms = np.sqrt(cstd**2 + stats.cmean**2)
+    live, cstd, crms = channel_scales(stats.cn, stats.cmean, stats.cm2)
     scaled = live & (crms > 0)
     g1, g2 = standardized_shape(stats.cn, stats.cm2, stats.cm3, stats.cm4)
     test = normality(stats.pvalue)
