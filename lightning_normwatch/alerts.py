@@ -27,6 +27,8 @@ SEVERITY: dict[str, str] = {
     "feature_scale": "warning",
     "outlier": "warning",
     "non_normal": "info",
+    "input_drift": "warning",
+    "integer_inputs": "info",
 }
 KINDS: tuple[str, ...] = tuple(SEVERITY)
 

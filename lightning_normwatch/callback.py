@@ -64,12 +64,18 @@ SCALARS = (
 _ALWAYS = {"mean", "std", "min", "max"}
 
 
-def find_inputs(batch: Any, spec: InputSpec) -> list[tuple[str, Tensor]]:
-    """The batch's input features to watch: ``[(name, tensor)]``.
+_NOT_FEATURES = ("mask", "label", "target", "weight", "ids")
 
-    ``True``: the first floating-point tensor found (``"input"``, or ``"input/<key>"`` in a dict);
-    a string: that key of a dict batch; an int: that position of a tuple/list batch; a callable:
-    called with the batch, returning a tensor or a dict of tensors.
+
+def find_inputs(batch: Any, spec: InputSpec) -> list[tuple[str, Tensor]]:
+    """The batch's input features to watch when they are named explicitly: ``[(name, tensor)]``.
+
+    A string: that key of a dict batch; an int: that position of a tuple/list batch; a callable:
+    called with the batch, returning a tensor or a dict of tensors. ``True`` (automatic) is resolved
+    by the monitor from what the model's modules consume (``Monitor.expect_inputs``); only where that
+    is impossible (no module ran through its hooks, e.g. a compiled model) does it fall back to the
+    batch: the first floating-point tensor (of a tuple: its first element) whose key does not name a
+    mask, label, target, weight or ids.
     """
     if spec is False:
         return []
@@ -86,12 +92,18 @@ def find_inputs(batch: Any, spec: InputSpec) -> list[tuple[str, Tensor]]:
         return [("input", value)] if isinstance(value, Tensor) and value.is_floating_point() else []
     if isinstance(batch, Mapping):
         for key, value in batch.items():
-            if isinstance(value, Tensor) and value.is_floating_point():
+            if isinstance(value, Tensor) and value.is_floating_point() and not _names_no_feature(str(key)):
                 return [(f"input/{key}", value)]
         return []
-    for _, tensor in named_tensors(batch, "input"):
+    first = batch[0] if isinstance(batch, (tuple, list)) and batch else batch
+    for _, tensor in named_tensors(first, "input"):
         return [("input", tensor)]
     return []
+
+
+def _names_no_feature(key: str) -> bool:
+    key = key.lower()
+    return any(word in key for word in _NOT_FEATURES)
 
 
 def log_scalars(logger: Any, metrics: dict[str, float], step: int) -> None:
@@ -298,12 +310,19 @@ class NormWatch(Callback):
             self._batch, self._batch_idx = batch, batch_idx
             self._rng = RngState.capture(torch_only=True)
         if self.is_logging_step(step):
+            automatic = self._automatic_inputs()
+            if automatic:  # the monitor's hooks find the features the modules consume during the forward
+                self.monitor.expect_inputs(batch)
             if not self._collecting or step != self._step_at_start:
                 self.monitor.arm()
                 self._collecting = True
                 self._step_at_start = step
-            for name, tensor in find_inputs(batch, self.inputs):
-                self.monitor.observe(name, tensor, role="input")
+            if not automatic:
+                for name, tensor in find_inputs(batch, self.inputs):
+                    self.monitor.observe(name, tensor, role="input")
+
+    def _automatic_inputs(self) -> bool:
+        return self.inputs is True and not self.monitor.discovery_failed
 
     @override
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Tensor) -> None:
@@ -332,11 +351,15 @@ class NormWatch(Callback):
         try:
             pl_module.log = lambda *args, **kwargs: None  # type: ignore[method-assign]
             pl_module.log_dict = lambda *args, **kwargs: None  # type: ignore[method-assign]
+            automatic = self._automatic_inputs()
+            if automatic:
+                self.monitor.expect_inputs(batch)
             with self.monitor.separate_collection():
                 try:
                     with preserved(pl_module, self._rng):
-                        for name, tensor in find_inputs(batch, self.inputs):
-                            self.monitor.observe(name, tensor, role="input")
+                        if not automatic:
+                            for name, tensor in find_inputs(batch, self.inputs):
+                                self.monitor.observe(name, tensor, role="input")
                         pl_module.training_step(batch, self._batch_idx)
                 except Exception as exc:  # the replay is best effort: never break training for it
                     # what the forward measured before the failure (e.g. manual_backward under no_grad) still counts

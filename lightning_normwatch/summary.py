@@ -39,6 +39,8 @@ class TensorStats:
         pvalue: moments of the fixed-size subsample used for p-values.
         hist: counts on the shared histogram bins (finite sampled values).
         cn, cmean, cm2, cm3, cm4, cnz: per-channel count, mean, central moment sums, non-zero count.
+        fhist: input features only: ``[channels, FEATURE_BINS]`` counts on each feature's anchor bins.
+        fitems: input features only: batch items the sample came from.
     """
 
     numel: float
@@ -56,11 +58,14 @@ class TensorStats:
     cm3: np.ndarray
     cm4: np.ndarray
     cnz: np.ndarray
+    fhist: np.ndarray | None = None
+    fitems: float = 0.0
 
     @classmethod
-    def from_blocks(cls, blocks: np.ndarray, channels: int) -> TensorStats:
+    def from_blocks(cls, blocks: np.ndarray, channels: int, feature_bins: int = 0) -> TensorStats:
         """Merge blocks ``[k, size]`` (one per rank or per call; empty ones allowed) exactly."""
-        f = BlockLayout(channels).unpack(np.asarray(blocks, dtype=np.float64).reshape(-1, BlockLayout(channels).size))
+        layout = BlockLayout(channels, feature_bins)
+        f = layout.unpack(np.asarray(blocks, dtype=np.float64).reshape(-1, layout.size))
         seen = f["numel"] > 0
         if len(seen) == 1:  # one block (one call on one process, the usual case): nothing to merge
             pn, pmean, pm2, pm3, pm4 = (f[k][0] for k in ("pn", "pmean", "pm2", "pm3", "pm4"))
@@ -89,6 +94,8 @@ class TensorStats:
             cm3=cm3,
             cm4=cm4,
             cnz=f["cnz"].sum(axis=0),
+            fhist=f["fhist"].sum(axis=0) if feature_bins else None,
+            fitems=float(f["fitems"].sum()) if feature_bins else 0.0,
         )
 
     @cached_property
