@@ -136,8 +136,9 @@ class NormWatch(Callback):
         modules: ``None`` watches every leaf module (except identity/dropout); otherwise glob patterns
             of qualified names (``"encoder.*"``) and/or ``nn.Module`` classes.
         exclude: patterns/classes to skip.
-        inputs: watch the batch's input features: ``True`` (first float tensor), ``False``, a dict key,
-            a tuple index, or a callable ``batch -> tensor | dict``.
+        inputs: watch the batch's input features: ``True`` (the batch tensors the model's modules consume:
+            not masks or targets; see ``inputs.py``), ``False``, a dict key, a tuple index, or a callable
+            ``batch -> tensor | dict``.
         every_n_steps: logging interval in global steps; ``None`` uses the trainer's ``log_every_n_steps``.
         sample_size: values sampled per tensor per logging step (the bound on the cost per layer).
         pvalue_size: values the normality p-values are computed on (same for every layer).
@@ -153,6 +154,9 @@ class NormWatch(Callback):
         tensorboard: write histograms, the custom-scalars layout and the alert table when a
             ``TensorBoardLogger`` is present.
         plot_every_n_steps: write Q-Q/histogram figures every this many steps (``None``: never).
+        input_drift: per-feature input drift alerts: ``"warn"``, ``"info"`` (for data that changes on
+            purpose: a curriculum, a domain schedule) or ``"off"`` (figures only).
+        feature_names: names of the input features (columns, or channels of images), used in alerts.
 
     Raises:
         ValueError: a parameter has a bad value (the message names it).
@@ -180,6 +184,8 @@ class NormWatch(Callback):
         seed: int = 0,
         tensorboard: bool = True,
         plot_every_n_steps: int | None = None,
+        input_drift: str = "warn",
+        feature_names: Sequence[str] | None = None,
     ) -> None:
         self.modules = None if modules is None else validate_patterns("modules", modules)
         self.exclude = validate_patterns("exclude", exclude)
@@ -193,6 +199,11 @@ class NormWatch(Callback):
         check_positive_int("reference_steps", reference_steps)
         check_choice("on_alert", on_alert, ("warn", "raise", "ignore"))
         check_positive_int("plot_every_n_steps", plot_every_n_steps, allow_none=True)
+        check_choice("input_drift", input_drift, ("warn", "info", "off"))
+        if feature_names is not None and (
+            isinstance(feature_names, str) or not all(isinstance(n, str) for n in feature_names)
+        ):
+            raise ValueError(f"NormWatch: feature_names must be a sequence of strings or None, got {feature_names!r}")
         if not isinstance(check_nonfinite, bool):
             raise ValueError(f"NormWatch: check_nonfinite must be a bool, got {check_nonfinite!r}")
         if isinstance(seed, bool) or not isinstance(seed, int):
@@ -212,6 +223,8 @@ class NormWatch(Callback):
             reference_steps=reference_steps,
             thresholds=self.thresholds,
             seed=seed,
+            input_drift=input_drift,
+            feature_names=None if feature_names is None else tuple(feature_names),
         )
         self.monitor = Monitor(self.config)
         self.last_result: StepResult | None = None
