@@ -12,8 +12,9 @@ stationary: no warm-up is needed). Three figures per feature:
 
 A feature has *changed* at a step when a figure exceeds both its effect-size floor (``Thresholds.
 input_mean_shift``, ``input_scale``, ``input_psi``) and what sampling noise alone produces at that
-batch size (``noise_z`` standard errors, or the matching chi-square quantile for PSI). It is
-*drifted* once it has changed on ``persistence`` consecutive logging steps.
+batch size (``noise_z`` standard errors; for the distribution, the same significance in a chi-square
+test), and, for a mean or scale change, the binned distribution changed too (p < ``CONFIRM_ALPHA``).
+It is *drifted* once it has changed on ``persistence`` consecutive logging steps (``InputTracker``).
 
 Sampling noise (per feature, ``n`` current and ``m`` reference batch items; rows of one image or
 sequence are not independent, so ``n`` counts batch items, not positions):
@@ -71,6 +72,8 @@ FEATURE_EDGES = (-4.0, -3.0, -2.5, -2.0, -1.5, -1.0, -0.5, -0.25, 0.0, 0.25, 0.5
 FEATURE_BINS = len(FEATURE_EDGES) + 1
 #: PSI's floor for empty bins (Evidently's choice)
 _PSI_FLOOR = 1e-4
+#: a mean or scale change must also change the binned distribution at this significance
+CONFIRM_ALPHA = 1e-3
 
 
 @lru_cache(maxsize=8)
@@ -309,8 +312,13 @@ def feature_drift(
             f_cur = np.minimum(1.0, current.items / np.maximum(current.hist.sum(1, keepdims=True), 1))
             f_ref = np.minimum(1.0, ref.items / np.maximum(ref.hist.sum(1, keepdims=True), 1))
             p_value = homogeneity_pvalue(ref.hist * f_ref, current.hist * f_cur)
-            alpha = 2 * _normal_sf(noise_z)
-            psi_changed = live & np.isfinite(psi) & (psi > psi_floor) & (p_value < alpha)
+            psi_changed = live & np.isfinite(psi) & (psi > psi_floor) & (p_value < 2 * _normal_sf(noise_z))
+            # The normal approximations of the mean and log-std tests fail for sparse features (a pixel
+            # that is non-zero in 2 % of rows): a mean or scale change must also change the binned
+            # distribution beyond chance (p < CONFIRM_ALPHA), which a real shift or rescale always does.
+            confirmed = np.isfinite(p_value) & (p_value < CONFIRM_ALPHA)
+            mean_changed &= confirmed
+            scale_changed &= confirmed
 
         constant = live & (s_cur == 0) & (s_ref > 0) & psi_changed
         changed = mean_changed | scale_changed | psi_changed
