@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all bench calibrate clean
+.PHONY: demo test test-all bench calibrate drift clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -27,6 +27,9 @@ bench: $(STAMP)
 
 calibrate: $(STAMP)
 	$(BIN)/python benchmarks/calibrate.py
+
+drift: $(STAMP)
+	$(BIN)/python benchmarks/drift_sensitivity.py
 
 clean:
 	rm -rf $(VENV) lightning_logs logs

@@ -60,6 +60,12 @@ SCALARS = (
     "shape_ks",
     "feature_rms_ratio",
     "feature_rms_max",
+    "feature_drift_share",
+    "feature_changed_share",
+    "feature_drift_worst",
+    "feature_mean_shift_max",
+    "feature_std_log_ratio_max",
+    "feature_psi_max",
 )
 _ALWAYS = {"mean", "std", "min", "max"}
 

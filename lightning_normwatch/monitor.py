@@ -171,9 +171,11 @@ class Monitor:
         if not self._handles:
             self._handles = [module.register_forward_hook(self._hook_for(name)) for name, module in self.watched]
             if self._auto_inputs:
-                wanted = self._candidates if self.consumers is None else [
-                    (name, m) for name, m in self._candidates if name in self.consumers
-                ]
+                wanted = (
+                    self._candidates
+                    if self.consumers is None
+                    else [(name, m) for name, m in self._candidates if name in self.consumers]
+                )
                 self._handles += [m.register_forward_pre_hook(self._input_hook_for(name)) for name, m in wanted]
 
     def pause(self) -> None:

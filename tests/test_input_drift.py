@@ -132,7 +132,38 @@ def test_one_feature_shifted_by_6_sigma(tmp_path):
 def test_permuted_columns_are_named(tmp_path):
     # the pipeline's column order changed before the scaler fitted on the old order
     raw, _, scaler = cancer(scaled=False)
-    swap = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 23, 22, 24, 25, 26, 27, 28, 29]
+    swap = [
+        0,
+        1,
+        2,
+        3,
+        4,
+        5,
+        6,
+        7,
+        8,
+        9,
+        10,
+        11,
+        12,
+        13,
+        14,
+        15,
+        16,
+        17,
+        18,
+        19,
+        20,
+        21,
+        23,
+        22,
+        24,
+        25,
+        26,
+        27,
+        28,
+        29,
+    ]
     mean, scale = torch.tensor(scaler.mean_, dtype=torch.float32), torch.tensor(scaler.scale_, dtype=torch.float32)
     x = (raw - mean) / scale
     alert = the_input_drift(run_fault(tmp_path, lambda r: (r * scale + mean)[swap].sub(mean).div(scale), x=x))
@@ -235,7 +266,12 @@ class Tokens(Dataset):
         return len(self.x)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {"input_ids": self.ids[i], "attention_mask": self.mask[i], "features": self.x[i], "price": self.target[i]}
+        return {
+            "input_ids": self.ids[i],
+            "attention_mask": self.mask[i],
+            "features": self.x[i],
+            "price": self.target[i],
+        }
 
 
 class TokenRegressor(pl.LightningModule):
@@ -272,7 +308,9 @@ def test_masks_and_targets_are_not_watched_as_inputs(tmp_path):
 def test_token_ids_only_say_so_once(tmp_path, caplog):
     cb = NormWatch(every_n_steps=1, warmup_steps=2, reference_steps=3)
     with caplog.at_level(logging.INFO, logger="lightning_normwatch"):
-        trainer(tmp_path, [cb], max_steps=8).fit(TokenRegressor(with_features=False), DataLoader(Tokens(), batch_size=32))
+        trainer(tmp_path, [cb], max_steps=8).fit(
+            TokenRegressor(with_features=False), DataLoader(Tokens(), batch_size=32)
+        )
     notes = [a for a in cb.alerts if a.kind == "integer_inputs"]
     assert len(notes) == 1 and notes[0].severity == "info" and notes[0].module == "embed"
     assert "integer ids" in notes[0].message
