@@ -207,20 +207,25 @@ def _figures(stats: TensorStats) -> dict[str, float]:
         "channel_rows": float(np.median(stats.cn)) if stats.cn.size else 0.0,
         "numel": stats.numel,
         "sampled": stats.sampled,
-        **dict(zip((f"p{q}" for q in PERCENTILES), hist_percentiles(stats.hist, PERCENTILES, stats.smin, stats.smax))),
+        **_percentile_figures(stats),
     }
+
+
+def _percentile_figures(stats: TensorStats) -> dict[str, float]:
+    values = hist_percentiles(stats.hist, PERCENTILES, stats.smin, stats.smax)
+    return {f"p{q}": v for q, v in zip(PERCENTILES, values, strict=True)}
 
 
 def hist_percentiles(counts: np.ndarray, qs: tuple[float, ...], lo: float, hi: float) -> list[float]:
     """Percentiles (0-100) of the values counted on the shared bins, ``lo``/``hi`` their extremes.
 
-    Each bin's ``c`` values are spread evenly over it (the ``j``-th at ``(j + 0.5) / c`` of its
-    width, clipped to ``[lo, hi]``) and the percentile is read at rank ``q / 100 * (n - 1)``, as
-    ``numpy.percentile`` does on the values themselves. Accuracy: the result lies in the bin, or
-    between the bins, of the two values numpy interpolates between; bins are 10 % wide in magnitude
-    (0.1 of ``|x|``; values within 1e-6 of zero share one bin), so the error is at most about 10 %
-    of ``|x|`` plus the gap between neighbouring values. Of the *sampled* values: when a tensor is
-    larger than ``sample_size``, these are percentiles of its sample. NaN without finite values.
+    Each bin's ``c`` values are placed evenly inside it (the ``j``-th at ``(j + 0.5) / c`` of its width;
+    the outer bins clipped to ``[lo, hi]``), and, as ``numpy.percentile`` does on the values themselves,
+    the percentile interpolates linearly between the values of rank ``floor(h)`` and ``ceil(h)``,
+    ``h = q / 100 * (n - 1)``. Accuracy: each placed value lies in the bin of the value it stands for,
+    so the error is at most one bin width: 10 % of ``|x|`` (values within 1e-6 of zero share one bin).
+    They are percentiles of the *sampled* values: of the whole tensor when it is no larger than
+    ``sample_size``, else of its sample. NaN without finite values.
 
     Example:
         >>> import torch
@@ -230,21 +235,24 @@ def hist_percentiles(counts: np.ndarray, qs: tuple[float, ...], lo: float, hi: f
         >>> [round(v, 2) for v in hist_percentiles(c, (15, 50, 85), 1.0, 2.0)]
         [1.15, 1.5, 1.85]
     """
-    total = float(counts.sum())
+    total = int(round(float(counts.sum())))
     if total <= 0 or not (math.isfinite(lo) and math.isfinite(hi)):
         return [math.nan] * len(qs)
     edges = edges_numpy()
     cum = np.cumsum(counts)
-    out = []
-    for q in qs:
-        t = q / 100.0 * (total - 1) + 0.5  # numpy's rank, on the evenly spread positions
-        i = min(int(np.searchsorted(cum, t, side="right")), len(counts) - 1)
-        while counts[i] <= 0 and i > 0:  # t fell exactly on the end of a bin's run: stay in that bin
-            i -= 1
+
+    def placed(rank: int) -> float:  # where the value of this rank (0-based) is placed
+        i = min(int(np.searchsorted(cum, rank + 0.5, side="right")), len(counts) - 1)
         left = edges[i - 1] if i > 0 else lo
         right = edges[i] if i < len(edges) else hi
         left, right = min(max(left, lo), hi), max(min(right, hi), lo)
-        before = cum[i] - counts[i]
-        f = min(max((t - before) / counts[i], 0.0), 1.0)
-        out.append(float(left + f * (right - left)))
+        f = (rank - (cum[i] - counts[i]) + 0.5) / counts[i]
+        return float(left + min(max(f, 0.0), 1.0) * (right - left))
+
+    out = []
+    for q in qs:
+        h = q / 100.0 * (total - 1)
+        below = math.floor(h)
+        a = placed(below)
+        out.append(a if h == below else a + (h - below) * (placed(below + 1) - a))
     return out
