@@ -24,6 +24,7 @@ Run: ``.venv/bin/python examples/feature_distributions.py`` (``--quick`` for a s
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -240,7 +241,7 @@ def plot(runs: list[dict], s: dict, levels: tuple[float, ...], out: str) -> list
     plt.close(fig)
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    names = [VARIANTS[v] for v in VARIANTS]
+    names = [VARIANTS[v].replace(" ", "\n", 1) for v in VARIANTS]
     x = np.arange(len(VARIANTS))
     seeds = [s[v]["seeds"] for v in VARIANTS]
     axes[0].bar(
@@ -258,7 +259,7 @@ def plot(runs: list[dict], s: dict, levels: tuple[float, ...], out: str) -> list
         label="non_normal info on input",
     )
     axes[0].plot(x, seeds, "k_", ms=30, label="seeds run")
-    axes[0].set_xticks(x, names, fontsize=8)
+    axes[0].set_xticks(x, names, fontsize=7)
     axes[0].set_ylabel("seeds in which NormWatch raised it")
     axes[0].set_title("What NormWatch reported on the inputs")
     axes[0].legend(fontsize=8)
@@ -268,7 +269,9 @@ def plot(runs: list[dict], s: dict, levels: tuple[float, ...], out: str) -> list
         kurt = np.array([[np.nan if y is None else y for y in r["input_channel_kurtosis"]] for r in rs], dtype=float)
         steps = rs[0]["steps"]
         axes[1].plot(steps, np.nanmedian(ratio, 0), color=colors[v], label=f"{label}: largest/median feature RMS")
-        axes[1].plot(steps, np.nanmedian(kurt, 0), color=colors[v], ls="--", label=f"{label}: within-feature kurtosis")
+        axes[1].plot(
+            steps, np.nanmedian(kurt, 0), color=colors[v], ls="--", label=f"{label}: within-feature excess kurtosis"
+        )
     axes[1].axhline(100, color="tab:orange", ls=":", lw=1)
     axes[1].axhline(4, color="tab:cyan", ls=":", lw=1)
     axes[1].set_yscale("symlog", linthresh=1)
@@ -291,7 +294,13 @@ def main() -> None:
         "--levels", type=float, nargs="+", default=[0.1, 0.01], help="loss levels for 'steps to reach' (0.1 0.01)"
     )
     parser.add_argument("--out", default="examples_out/feature_distributions", help="output folder")
+    parser.add_argument("--replot", action="store_true", help="redraw the figures from --out's results.json")
     args = parser.parse_args()
+    if args.replot:
+        with open(os.path.join(args.out, "results.json")) as fh:
+            saved = json.load(fh)
+        print("Figures: " + ", ".join(plot(saved["runs"], saved["summary"], tuple(saved["levels"]), args.out)))
+        return
     seeds = args.seeds or (2 if args.quick else 5)
     steps = args.steps or (100 if args.quick else 800)
     quiet()

@@ -153,9 +153,11 @@ def test_ics_sigmoid_quick(quick_runs) -> None:
         run = out / "logs" / variant / "seed_0"
         nw = {q: scalars(run, f"example/normwatch_p{q}")[1] for q in (15, 50, 85)}
         ex = {q: scalars(run, f"example/exact_p{q}")[1] for q in (15, 50, 85)}
-        err = np.abs(np.array([nw[q] for q in nw]) - np.array([ex[q] for q in ex]))
-        # NormWatch's percentiles of the probed unit are those of its batch, to within one histogram bin
-        assert (err <= 0.1 * np.abs(np.array([ex[q] for q in ex])) + 0.05).all(), variant
+        exact = np.array([ex[q] for q in ex])
+        err = np.abs(np.array([nw[q] for q in nw]) - exact)
+        # NormWatch's percentiles of the probed unit are those of its batch, to within one histogram bin (10 % of
+        # |x| of the values interpolated between, which lie within the batch's p15-p85 band for these ranks)
+        assert (err <= 0.11 * np.abs(exact[[0, 2]]).max(axis=0) + 1e-4).all(), variant
         line = next(x for x in lines if x.startswith(label) and "test accuracy" in x)
         assert close(number_after(line, "off by"), float(err.mean())), line
         travel = max(max(nw[q]) - min(nw[q]) for q in nw)
