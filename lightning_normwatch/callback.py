@@ -411,3 +411,9 @@ class NormWatch(Callback):
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.monitor.load_state_dict(state_dict)
+
+
+# Fabric(callbacks=[NormWatch()]) calls hooks with its own arguments: say to use LoopWatch instead.
+from .adapters.guard import trainer_hooks_only  # noqa: E402
+
+trainer_hooks_only(NormWatch)

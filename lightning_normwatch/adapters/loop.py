@@ -33,6 +33,7 @@ Example:
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -153,7 +154,9 @@ class LoopWatch:
         cb, tensorboard = self.callback, self.callback.tensorboard
         cb.tensorboard = False  # the callback looks for a TensorBoardLogger; the panels are set here
         try:
-            cb.setup(self._loop, self.model, "fit")  # type: ignore[arg-type]
+            with warnings.catch_warnings():  # without a sink, alerts only is what was asked for
+                warnings.filterwarnings("ignore", "NormWatch: the trainer has no logger")
+                cb.setup(self._loop, self.model, "fit")  # type: ignore[arg-type]
         finally:
             cb.tensorboard = tensorboard
         if tensorboard and writer is not None and self._loop.is_global_zero:
