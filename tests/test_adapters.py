@@ -6,6 +6,7 @@ import csv
 import importlib
 import json
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -249,7 +250,9 @@ def wandb_history(path: Path) -> list[dict[str, Any]]:
             record = pb.Record()
             record.ParseFromString(chunk)
             chunk = b""
-            if record.WhichOneof("record_type") == "history":
+            if record.WhichOneof("record_type") == "exit":
+                rows.append({"_exit": True})
+            elif record.WhichOneof("record_type") == "history":
                 rows.append({"/".join(i.nested_key) or i.key: json.loads(i.value_json) for i in record.history.item})
     return rows
 
@@ -265,8 +268,13 @@ def test_wandb_offline_gets_every_figure_under_a_distinct_name(tmp_path: Path, m
     cb = fit("pytorch_lightning", tmp_path, colliding_net(), [csv_logger, wandb_logger], max_steps=3)
     wandb_logger.experiment.finish()
     (run_file,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
+    for _ in range(100):  # W&B's service process writes the file: wait for the run's exit record
+        rows = wandb_history(run_file)
+        if rows and rows[-1].get("_exit"):
+            break
+        time.sleep(0.1)
     from_wandb: dict[str, float] = {}
-    for row in wandb_history(run_file):  # read back from W&B's own offline file
+    for row in rows:  # read back from W&B's own offline file
         from_wandb |= {k: v for k, v in row.items() if k.startswith("normwatch/")}
     from_csv = last_values(csv_rows(csv_logger.log_dir))
     assert {"net.1[0]", "net.10"} <= set(cb.last_result.figures)
