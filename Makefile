@@ -29,4 +29,4 @@ calibrate: $(STAMP)
 	$(BIN)/python benchmarks/calibrate.py
 
 clean:
-	rm -rf $(VENV) lightning_logs logs
+	rm -rf $(VENV) lightning_logs logs build dist *.egg-info wandb mlruns
