@@ -35,7 +35,8 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(the venv's bin directory, the wheel)."""
     tmp = tmp_path_factory.mktemp("package")
     source = tmp / "source"  # a copy: the build's build/ and *.egg-info stay out of the repository
-    shutil.copytree(ROOT / "lightning_normwatch", source / "lightning_normwatch", ignore=shutil.ignore_patterns("__pycache__"))
+    skip = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(ROOT / "lightning_normwatch", source / "lightning_normwatch", ignore=skip)
     for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(ROOT / name, source / name)
     wheels = tmp / "wheels"
