@@ -45,7 +45,7 @@ from torch import Tensor, nn
 
 from ..alerts import Alert
 from ..monitor import StepResult
-from .loggers import write_scalars
+from .loggers import is_tensorboard_logger, write_scalars
 
 __all__ = ["LoopWatch", "unwrap"]
 
@@ -137,6 +137,8 @@ class LoopWatch:
             loggers = [sink]
             if type(sink).__name__ == "TensorBoardLogger" and isinstance(sink.experiment, SummaryWriter):
                 writer = sink.experiment  # Lightning's or Fabric's TensorBoardLogger: panels too
+                if not is_tensorboard_logger(sink):  # Fabric's: its scalars in one event too
+                    loggers = [_CallableLogger(sink, writer)]
         else:
             raise ValueError(
                 "LoopWatch: sink must be a SummaryWriter, a logger with log_metrics, a callable (metrics, step) "
