@@ -46,9 +46,10 @@ def main(steps: int = 300, dead: bool = False, logdir: str = "logs/fabric_loop",
     model = Classifier(dead)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     model, optimizer = fabric.setup(model, optimizer)
+    batches = torch.Generator().manual_seed(fabric.global_rank)  # each rank draws its own batches
     with LoopWatch(model, sink=logger, every_n_steps=10, warmup_steps=20, reference_steps=50) as watch:
         for _ in range(steps):
-            i = torch.randint(0, len(x), (64,))
+            i = torch.randint(0, len(x), (64,), generator=batches)
             batch = x[i].to(fabric.device)
             with watch.step(batch):
                 loss = nn.functional.cross_entropy(model(batch), y[i].to(fabric.device))

@@ -86,6 +86,26 @@ def test_fabric_example_names_have_no_wrapper_and_the_dead_relu_is_found(tmp_pat
     assert "normwatch/net.1" in acc.Tags()["histograms"]  # Fabric's TensorBoardLogger gets the panels too
 
 
+@pytest.mark.slow  # Fabric launches a second process that imports torch and Lightning again: 20-40 s
+def test_fabric_example_under_two_process_ddp(tmp_path: Path) -> None:
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    args = ["--dead", "--steps", str(STEPS), "--devices", "2", "--logdir", str(tmp_path)]
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "fabric_loop.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    assert out.count("NormWatch [dead] net.1:") == 1  # found once, logged by rank 0 only
+    assert out.count("watched: net.0, net.1, net.2") == 2  # both ranks watched the same, unwrapped names
+    assert len(list(tmp_path.rglob("events.out.tfevents.*"))) == 1  # rank 0 writes
+    assert [e.step for e in read_events(tmp_path).Scalars("normwatch/net.1/zeros")] == [0, 10, 20]
+
+
 def test_fabric_callbacks_get_a_clear_error_pointing_to_loopwatch() -> None:
     from lightning.fabric import Fabric
 
