@@ -26,7 +26,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
-from lightning_normwatch import LoopWatch, NormWatch
+from lightning_normwatch import LoopWatch, NormWatch, cli
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 21  # logging steps 0, 10, 20 in the examples (every_n_steps=10)
@@ -71,6 +71,8 @@ def test_plain_loop_example(dead: bool, tmp_path: Path, caplog: pytest.LogCaptur
     assert acc.Scalars("normwatch/1/zeros")[0].value == (1.0 if dead else pytest.approx(0.5, abs=0.3))
     if dead:
         assert any(t.startswith("normwatch/alerts") for t in acc.Tags()["tensors"])  # the alert table (Text panel)
+    # `normwatch report` reads a loop's run as a Lightning one: exit status 1 on the warning
+    assert cli.main(["report", str(tmp_path), "--fail-on", "warning"]) == (1 if dead else 0)
 
 
 def test_fabric_example_names_have_no_wrapper_and_the_dead_relu_is_found(tmp_path: Path) -> None:

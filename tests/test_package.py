@@ -78,3 +78,18 @@ def test_public_imports_from_the_installed_wheel(installed: tuple[Path, Path], t
     )
     location = Path(run(bin_dir / "python", "-c", code, cwd=tmp_path))
     assert location.is_relative_to(bin_dir.parent) and (location.parent / "py.typed").exists()
+
+
+@pytest.mark.slow  # 200 training steps in a fresh interpreter: 15-40 s
+def test_the_readme_install_snippet_runs_and_warns(tmp_path: Path) -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Install and use it in your own project", 1)[1].split("\n## ", 1)[0]
+    snippet = section.split("```python\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "snippet.py").write_text(snippet)
+    env = os.environ | {"PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "snippet.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "NormWatch [feature_scale] input:" in proc.stderr + proc.stdout  # what its comment promises
+    assert list((tmp_path / "logs").rglob("events.out.tfevents.*"))
