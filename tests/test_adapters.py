@@ -153,6 +153,7 @@ def _run_cli(package: str, root: Path) -> Any:
 
 @pytest.mark.parametrize("package", PACKAGES)
 def test_lightning_cli_runs_the_example_yaml(package: str, tmp_path: Path) -> None:
+    pytest.importorskip("jsonargparse", reason="LightningCLI needs jsonargparse (extra `integrations`)")
     cli = _run_cli(package, tmp_path)
     (cb,) = [c for c in cli.trainer.callbacks if isinstance(c, PLNormWatch)]
     # every YAML value reached the callback, nested thresholds included
