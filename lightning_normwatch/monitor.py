@@ -32,12 +32,12 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from .alerts import SEVERITY, Alert, AlertTracker
+from .batched import measure_all
 from .config import Thresholds
 from .measure import (
     MeasureSpec,
     Sampled,
     channel_first_for,
-    measure_sampled,
     measured_channels,
     saturation_bounds_for,
     take_sample,
@@ -229,7 +229,13 @@ class Monitor:
 
     def local_blocks(self) -> dict[str, Tensor]:
         """This process's blocks of the current collection, ``[calls, size]`` per tensor, in execution order."""
-        return {key: torch.stack([measure_sampled(s) for s in taken]) for key, taken in self._blocks.items()}
+        items = [s for taken in self._blocks.values() for s in taken]
+        blocks = iter(measure_all(items))  # one set of operations for all tensors (batched.py)
+        out: dict[str, Tensor] = {}
+        for key, taken in self._blocks.items():
+            mine = [next(blocks) for _ in taken]
+            out[key] = mine[0].unsqueeze(0) if len(mine) == 1 else torch.stack(mine)
+        return out
 
     def channels(self, key: str) -> int:
         return self._infos[key].channels
