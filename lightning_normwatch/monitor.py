@@ -166,6 +166,8 @@ class Monitor:
 
     def _hook_for(self, name: str) -> Callable[[nn.Module, object, object], None]:
         def hook(module: nn.Module, args: object, output: object) -> None:
+            if torch.compiler.is_compiling():  # traced by dynamo (a compiled call NormWatch did not detect): skip
+                return
             for key, tensor in named_tensors(output, name):
                 self.observe(key, tensor, module)
 
