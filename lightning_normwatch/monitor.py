@@ -46,7 +46,7 @@ from .moments import merge_groups
 from .reference import Reference, drift
 from .rules import TensorInfo, evaluate, nonfinite_alert
 from .selection import Pattern, named_tensors, role_of, select_modules
-from .summary import TensorStats, feature_figures, figures
+from .summary import TensorStats, feature_figures, figures_many
 
 __all__ = ["Monitor", "MonitorConfig", "StepResult"]
 
@@ -294,9 +294,10 @@ class Monitor:
         firing: list[Alert] = []
         checked: set[tuple[str, str]] = set()
         prediction = self._prediction_keys(stats)
+        computed = dict(zip(stats, figures_many(list(stats.values())), strict=True))  # all tensors at once
         for key, st in stats.items():
             info = self._infos.get(key) or TensorInfo(key, "other", "?", len(st.cn))
-            fig = figures(st)
+            fig = computed[key]
             if info.role == "input":
                 fig.update(self._input_figures(key, st))
             ref = self.references.setdefault(key, Reference())

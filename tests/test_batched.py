@@ -9,6 +9,7 @@ from torch import nn
 
 from lightning_normwatch.batched import measure_all
 from lightning_normwatch.measure import MeasureSpec, Sampled, measure_sampled, saturation_bounds_for, take_sample
+from lightning_normwatch.summary import TensorStats, figures, figures_many
 
 # Tolerance of the batched path against the per-tensor one: the column reductions are the same
 # kernels, but concatenating columns may change the order in which a reduction adds them.
@@ -90,3 +91,17 @@ def test_mixed_dtypes_are_grouped() -> None:
     for s, block in zip(items, measure_all(items), strict=True):
         tol = RTOL[s.sample.dtype]
         np.testing.assert_allclose(block.numpy(), measure_sampled(s).numpy(), rtol=tol, atol=tol, equal_nan=True)
+
+
+def test_host_figures_of_all_tensors_equal_per_tensor_figures() -> None:
+    """``figures_many`` (numpy over all tensors) gives ``figures`` (one tensor at a time), merged calls included."""
+    items = ragged_samples(torch.float64) + ragged_samples(torch.float32, seed=3)
+    blocks = [b.numpy() for b in measure_all(items)]
+    stats = [TensorStats.from_blocks(b[None], s.sample.shape[1]) for s, b in zip(items, blocks, strict=True)]
+    stats.append(TensorStats.from_blocks(np.stack([blocks[0], blocks[0] * 0]), items[0].sample.shape[1]))
+    stats.append(TensorStats.from_blocks(np.stack([blocks[6], blocks[6]]), items[6].sample.shape[1]))
+    expected = [figures(TensorStats(**{k: v for k, v in vars(st).items() if k != "overall"})) for st in stats]
+    for i, (got, want) in enumerate(zip(figures_many(stats), expected, strict=True)):
+        assert got.keys() == want.keys()
+        for name, value in want.items():
+            np.testing.assert_allclose(got[name], value, rtol=1e-9, atol=1e-12, equal_nan=True, err_msg=f"{i} {name}")
