@@ -70,7 +70,11 @@ _MAX_PLANS = 32
 
 
 def _signature(items: Sequence[Sampled]) -> tuple:
-    return tuple((tuple(s.sample.shape), s.pvalues.numel(), s.spec.bounds, s.spec.saturation_tolerance) for s in items)
+    """What a plan depends on: device, work dtype, and every item's shapes and saturation limits."""
+    shapes = tuple(
+        (tuple(s.sample.shape), s.pvalues.numel(), s.spec.bounds, s.spec.saturation_tolerance) for s in items
+    )
+    return (items[0].sample.device, items[0].sample.dtype, shapes)
 
 
 def _thresholds(items: Sequence[Sampled], positions: list[int], dtype: torch.dtype, device: torch.device):  # noqa: ANN202

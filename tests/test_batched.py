@@ -84,6 +84,14 @@ def test_batched_blocks_count_what_they_should() -> None:
             np.testing.assert_allclose(f["cmean"] @ f["cn"] / f["cn"].sum(), finite.mean(), rtol=1e-5, atol=1e-6)
 
 
+def test_same_shapes_in_another_dtype_get_their_own_plan() -> None:
+    for dtype in (torch.float32, torch.float64, torch.float32):
+        items = ragged_samples(dtype, seed=7)
+        for s, block in zip(items, measure_all(items), strict=True):
+            tol = RTOL[dtype]
+            np.testing.assert_allclose(block.numpy(), measure_sampled(s).numpy(), rtol=tol, atol=tol, equal_nan=True)
+
+
 def test_mixed_dtypes_are_grouped() -> None:
     a = ragged_samples(torch.float32)[:3]
     b = ragged_samples(torch.float64)[3:6]
