@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import pytorch_lightning as pl
@@ -110,6 +111,43 @@ def find_inputs(batch: Any, spec: InputSpec) -> list[tuple[str, Tensor]]:
 def _names_no_feature(key: str) -> bool:
     key = key.lower()
     return any(word in key for word in _NOT_FEATURES)
+
+
+def is_compiled(model: torch.nn.Module) -> bool:
+    """Whether ``torch.compile`` wraps the model or one of its submodules.
+
+    ``trainer.fit(torch.compile(model))`` unwraps the module and compiles its ``forward`` and
+    ``training_step`` (``_compiler_ctx``); ``self.net = torch.compile(net)`` leaves an ``OptimizedModule``
+    in the tree.
+
+    Example:
+        >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2))
+        >>> is_compiled(net), is_compiled(torch.nn.Sequential(torch.compile(net)))
+        (False, True)
+    """
+    if getattr(model, "_compiler_ctx", None):
+        return True
+    try:
+        from torch._dynamo.eval_frame import OptimizedModule
+    except ImportError:  # pragma: no cover - torch without dynamo
+        return False
+    return any(isinstance(m, OptimizedModule) for m in model.modules())
+
+
+@contextmanager
+def _silenced(pl_module: pl.LightningModule) -> Iterator[None]:
+    """``self.log``/``self.log_dict`` do nothing inside (a replayed ``training_step`` must not log twice)."""
+    originals = {name: pl_module.__dict__.get(name) for name in ("log", "log_dict")}
+    try:
+        pl_module.log = lambda *args, **kwargs: None  # type: ignore[method-assign]
+        pl_module.log_dict = lambda *args, **kwargs: None  # type: ignore[method-assign]
+        yield
+    finally:
+        for name, value in originals.items():
+            if value is None:
+                pl_module.__dict__.pop(name, None)
+            else:
+                pl_module.__dict__[name] = value
 
 
 def log_scalars(logger: Any, metrics: dict[str, float], step: int) -> None:
@@ -234,6 +272,9 @@ class NormWatch(Callback):
         self._rng: RngState | None = None
         self._bad_loss: Tensor | None = None
         self._resume_after_validation = False
+        self._compiled = False
+        self._replayed = False  # this batch's forward was already replayed for measurement (compiled model)
+        self._warned_manual = False
 
     @property
     def exchange(self) -> Exchange | None:
@@ -265,6 +306,7 @@ class NormWatch(Callback):
         self._bad_loss = None
         self._exchange = Exchange.for_trainer(trainer, self.monitor)
         names = self.monitor.attach(pl_module, self.modules, self.exclude)
+        self._compiled = is_compiled(pl_module)
         if not names and self.inputs is False:
             rank_zero_warn("NormWatch: no module matches `modules`/`exclude` and inputs=False: nothing to watch.")
         if not trainer.loggers:
@@ -315,15 +357,21 @@ class NormWatch(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         step = trainer.global_step
-        if self.check_nonfinite:
+        logging_step = self.is_logging_step(step)
+        self._replayed = False
+        if self.check_nonfinite or (logging_step and self._compiled):
             self._batch, self._batch_idx = batch, batch_idx
             self._rng = RngState.capture(torch_only=True)
-        if self.is_logging_step(step):
+        if logging_step:
             automatic = self._automatic_inputs()
             if automatic:  # the monitor's hooks find the features the modules consume during the forward
                 self.monitor.expect_inputs(batch)
             if not self._collecting or step != self._step_at_start:
                 self.monitor.arm()
+                if self._compiled:
+                    # No hook may be seen by compiled code (dynamo would trace it into the graph, recompile,
+                    # and under fullgraph=True fail): the layers are measured by an eager replay of the batch.
+                    self.monitor.pause()
                 self._collecting = True
                 self._step_at_start = step
             if not automatic:
@@ -335,6 +383,8 @@ class NormWatch(Callback):
 
     @override
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Tensor) -> None:
+        if self._compiled and self._collecting and not self._replayed and self._batch is not None:
+            self._measure_compiled(pl_module)
         if not self.check_nonfinite or self.monitor.nonfinite_active or self._batch is None:
             return
         loss = loss.detach()
@@ -353,17 +403,42 @@ class NormWatch(Callback):
         source = "the loss check; no replay under manual optimization"
         self._emit(trainer, self.monitor.raise_nonfinite(trainer.global_step, "loss", math.nan, 0, source))
 
+    def _eager(self) -> Any:
+        """Compiled code runs eagerly inside (hooks fire normally; nothing is traced or recompiled)."""
+        return torch.compiler.set_stance("force_eager") if self._compiled else nullcontext()
+
+    def _measure_compiled(self, pl_module: pl.LightningModule) -> None:
+        """Measure the layers of a compiled model on a logging step: replay the batch's ``training_step``
+        eagerly, without gradient, from the batch-start RNG state and on copies of the buffers, with hooks.
+
+        The compiled training step itself never meets a hook, so it runs the same graphs (no graph break,
+        no recompilation) and trains exactly as without NormWatch; the cost is one eager forward pass per
+        logging step. Under manual optimization ``training_step`` cannot be replayed (it steps the
+        optimizers): the layers are then not measured (the inputs and the loss still are).
+        """
+        self._replayed = True
+        if not pl_module.automatic_optimization:
+            if not self._warned_manual:
+                rank_zero_warn("NormWatch: compiled model under manual optimization: layers are not measured.")
+                self._warned_manual = True
+            return
+        self.monitor.resume()
+        try:
+            with _silenced(pl_module), self._eager(), preserved(pl_module, self._rng):
+                pl_module.training_step(self._batch, self._batch_idx)
+        except Exception as exc:  # best effort: never break training for it
+            log.debug("NormWatch: replay of a compiled model's batch failed: %r", exc)
+        finally:
+            self.monitor.pause()
+
     def _locate_nonfinite(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Replay this batch's forward with hooks armed to name the first module with NaN/Inf."""
-        originals = {name: pl_module.__dict__.get(name) for name in ("log", "log_dict")}
         batch, self._batch = self._batch, None  # a backward inside training_step must not replay again
         try:
-            pl_module.log = lambda *args, **kwargs: None  # type: ignore[method-assign]
-            pl_module.log_dict = lambda *args, **kwargs: None  # type: ignore[method-assign]
             automatic = self._automatic_inputs()
             if automatic:
                 self.monitor.expect_inputs(batch)
-            with self.monitor.separate_collection():
+            with _silenced(pl_module), self._eager(), self.monitor.separate_collection():
                 try:
                     with preserved(pl_module, self._rng):
                         if not automatic:
@@ -376,11 +451,6 @@ class NormWatch(Callback):
                 stats = self.monitor.collect()
         finally:
             self._batch = batch
-            for name, value in originals.items():
-                if value is None:
-                    pl_module.__dict__.pop(name, None)
-                else:
-                    pl_module.__dict__[name] = value
         first = self.monitor.first_nonfinite(stats)
         origin, share, downstream = first if first is not None else ("loss", math.nan, 0)
         new = self.monitor.raise_nonfinite(trainer.global_step, origin, share, downstream, "replaying the batch")
