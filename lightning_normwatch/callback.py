@@ -26,6 +26,7 @@ from .config import Thresholds, check_choice, check_positive_int
 from .distributed import Exchange
 from .monitor import Monitor, MonitorConfig, StepResult
 from .replay import RngState, preserved
+from .scalars import ALL_SCALARS, SCALAR_SETS, scalar_metrics, threshold_metrics
 from .selection import Pattern, named_tensors, validate_patterns
 
 __all__ = ["NormWatch"]
@@ -34,34 +35,8 @@ log = logging.getLogger("lightning_normwatch")
 
 InputSpec = bool | str | int | Callable[[Any], Any]
 
-#: figures logged as scalars ``normwatch/<tensor>/<figure>`` (when finite, or always for the first four)
-SCALARS = (
-    "mean",
-    "std",
-    "min",
-    "max",
-    "zeros",
-    "nonfinite",
-    "skew",
-    "kurtosis",
-    "channel_skew",
-    "channel_kurtosis",
-    "channel_scale_ratio",
-    "dead",
-    "saturated",
-    "normal_ks",
-    "normaltest_p",
-    "jarque_bera_p",
-    "std_log_ratio",
-    "mean_shift",
-    "psi",
-    "ks",
-    "shape_psi",
-    "shape_ks",
-    "feature_rms_ratio",
-    "feature_rms_max",
-)
-_ALWAYS = {"mean", "std", "min", "max"}
+#: every figure that can be logged as a scalar ``normwatch/<tensor>/<figure>`` (``scalars="all"``)
+SCALARS = ALL_SCALARS
 
 
 def find_inputs(batch: Any, spec: InputSpec) -> list[tuple[str, Tensor]]:
@@ -141,6 +116,8 @@ class NormWatch(Callback):
         tensorboard: write histograms, the custom-scalars layout and the alert table when a
             ``TensorBoardLogger`` is present.
         plot_every_n_steps: write Q-Q/histogram figures every this many steps (``None``: never).
+        scalars: ``"default"``: per tensor the figures a person reads and the rules compare, only those
+            that apply to its role (6 to 8 scalars, see ``lightning_normwatch.scalars``); ``"all"``: every figure.
 
     Raises:
         ValueError: a parameter has a bad value (the message names it).
@@ -168,6 +145,7 @@ class NormWatch(Callback):
         seed: int = 0,
         tensorboard: bool = True,
         plot_every_n_steps: int | None = None,
+        scalars: str = "default",
     ) -> None:
         self.modules = None if modules is None else validate_patterns("modules", modules)
         self.exclude = validate_patterns("exclude", exclude)
@@ -181,6 +159,7 @@ class NormWatch(Callback):
         check_positive_int("reference_steps", reference_steps)
         check_choice("on_alert", on_alert, ("warn", "raise", "ignore"))
         check_positive_int("plot_every_n_steps", plot_every_n_steps, allow_none=True)
+        check_choice("scalars", scalars, SCALAR_SETS)
         if not isinstance(check_nonfinite, bool):
             raise ValueError(f"NormWatch: check_nonfinite must be a bool, got {check_nonfinite!r}")
         if isinstance(seed, bool) or not isinstance(seed, int):
@@ -193,6 +172,7 @@ class NormWatch(Callback):
         self.check_nonfinite = check_nonfinite
         self.tensorboard = tensorboard
         self.plot_every_n_steps = plot_every_n_steps
+        self.scalars = scalars
         self.config = MonitorConfig(
             sample_size=sample_size,
             pvalue_size=pvalue_size,
@@ -383,21 +363,18 @@ class NormWatch(Callback):
     def _log_figures(self, trainer: pl.Trainer, result: StepResult) -> None:
         metrics: dict[str, float] = {}
         for key, fig in result.figures.items():
-            for stat in SCALARS:
-                value = fig.get(stat)
-                if value is not None and (stat in _ALWAYS or math.isfinite(value)):
-                    metrics[f"normwatch/{key}/{stat}"] = float(value)
-            if math.isfinite(fig["mean"]) and math.isfinite(fig["std"]):
-                metrics[f"normwatch/{key}/mean_minus_std"] = fig["mean"] - fig["std"]
-                metrics[f"normwatch/{key}/mean_plus_std"] = fig["mean"] + fig["std"]
-        th = self.thresholds
-        metrics["normwatch/thresholds/shift"] = th.shift
-        metrics["normwatch/thresholds/log_scale_drift"] = math.log(th.scale_drift)
-        metrics["normwatch/thresholds/mean_drift"] = th.mean_drift
+            metrics.update(scalar_metrics(key, self._role(key), fig, self.scalars))
+        metrics.update(threshold_metrics(self.thresholds, metrics))
         for severity, count in result.active.items():
             metrics[f"normwatch/alerts/{severity}"] = float(count)
         for logger in trainer.loggers:
             log_scalars(logger, metrics, result.step)
+
+    def _role(self, key: str) -> str:
+        try:
+            return self.monitor.info(key).role
+        except KeyError:  # a tensor only another rank observed
+            return "other"
 
     def _emit(self, trainer: pl.Trainer, alerts: list[Alert]) -> None:
         if not alerts:

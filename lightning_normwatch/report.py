@@ -27,6 +27,7 @@ from typing import Any
 
 __all__ = [
     "ALERT_TAG",
+    "WATCHED_TAG",
     "ALERT_COLUMNS",
     "TABLE_FIGURES",
     "NoNormWatchData",
@@ -40,6 +41,8 @@ __all__ = [
 
 #: Text-panel tag of the alert table (``SummaryWriter.add_text`` stores it as ``<tag>/text_summary``)
 ALERT_TAG = "normwatch/alerts"
+#: Text-panel tag of the watched-tensors table (tensor, layer type, role)
+WATCHED_TAG = "normwatch/watched"
 #: columns of the alert table, in order
 ALERT_COLUMNS = ("step", "module", "kind", "severity", "value", "threshold", "message")
 #: figures shown in the printed table (``--json`` has every logged figure)
