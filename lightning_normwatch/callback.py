@@ -9,7 +9,7 @@ Example:
 
 from __future__ import annotations
 
-import logging
+import contextlib
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -21,6 +21,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
+from . import console
 from .alerts import Alert, NormWatchAlertError
 from .config import Thresholds, check_choice, check_positive_int
 from .distributed import Exchange
@@ -31,7 +32,7 @@ from .selection import Pattern, named_tensors, validate_patterns
 
 __all__ = ["NormWatch"]
 
-log = logging.getLogger("lightning_normwatch")
+from .console import log
 
 InputSpec = bool | str | int | Callable[[Any], Any]
 
@@ -232,6 +233,8 @@ class NormWatch(Callback):
             from .panels import Panels
 
             self._panels = Panels.for_trainer(trainer, self.plot_every_n_steps)
+        if trainer.is_global_zero:
+            console.log_start(self, trainer, len(names))
 
     def _stop(self) -> None:
         self.monitor.disarm()
@@ -242,6 +245,8 @@ class NormWatch(Callback):
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._stop()
+        if trainer.is_global_zero and self.last_result is not None:
+            console.log_summary(self.last_result.figures, self._types(), self.alerts, self.last_result.step)
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
@@ -370,6 +375,14 @@ class NormWatch(Callback):
         for logger in trainer.loggers:
             log_scalars(logger, metrics, result.step)
 
+    def _types(self) -> dict[str, str]:
+        """Layer type by watched tensor (``net.1`` -> ``ReLU``), for what is printed."""
+        out = {}
+        for key in self.last_result.figures if self.last_result else ():
+            with contextlib.suppress(KeyError):  # a tensor only another rank observed has no type here
+                out[key] = self.monitor.info(key).type_name
+        return out
+
     def _role(self, key: str) -> str:
         try:
             return self.monitor.info(key).role
@@ -382,9 +395,8 @@ class NormWatch(Callback):
         if self._panels is not None and trainer.is_global_zero:
             self._panels.write_alerts(self.monitor.alerts, alerts[-1].step)
         if self.on_alert != "ignore" and trainer.is_global_zero:
-            for alert in alerts:
-                level = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}[alert.severity]
-                log.log(level, "NormWatch [%s] %s: %s", alert.kind, alert.module, alert.message)
+            for level, line in console.alert_lines(alerts, self._types()):
+                log.log(level, "%s", line)
         if self.on_alert == "raise":
             for alert in alerts:
                 if alert.severity != "info":

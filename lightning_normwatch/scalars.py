@@ -118,7 +118,8 @@ def threshold_metrics(th: object, logged: dict[str, float]) -> dict[str, float]:
 
     Example:
         >>> from lightning_normwatch.config import Thresholds
-        >>> sorted(threshold_metrics(Thresholds(), {"normwatch/net.1/std_log_ratio": 0.1}).items())  # doctest: +ELLIPSIS
+        >>> th = threshold_metrics(Thresholds(), {"normwatch/net.1/std_log_ratio": 0.1})
+        >>> sorted(th.items())  # doctest: +ELLIPSIS
         [('normwatch/thresholds/log_scale_drift', 1.386...), ('normwatch/thresholds/log_scale_drift_low', -1.386...)]
         >>> threshold_metrics(Thresholds(), {"normwatch/net.1/std": 1.0})
         {}

@@ -21,7 +21,6 @@ from tensorboard.util import tensor_util
 from torch import nn
 
 from lightning_normwatch import NormWatch
-from lightning_normwatch.callback import SCALARS
 from lightning_normwatch.histogram import bin_counts, bin_edges
 from lightning_normwatch.panels import alerts_markdown, group_of, layout_for
 from lightning_normwatch.plots import PlotData, density, pair_rows, qq_points, quantiles, zero_share
@@ -95,62 +94,110 @@ def test_histograms_hold_every_sampled_value(healthy) -> None:
         assert last.sum / last.num == pytest.approx(mean, rel=1e-4, abs=1e-6)
 
 
-def test_tag_scheme_holds_for_every_watched_module(healthy) -> None:
+#: the mlp's tensors in execution order, with their layer types and roles
+TYPES = {"input": "batch", "net.0": "Linear", "net.1": "ReLU", "net.2": "Linear", "net.3": "ReLU", "net.4": "Linear"}
+
+
+def test_default_scalars_are_few_and_fit_each_layer(healthy) -> None:
     cb, acc, _ = healthy
     scalars = set(acc.Tags()["scalars"])
-    keys = {name for name, _ in cb.monitor.watched} | {"input"}
-    assert keys == set(NUMEL)
-    figures = set(SCALARS) | {"mean_minus_std", "mean_plus_std"}
-    for key in keys:
-        for stat in ("mean", "std", "skew", "kurtosis", "zeros", "normaltest_p", "psi", "std_log_ratio"):
-            assert f"normwatch/{key}/{stat}" in scalars
+    per_tensor: dict[str, set[str]] = {}
     for tag in scalars:
-        if not tag.startswith("normwatch/"):
-            continue
-        module, stat = tag[len("normwatch/") :].rsplit("/", 1)
-        if module == "thresholds":
-            assert stat in ("shift", "log_scale_drift", "mean_drift")
-        elif module == "alerts":
-            assert stat in ("info", "warning", "error")
-        else:
-            assert module in keys and stat in figures, tag
+        if tag.startswith("normwatch/") and tag.split("/")[1] not in ("thresholds", "alerts"):
+            module, stat = tag[len("normwatch/") :].rsplit("/", 1)
+            per_tensor.setdefault(module, set()).add(stat)
+    assert set(per_tensor) == set(NUMEL)
+    assert float(np.median([len(v) for v in per_tensor.values()])) <= 8
+    for key, stats in per_tensor.items():
+        assert {"mean", "std", "zeros", "std_log_ratio", "mean_shift", "shape_psi"} <= stats, key
+        assert ("dead" in stats) == (TYPES[key] == "ReLU"), (key, stats)  # dead only for activations
+        assert "saturated" not in stats and "jarque_bera_p" not in stats and "min" not in stats
+    assert {"channel_skew", "channel_kurtosis"} <= per_tensor["input"]
+    # thresholds: both sides of the two-sided drift figures, starting where the drift figures start
+    drift_steps = [e.step for e in acc.Scalars("normwatch/net.0/std_log_ratio")]
+    assert drift_steps == [4, 6, 8]
+    for name, sign in (("log_scale_drift", 1), ("log_scale_drift_low", -1), ("mean_drift", 1), ("mean_drift_low", -1)):
+        events = acc.Scalars(f"normwatch/thresholds/{name}")
+        assert [e.step for e in events] == drift_steps, name
+        expected = math.log(cb.thresholds.scale_drift) if "log" in name else cb.thresholds.mean_drift
+        assert events[0].value == pytest.approx(sign * expected, rel=1e-6)
+    assert [e.step for e in acc.Scalars("normwatch/thresholds/dead")] == [0, 2, 4, 6, 8]
+    assert "normwatch/thresholds/saturated" not in scalars  # no bounded activation in this model
+
+
+def test_scalars_all_and_validation(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="scalars.*'some'"):
+        NormWatch(scalars="some")
+    cb = NormWatch(every_n_steps=1, scalars="all", on_alert="ignore", tensorboard=False)
+    logger = TensorBoardLogger(tmp_path)
+    tr = trainer(tmp_path, [cb], max_steps=1, logger=logger)
+    tr.fit(Regressor(mlp(D_IN, WIDTH)), loader(regression_data(d_in=D_IN), batch_size=BATCH))
+    scalars = set(read_events(logger.log_dir).Tags()["scalars"])
+    for stat in ("min", "max", "skew", "kurtosis", "normaltest_p", "jarque_bera_p", "mean_plus_std"):
+        assert f"normwatch/net.2/{stat}" in scalars
+    assert "normwatch/net.1/dead" in scalars and "normwatch/net.2/dead" not in scalars
+    assert "normwatch/net.1/saturated" not in scalars  # a ReLU cannot saturate, even with scalars="all"
+
+
+def _layout(acc: EventAccumulator) -> layout_pb2.Layout:
+    events = acc.Tensors("custom_scalars__config__")
+    assert len(events) == 1  # written once
+    layout = layout_pb2.Layout()
+    layout.ParseFromString(tensor_util.make_ndarray(events[0].tensor_proto).item())
+    return layout
 
 
 def test_custom_scalars_layout_matches_logged_tags(healthy) -> None:
     _, acc, _ = healthy
     scalars = set(acc.Tags()["scalars"])
-    events = acc.Tensors("custom_scalars__config__")
-    assert len(events) == 1  # written once
-    layout = layout_pb2.Layout()
-    layout.ParseFromString(tensor_util.make_ndarray(events[0].tensor_proto).item())
+    layout = _layout(acc)
     titles = [c.title for c in layout.category]
-    assert titles == ["normwatch: overview", "normwatch: inputs", "normwatch: net"]
+    assert titles == ["normwatch: alerts", "normwatch: 1/1 input (batch) ... net.4 (Linear)"]
     margins = 0
     for category in layout.category:
         for chart in category.chart:
             if chart.HasField("margin"):
                 for series in chart.margin.series:
                     assert {series.value, series.lower, series.upper} <= scalars, chart.title
+                    # both threshold lines: the band's edges are the negative and positive thresholds
+                    assert series.lower.endswith("_low") and series.upper == series.lower[: -len("_low")]
                 margins += 1
             else:
+                matched = set()
                 for pattern in chart.multiline.tag:  # TensorBoard uses re.match on every tag
-                    assert any(re.match(pattern, tag) for tag in scalars), (chart.title, pattern)
-    assert margins == len(NUMEL)  # mean ± std of every watched tensor
-    net = {c.title: c for c in layout.category}["normwatch: net"]
-    std_chart = next(ch for ch in net.chart if ch.title == "net: std of each tensor")
-    matched = {t for t in scalars if re.match(std_chart.multiline.tag[0], t)}
-    assert matched == {f"normwatch/net.{i}/std" for i in range(5)}
-    psi_chart = next(ch for ch in net.chart if ch.title.startswith("net: shape PSI"))
-    assert {t for p in psi_chart.multiline.tag for t in scalars if re.match(p, t)} == {
-        *(f"normwatch/net.{i}/shape_psi" for i in range(5)),
-        "normwatch/thresholds/shift",
-    }
+                    hits = {tag for tag in scalars if re.match(pattern, tag)}
+                    assert hits, (chart.title, pattern)
+                    matched |= hits
+                tensors = {t.split("/")[1] for t in matched} - {"thresholds", "alerts"}
+                assert len(tensors) <= 1, (chart.title, matched)  # never several tensors in one chart
+    assert margins == 2 * len(NUMEL)  # log std ratio and mean shift of every watched tensor
+    charts = [c.title for cat in layout.category[1:] for c in cat.chart]
+    for key, type_name in TYPES.items():  # every title names the tensor and its layer type
+        assert f"{key} ({type_name}): std" in charts
+    assert all(re.match(r"^[\w.\[\]@/]+ \(\w+\): ", t) for t in charts), charts
+    dead = [t for t in charts if "dead" in t]
+    assert dead == [
+        "net.1 (ReLU): share of dead units, alert above the threshold line",
+        "net.3 (ReLU): share of dead units, alert above the threshold line",
+    ]
+
+
+def test_layout_chunks_deep_models() -> None:
+    keys = [f"net.{i}" for i in range(100)]
+    kinds = {k: ("Linear", "preact") if i % 2 == 0 else ("Tanh", "bounded") for i, k in enumerate(keys)}
+    layout = layout_for(keys, kinds)
+    categories = list(layout)[1:]
+    assert len(categories) == 13 and categories[0] == "normwatch: 1/13 net.0 (Linear) ... net.7 (Tanh)"
+    assert max(len(layout[c]) for c in categories) <= 8 * 6
+    assert "net.1 (Tanh): share of saturated outputs, alert above the threshold line" in layout[categories[0]]
+    assert not any("saturated" in t for t in layout[categories[0]] if t.startswith("net.0 "))
 
 
 def test_figures_every_plot_interval(healthy) -> None:
     _, acc, _ = healthy
-    assert sorted(acc.Tags()["images"]) == ["normwatch/figures/inputs", "normwatch/figures/net"]
-    for tag in acc.Tags()["images"]:
+    figures = sorted(t for t in acc.Tags()["images"] if t.startswith("normwatch/figures/"))
+    assert figures == ["normwatch/figures/inputs", "normwatch/figures/net"]
+    for tag in figures:
         images = acc.Images(tag)
         assert [im.step for im in images] == [0, 6]
         assert all(im.encoded_image_string[:8] == b"\x89PNG\r\n\x1a\n" and im.width > 300 for im in images)
@@ -185,7 +232,8 @@ def test_alert_table_for_a_dead_relu(dead) -> None:
     dead_row = next(r for r in rows if r["kind"] == "dead")
     assert dead_row["value"] == pytest.approx(1.0) and dead_row["threshold"] == pytest.approx(0.5)
     assert acc.Scalars("normwatch/alerts/warning")[0].value >= 1
-    assert "images" not in acc.Tags() or not acc.Tags()["images"]  # plot_every_n_steps=None: no figures
+    # plot_every_n_steps=None: no figures, only the overview
+    assert all(t.startswith("normwatch/overview/") for t in acc.Tags()["images"])
 
 
 def test_alerts_markdown_round_trip() -> None:
@@ -198,9 +246,10 @@ def test_alerts_markdown_round_trip() -> None:
     text = alerts_markdown(alerts)
     assert (
         text.splitlines()[0]
-        == "**2 alerts** up to step 9: 1 error, 1 warning, 0 info (most severe first, then newest first)"
+        == "**2 alerts** up to step 9: 1 error, 1 warning, 0 info (details below: most severe first, then newest first)"
     )
-    assert text.splitlines()[4].startswith("| 9 | net.1 | nonfinite | **error** |")  # errors first
+    assert text.splitlines()[2].startswith("- **nonfinite** (error) in net.1")  # one line per kind first
+    assert text.splitlines()[7].startswith("| 9 | net.1 | nonfinite | **error** |")  # errors first
     long = Alert(1, "fc", "shift", "warning", 3.0, 2.0, " ".join(["word"] * 60))
     assert (
         "<br>" in alerts_markdown([long])
@@ -278,14 +327,11 @@ def test_group_of() -> None:
 
 def test_layout_escapes_module_names() -> None:
     layout = layout_for(["blocks.0.fc", "blocks.0.act", "blocks.1.fc"])
-    assert list(layout) == ["normwatch: overview", "normwatch: blocks.0", "normwatch: blocks.1"]
-    pattern = layout["normwatch: blocks.0"]["blocks.0.fc: skew and excess kurtosis"][1][0]
-    assert re.match(pattern, "normwatch/blocks.0.fc/kurtosis")
-    assert not re.match(pattern, "normwatch/blocksX0.fc/kurtosis")
-    assert not re.match(pattern, "normwatch/blocks.0.fc/kurtosis_extra")
-    std = layout["normwatch: blocks.0"]["blocks.0: std of each tensor"][1][0]
-    assert re.match(std, "normwatch/blocks.0.fc/std") and re.match(std, "normwatch/blocks.0.act/std")
-    assert not re.match(std, "normwatch/blocks.1.fc/std") and not re.match(std, "normwatch/blocks.0.fc/mean_plus_std")
+    pattern = layout["normwatch: 1/1 blocks.0.fc ... blocks.1.fc"]["blocks.0.fc: std"][1][0]
+    assert re.match(pattern, "normwatch/blocks.0.fc/std")
+    assert not re.match(pattern, "normwatch/blocksX0.fc/std")
+    assert not re.match(pattern, "normwatch/blocks.0.fc/std_log_ratio")
+    assert not re.match(pattern, "normwatch/blocks.0.fc/mean_plus_std")
 
 
 def _hist(x: torch.Tensor) -> np.ndarray:
