@@ -246,7 +246,10 @@ class NormWatch(Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._stop()
         if trainer.is_global_zero and self.last_result is not None:
-            console.log_summary(self.last_result.figures, self._types(), self.alerts, self.last_result.step)
+            roles = {key: self._role(key) for key in self.last_result.figures}
+            console.log_summary(
+                self.last_result.figures, self._types(), self.alerts, self.last_result.step, roles=roles
+            )
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:

@@ -80,11 +80,13 @@ def summary_rows(
     types: Mapping[str, str],
     alerts: Sequence[Alert],
     max_rows: int = 15,
+    roles: Mapping[str, str] | None = None,
 ) -> tuple[list[list[str]], int]:
     """Rows of the end-of-fit summary, worst first, and how many healthy rows were folded away.
 
     A tensor is worse when it had more (and more severe) alerts, then when its scale drifted
-    further from its reference. Only tensors without alerts are folded.
+    further from its reference. Only tensors without alerts are folded. With ``roles``, ``dead`` is
+    shown for activations only.
 
     Example:
         >>> figs = {"net.0": {"std": 1.0}, "net.1": {"std": 0.5, "dead": 0.9, "std_log_ratio": -0.7}}
@@ -113,6 +115,7 @@ def summary_rows(
         f = figures[key]
         slr = f.get("std_log_ratio", math.nan)
         these = per.get(key, [])
+        dead = f.get("dead") if roles is None or roles.get(key) in ("activation", "bounded", "other") else None
         worst = min((a.severity for a in these), key=lambda s: -_RANK.get(s, 1), default="")
         kinds = ", ".join(sorted({a.kind for a in these}))
         rows.append(
@@ -123,7 +126,7 @@ def summary_rows(
                 _num(f.get("channel_skew", f.get("skew"))),
                 _num(f.get("channel_kurtosis", f.get("kurtosis"))),
                 _num(math.exp(slr) if math.isfinite(slr) else None, "x{:.2f}"),
-                _num(f.get("dead"), "{:.0%}"),
+                _num(dead, "{:.0%}"),
                 f"{len(these)} {worst} ({kinds})" if these else "",
             ]
         )
@@ -170,11 +173,12 @@ def log_summary(
     alerts: Sequence[Alert],
     step: int,
     max_rows: int = 15,
+    roles: Mapping[str, str] | None = None,
 ) -> None:
     """Log the end-of-fit summary (INFO) through the ``lightning_normwatch`` logger."""
     if not figures or not log.isEnabledFor(logging.INFO):
         return
-    rows, folded = summary_rows(figures, types, alerts, max_rows)
+    rows, folded = summary_rows(figures, types, alerts, max_rows, roles)
     n = len(alerts)
     title = (
         f"NormWatch summary at step {step}: {len(figures)} watched tensors, {n} alert{'s' if n != 1 else ''}"

@@ -92,6 +92,9 @@ def test_histograms_hold_every_sampled_value(healthy) -> None:
         assert last.num == cb.last_result.figures[key]["sampled"]
         mean = acc.Scalars(f"normwatch/{key}/mean")[-1].value
         assert last.sum / last.num == pytest.approx(mean, rel=1e-4, abs=1e-6)
+    # each histogram's description names the layer type
+    assert acc.SummaryMetadata("normwatch/net.1").summary_description == "net.1 (ReLU), activation"
+    assert acc.SummaryMetadata("normwatch/net.2").summary_description == "net.2 (Linear), preact"
 
 
 #: the mlp's tensors in execution order, with their layer types and roles
@@ -380,3 +383,63 @@ def test_qq_points_flag_heavy_tails_and_pairs() -> None:
 
     rows = pair_rows([mk("in", "input"), mk("fc", "preact"), mk("act", "activation"), mk("sig", "bounded")])
     assert [(a and a.name, b and b.name) for a, b in rows] == [("in", None), ("fc", "act"), (None, "sig")]
+
+
+# ---------------------------------------------------------------------------------------- overview images
+def _label_found(rgb: np.ndarray, text: str, row: int, zoom: int = 2, prefix: str = "  ") -> bool:
+    """Whether ``text`` is drawn (in any non-white colour) as the label of heatmap row ``row``."""
+    from lightning_normwatch.font import text_mask
+    from lightning_normwatch.heatmap import ROW
+
+    top = 4 + 2 * ROW + 4
+    mask = text_mask(prefix + text)
+    y, x = (top + row * ROW + 1) * zoom, 4 * zoom
+    region = rgb[y : y + mask.shape[0] * zoom : zoom, x : x + mask.shape[1] * zoom : zoom]
+    drawn = (region < 250).any(axis=-1)
+    return region.shape[:2] == mask.shape and bool((drawn == mask).all())
+
+
+def test_overview_heatmaps_one_labelled_row_per_tensor_in_execution_order(healthy) -> None:
+    import io
+
+    from PIL import Image
+
+    _, acc, _ = healthy
+    tags = sorted(t for t in acc.Tags()["images"] if t.startswith("normwatch/overview/"))
+    assert tags == [
+        "normwatch/overview/0_depth_profile",
+        "normwatch/overview/1_scale_log10_std",
+        "normwatch/overview/2_scale_drift",
+        "normwatch/overview/3_shape_psi",
+        "normwatch/overview/4_zeros",
+        "normwatch/overview/5_dead_units",
+    ]
+    for tag in tags[1:]:
+        events = acc.Images(tag)
+        assert [e.step for e in events] == [0, 8]  # the first logging step, then the end of the fit
+        rgb = np.asarray(Image.open(io.BytesIO(events[-1].encoded_image_string)).convert("RGB"))
+        assert rgb.shape[:2] == (events[-1].height, events[-1].width)
+        for row, (key, type_name) in enumerate(TYPES.items()):
+            assert _label_found(rgb, f"{key} ({type_name})", row), (tag, key)
+        assert not _label_found(rgb, "net.0 (Linear)", 0)  # the check can fail: row 0 is the input
+
+
+def test_overview_marks_the_alerted_layer(dead) -> None:
+    import io
+
+    from PIL import Image
+
+    cb, acc = dead
+    event = acc.Images("normwatch/overview/5_dead_units")[-1]
+    rgb = np.asarray(Image.open(io.BytesIO(event.encoded_image_string)).convert("RGB"))
+    rows = ["input (batch)", "net.0 (Linear)", "net.1 (ReLU)", "net.2 (Linear)"]
+    labels = [_label_found(rgb, text, i) for i, text in enumerate(rows)]
+    alerted = [_label_found(rgb, text, i, prefix="! ") for i, text in enumerate(rows)]
+    assert labels == [True, True, False, True]  # net.1's label is drawn differently: "! net.1 (ReLU)" in red
+    red = (rgb[..., 0] > 200) & (rgb[..., 1] < 40) & (rgb[..., 2] < 40)
+    from lightning_normwatch.heatmap import ROW
+
+    top = (4 + 2 * ROW + 4) * 2
+    red_rows = {(y - top) // (ROW * 2) for y in np.nonzero(red.any(axis=1))[0] if y >= top}
+    assert 2 in red_rows and not red_rows & {0, 1, 3}  # red marks only on net.1's row
+    assert alerted == [False, False, True, False]
