@@ -13,12 +13,13 @@ Example:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from .alerts import Alert
 
-__all__ = ["AlertGroup", "group_alerts", "group_line", "named"]
+__all__ = ["AlertGroup", "group_alerts", "group_line", "named", "natural_key"]
 
 _RANK = {"error": 0, "warning": 1, "info": 2}
 
@@ -30,8 +31,8 @@ class AlertGroup:
     Attributes:
         kind: the alert kind.
         severity: its severity.
-        alerts: one per module (the latest when a module was alerted several times), in the order
-            the modules were first alerted.
+        alerts: one per module (the latest when a module was alerted several times), in natural
+            order of the module names (``net.2`` before ``net.10``: usually the execution order).
         worst: the alert with the largest value (figures are oriented so that larger is worse).
     """
 
@@ -59,10 +60,24 @@ def group_alerts(alerts: Sequence[Alert]) -> list[AlertGroup]:
         by_kind.setdefault(a.kind, {})[a.module] = a
     groups = []
     for kind, per_module in by_kind.items():
-        members = tuple(per_module.values())
+        members = tuple(sorted(per_module.values(), key=lambda a: natural_key(a.module)))
         worst = max(members, key=lambda a: (a.value if a.value == a.value else float("inf"), a.step))
         groups.append(AlertGroup(kind, members[0].severity, members, worst))
     return sorted(groups, key=lambda g: (_RANK.get(g.severity, 3), -len(g.alerts)))
+
+
+def natural_key(name: str) -> tuple[object, ...]:
+    """Sort key that orders numbers by value: ``net.2`` before ``net.10``; the batch input first.
+
+    Example:
+        >>> sorted(["net.10", "net.2", "input", "net.2.fc"], key=natural_key)
+        ['input', 'net.2', 'net.2.fc', 'net.10']
+    """
+    parts = re.split(r"(\d+)", name)
+    return (
+        name != "input" and not name.startswith("input/"),
+        *((int(p), "") if p.isdigit() else (-1, p) for p in parts),
+    )
 
 
 def named(module: str, types: Mapping[str, str] | None) -> str:

@@ -269,7 +269,7 @@ def profile(
     hi = float(shown[ok].max()) if ok.any() else 1.0
     lo = min(lo, hi - 1.0) if log10 else min(lo, 0.0)
     label_w = max((text_width(t) for t in labels), default=0) + 6
-    bar_w = 200
+    bar_w = 120
     texts = [f"{_fmt(v) if math.isfinite(v) else '-':>9} {note}" for v, note in zip(values, notes, strict=True)]
     width = 4 + label_w + bar_w + 6 + max((text_width(t) for t in texts), default=0) + 8
     width = max(width, text_width(title) + 8)

@@ -25,6 +25,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from .alerts import SEVERITY
 from .config import Thresholds
 from .heatmap import Image, heatmap, profile
 
@@ -82,7 +83,8 @@ class Overview:
             self.kinds[key] = kinds.get(key, self.kinds.get(key, ("?", "other")))
         self._steps.append(step)
         self._values.append({k: tuple(f.get(n, math.nan) for n in _FIGURES) for k, f in figures.items()})
-        self._active.append(set(active))
+        # information (a non-Gaussian shape) is not a fault: only warnings and errors are marked
+        self._active.append({(m, k) for m, k in active if SEVERITY.get(k, "warning") != "info"})
 
     def _matrix(self, figure: str) -> np.ndarray:
         i = _FIGURES.index(figure)

@@ -35,7 +35,7 @@ from typing import Any
 from pytorch_lightning.utilities import rank_zero_warn
 
 from .alerts import Alert
-from .digest import group_alerts, group_line
+from .digest import group_alerts, group_line, named
 from .histogram import tensorboard_buckets
 from .monitor import Monitor, StepResult
 from .overview import OVERVIEW_TAG, Overview, row_label
@@ -95,7 +95,7 @@ def alerts_markdown(alerts: Sequence[Alert], types: Mapping[str, str] | None = N
         | step | module | kind | severity | value | threshold | message |
         |---|---|---|---|---|---|---|
         | 5 | net.2 | nonfinite | **error** | 1 | 0 | NaN |
-        | 3 | net.1 | dead | warning | 0.8 | 0.5 | 80% of units are dead |
+        | 3 | net.1 (ReLU) | dead | warning | 0.8 | 0.5 | 80% of units are dead |
     """
     counts = {s: sum(a.severity == s for a in alerts) for s in ("error", "warning", "info")}
     last = max((a.step for a in alerts), default=0)
@@ -114,7 +114,7 @@ def alerts_markdown(alerts: Sequence[Alert], types: Mapping[str, str] | None = N
     rows = []
     for a in ordered:
         severity = f"**{a.severity}**" if a.severity == "error" else a.severity
-        cells = [_cell(v) for v in (a.step, a.module, a.kind, severity, a.value, a.threshold)]
+        cells = [_cell(v) for v in (a.step, named(a.module, types), a.kind, severity, a.value, a.threshold)]
         rows.append("| " + " | ".join([*cells, _message_cell(a.message)]) + " |")
     return "\n".join([summary, "", *grouped, "", head, *rows])
 
@@ -395,11 +395,12 @@ class Panels:
             bucket=counts,
         )
         if key not in self._described:  # the first event of a tag carries its description: the layer type
-            from tensorboard.compat.proto.summary_pb2 import HistogramProto, Summary, SummaryMetadata
+            from tensorboard.compat.proto.summary_pb2 import HistogramProto, Summary
+            from tensorboard.plugins.histogram.metadata import create_summary_metadata
 
             self._described.add(key)
             type_name, role = self._kinds.get(key, ("?", "other"))
-            meta = SummaryMetadata(summary_description=f"{row_label(key, type_name)}, {role}")
+            meta = create_summary_metadata(display_name=tag, description=f"{row_label(key, type_name)}, {role}")
             value = Summary.Value(tag=tag, histo=HistogramProto(**args), metadata=meta)
             self.writer._get_file_writer().add_summary(Summary(value=[value]), step)
             return

@@ -109,6 +109,9 @@ def parse_alerts_markdown(text: str) -> list[dict[str, Any]]:
             continue
         row: dict[str, Any] = dict(zip(ALERT_COLUMNS, cells, strict=True))
         row["severity"] = row["severity"].strip("*")
+        row["module"] = re.sub(
+            r" \(\w+\)$", "", row["module"]
+        )  # "net.1 (ReLU)": the layer type is not part of the name
         try:
             row["step"] = int(row["step"])
         except ValueError:
