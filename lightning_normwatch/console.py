@@ -84,8 +84,10 @@ def summary_rows(
 ) -> tuple[list[list[str]], int]:
     """Rows of the end-of-fit summary, worst first, and how many healthy rows were folded away.
 
-    A tensor is worse when it had more (and more severe) alerts, then when its scale drifted
-    further from its reference. Only tensors without alerts are folded. With ``roles``, ``dead`` is
+    Tensors with the most severe alerts come first; among them, the one alerted earliest, then the
+    first in execution order (so the origin of a cascade leads: a layer that died before the layers
+    after it collapsed); then tensors without alerts, the largest scale drift first. Only tensors
+    without alerts are folded. With ``roles``, ``dead`` is
     shown for activations only.
 
     Example:
@@ -93,7 +95,7 @@ def summary_rows(
         >>> dead = Alert(3, "net.1", "dead", "warning", 0.9, 0.5, "")
         >>> rows, folded = summary_rows(figs, {"net.0": "Linear", "net.1": "ReLU"}, [dead])
         >>> rows[0]
-        ['net.1', 'ReLU', '0.5', '-', '-', 'x0.50', '90%', '1 warning (dead)']
+        ['net.1', 'ReLU', '0.5', '-', '-', 'x0.5', '90%', '1 warning (dead)']
         >>> folded
         0
     """
@@ -102,10 +104,12 @@ def summary_rows(
         per.setdefault(a.module, []).append(a)
     order = {k: i for i, k in enumerate(figures)}
 
-    def badness(key: str) -> tuple[float, float, int]:
-        score = sum(_RANK.get(a.severity, 1) for a in per.get(key, []))
+    def badness(key: str) -> tuple[float, float, float, int]:
+        these = per.get(key, [])
+        worst = max((_RANK.get(a.severity, 1) for a in these), default=0)
+        first = min((a.step for a in these if _RANK.get(a.severity, 1) == worst), default=0)
         slr = figures[key].get("std_log_ratio", math.nan)
-        return (-score, -abs(slr) if math.isfinite(slr) else 0.0, order[key])
+        return (-worst, first, -abs(slr) if math.isfinite(slr) else 0.0, order[key])
 
     keys = sorted(figures, key=badness)
     alerted = [k for k in keys if k in per]
@@ -117,7 +121,7 @@ def summary_rows(
         these = per.get(key, [])
         dead = f.get("dead") if roles is None or roles.get(key) in ("activation", "bounded", "other") else None
         worst = min((a.severity for a in these), key=lambda s: -_RANK.get(s, 1), default="")
-        kinds = ", ".join(sorted({a.kind for a in these}))
+        kinds = ", ".join(sorted({a.kind for a in these if a.severity == worst}))
         rows.append(
             [
                 key,
@@ -125,9 +129,9 @@ def summary_rows(
                 _num(f.get("std")),
                 _num(f.get("channel_skew", f.get("skew"))),
                 _num(f.get("channel_kurtosis", f.get("kurtosis"))),
-                _num(math.exp(slr) if math.isfinite(slr) else None, "x{:.2f}"),
+                _num(math.exp(slr) if math.isfinite(slr) else None, "x{:.2g}"),
                 _num(dead, "{:.0%}"),
-                f"{len(these)} {worst} ({kinds})" if these else "",
+                f"{sum(a.severity == worst for a in these)} {worst} ({kinds})" if these else "",
             ]
         )
     return rows, len(keys) - len(shown)

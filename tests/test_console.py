@@ -77,7 +77,7 @@ def test_dead_layers_give_one_grouped_line_but_one_alert_each(tmp_path, caplog) 
     # the summary puts the alerted layers first
     summary = next(m for m in messages(caplog) if m.startswith("NormWatch summary")).splitlines()
     firsts = [row.split()[0] for row in summary[3:9]]
-    assert sorted(firsts) == sorted(relus)
+    assert firsts == relus  # alerted at the same step: in execution order, the cascade's origin first
     assert all("1 warning (dead" in row for row in summary[3:9])
 
 
@@ -102,4 +102,4 @@ def test_summary_folds_long_models_and_renders_with_rich() -> None:
     assert plain.splitlines()[-1].startswith("... 30 more tensors without alerts")
     pytest.importorskip("rich")
     fancy = summary_text(rows, folded, "title", rich=True)
-    assert "\x1b[" in fancy and "net.7" in fancy and re.search(r"x1\.\d\d", fancy)
+    assert "\x1b[" in fancy and "net.7" in fancy and re.search(r"x1\.\d", fancy)
