@@ -126,12 +126,12 @@ def _text(canvas: np.ndarray, text: str, x: int, y: int, colour: int = BLACK) ->
 
 
 def _levels(values: np.ndarray, vmin: float, vmax: float) -> np.ndarray:
-    """Palette indices of values (NaN -> GREY)."""
+    """Palette indices of values (NaN -> GREY; infinities take the end colours: a std of 0 is the lowest scale)."""
     span = vmax - vmin if vmax > vmin else 1.0
     with np.errstate(invalid="ignore"):
         t = np.clip((values - vmin) / span, 0.0, 1.0)
     idx = _CMAP + np.round(np.nan_to_num(t) * (_LEVELS - 1)).astype(np.int64)
-    return np.where(np.isfinite(values), idx, GREY).astype(np.uint8)
+    return np.where(np.isnan(values), GREY, idx).astype(np.uint8)
 
 
 def _fmt(value: float) -> str:

@@ -113,7 +113,7 @@ class Overview:
         steps = self.steps
         std = self._matrix("std")
         with np.errstate(divide="ignore", invalid="ignore"):
-            log_std = np.where(std > 0, np.log10(std), np.nan)
+            log_std = np.where(std >= 0, np.log10(std), np.nan)  # a std of 0 is -inf: the lowest colour
         slr, psi, zeros, dead = (self._matrix(f) for f in ("std_log_ratio", "shape_psi", "zeros", "dead"))
         roles = [self.kinds[k][1] for k in self.rows]
         applies = np.array([r in ("activation", "bounded", "other") for r in roles])[:, None]
@@ -123,7 +123,7 @@ class Overview:
         for r in range(len(self.rows)):
             parts = []
             if math.isfinite(slr[r, -1]):
-                parts.append(f"x{math.exp(slr[r, -1]):.2f} of ref")
+                parts.append(f"x{math.exp(slr[r, -1]):.2g} of ref")
             if math.isfinite(dead[r, -1]):
                 parts.append(f"dead {dead[r, -1]:.0%}")
             kinds = sorted(k for m, k in latest if m == self.rows[r])

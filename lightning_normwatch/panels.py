@@ -203,22 +203,20 @@ def layout_for(
 
     TensorBoard draws every series of a run in the same colour, so no chart mixes tensors: each
     chart holds one tensor's figure, titled with the tensor and its layer type (``net.1 (ReLU)``),
-    and its thresholds. Drift figures that alert on both sides are ``Margin`` charts whose band is
-    the allowed range (``normwatch/thresholds/<name>_low`` to ``normwatch/thresholds/<name>``): an
-    alert fires when the line leaves the band. ``dead`` is charted for activations, ``saturated``
-    for bounded activations only. ``kinds`` maps tensors to ``(layer type, role)``.
-
-    Multiline charts take regular expressions (TensorBoard matches them from the start of the tag);
-    Margin charts take exactly three tags (value, lower, upper).
+    and its thresholds. Drift figures that alert on both sides are drawn with both threshold lines
+    (``normwatch/thresholds/<name>_low`` and ``normwatch/thresholds/<name>``). ``dead`` is charted
+    for activations, ``saturated`` for bounded activations only. ``kinds`` maps tensors to
+    ``(layer type, role)``. Every chart is a Multiline chart (TensorBoard draws Margin charts after
+    all Multiline charts of a category, which would separate a tensor's charts); its regular
+    expressions are matched from the start of the tag.
 
     Example:
         >>> layout = layout_for(["net.0", "net.1"], {"net.0": ("Linear", "preact"), "net.1": ("ReLU", "activation")})
         >>> list(layout)
         ['normwatch: alerts', 'normwatch: 1/1 net.0 (Linear) ... net.1 (ReLU)']
         >>> charts = layout["normwatch: 1/1 net.0 (Linear) ... net.1 (ReLU)"]
-        >>> charts["net.1 (ReLU): log(std / reference std), alert outside the band"]  # doctest: +NORMALIZE_WHITESPACE
-        ['Margin', ['normwatch/net.1/std_log_ratio', 'normwatch/thresholds/log_scale_drift_low',
-                    'normwatch/thresholds/log_scale_drift']]
+        >>> charts["net.1 (ReLU): log(std / reference std), alert beyond either threshold line"]
+        ['Multiline', ['^normwatch/net\\.1/std_log_ratio$', '^normwatch/thresholds/log_scale_drift(_low)?$']]
         >>> [t for t in charts if "dead" in t]
         ['net.1 (ReLU): share of dead units, alert above the threshold line']
     """
@@ -239,13 +237,13 @@ def layout_for(
             pattern = "^" + re.escape(base)
             role = kinds.get(key, ("", "other"))[1]
             category[f"{label}: std"] = ["Multiline", [pattern + "/std$"]]
-            category[f"{label}: log(std / reference std), alert outside the band"] = [
-                "Margin",
-                [f"{base}/std_log_ratio", f"{th}/log_scale_drift_low", f"{th}/log_scale_drift"],
+            category[f"{label}: log(std / reference std), alert beyond either threshold line"] = [
+                "Multiline",
+                [pattern + "/std_log_ratio$", f"^{th}/log_scale_drift(_low)?$"],
             ]
-            category[f"{label}: mean shift in reference stds, alert outside the band"] = [
-                "Margin",
-                [f"{base}/mean_shift", f"{th}/mean_drift_low", f"{th}/mean_drift"],
+            category[f"{label}: mean shift in reference stds, alert beyond either threshold line"] = [
+                "Multiline",
+                [pattern + "/mean_shift$", f"^{th}/mean_drift(_low)?$"],
             ]
             category[f"{label}: shape PSI vs reference, alert above the threshold line"] = [
                 "Multiline",

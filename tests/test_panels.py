@@ -156,24 +156,24 @@ def test_custom_scalars_layout_matches_logged_tags(healthy) -> None:
     layout = _layout(acc)
     titles = [c.title for c in layout.category]
     assert titles == ["normwatch: alerts", "normwatch: 1/1 input (batch) ... net.4 (Linear)"]
-    margins = 0
+    both_sides = 0
     for category in layout.category:
         for chart in category.chart:
-            if chart.HasField("margin"):
-                for series in chart.margin.series:
-                    assert {series.value, series.lower, series.upper} <= scalars, chart.title
-                    # both threshold lines: the band's edges are the negative and positive thresholds
-                    assert series.lower.endswith("_low") and series.upper == series.lower[: -len("_low")]
-                margins += 1
-            else:
-                matched = set()
-                for pattern in chart.multiline.tag:  # TensorBoard uses re.match on every tag
-                    hits = {tag for tag in scalars if re.match(pattern, tag)}
-                    assert hits, (chart.title, pattern)
-                    matched |= hits
-                tensors = {t.split("/")[1] for t in matched} - {"thresholds", "alerts"}
-                assert len(tensors) <= 1, (chart.title, matched)  # never several tensors in one chart
-    assert margins == 2 * len(NUMEL)  # log std ratio and mean shift of every watched tensor
+            assert chart.HasField("multiline"), chart.title  # Margin charts would be drawn apart from the rest
+            matched = set()
+            for pattern in chart.multiline.tag:  # TensorBoard uses re.match on every tag
+                hits = {tag for tag in scalars if re.match(pattern, tag)}
+                assert hits, (chart.title, pattern)
+                matched |= hits
+            tensors = {t.split("/")[1] for t in matched} - {"thresholds", "alerts"}
+            assert len(tensors) <= 1, (chart.title, matched)  # never several tensors in one chart
+            lines = {t for t in matched if t.startswith("normwatch/thresholds/")}
+            if "beyond either threshold line" in chart.title:  # both threshold lines, + and -
+                assert len(lines) == 2 and {t[:-4] for t in lines if t.endswith("_low")} == lines - {
+                    t for t in lines if t.endswith("_low")
+                }
+                both_sides += 1
+    assert both_sides == 2 * len(NUMEL)  # log std ratio and mean shift of every watched tensor
     charts = [c.title for cat in layout.category[1:] for c in cat.chart]
     for key, type_name in TYPES.items():  # every title names the tensor and its layer type
         assert f"{key} ({type_name}): std" in charts
@@ -443,3 +443,15 @@ def test_overview_marks_the_alerted_layer(dead) -> None:
     red_rows = {(y - top) // (ROW * 2) for y in np.nonzero(red.any(axis=1))[0] if y >= top}
     assert 2 in red_rows and not red_rows & {0, 1, 3}  # red marks only on net.1's row
     assert alerted == [False, False, True, False]
+
+
+def test_heatmap_cells_take_the_colour_of_their_value() -> None:
+    from lightning_normwatch.heatmap import GREY, ROW, heatmap, sequential
+
+    img = heatmap(np.array([[-np.inf, 0.0, 1.0, np.nan]]), ["a (ReLU)"], [0, 10, 20, 30], "t", zoom=1)
+    cells = img.pixels[4 + 2 * ROW + 4 + 3]  # a pixel row through the only heatmap row
+    colours = [c for i, c in enumerate(cells) if i == 0 or c != cells[i - 1]]
+    cmap = sequential()
+    rgb = [tuple(img.palette[c]) for c in colours if c >= 16 or c == GREY]
+    # a std of 0 (log -inf) is the lowest colour like the minimum, NaN (not measured) is grey
+    assert rgb == [tuple(cmap[0]), tuple(cmap[-1]), tuple(img.palette[GREY])]

@@ -125,13 +125,14 @@ def test_custom_scalars_layout_is_served(server: str) -> None:
     categories = {c["title"]: c for c in layout["category"]}
     assert list(categories) == ["normwatch: alerts", "normwatch: 1/1 input (batch) ... net.2 (Linear)"]
     charts = {ch["title"]: ch for ch in categories["normwatch: 1/1 input (batch) ... net.2 (Linear)"]["chart"]}
-    assert charts["net.1 (ReLU): log(std / reference std), alert outside the band"]["margin"]["series"] == [
-        {
-            "value": "normwatch/net.1/std_log_ratio",
-            "lower": "normwatch/thresholds/log_scale_drift_low",
-            "upper": "normwatch/thresholds/log_scale_drift",
-        }
+    value, lines = charts["net.1 (ReLU): log(std / reference std), alert beyond either threshold line"]["multiline"][
+        "tag"
     ]
+    found = get(server, "/data/plugin/custom_scalars/scalars", run="demo/version_0", tag=lines)
+    assert set(found["tag_to_events"]) == {
+        "normwatch/thresholds/log_scale_drift",
+        "normwatch/thresholds/log_scale_drift_low",
+    }
     # the plugin resolves a Multiline regex to the matching scalar series: one tensor and its threshold
     pattern, threshold = charts["net.1 (ReLU): share of dead units, alert above the threshold line"]["multiline"]["tag"]
     for tag, expected in ((pattern, "normwatch/net.1/dead"), (threshold, "normwatch/thresholds/dead")):
@@ -145,7 +146,7 @@ def test_alert_text_and_figures(server: str) -> None:
     assert tags == ["normwatch/alerts/text_summary", "normwatch/watched/text_summary"]
     texts = get(server, "/data/plugin/text/text", run="demo/version_0", tag=tags[0])
     html = texts[-1]["text"]
-    assert "<table>" in html and re.search(r"<td>net\.1</td>\s*<td>dead</td>\s*<td>warning</td>", html), html
+    assert "<table>" in html and re.search(r"<td>net\.1 \(ReLU\)</td>\s*<td>dead</td>\s*<td>warning</td>", html), html
     images = get(server, "/data/plugin/images/tags")["demo/version_0"]
     assert set(images) == {"normwatch/figures/inputs", "normwatch/figures/net"} | {
         f"normwatch/overview/{name}"
