@@ -216,7 +216,7 @@ def layout_for(
         ['normwatch: alerts', 'normwatch: 1/1 net.0 (Linear) ... net.1 (ReLU)']
         >>> charts = layout["normwatch: 1/1 net.0 (Linear) ... net.1 (ReLU)"]
         >>> charts["net.1 (ReLU): log(std / reference std), alert beyond either threshold line"]
-        ['Multiline', ['^normwatch/net\\.1/std_log_ratio$', '^normwatch/thresholds/log_scale_drift(_low)?$']]
+        ['Multiline', ['^normwatch/net\\\\.1/std_log_ratio$', '^normwatch/thresholds/log_scale_drift(_low)?$']]
         >>> [t for t in charts if "dead" in t]
         ['net.1 (ReLU): share of dead units, alert above the threshold line']
     """
