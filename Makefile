@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV) || python3 -m venv $(VENV)
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,plots,examples]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,plots,examples,integrations]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -32,4 +32,4 @@ drift: $(STAMP)
 	$(BIN)/python benchmarks/drift_sensitivity.py
 
 clean:
-	rm -rf $(VENV) lightning_logs logs
+	rm -rf $(VENV) lightning_logs logs build dist *.egg-info wandb mlruns

@@ -181,7 +181,11 @@ def conclusion(s: dict, levels: tuple[float, ...], steps: int) -> list[str]:
     # Alike: each loss level reached within 1.5x the steps (+ one logging interval) and test accuracies within
     # 3 points. Final losses of converged runs (1e-3 and below: memorized training sets) are not compared.
     reach = {lv: [s[v]["steps_to_level_median"][str(lv)] for v in scaled] for lv in levels}
-    same_speed = all(all(math.isfinite(x) for x in r) and max(r) <= 1.5 * min(r) + 10 for r in reach.values())
+    # (a level none of them reached in the run counts as alike; one reached by some only does not)
+    same_speed = all(
+        (all(math.isfinite(x) for x in r) and max(r) <= 1.5 * min(r) + 10) or not any(math.isfinite(x) for x in r)
+        for r in reach.values()
+    )
     accs = [s[v]["test_accuracy_median"] for v in scaled]
     same_acc = max(accs) - min(accs) <= 0.03
     alike = same_speed and same_acc

@@ -9,9 +9,10 @@ Example:
 
 from __future__ import annotations
 
-import logging
+import contextlib
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import pytorch_lightning as pl
@@ -21,53 +22,23 @@ from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
+from . import console
 from .alerts import Alert, NormWatchAlertError
 from .config import Thresholds, check_choice, check_positive_int
 from .distributed import Exchange
 from .monitor import Monitor, MonitorConfig, StepResult
 from .replay import RngState, preserved
+from .scalars import ALL_SCALARS, SCALAR_SETS, scalar_metrics, threshold_metrics
 from .selection import Pattern, named_tensors, validate_patterns
 
 __all__ = ["NormWatch"]
 
-log = logging.getLogger("lightning_normwatch")
+from .console import log
 
 InputSpec = bool | str | int | Callable[[Any], Any]
 
-#: figures logged as scalars ``normwatch/<tensor>/<figure>`` (when finite, or always for the first four)
-SCALARS = (
-    "mean",
-    "std",
-    "min",
-    "max",
-    "zeros",
-    "nonfinite",
-    "skew",
-    "kurtosis",
-    "channel_skew",
-    "channel_kurtosis",
-    "channel_scale_ratio",
-    "dead",
-    "saturated",
-    "normal_ks",
-    "normaltest_p",
-    "jarque_bera_p",
-    "std_log_ratio",
-    "mean_shift",
-    "psi",
-    "ks",
-    "shape_psi",
-    "shape_ks",
-    "feature_rms_ratio",
-    "feature_rms_max",
-    "feature_drift_share",
-    "feature_changed_share",
-    "feature_drift_worst",
-    "feature_mean_shift_max",
-    "feature_std_log_ratio_max",
-    "feature_psi_max",
-)
-_ALWAYS = {"mean", "std", "min", "max"}
+#: every figure that can be logged as a scalar ``normwatch/<tensor>/<figure>`` (``scalars="all"``)
+SCALARS = ALL_SCALARS
 
 
 _NOT_FEATURES = ("mask", "label", "target", "weight", "ids")
@@ -112,6 +83,43 @@ def _names_no_feature(key: str) -> bool:
     return any(word in key for word in _NOT_FEATURES)
 
 
+def is_compiled(model: torch.nn.Module) -> bool:
+    """Whether ``torch.compile`` wraps the model or one of its submodules.
+
+    ``trainer.fit(torch.compile(model))`` unwraps the module and compiles its ``forward`` and
+    ``training_step`` (``_compiler_ctx``); ``self.net = torch.compile(net)`` leaves an ``OptimizedModule``
+    in the tree.
+
+    Example:
+        >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2))
+        >>> is_compiled(net), is_compiled(torch.nn.Sequential(torch.compile(net)))
+        (False, True)
+    """
+    if getattr(model, "_compiler_ctx", None):
+        return True
+    try:
+        from torch._dynamo.eval_frame import OptimizedModule
+    except ImportError:  # pragma: no cover - torch without dynamo
+        return False
+    return any(isinstance(m, OptimizedModule) for m in model.modules())
+
+
+@contextmanager
+def _silenced(pl_module: pl.LightningModule) -> Iterator[None]:
+    """``self.log``/``self.log_dict`` do nothing inside (a replayed ``training_step`` must not log twice)."""
+    originals = {name: pl_module.__dict__.get(name) for name in ("log", "log_dict")}
+    try:
+        pl_module.log = lambda *args, **kwargs: None  # type: ignore[method-assign]
+        pl_module.log_dict = lambda *args, **kwargs: None  # type: ignore[method-assign]
+        yield
+    finally:
+        for name, value in originals.items():
+            if value is None:
+                pl_module.__dict__.pop(name, None)
+            else:
+                pl_module.__dict__[name] = value
+
+
 def log_scalars(logger: Any, metrics: dict[str, float], step: int) -> None:
     """``logger.log_metrics(metrics, step)``, with all scalars in one event for a ``TensorBoardLogger``.
 
@@ -120,19 +128,9 @@ def log_scalars(logger: Any, metrics: dict[str, float], step: int) -> None:
     25 ms for the 240 scalars of an 8-layer model. One event holding every value costs 0.3 ms and
     reads back the same (TensorBoard, ``EventAccumulator``).
     """
-    from pytorch_lightning.loggers import TensorBoardLogger
-    from torch.utils.tensorboard import SummaryWriter
+    from .adapters.loggers import log_scalars as _log_scalars  # both Lightning packages; MLflow-safe keys
 
-    writer = logger.experiment if isinstance(logger, TensorBoardLogger) else None
-    if not isinstance(writer, SummaryWriter):  # another logger, or tensorboardX's writer
-        logger.log_metrics(metrics, step=step)
-        return
-    from tensorboard.compat.proto.summary_pb2 import Summary
-
-    prefix = getattr(logger, "_prefix", "")  # TensorBoardLogger(prefix=...), joined as log_metrics does
-    tags = (f"{prefix}{logger.LOGGER_JOIN_CHAR}{k}" if prefix else k for k in metrics)
-    values = [Summary.Value(tag=tag, simple_value=float(v)) for tag, v in zip(tags, metrics.values(), strict=True)]
-    writer._get_file_writer().add_summary(Summary(value=values), step)
+    _log_scalars(logger, metrics, step)
 
 
 class NormWatch(Callback):
@@ -163,6 +161,8 @@ class NormWatch(Callback):
         input_drift: per-feature input drift alerts: ``"warn"``, ``"info"`` (for data that changes on
             purpose: a curriculum, a domain schedule) or ``"off"`` (figures only).
         feature_names: names of the input features (columns, or channels of images), used in alerts.
+        scalars: ``"default"``: per tensor the figures a person reads and the rules compare, only those
+            that apply to its role (6 to 8 scalars, see ``lightning_normwatch.scalars``); ``"all"``: every figure.
 
     Raises:
         ValueError: a parameter has a bad value (the message names it).
@@ -192,6 +192,7 @@ class NormWatch(Callback):
         plot_every_n_steps: int | None = None,
         input_drift: str = "warn",
         feature_names: Sequence[str] | None = None,
+        scalars: str = "default",
     ) -> None:
         self.modules = None if modules is None else validate_patterns("modules", modules)
         self.exclude = validate_patterns("exclude", exclude)
@@ -210,6 +211,7 @@ class NormWatch(Callback):
             isinstance(feature_names, str) or not all(isinstance(n, str) for n in feature_names)
         ):
             raise ValueError(f"NormWatch: feature_names must be a sequence of strings or None, got {feature_names!r}")
+        check_choice("scalars", scalars, SCALAR_SETS)
         if not isinstance(check_nonfinite, bool):
             raise ValueError(f"NormWatch: check_nonfinite must be a bool, got {check_nonfinite!r}")
         if isinstance(seed, bool) or not isinstance(seed, int):
@@ -222,6 +224,7 @@ class NormWatch(Callback):
         self.check_nonfinite = check_nonfinite
         self.tensorboard = tensorboard
         self.plot_every_n_steps = plot_every_n_steps
+        self.scalars = scalars
         self.config = MonitorConfig(
             sample_size=sample_size,
             pvalue_size=pvalue_size,
@@ -244,6 +247,9 @@ class NormWatch(Callback):
         self._rng: RngState | None = None
         self._bad_loss: Tensor | None = None
         self._resume_after_validation = False
+        self._compiled = False
+        self._replayed = False  # this batch's forward was already replayed for measurement (compiled model)
+        self._warned_manual = False
 
     @property
     def exchange(self) -> Exchange | None:
@@ -275,6 +281,7 @@ class NormWatch(Callback):
         self._bad_loss = None
         self._exchange = Exchange.for_trainer(trainer, self.monitor)
         names = self.monitor.attach(pl_module, self.modules, self.exclude)
+        self._compiled = is_compiled(pl_module)
         if not names and self.inputs is False:
             rank_zero_warn("NormWatch: no module matches `modules`/`exclude` and inputs=False: nothing to watch.")
         if not trainer.loggers:
@@ -283,6 +290,8 @@ class NormWatch(Callback):
             from .panels import Panels
 
             self._panels = Panels.for_trainer(trainer, self.plot_every_n_steps)
+        if trainer.is_global_zero:
+            console.log_start(self, trainer, len(names))
 
     def _stop(self) -> None:
         self.monitor.disarm()
@@ -293,6 +302,11 @@ class NormWatch(Callback):
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._stop()
+        if trainer.is_global_zero and self.last_result is not None:
+            roles = {key: self._role(key) for key in self.last_result.figures}
+            console.log_summary(
+                self.last_result.figures, self._types(), self.alerts, self.last_result.step, roles=roles
+            )
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
@@ -325,15 +339,21 @@ class NormWatch(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         step = trainer.global_step
-        if self.check_nonfinite:
+        logging_step = self.is_logging_step(step)
+        self._replayed = False
+        if self.check_nonfinite or (logging_step and self._compiled):
             self._batch, self._batch_idx = batch, batch_idx
             self._rng = RngState.capture(torch_only=True)
-        if self.is_logging_step(step):
+        if logging_step:
             automatic = self._automatic_inputs()
             if automatic:  # the monitor's hooks find the features the modules consume during the forward
                 self.monitor.expect_inputs(batch)
             if not self._collecting or step != self._step_at_start:
                 self.monitor.arm()
+                if self._compiled:
+                    # No hook may be seen by compiled code (dynamo would trace it into the graph, recompile,
+                    # and under fullgraph=True fail): the layers are measured by an eager replay of the batch.
+                    self.monitor.pause()
                 self._collecting = True
                 self._step_at_start = step
             if not automatic:
@@ -345,6 +365,8 @@ class NormWatch(Callback):
 
     @override
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Tensor) -> None:
+        if self._compiled and self._collecting and not self._replayed and self._batch is not None:
+            self._measure_compiled(pl_module)
         if not self.check_nonfinite or self.monitor.nonfinite_active or self._batch is None:
             return
         loss = loss.detach()
@@ -363,17 +385,42 @@ class NormWatch(Callback):
         source = "the loss check; no replay under manual optimization"
         self._emit(trainer, self.monitor.raise_nonfinite(trainer.global_step, "loss", math.nan, 0, source))
 
+    def _eager(self) -> Any:
+        """Compiled code runs eagerly inside (hooks fire normally; nothing is traced or recompiled)."""
+        return torch.compiler.set_stance("force_eager") if self._compiled else nullcontext()
+
+    def _measure_compiled(self, pl_module: pl.LightningModule) -> None:
+        """Measure the layers of a compiled model on a logging step: replay the batch's ``training_step``
+        eagerly, without gradient, from the batch-start RNG state and on copies of the buffers, with hooks.
+
+        The compiled training step itself never meets a hook, so it runs the same graphs (no graph break,
+        no recompilation) and trains exactly as without NormWatch; the cost is one eager forward pass per
+        logging step. Under manual optimization ``training_step`` cannot be replayed (it steps the
+        optimizers): the layers are then not measured (the inputs and the loss still are).
+        """
+        self._replayed = True
+        if not pl_module.automatic_optimization:
+            if not self._warned_manual:
+                rank_zero_warn("NormWatch: compiled model under manual optimization: layers are not measured.")
+                self._warned_manual = True
+            return
+        self.monitor.resume()
+        try:
+            with _silenced(pl_module), self._eager(), preserved(pl_module, self._rng):
+                pl_module.training_step(self._batch, self._batch_idx)
+        except Exception as exc:  # best effort: never break training for it
+            log.debug("NormWatch: replay of a compiled model's batch failed: %r", exc)
+        finally:
+            self.monitor.pause()
+
     def _locate_nonfinite(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Replay this batch's forward with hooks armed to name the first module with NaN/Inf."""
-        originals = {name: pl_module.__dict__.get(name) for name in ("log", "log_dict")}
         batch, self._batch = self._batch, None  # a backward inside training_step must not replay again
         try:
-            pl_module.log = lambda *args, **kwargs: None  # type: ignore[method-assign]
-            pl_module.log_dict = lambda *args, **kwargs: None  # type: ignore[method-assign]
             automatic = self._automatic_inputs()
             if automatic:
                 self.monitor.expect_inputs(batch)
-            with self.monitor.separate_collection():
+            with _silenced(pl_module), self._eager(), self.monitor.separate_collection():
                 try:
                     with preserved(pl_module, self._rng):
                         if not automatic:
@@ -386,11 +433,6 @@ class NormWatch(Callback):
                 stats = self.monitor.collect()
         finally:
             self._batch = batch
-            for name, value in originals.items():
-                if value is None:
-                    pl_module.__dict__.pop(name, None)
-                else:
-                    pl_module.__dict__[name] = value
         first = self.monitor.first_nonfinite(stats)
         origin, share, downstream = first if first is not None else ("loss", math.nan, 0)
         new = self.monitor.raise_nonfinite(trainer.global_step, origin, share, downstream, "replaying the batch")
@@ -425,21 +467,26 @@ class NormWatch(Callback):
     def _log_figures(self, trainer: pl.Trainer, result: StepResult) -> None:
         metrics: dict[str, float] = {}
         for key, fig in result.figures.items():
-            for stat in SCALARS:
-                value = fig.get(stat)
-                if value is not None and (stat in _ALWAYS or math.isfinite(value)):
-                    metrics[f"normwatch/{key}/{stat}"] = float(value)
-            if math.isfinite(fig["mean"]) and math.isfinite(fig["std"]):
-                metrics[f"normwatch/{key}/mean_minus_std"] = fig["mean"] - fig["std"]
-                metrics[f"normwatch/{key}/mean_plus_std"] = fig["mean"] + fig["std"]
-        th = self.thresholds
-        metrics["normwatch/thresholds/shift"] = th.shift
-        metrics["normwatch/thresholds/log_scale_drift"] = math.log(th.scale_drift)
-        metrics["normwatch/thresholds/mean_drift"] = th.mean_drift
+            metrics.update(scalar_metrics(key, self._role(key), fig, self.scalars))
+        metrics.update(threshold_metrics(self.thresholds, metrics))
         for severity, count in result.active.items():
             metrics[f"normwatch/alerts/{severity}"] = float(count)
         for logger in trainer.loggers:
             log_scalars(logger, metrics, result.step)
+
+    def _types(self) -> dict[str, str]:
+        """Layer type by watched tensor (``net.1`` -> ``ReLU``), for what is printed."""
+        out = {}
+        for key in self.last_result.figures if self.last_result else ():
+            with contextlib.suppress(KeyError):  # a tensor only another rank observed has no type here
+                out[key] = self.monitor.info(key).type_name
+        return out
+
+    def _role(self, key: str) -> str:
+        try:
+            return self.monitor.info(key).role
+        except KeyError:  # a tensor only another rank observed
+            return "other"
 
     def _emit(self, trainer: pl.Trainer, alerts: list[Alert]) -> None:
         if not alerts:
@@ -447,9 +494,8 @@ class NormWatch(Callback):
         if self._panels is not None and trainer.is_global_zero:
             self._panels.write_alerts(self.monitor.alerts, alerts[-1].step)
         if self.on_alert != "ignore" and trainer.is_global_zero:
-            for alert in alerts:
-                level = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}[alert.severity]
-                log.log(level, "NormWatch [%s] %s: %s", alert.kind, alert.module, alert.message)
+            for level, line in console.alert_lines(alerts, self._types()):
+                log.log(level, "%s", line)
         if self.on_alert == "raise":
             for alert in alerts:
                 if alert.severity != "info":
@@ -463,3 +509,9 @@ class NormWatch(Callback):
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.monitor.load_state_dict(state_dict)
+
+
+# Fabric(callbacks=[NormWatch()]) calls hooks with its own arguments: say to use LoopWatch instead.
+from .adapters.guard import trainer_hooks_only  # noqa: E402
+
+trainer_hooks_only(NormWatch)

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from .alerts import SEVERITY, Alert, AlertTracker
+from .batched import measure_all
 from .config import Thresholds
 from .features import FEATURE_BINS, FeatureStats, feature_histogram
 from .inputs import InputTracker, batch_tensors, is_consumer_candidate, storage_key
@@ -39,7 +40,6 @@ from .measure import (
     MeasureSpec,
     Sampled,
     channel_first_for,
-    measure_sampled,
     measured_channels,
     saturation_bounds_for,
     take_sample,
@@ -47,7 +47,7 @@ from .measure import (
 from .reference import Reference, drift
 from .rules import TensorInfo, evaluate, nonfinite_alert
 from .selection import Pattern, named_tensors, role_of, select_modules
-from .summary import TensorStats, figures
+from .summary import TensorStats, figures_many
 
 __all__ = ["Monitor", "MonitorConfig", "StepResult"]
 
@@ -207,6 +207,8 @@ class Monitor:
 
     def _hook_for(self, name: str) -> Callable[[nn.Module, object, object], None]:
         def hook(module: nn.Module, args: object, output: object) -> None:
+            if torch.compiler.is_compiling():  # traced by dynamo (a compiled call NormWatch did not detect): skip
+                return
             for key, tensor in named_tensors(output, name):
                 self.observe(key, tensor, module)
 
@@ -366,13 +368,15 @@ class Monitor:
 
     def local_blocks(self) -> dict[str, Tensor]:
         """This process's blocks of the current collection, ``[calls, size]`` per tensor, in execution order."""
-        out = {}
+        items = [s for taken in self._blocks.values() for s in taken]
+        blocks = iter(measure_all(items))  # one set of operations for all tensors (batched.py)
+        out: dict[str, Tensor] = {}
         for key, taken in self._blocks.items():
-            blocks = [measure_sampled(s) for s in taken]
+            mine = [next(blocks) for _ in taken]
             tails = self._tails.get(key)
             if tails:  # input features: the per-feature tail
-                blocks = [torch.cat([b, t.to(b.dtype)]) for b, t in zip(blocks, tails, strict=True)]
-            out[key] = torch.stack(blocks)
+                mine = [torch.cat([b, t.to(b.dtype)]) for b, t in zip(mine, tails, strict=True)]
+            out[key] = mine[0].unsqueeze(0) if len(mine) == 1 else torch.stack(mine)
         return out
 
     def block_layout(self, key: str, channels: int) -> BlockLayout:
@@ -437,9 +441,10 @@ class Monitor:
         firing: list[Alert] = []
         checked: set[tuple[str, str]] = set()
         prediction = self._prediction_keys(stats)
+        computed = dict(zip(stats, figures_many(list(stats.values())), strict=True))  # all tensors at once
         for key, st in stats.items():
             info = self._infos.get(key) or TensorInfo(key, "other", "?", len(st.cn))
-            fig = figures(st)
+            fig = computed[key]
             if info.role == "input":
                 fig.update(self._input_figures(key, st, step, firing, checked))
             ref = self.references.setdefault(key, Reference())

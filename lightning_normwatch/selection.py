@@ -21,7 +21,7 @@ from torch.nn.modules.batchnorm import _NormBase
 
 from .measure import saturation_bounds_for
 
-__all__ = ["select_modules", "named_tensors", "role_of", "validate_patterns", "Pattern"]
+__all__ = ["select_modules", "named_tensors", "role_of", "validate_patterns", "user_name", "Pattern"]
 
 Pattern = str | type
 
@@ -105,8 +105,10 @@ def select_modules(
     The model itself (name ``""``) is never selected.
     """
     chosen = []
-    for name, module in model.named_modules():
-        if not name:
+    seen: set[str] = set()
+    for qualified, module in model.named_modules():
+        name = user_name(qualified)
+        if not name or name in seen:  # the model itself; a compiled module's wrapper and the module it wraps
             continue
         if modules is None:
             if any(True for _ in module.children()) or isinstance(module, _SKIPPED_BY_DEFAULT):
@@ -116,7 +118,25 @@ def select_modules(
         if exclude and _matches(name, module, exclude):
             continue
         chosen.append((name, module))
+        seen.add(name)
     return chosen
+
+
+#: attribute names of wrappers that are not part of the user's model: ``torch.compile``'s ``OptimizedModule``
+#: and Fabric's ``_FabricModule``
+_WRAPPERS = ("_orig_mod", "_forward_module")
+
+
+def user_name(qualified: str) -> str:
+    """A module's name as the user wrote the model: without the wrappers' path components.
+
+    Example:
+        >>> user_name("_forward_module.encoder._orig_mod.0")
+        'encoder.0'
+    """
+    if not any(w in qualified for w in _WRAPPERS):
+        return qualified
+    return ".".join(part for part in qualified.split(".") if part not in _WRAPPERS)
 
 
 def role_of(module: nn.Module | None) -> str:

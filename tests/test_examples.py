@@ -155,6 +155,7 @@ def test_ics_sigmoid_quick(quick_runs) -> None:
         ex = {q: scalars(run, f"example/exact_p{q}")[1] for q in (15, 50, 85)}
         exact = np.array([ex[q] for q in ex])
         err = np.abs(np.array([nw[q] for q in nw]) - exact)
+        assert err.shape == (3, 30) and np.isfinite(err).all(), variant  # 300 steps, every 10th measured
         # NormWatch's percentiles of the probed unit are those of its batch, to within one histogram bin (10 % of
         # |x| of the values interpolated between, which lie within the batch's p15-p85 band for these ranks)
         assert (err <= 0.11 * np.abs(exact[[0, 2]]).max(axis=0) + 1e-4).all(), variant

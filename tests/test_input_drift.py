@@ -19,7 +19,7 @@ import torch
 from sklearn.datasets import load_breast_cancer, load_digits
 from sklearn.preprocessing import StandardScaler
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, RandomSampler, TensorDataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, TensorDataset
 
 from lightning_normwatch import NormWatch
 from tests.models import trainer
@@ -242,8 +242,9 @@ def test_stationary_streams_raise_no_warning_over_1000_logging_steps(tmp_path, s
     flat = math.prod(x.shape[1:])
     net = nn.Sequential(nn.Flatten(), nn.Linear(flat, 2))
     cb = watch(warmup_steps=20, reference_steps=80)
-    sampler = RandomSampler(TensorDataset(x, y), replacement=True, num_samples=1000 * batch)
-    data = DataLoader(TensorDataset(x, y), batch_size=batch, sampler=sampler)
+    ds = TensorDataset(x, y)
+    rows = BatchSampler(RandomSampler(ds, replacement=True, num_samples=1000 * batch), batch, drop_last=True)
+    data = DataLoader(ds, sampler=rows, batch_size=None)  # one indexing per batch, not per row
     trainer(tmp_path, [cb], max_steps=1000).fit(Fit(net, lr=1e-4), data)
     warnings = [(a.kind, a.step, a.message[:200]) for a in cb.alerts if a.severity != "info"]
     assert warnings == []
