@@ -205,7 +205,8 @@ def layout_for(
     chart holds one tensor's figure, titled with the tensor and its layer type (``net.1 (ReLU)``),
     and its thresholds. Drift figures that alert on both sides are drawn with both threshold lines
     (``normwatch/thresholds/<name>_low`` and ``normwatch/thresholds/<name>``). ``dead`` is charted
-    for activations, ``saturated`` for bounded activations only. ``kinds`` maps tensors to
+    for activations, ``saturated`` for bounded activations only; inputs get their per-feature drift
+    figures against the effect floors instead of the pooled drift charts. ``kinds`` maps tensors to
     ``(layer type, role)``. Every chart is a Multiline chart (TensorBoard draws Margin charts after
     all Multiline charts of a category, which would separate a tensor's charts); its regular
     expressions are matched from the start of the tag.
@@ -237,6 +238,21 @@ def layout_for(
             pattern = "^" + re.escape(base)
             role = kinds.get(key, ("", "other"))[1]
             category[f"{label}: std"] = ["Multiline", [pattern + "/std$"]]
+            if role == "input":  # judged per feature (input_drift): the worst feature against its effect floor
+                for figure, floor, what in (
+                    ("feature_mean_shift_max", "input_mean_shift", "largest |mean shift| of a feature (reference σ)"),
+                    ("feature_std_log_ratio_max", "input_log_scale", "largest |log std ratio| of a feature"),
+                    ("feature_psi_max", "input_psi", "largest PSI of a feature"),
+                ):
+                    category[f"{label}: {what}, effect floor line"] = [
+                        "Multiline",
+                        [pattern + f"/{figure}$", f"^{th}/{floor}$"],
+                    ]
+                category[f"{label}: share of features drifted (input_drift)"] = [
+                    "Multiline",
+                    [pattern + "/feature_drift_share$"],
+                ]
+                continue
             category[f"{label}: log(std / reference std), alert beyond either threshold line"] = [
                 "Multiline",
                 [pattern + "/std_log_ratio$", f"^{th}/log_scale_drift(_low)?$"],

@@ -126,7 +126,8 @@ def threshold_metrics(th: object, logged: dict[str, float]) -> dict[str, float]:
 
     A threshold is only logged at steps where its figure is, so its line starts where the figure's
     does: ``log_scale_drift`` (``+log(scale_drift)``) with ``log_scale_drift_low`` (its negative),
-    ``mean_drift`` with ``mean_drift_low``, ``shift`` (shape PSI), ``dead``, ``saturated``.
+    ``mean_drift`` with ``mean_drift_low``, ``shift`` (shape PSI), ``dead``, ``saturated``; for inputs
+    the per-feature effect floors ``input_mean_shift``, ``input_log_scale`` (``log(input_scale)``), ``input_psi``.
 
     Example:
         >>> from lightning_normwatch.config import Thresholds
@@ -148,4 +149,11 @@ def threshold_metrics(th: object, logged: dict[str, float]) -> dict[str, float]:
     for figure, name in (("shape_psi", "shift"), ("dead", "dead"), ("saturated", "saturated")):
         if figure in figures:
             out[base + name] = float(getattr(th, name))
+    # inputs: the per-feature effect floors (a change must also beat sampling noise to count)
+    if "feature_mean_shift_max" in figures:
+        out[base + "input_mean_shift"] = th.input_mean_shift  # type: ignore[attr-defined]
+    if "feature_std_log_ratio_max" in figures:
+        out[base + "input_log_scale"] = math.log(th.input_scale)  # type: ignore[attr-defined]
+    if "feature_psi_max" in figures:
+        out[base + "input_psi"] = th.input_psi  # type: ignore[attr-defined]
     return out

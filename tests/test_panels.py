@@ -112,6 +112,10 @@ def test_default_scalars_are_few_and_fit_each_layer(healthy) -> None:
     assert set(per_tensor) == set(NUMEL)
     assert float(np.median([len(v) for v in per_tensor.values()])) <= 8
     for key, stats in per_tensor.items():
+        if key == "input":  # judged per feature (input_drift), not on the pooled tensor's drift
+            drift = {"feature_drift_share", "feature_mean_shift_max", "feature_std_log_ratio_max", "feature_psi_max"}
+            assert {"mean", "std", "zeros"} | drift <= stats and "std_log_ratio" not in stats, stats
+            continue
         assert {"mean", "std", "zeros", "std_log_ratio", "mean_shift", "shape_psi"} <= stats, key
         assert ("dead" in stats) == (TYPES[key] == "ReLU"), (key, stats)  # dead only for activations
         assert "saturated" not in stats and "jarque_bera_p" not in stats and "min" not in stats
@@ -173,7 +177,9 @@ def test_custom_scalars_layout_matches_logged_tags(healthy) -> None:
                     t for t in lines if t.endswith("_low")
                 }
                 both_sides += 1
-    assert both_sides == 2 * len(NUMEL)  # log std ratio and mean shift of every watched tensor
+    assert both_sides == 2 * (len(NUMEL) - 1)  # log std ratio and mean shift of every watched tensor but the input
+    floors = [c.title for cat in layout.category for c in cat.chart if c.title.startswith("input (batch): largest")]
+    assert len(floors) == 3 and all(t.endswith("effect floor line") for t in floors)  # per-feature input drift
     charts = [c.title for cat in layout.category[1:] for c in cat.chart]
     for key, type_name in TYPES.items():  # every title names the tensor and its layer type
         assert f"{key} ({type_name}): std" in charts
