@@ -52,6 +52,10 @@ class Thresholds:
         outlier_min_abs: ... and max |x| at least this large (ignore tiny tensors' noise).
         skew: |within-channel skewness| above which the shape is reported as non-normal (info).
         kurtosis: within-channel excess kurtosis above which the shape is reported as non-normal (info).
+        vanishing: factor by which the RMS of every tensor from some layer on may stay below the largest
+            RMS of the layers before it (``depth.py``; no reference needed).
+        exploding: factor by which the RMS of every tensor from some layer on may stay above the smallest
+            RMS of the layers before it.
     """
 
     dead: float = 0.5
@@ -64,6 +68,8 @@ class Thresholds:
     outlier_min_abs: float = 6.0
     skew: float = 2.0
     kurtosis: float = 4.0
+    vanishing: float = 10.0
+    exploding: float = 100.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -73,7 +79,7 @@ class Thresholds:
         for name in ("dead", "saturated"):
             if not 0 < getattr(self, name) <= 1:
                 raise _fail(f"thresholds.{name}", "in (0, 1]", getattr(self, name))
-        for name in ("scale_drift", "feature_scale", "outlier"):
+        for name in ("scale_drift", "feature_scale", "outlier", "vanishing", "exploding"):
             if getattr(self, name) <= 1:
                 raise _fail(f"thresholds.{name}", "> 1", getattr(self, name))
         for name in ("mean_drift", "shift", "outlier_min_abs", "skew", "kurtosis"):

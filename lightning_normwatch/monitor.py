@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -33,10 +34,10 @@ from torch.utils.hooks import RemovableHandle
 
 from .alerts import SEVERITY, Alert, AlertTracker
 from .config import Thresholds
+from .layout import Flow, module_layout
 from .measure import (
     MeasureSpec,
     Sampled,
-    channel_first_for,
     measure_sampled,
     measured_channels,
     saturation_bounds_for,
@@ -44,11 +45,14 @@ from .measure import (
 )
 from .moments import merge_groups
 from .reference import Reference, drift
-from .rules import TensorInfo, evaluate, nonfinite_alert
+from .depth import depth_alerts
+from .rules import CLEAR_FRACTION, TensorInfo, evaluate, nonfinite_alert
 from .selection import Pattern, named_tensors, role_of, select_modules
 from .summary import TensorStats, feature_figures, figures
 
 __all__ = ["Monitor", "MonitorConfig", "StepResult"]
+
+log = logging.getLogger("lightning_normwatch")
 
 
 @dataclass(frozen=True)
@@ -113,7 +117,13 @@ class Monitor:
         self._handles: list[RemovableHandle] = []
         self._generators: dict[torch.device, torch.Generator] = {}
         self._generator_states: dict[str, Tensor] = {}
-        self._last_layout: tuple[torch.Size, bool] | None = None
+        self._model: nn.Module | None = None
+        self._flow = Flow()  # layout and producer of the tensors output in the current forward pass
+        self._calls: dict[str, int] = {}  # calls of each watched module in the current forward pass
+        self.called: set[str] = set()  # watched modules that ran since the collection started
+        self.edges: dict[str, str] = {}  # tensor key -> key of the watched tensor its module consumed
+        self._skipped: set[str] = set()  # tensors skipped with a debug line (sparse, complex)
+        self.alive: set[str] = set()  # tensors whose units were judged alive at some logging step
 
     # ----------------------------------------------------------------- hooks
     def attach(
@@ -121,6 +131,7 @@ class Monitor:
     ) -> list[str]:
         """Choose the modules to watch (hooks are only registered by ``arm``)."""
         self.watched = select_modules(model, modules, exclude)
+        self._model = model
         return [name for name, _ in self.watched]
 
     @property
@@ -131,12 +142,25 @@ class Monitor:
         """Register forward hooks on the watched modules and start a new collection."""
         self.disarm()
         self._blocks = {}
+        self.called = set()
+        self.next_pass()
         self.resume()
+
+    def next_pass(self) -> None:
+        """A new forward pass starts: call counts restart (``act``, ``act#2`` ... name call sites).
+
+        Called by a pre-hook on the attached model and by the callback at every batch, so that
+        accumulated batches merge into the same per-call entries.
+        """
+        self._calls = {}
+        self._flow.reset()
 
     def resume(self) -> None:
         """Register the hooks again after ``pause``, keeping what was collected."""
         if not self._handles:
             self._handles = [module.register_forward_hook(self._hook_for(name)) for name, module in self.watched]
+            if self._model is not None and self.watched:
+                self._handles.append(self._model.register_forward_pre_hook(lambda *_: self.next_pass()))
 
     def pause(self) -> None:
         """Remove the hooks but keep the collection (e.g. while validation runs inside a logging step)."""
@@ -154,20 +178,29 @@ class Monitor:
 
         Used to replay a forward pass (to locate NaN/Inf) in the middle of a logging step.
         """
-        saved, was_armed = self._blocks, self.armed
+        saved, was_armed = (self._blocks, self._calls, self._flow, self.called), self.armed
+        self._flow = Flow()
         self.arm()
         try:
             yield
         finally:
             self.disarm()
             if was_armed:
-                self.arm()
-            self._blocks = saved
+                self.resume()
+            self._blocks, self._calls, self._flow, self.called = saved
 
     def _hook_for(self, name: str) -> Callable[[nn.Module, object, object], None]:
-        def hook(module: nn.Module, args: object, output: object) -> None:
-            for key, tensor in named_tensors(output, name):
-                self.observe(key, tensor, module)
+        def hook(module: nn.Module, args: tuple[object, ...], output: object) -> None:
+            # one entry per call site of a module reused within a forward pass: ``act``, ``act#2`` ...
+            call = self._calls[name] = self._calls.get(name, 0) + 1
+            base = name if call == 1 else f"{name}#{call}"
+            self.called.add(name)
+            source = args[0] if args else None
+            producer = self._flow.lookup(source)
+            if producer is not None:
+                self.edges.setdefault(base, producer[1])
+            for key, tensor in named_tensors(output, base, complex_too=True):
+                self.observe(key, tensor, module, source=source)
 
         return hook
 
@@ -185,13 +218,19 @@ class Monitor:
             self._generators[device] = gen
         return gen
 
-    def _spec(self, tensor: Tensor, module: nn.Module | None, role: str | None) -> MeasureSpec:
+    def _spec(
+        self, tensor: Tensor, module: nn.Module | None, role: str | None, source: object = None
+    ) -> MeasureSpec:
         c = self.config
-        channel_first = channel_first_for(module, tensor.ndim) if role != "input" else tensor.ndim >= 4
-        if tensor.ndim == 3 and role != "input" and not channel_first and self._last_layout is not None:
-            # an activation after a Conv1d keeps its [B, C, L] layout: inherit it from the tensor before
-            shape, previous_channel_first = self._last_layout
-            channel_first = previous_channel_first and shape == tensor.shape
+        if role == "input":
+            channel_first = tensor.ndim >= 4
+        else:
+            # the module decides (a Linear on [B, H, W, C] has its channels last); a parameter-free
+            # module inherits the layout of the tensor it transforms; else [B, C, ...] for 4+ dims
+            layout = module_layout(module, tensor.shape)
+            if layout is None:
+                layout = self._flow.inherited(source, tensor.shape)
+            channel_first = tensor.ndim >= 4 if layout is None else layout
         return MeasureSpec(
             sample_size=c.sample_size,
             pvalue_size=math.ceil(c.pvalue_size / c.world_size),
@@ -201,31 +240,52 @@ class Monitor:
             bounds=saturation_bounds_for(module),
         )
 
-    def observe(self, name: str, tensor: Tensor, module: nn.Module | None = None, role: str | None = None) -> None:
-        """Sample one tensor now (on its device, no host sync); repeated calls of a module merge.
+    def observe(
+        self,
+        name: str,
+        tensor: Tensor,
+        module: nn.Module | None = None,
+        role: str | None = None,
+        source: object = None,
+    ) -> None:
+        """Sample one tensor now (on its device, no host sync); repeated observations of a name merge.
 
         Only the random draws and the full-tensor extremes happen here; the arithmetic on the
-        sample waits for ``local_blocks`` (all tensors in a row, with warm caches).
+        sample waits for ``local_blocks`` (all tensors in a row, with warm caches). ``source`` is
+        the module's input (a parameter-free module's output takes its channel layout). Sparse
+        and complex tensors are skipped with one debug line.
         """
-        if not isinstance(tensor, Tensor) or not tensor.is_floating_point():
+        if not isinstance(tensor, Tensor):
+            return
+        if tensor.layout != torch.strided or tensor.is_complex():
+            if name not in self._skipped:
+                self._skipped.add(name)
+                what = "complex" if tensor.is_complex() else f"{tensor.layout}"
+                log.debug("NormWatch: `%s` outputs a %s tensor: not measured", name, what)
+            return
+        if not tensor.is_floating_point():
             return
         key, spec = name, self._specs.get(name)
-        channels = measured_channels(tensor, spec or self._spec(tensor, module, role))
+        channels = measured_channels(tensor, spec or self._spec(tensor, module, role, source))
         call = 1
         while spec is not None and self._infos[key].channels != channels:
             call += 1  # same module called with a differently shaped tensor: a separate entry
             key = f"{name}@{call}"
             spec = self._specs.get(key)
         if spec is None:
-            spec = self._specs[key] = self._spec(tensor, module, role)
+            spec = self._specs[key] = self._spec(tensor, module, role, source)
             self._infos[key] = TensorInfo(
-                key, role or role_of(module), type(module).__name__ if module is not None else "batch", channels
+                key,
+                role or role_of(module),
+                type(module).__name__ if module is not None else "batch",
+                channels,
+                str(tensor.dtype).removeprefix("torch."),
             )
         taken = take_sample(tensor, spec, self._generator(tensor.device))
         if key in self._blocks:  # a further call (module reused, accumulated batches): p-values stay on one sample
             taken = replace(taken, pvalues=taken.pvalues[:0])
         self._blocks.setdefault(key, []).append(taken)
-        self._last_layout = (tensor.shape, spec.channel_first)
+        self._flow.record(tensor, spec.channel_first, key)
 
     def local_blocks(self) -> dict[str, Tensor]:
         """This process's blocks of the current collection, ``[calls, size]`` per tensor, in execution order."""
@@ -301,10 +361,15 @@ class Monitor:
                 fig.update(d)
             all_figures[key] = fig
             # The model's prediction drifts because it learns: that is not covariate shift.
-            a, c = evaluate(info, fig, None if key in prediction else d, th, step)
+            a, c = evaluate(info, fig, None if key in prediction else d, th, step, alive_before=key in self.alive)
             firing += a
             checked |= c
-        new = self.tracker.update(firing, checked)
+            if fig.get("dead", math.nan) < CLEAR_FRACTION * th.dead:
+                self.alive.add(key)
+        a, c = self._depth_alerts(stats, all_figures, prediction, step)
+        firing += a
+        checked |= c
+        new = self.tracker.update(firing, checked, step)
         first = self.first_nonfinite(stats)
         if first is not None:
             new = self.raise_nonfinite(step, *first, "the logging-step sample") + new
@@ -312,6 +377,17 @@ class Monitor:
             self.nonfinite_active = False
         self.alerts.extend(a for a in new if a.kind != "nonfinite")
         return StepResult(step, all_figures, new, self.active_counts())
+
+    def _depth_alerts(
+        self, stats: dict[str, TensorStats], all_figures: dict[str, dict[str, float]], prediction: set[str], step: int
+    ) -> tuple[list[Alert], set[tuple[str, str]]]:
+        """``vanishing``/``exploding`` across the watched tensors in execution order (no reference needed)."""
+        sequence = []
+        for key in stats:
+            info = self._infos.get(key)
+            if info is not None and info.role != "input" and key not in prediction and not stats[key].has_nonfinite:
+                sequence.append((info, all_figures[key]))
+        return depth_alerts(sequence, self.config.thresholds, step, self.tracker.active)
 
     def _input_figures(self, key: str, st: TensorStats, min_rows: float = 256) -> dict[str, float]:
         """Per-feature scales and within-feature shape of an input over every batch seen so far.
@@ -357,6 +433,7 @@ class Monitor:
         return {
             "references": {k: r.state() for k, r in self.references.items()},
             "active": self.tracker.state(),
+            "episodes": self.tracker.episode_state(),
             "nonfinite_active": self.nonfinite_active,
             "generators": dict(self._generator_states),
             "alerts": [a.to_dict() for a in self.alerts],
@@ -366,6 +443,7 @@ class Monitor:
     def load_state_dict(self, state: dict[str, object]) -> None:
         self.references = {k: Reference.from_state(v) for k, v in state.get("references", {}).items()}  # type: ignore[union-attr]
         self.tracker.load(state.get("active", []))  # type: ignore[arg-type]
+        self.tracker.load_episodes(state.get("episodes", {}))  # type: ignore[arg-type]
         self.nonfinite_active = bool(state.get("nonfinite_active", False))
         self._generator_states = dict(state.get("generators", {}))  # type: ignore[arg-type]
         self._generators = {}

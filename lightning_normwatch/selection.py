@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -119,8 +120,26 @@ def select_modules(
     return chosen
 
 
+#: class names of activations in other libraries (``transformers``' ``NewGELUActivation``, ``SiLUActivation`` ...)
+_ACTIVATION_NAME = re.compile(r"(activation|gelu|relu|silu|swish|mish|softplus|quickgelu)$", re.IGNORECASE)
+_NORM_NAME = re.compile(r"(norm|layernorm|rmsnorm)$", re.IGNORECASE)
+
+
 def role_of(module: nn.Module | None) -> str:
-    """``preact``, ``bounded``, ``activation`` or ``other`` (see ``rules.TensorInfo``)."""
+    """``preact``, ``bounded``, ``activation`` or ``other`` (see ``rules.TensorInfo``).
+
+    Modules from other libraries are recognised by shape and name: a module holding a 2-d weight
+    (``transformers``' ``Conv1D``) or named like a norm (``LlamaRMSNorm``) is a pre-activation; a
+    parameter-free module named like an activation (``NewGELUActivation``) is an activation.
+
+    Example:
+        >>> class NewGELUActivation(nn.Module): pass
+        >>> class Conv1D(nn.Module):
+        ...     def __init__(self): super().__init__(); self.weight = nn.Parameter(torch.zeros(4, 8))
+        >>> import torch
+        >>> role_of(NewGELUActivation()), role_of(Conv1D()), role_of(nn.Tanh())
+        ('activation', 'preact', 'bounded')
+    """
     if module is None:
         return "other"
     if saturation_bounds_for(module) is not None:
@@ -129,17 +148,25 @@ def role_of(module: nn.Module | None) -> str:
         return "activation"
     if isinstance(module, _PREACT):
         return "preact"
+    own = list(module.parameters(recurse=False))
+    name = type(module).__name__
+    if not own and _ACTIVATION_NAME.search(name):
+        return "activation"
+    if any(p.ndim == 2 for p in own) or (own and _NORM_NAME.search(name)):
+        return "preact"
     return "other"
 
 
-def named_tensors(output: Any, prefix: str, depth: int = 3) -> Iterator[tuple[str, Tensor]]:
+def named_tensors(
+    output: Any, prefix: str, depth: int = 3, complex_too: bool = False
+) -> Iterator[tuple[str, Tensor]]:
     """Floating-point tensors in a module output, named ``prefix``, ``prefix[i]`` or ``prefix.key``.
 
     Tuples, lists, dicts and dataclasses are walked (up to ``depth`` levels); ``None``, integer
-    tensors and other objects are skipped.
+    tensors and other objects are skipped (complex tensors too, unless ``complex_too``).
     """
     if isinstance(output, Tensor):
-        if output.is_floating_point():
+        if output.is_floating_point() or (complex_too and output.is_complex()):
             yield prefix, output
         return
     if depth == 0:
@@ -153,4 +180,4 @@ def named_tensors(output: Any, prefix: str, depth: int = 3) -> Iterator[tuple[st
     else:
         return
     for name, value in items:
-        yield from named_tensors(value, name, depth - 1)
+        yield from named_tensors(value, name, depth - 1, complex_too)
