@@ -111,9 +111,7 @@ class AlertTracker:
         # (module, kind) -> [step first raised, update index last firing, worst value raised, step of it]
         self.episodes: dict[tuple[str, str], list[float]] = {}
 
-    def update(
-        self, firing: Iterable[Alert], evaluated: set[tuple[str, str]], step: int | None = None
-    ) -> list[Alert]:
+    def update(self, firing: Iterable[Alert], evaluated: set[tuple[str, str]], step: int | None = None) -> list[Alert]:
         """Return the alerts that are new; record which conditions hold now."""
         firing = list(firing)
         self.updates += 1

@@ -34,6 +34,7 @@ from torch.utils.hooks import RemovableHandle
 
 from .alerts import SEVERITY, Alert, AlertTracker
 from .config import Thresholds
+from .depth import depth_alerts
 from .layout import Flow, module_layout
 from .measure import (
     MeasureSpec,
@@ -45,7 +46,6 @@ from .measure import (
 )
 from .moments import merge_groups
 from .reference import Reference, drift
-from .depth import depth_alerts
 from .rules import CLEAR_FRACTION, TensorInfo, evaluate, nonfinite_alert
 from .selection import Pattern, named_tensors, role_of, select_modules
 from .summary import TensorStats, feature_figures, figures
@@ -218,9 +218,7 @@ class Monitor:
             self._generators[device] = gen
         return gen
 
-    def _spec(
-        self, tensor: Tensor, module: nn.Module | None, role: str | None, source: object = None
-    ) -> MeasureSpec:
+    def _spec(self, tensor: Tensor, module: nn.Module | None, role: str | None, source: object = None) -> MeasureSpec:
         c = self.config
         if role == "input":
             channel_first = tensor.ndim >= 4

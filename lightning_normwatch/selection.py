@@ -157,9 +157,7 @@ def role_of(module: nn.Module | None) -> str:
     return "other"
 
 
-def named_tensors(
-    output: Any, prefix: str, depth: int = 3, complex_too: bool = False
-) -> Iterator[tuple[str, Tensor]]:
+def named_tensors(output: Any, prefix: str, depth: int = 3, complex_too: bool = False) -> Iterator[tuple[str, Tensor]]:
     """Floating-point tensors in a module output, named ``prefix``, ``prefix[i]`` or ``prefix.key``.
 
     Tuples, lists, dicts and dataclasses are walked (up to ``depth`` levels); ``None``, integer

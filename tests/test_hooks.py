@@ -287,7 +287,8 @@ class DeadThirdCall(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.fc1, self.fc2, self.fc3, self.out = nn.Linear(16, 32), nn.Linear(32, 32), nn.Linear(32, 32), nn.Linear(32, 1)
+        self.fc1, self.fc2, self.fc3 = nn.Linear(16, 32), nn.Linear(32, 32), nn.Linear(32, 32)
+        self.out = nn.Linear(32, 1)
         self.act = nn.ReLU()
         with torch.no_grad():
             self.fc3.bias.fill_(-100.0)
