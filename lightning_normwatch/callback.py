@@ -24,6 +24,7 @@ from typing_extensions import override
 from .alerts import Alert, NormWatchAlertError
 from .config import Thresholds, check_choice, check_positive_int
 from .distributed import Exchange
+from .model_checks import ModelChecks
 from .monitor import Monitor, MonitorConfig, StepResult
 from .replay import RngState, preserved
 from .selection import Pattern, named_tensors, validate_patterns
@@ -213,6 +214,9 @@ class NormWatch(Callback):
         self._rng: RngState | None = None
         self._bad_loss: Tensor | None = None
         self._resume_after_validation = False
+        self._checks: ModelChecks | None = None
+        self._checks_state: dict[str, Any] | None = None  # loaded before ``setup`` made ``_checks``
+        self._earlier_alerts: list[Alert] = []
 
     @property
     def exchange(self) -> Exchange | None:
@@ -221,8 +225,9 @@ class NormWatch(Callback):
 
     @property
     def alerts(self) -> list[Alert]:
-        """Every alert raised so far, in order."""
-        return self.monitor.alerts
+        """Every alert raised so far, in order, over every ``trainer.fit`` this callback took part in
+        (each fit starts a fresh monitor; the alerts of earlier fits are kept in front)."""
+        return self._earlier_alerts + self.monitor.alerts
 
     @property
     @override
@@ -239,11 +244,13 @@ class NormWatch(Callback):
         # this callback must not leak into this one. Lightning restores a checkpoint's state after setup.
         from dataclasses import replace
 
+        self._earlier_alerts += self.monitor.alerts
         self.monitor = Monitor(replace(self.config, world_size=max(1, trainer.world_size)))
         self.last_result = None
         self._bad_loss = None
         self._exchange = Exchange.for_trainer(trainer, self.monitor)
         names = self.monitor.attach(pl_module, self.modules, self.exclude)
+        self._checks = ModelChecks(dict(self.monitor.watched), dict(pl_module.named_modules()))
         if not names and self.inputs is False:
             rank_zero_warn("NormWatch: no module matches `modules`/`exclude` and inputs=False: nothing to watch.")
         if not trainer.loggers:
@@ -258,6 +265,16 @@ class NormWatch(Callback):
         self._collecting = False
         self._batch = None
         self._rng = None
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._checks is not None:
+            self._record(trainer, self._checks.frozen(pl_module, trainer.global_step))
+
+    def _record(self, trainer: pl.Trainer, alerts: list[Alert]) -> None:
+        """Alerts raised outside the monitor's rules (model checks): kept with the others, then emitted."""
+        self.monitor.alerts.extend(alerts)
+        self._emit(trainer, alerts)
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -350,6 +367,11 @@ class NormWatch(Callback):
                 else:
                     pl_module.__dict__[name] = value
         first = self.monitor.first_nonfinite(stats)
+        if first is None:  # a finite forward and a non-finite loss: the loss overflowed; name where it grew
+            overflowed = self.monitor.raise_overflow(trainer.global_step, stats)
+            if overflowed is not None:
+                self._emit(trainer, overflowed)
+                return
         origin, share, downstream = first if first is not None else ("loss", math.nan, 0)
         new = self.monitor.raise_nonfinite(trainer.global_step, origin, share, downstream, "replaying the batch")
         self._emit(trainer, new)
@@ -373,6 +395,13 @@ class NormWatch(Callback):
         if self._exchange.flags[0] and not self.monitor.nonfinite_active:
             result.alerts[:0] = self.monitor.raise_nonfinite(step, "loss", math.nan, 0, "the loss check")
         self._bad_loss = None
+        if self._checks is not None:
+            infos = {key: self.monitor.info(key).role for key in stats if key in self.monitor._infos}
+            checks = self._checks.at_logging_step(
+                trainer.lightning_module, step, list(stats), self.monitor.called, self.monitor.edges, infos
+            )
+            self.monitor.alerts.extend(checks)
+            result.alerts += checks
         self.last_result = result
         if trainer.is_global_zero:
             self._log_figures(trainer, result)
@@ -416,8 +445,17 @@ class NormWatch(Callback):
     # ------------------------------------------------------------------ checkpoint
     @override
     def state_dict(self) -> dict[str, Any]:
-        return self.monitor.state_dict()
+        state = self.monitor.state_dict()
+        checks = self._checks.state() if self._checks is not None else self._checks_state
+        if checks is not None:
+            state["model_checks"] = checks
+        return state
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.monitor.load_state_dict(state_dict)
+        loaded = set(self.monitor.alerts)  # resuming this callback's own earlier fit: no alert twice
+        self._earlier_alerts = [a for a in self._earlier_alerts if a not in loaded]
+        self._checks_state = state_dict.get("model_checks")
+        if self._checks is not None and self._checks_state is not None:
+            self._checks.load(self._checks_state)

@@ -68,8 +68,8 @@ class Thresholds:
     outlier_min_abs: float = 6.0
     skew: float = 2.0
     kurtosis: float = 4.0
-    vanishing: float = 10.0
-    exploding: float = 100.0
+    vanishing: float = 8.0
+    exploding: float = 30.0
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -23,7 +23,7 @@ Example:
     ...        for i in range(20)]
     >>> alerts, _ = depth_alerts(seq, Thresholds(), step=0)
     >>> [(a.module, a.kind) for a in alerts]
-    [('fc7', 'vanishing')]
+    [('fc6', 'vanishing')]
 """
 
 from __future__ import annotations

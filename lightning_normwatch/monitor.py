@@ -34,7 +34,7 @@ from torch.utils.hooks import RemovableHandle
 
 from .alerts import SEVERITY, Alert, AlertTracker
 from .config import Thresholds
-from .depth import depth_alerts
+from .depth import depth_alerts, rms_of
 from .layout import Flow, module_layout
 from .measure import (
     MeasureSpec,
@@ -45,6 +45,7 @@ from .measure import (
     take_sample,
 )
 from .moments import merge_groups
+from .overflow import first_exploded, overflow_alert
 from .reference import Reference, drift
 from .rules import CLEAR_FRACTION, TensorInfo, evaluate, nonfinite_alert
 from .selection import Pattern, named_tensors, role_of, select_modules
@@ -124,6 +125,7 @@ class Monitor:
         self.edges: dict[str, str] = {}  # tensor key -> key of the watched tensor its module consumed
         self._skipped: set[str] = set()  # tensors skipped with a debug line (sparse, complex)
         self.alive: set[str] = set()  # tensors whose units were judged alive at some logging step
+        self.last_rms: dict[str, float] = {}  # RMS of each tensor at the last logging step (finite ones)
 
     # ----------------------------------------------------------------- hooks
     def attach(
@@ -358,6 +360,8 @@ class Monitor:
                 d = drift(ref, overall, st.hist)
                 fig.update(d)
             all_figures[key] = fig
+            if math.isfinite(rms := rms_of(fig)):
+                self.last_rms[key] = rms
             # The model's prediction drifts because it learns: that is not covariate shift.
             a, c = evaluate(info, fig, None if key in prediction else d, th, step, alive_before=key in self.alive)
             firing += a
@@ -406,6 +410,31 @@ class Monitor:
             return []
         self.nonfinite_active = True
         alert = nonfinite_alert(step, origin, share, downstream, source)
+        self.alerts.append(alert)
+        return [alert]
+
+    def raise_overflow(self, step: int, stats: dict[str, TensorStats]) -> list[Alert] | None:
+        """When the loss is non-finite but the replayed forward (``stats``) is finite: the ``nonfinite``
+        alert naming the first module whose scale exploded (None when no module's did)."""
+        order, baseline = [], {}
+        for key, st in stats.items():
+            info = self._infos.get(key)
+            if info is None or info.role == "input":
+                continue
+            order.append((key, rms_of(figures(st))))
+            ref = self.references.get(key)
+            if ref is not None and ref.steps > 0 and ref.moments.n > 0:
+                baseline[key] = math.hypot(ref.moments.mean, ref.moments.std)
+            elif key in self.last_rms:
+                baseline[key] = self.last_rms[key]
+        found = first_exploded(order, baseline)
+        if found is None:
+            return None
+        if self.nonfinite_active:
+            return []
+        self.nonfinite_active = True
+        name, factor, basis = found
+        alert = overflow_alert(step, name, self._infos[name].type_name, dict(order)[name], factor, basis)
         self.alerts.append(alert)
         return [alert]
 

@@ -66,8 +66,8 @@ def near_overflow_limit(dtype: str) -> float:
     """|x| above which values of ``dtype`` are close to overflowing.
 
     Example:
-        >>> near_overflow_limit("float16"), f"{near_overflow_limit('float32'):.3g}"
-        (6550.4, '3.4e+36')
+        >>> f"{near_overflow_limit('float16'):.5g}", f"{near_overflow_limit('float32'):.3g}"
+        ('6550.4', '3.4e+36')
     """
     import torch
 

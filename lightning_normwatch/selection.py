@@ -37,6 +37,10 @@ _SKIPPED_BY_DEFAULT = (
     nn.modules.loss._Loss,
 )
 
+# Modules with children that are watched as one leaf: MultiheadAttention uses its out_proj's
+# parameters without calling it, so its own output is the attention output to watch.
+_WATCHED_AS_A_WHOLE = (nn.MultiheadAttention,)
+
 _PREACT = (
     nn.Linear,
     nn.Bilinear,
@@ -101,16 +105,21 @@ def select_modules(
 ) -> list[tuple[str, nn.Module]]:
     """Watched ``(qualified name, module)`` pairs in ``named_modules()`` order.
 
-    ``modules=None`` selects every leaf module except identity and dropout layers; otherwise the
+    ``modules=None`` selects every leaf module except identity and dropout layers (a
+    ``MultiheadAttention`` counts as a leaf: its output is the attention output); otherwise the
     modules whose qualified name matches a glob pattern or which are instances of a listed class.
     The model itself (name ``""``) is never selected.
     """
     chosen = []
+    units = [n for n, m in model.named_modules() if n and isinstance(m, _WATCHED_AS_A_WHOLE)]
     for name, module in model.named_modules():
         if not name:
             continue
         if modules is None:
-            if any(True for _ in module.children()) or isinstance(module, _SKIPPED_BY_DEFAULT):
+            if any(name.startswith(u + ".") for u in units):
+                continue  # a part of a module watched as a whole
+            whole = isinstance(module, _WATCHED_AS_A_WHOLE)
+            if (any(True for _ in module.children()) and not whole) or isinstance(module, _SKIPPED_BY_DEFAULT):
                 continue
         elif not _matches(name, module, modules):
             continue
