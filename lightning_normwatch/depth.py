@@ -35,7 +35,7 @@ from .alerts import SEVERITY, Alert
 from .config import Thresholds
 from .rules import CLEAR_FRACTION, MIN_DISTRIBUTION_VALUES, TensorInfo, who
 
-__all__ = ["depth_alerts", "rms_of", "MIN_SPAN"]
+__all__ = ["depth_alerts", "rms_of", "small_growth", "MIN_SPAN"]
 
 #: tensors the signal must stay out of range for (a head of one or two small layers is not vanishing)
 MIN_SPAN = 4
@@ -135,3 +135,30 @@ def depth_alerts(
         out.append(Alert(step, info.name, kind, SEVERITY[kind], float(ratio), float(factor), message))
         checked.add((info.name, kind))
     return out, checked
+
+
+def small_growth(firing: Sequence[Alert], figures: dict[str, dict[str, float]], inputs: set[str]) -> list[Alert]:
+    """The ``scale_drift`` alerts of tensors that grew but are still below the network's median RMS.
+
+    A branch initialised small grows as the model learns (GPT-2 scales its residual projections by
+    1/sqrt(2 x layers); attention outputs grow as attention sharpens): growth from a small scale to
+    one still below that of most layers is learning, not an explosion.
+
+    Example:
+        >>> a = Alert(5, "attn.c_proj", "scale_drift", "warning", 6.0, 4.0, "grew")
+        >>> figs = {"ln": {"mean": 0.0, "std": 1.0}, "fc": {"mean": 0.0, "std": 0.5},
+        ...         "attn.c_proj": {"mean": 0.0, "std": 0.1, "std_log_ratio": 1.8}}
+        >>> [x.module for x in small_growth([a], figs, inputs=set())]
+        ['attn.c_proj']
+    """
+    scales = [rms_of(f) for k, f in figures.items() if k not in inputs]
+    scales = [x for x in scales if math.isfinite(x) and x > 0]
+    if not scales:
+        return []
+    median = sorted(scales)[len(scales) // 2]
+    out = []
+    for alert in firing:
+        fig = figures.get(alert.module, {})
+        if alert.kind == "scale_drift" and fig.get("std_log_ratio", 0.0) > 0 and rms_of(fig) < median:
+            out.append(alert)
+    return out

@@ -34,7 +34,7 @@ from torch.utils.hooks import RemovableHandle
 
 from .alerts import SEVERITY, Alert, AlertTracker
 from .config import Thresholds
-from .depth import depth_alerts, rms_of
+from .depth import depth_alerts, rms_of, small_growth
 from .layout import Flow, module_layout
 from .measure import (
     MeasureSpec,
@@ -368,6 +368,10 @@ class Monitor:
             checked |= c
             if fig.get("dead", math.nan) < CLEAR_FRACTION * th.dead:
                 self.alive.add(key)
+        learning = small_growth(
+            firing, all_figures, {k for k in stats if self._infos.get(k) is not None and self._infos[k].role == "input"}
+        )
+        firing = [a for a in firing if a not in learning]
         a, c = self._depth_alerts(stats, all_figures, prediction, step)
         firing += a
         checked |= c

@@ -123,6 +123,11 @@ def evaluate(
     label = who(info)
     if fig.get("numel", math.inf) < MIN_DISTRIBUTION_VALUES:
         drift = None  # a scalar (e.g. a mixture-of-experts balance loss) has no distribution to drift
+    # every row identical (a broadcast embedding: BERT's token types when all are 0): the values are
+    # the layer's parameters, one per channel, not a distribution over the data; its scale still counts
+    constant_rows = fig.get("channel_std_max", math.nan) <= 1e-6 * fig.get("max_abs", math.nan)
+    if drift is not None and constant_rows:
+        drift = {"std_log_ratio": drift.get("std_log_ratio", math.nan)}
 
     def check(kind: str, condition: bool, value: float, threshold: float, message: str) -> None:
         # Hysteresis: an active alert clears only once the figure is clearly back (below 80 % of the
@@ -214,7 +219,7 @@ def evaluate(
             "learning rate too high, or half precision without loss scaling / normalization.",
         )
     shaped = info.role == "input" or (info.role == "preact" and fig.get("channel_rows", 0) >= MIN_SHAPE_ROWS)
-    if shaped and fig.get("numel", math.inf) >= MIN_DISTRIBUTION_VALUES:
+    if shaped and fig.get("numel", math.inf) >= MIN_DISTRIBUTION_VALUES and not constant_rows:
         g1, g2 = fig.get("channel_skew", math.nan), fig.get("channel_kurtosis", math.nan)
         value = max(abs(g1) / th.skew if math.isfinite(g1) else 0.0, g2 / th.kurtosis if math.isfinite(g2) else 0.0)
         check(

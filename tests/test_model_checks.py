@@ -50,7 +50,8 @@ def test_frozen_batchnorm_named_and_setup_information(tmp_path) -> None:
     warnings = [(a.module, a.kind, a.step) for a in cb.alerts if a.severity == "warning"]
     assert warnings == [("net.1", "frozen_norm", 0)]  # once, naming the layer
     info = {(a.module, a.kind): a for a in cb.alerts if a.severity == "info"}
-    assert info[("net.1", "norm_placement")].message.startswith("`net.1` (BatchNorm1d) normalizes before its activation")
+    placement = info[("net.1", "norm_placement")].message
+    assert placement.startswith("`net.1` (BatchNorm1d) normalizes before its activation `net.2` (ReLU)")
     assert "`net.0` (Linear)" in info[("net.1", "redundant_bias")].message  # the Linear's bias before BN
     assert ("unused", "not_run") in info and info[("unused", "not_run")].step == 2  # the third logging step
     assert not [k for k in info if k[1] == "not_run" and k[0] != "unused"]
