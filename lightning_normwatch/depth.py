@@ -35,7 +35,7 @@ from .alerts import SEVERITY, Alert
 from .config import Thresholds
 from .rules import CLEAR_FRACTION, MIN_DISTRIBUTION_VALUES, TensorInfo, who
 
-__all__ = ["depth_alerts", "rms_of", "small_growth", "MIN_SPAN"]
+__all__ = ["depth_alerts", "depth_ratios", "rms_of", "small_growth", "MIN_SPAN"]
 
 #: tensors the signal must stay out of range for (a head of one or two small layers is not vanishing)
 MIN_SPAN = 4
@@ -81,6 +81,24 @@ def _gaps(logs: list[float], sign: float) -> list[float]:
         prefix_min = min(prefix_min, v[i - 1])
         gaps[i] = suffix_min[i] - prefix_min
     return gaps
+
+
+def depth_ratios(sequence: Sequence[tuple[TensorInfo, dict[str, float]]]) -> tuple[float, float]:
+    """The figures the depth rules compare with their thresholds: (vanishing, exploding) factors,
+    the largest over the sequence (1.0 when the sequence is too short to judge).
+
+    Example:
+        >>> from lightning_normwatch.rules import TensorInfo
+        >>> seq = [(TensorInfo(str(i), "preact", "Linear", 8), {"mean": 0.0, "std": 2.0**-i}) for i in range(8)]
+        >>> [round(x, 6) for x in depth_ratios(seq)]
+        [16.0, 1.0]
+    """
+    logs = [x for _, x in _scales(sequence)]
+    out = []
+    for sign in (-1.0, 1.0):
+        gaps = [g for g in _gaps(logs, sign) if math.isfinite(g)]
+        out.append(math.exp(max(gaps)) if gaps and max(gaps) > 0 else 1.0)
+    return out[0], out[1]
 
 
 def depth_alerts(
