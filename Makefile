@@ -4,11 +4,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all bench calibrate clean
+.PHONY: demo test test-all bench calibrate drift clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV) || python3 -m venv $(VENV)
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,plots,examples]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,plots,examples,integrations]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -28,5 +28,8 @@ bench: $(STAMP)
 calibrate: $(STAMP)
 	$(BIN)/python benchmarks/calibrate.py
 
+drift: $(STAMP)
+	$(BIN)/python benchmarks/drift_sensitivity.py
+
 clean:
-	rm -rf $(VENV) lightning_logs logs
+	rm -rf $(VENV) lightning_logs logs build dist *.egg-info wandb mlruns

@@ -21,7 +21,7 @@ import torch
 from sklearn.datasets import load_breast_cancer, load_digits
 from sklearn.preprocessing import StandardScaler
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from lightning_normwatch import NormWatch
 from lightning_normwatch.depth import depth_ratios
@@ -37,6 +37,8 @@ RULES = (
     "non_normal",
     "vanishing",
     "exploding",
+    "input_changed",
+    "input_drift",
 )
 
 
@@ -218,6 +220,22 @@ class FrozenBN(Classifier):
                 m.eval()
 
 
+def digits_unnormalized_from(step: int, batch: int = 64) -> Dataset:
+    """Standardized digits until ``step``, then the raw pixels (a normalization step dropped mid-run)."""
+    base = digits()
+    raw = digits(scaled=False)
+
+    class Dropped(Dataset):
+        def __len__(self) -> int:
+            return 10**6
+
+        def __getitem__(self, i: int):  # noqa: ANN204
+            j = (i * 7919) % len(base)
+            return (raw if i // batch >= step else base)[j]
+
+    return Dropped()
+
+
 def dead_mlp() -> nn.Sequential:
     net = mlp(64, 10)
     nn.init.constant_(net[2].bias, -100.0)
@@ -236,8 +254,9 @@ class Run:
     name: str
     healthy: bool
     model: Callable[[], pl.LightningModule]
-    data: Callable[[], TensorDataset]
+    data: Callable[[], Dataset]
     batch: int = 64
+    shuffle: bool = True
 
 
 RUNS = [
@@ -261,6 +280,13 @@ RUNS = [
     Run("BROKEN exploding 20 layers (x1.5)", False, lambda: Classifier(he_stack(gain=1.5), 1e-4), digits),
     Run("BROKEN frozen BN", False, lambda: FrozenBN(mlp(64, 10, bn=True), 1e-3), digits),
     Run(
+        "BROKEN normalization dropped (step 500)",
+        False,
+        lambda: Classifier(mlp(64, 10), 1e-3),
+        lambda: digits_unnormalized_from(500),
+        shuffle=False,
+    ),
+    Run(
         "BROKEN NaN layer",
         False,
         lambda: Classifier(nn.Sequential(mlp(64, 64), NaNAfter(350), nn.Linear(64, 10)), 1e-3),
@@ -281,6 +307,9 @@ def rule_values(fig: dict[str, float], role: str) -> dict[str, float]:
         "outlier": f.get("max_abs", math.nan) / f["abs_median"] if f.get("abs_median", 0) > 0 else math.nan,
         "feature_scale": math.nan,
         "non_normal": math.nan,
+        # inputs: the largest share of features changed at one step, and drifted (changed twice in a row)
+        "input_changed": f.get("feature_changed_share", math.nan),
+        "input_drift": f.get("feature_drift_share", math.nan),
     }
     if role == "input" and "feature_rms_ratio" in f:
         out["feature_scale"] = max(f["feature_rms_ratio"], f["feature_rms_max"])
@@ -307,6 +336,8 @@ class Recorder(pl.Callback):
             info = self.watch.monitor.info(key)
             for rule, value in rule_values(fig, info.role).items():
                 drift_rule = rule in ("scale_drift", "mean_drift", "shift")
+                if drift_rule and info.role == "input":
+                    continue  # inputs are judged per feature (input_drift)
                 if drift_rule and (not self.watch.monitor.reference_ready(res.step) or key == list(res.figures)[-1]):
                     continue  # no reference yet, or the model's output (drift alerts skip it)
                 if math.isfinite(value) and value > self.maxima[rule][0]:
@@ -336,7 +367,7 @@ def main() -> None:
             enable_checkpointing=False,
             accelerator="cpu",
         )
-        loader = DataLoader(run.data(), batch_size=run.batch, shuffle=True)
+        loader = DataLoader(run.data(), batch_size=run.batch, shuffle=run.shuffle)
         trainer.fit(run.model(), loader)
         cells = " ".join(f"{rec.maxima[r][0]:13.3g}" for r in RULES)
         raised = sorted({f"{a.kind}@{a.module}" for a in watch.alerts if a.severity != "info"})

@@ -100,6 +100,8 @@ class ModelSpec:
     memory_steps: int = 3
     round_factor: int = 1
     classes: int = 10
+    compiled: bool = False
+    configs: tuple[str, ...] = CONFIGS
 
 
 class MeanPool(nn.Module):
@@ -141,8 +143,25 @@ def build_transformer() -> nn.Module:
     return nn.Sequential(*blocks, MeanPool(), nn.Linear(128, 10))
 
 
+def build_compiled_mlp() -> nn.Module:
+    """The MLP under ``torch.compile`` (inductor); compiled once and trained by every configuration in turn."""
+    return torch.compile(build_mlp())
+
+
 MODELS = (
     ModelSpec("MLP", build_mlp, (256,), 256, steps=60, naive_steps=10, warmup=5, memory_steps=10, round_factor=2),
+    ModelSpec(
+        "MLP-compiled",
+        build_compiled_mlp,
+        (256,),
+        256,
+        steps=60,
+        naive_steps=0,
+        warmup=5,
+        round_factor=2,
+        compiled=True,
+        configs=("plain", "every step", "default"),
+    ),
     ModelSpec("CNN", build_cnn, (3, 32, 32), 64, steps=8, naive_steps=3),
     ModelSpec("Transformer", build_transformer, (32, 128), 16, steps=16, naive_steps=3),
 )
@@ -307,7 +326,8 @@ def fit(
         num_sanity_val_steps=0,
     )
     data = DataLoader(Batches(spec, steps, batch_size=batch_size), batch_size=None)
-    trainer.fit(Classifier(copy.deepcopy(model)), data)
+    # a compiled network is shared by all fits (a copy would be compiled again, and again ...)
+    trainer.fit(Classifier(model if spec.compiled else copy.deepcopy(model)), data)
     return timer
 
 
@@ -409,7 +429,8 @@ def time_model(spec: ModelSpec, rounds: int, quick: bool, log_dir: str, logger: 
     fit(model, spec, "every step", 3, log_dir, logger=logger)  # warm the code paths once
     rounds *= spec.round_factor
     for r in range(rounds):
-        order = CONFIGS[r % len(CONFIGS) :] + CONFIGS[: r % len(CONFIGS)]
+        configs = spec.configs
+        order = configs[r % len(configs) :] + configs[: r % len(configs)]
         medians: dict[str, float] = {}
         hooks = 0.0
         for config in order:
@@ -423,7 +444,7 @@ def time_model(spec: ModelSpec, rounds: int, quick: bool, log_dir: str, logger: 
                 quiet = [s for step, s in timer.hooks.items() if step >= spec.warmup and step % INTERVAL]
                 hooks = statistics.median(quiet) if quiet else 0.0
         t.hooks.setdefault(spec.name, []).append(hooks)
-        for config in CONFIGS:
+        for config in spec.configs:
             ratio = medians[config] / medians["plain"]
             t.ratio.setdefault((spec.name, config), []).append(ratio)
             if config == "default":  # its hooks on 49 non-logging steps, and one logging step, per interval
@@ -459,16 +480,19 @@ def table(specs: list[ModelSpec], t: Timings, peaks: dict[tuple[str, str], tuple
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for spec in specs:
-        base_before, base_peak = peaks[spec.name, "plain"]
-        for config in CONFIGS:
+        for config in spec.configs:
             key = (spec.name, config)
-            before, peak = peaks[key]
-            growth, base_growth = (peak - before) / 1024, (base_peak - base_before) / 1024
+            memory = "| — | — | — | — |"  # not measured (--skip-memory; a compiled model)
+            if key in peaks and (spec.name, "plain") in peaks:
+                (before, peak), (base_before, base_peak) = peaks[key], peaks[spec.name, "plain"]
+                growth, base_growth = (peak - before) / 1024, (base_peak - base_before) / 1024
+                memory = (
+                    f"| {peak / 1024:.0f} | {peak / base_peak:.3f} | {growth:.1f} "
+                    f"| {growth / base_growth if base_growth > 0 else float('nan'):.2f} |"
+                )
             lines.append(
                 f"| {spec.name} | {config} | {1000 * statistics.median(t.steps[key]):.1f} "
-                f"| {statistics.median(t.ratio[key]):.3f} | {statistics.median(t.amortised[key]):.3f} "
-                f"| {peak / 1024:.0f} | {peak / base_peak:.3f} | {growth:.1f} "
-                f"| {growth / base_growth if base_growth > 0 else float('nan'):.2f} |"
+                f"| {statistics.median(t.ratio[key]):.3f} | {statistics.median(t.amortised[key]):.3f} {memory}"
             )
     return "\n".join(lines) + "\n"
 
@@ -478,10 +502,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="smoke run: one round, half the steps, short growth check")
     p.add_argument("--out", default=None, help="also write the Markdown report to this file")
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3; --quick: 1)")
-    p.add_argument("--models", default="MLP,CNN,Transformer", help="comma-separated subset of MLP,CNN,Transformer")
+    p.add_argument(
+        "--models",
+        default="MLP,CNN,Transformer,MLP-compiled",
+        help="comma-separated subset of MLP,CNN,Transformer,MLP-compiled",
+    )
     p.add_argument("--long-steps", type=int, default=None, help="steps of the growth check (default 2000)")
     p.add_argument("--logger", choices=("tensorboard", "none"), default="tensorboard", help="logger of every run")
     p.add_argument("--threads", type=int, default=THREADS, help="torch threads (default 2)")
+    p.add_argument("--skip-memory", action="store_true", help="time only (no memory children, no growth check)")
     args = p.parse_args(argv)
     set_threads(args.threads)
 
@@ -493,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
     names = args.models.split(",")
     specs = [m for m in MODELS if m.name in names]
     if not specs:
-        p.error(f"--models: none of {names} is one of MLP, CNN, Transformer")
+        p.error(f"--models: none of {names} is one of MLP, CNN, Transformer, MLP-compiled")
     started = time.perf_counter()
 
     with tempfile.TemporaryDirectory() as log_dir:
@@ -501,15 +530,20 @@ def main(argv: list[str] | None = None) -> int:
         peaks = {
             (spec.name, config): in_child(peak_child, MODELS.index(spec), config, log_dir, logger)
             for spec in specs
-            for config in CONFIGS
+            if not spec.compiled and not args.skip_memory  # a compiled model would compile again in every child
+            for config in spec.configs
         }
         marks = sorted({min(200, long_steps // 2), long_steps // 2, long_steps})
         # default: the long run; every step: a quarter as long (each of its steps is a logging step)
         short = [m // 4 for m in marks]
-        growth = {
-            "default": (marks, in_child(growth_child, "default", long_steps, marks, log_dir, logger)),
-            "every step": (short, in_child(growth_child, "every step", short[-1], short, log_dir, logger)),
-        }
+        growth = (
+            {}
+            if args.skip_memory
+            else {
+                "default": (marks, in_child(growth_child, "default", long_steps, marks, log_dir, logger)),
+                "every step": (short, in_child(growth_child, "every step", short[-1], short, log_dir, logger)),
+            }
+        )
         memory_s = time.perf_counter() - started
         print(f"  memory measured in {memory_s:.0f} s", file=sys.stderr, flush=True)
 

@@ -14,6 +14,7 @@ from .alerts import KINDS, Alert, NormWatchAlertError
 from .config import Thresholds
 
 if TYPE_CHECKING:
+    from .adapters.loop import LoopWatch
     from .callback import NormWatch
     from .monitor import Monitor, MonitorConfig, StepResult
 
@@ -23,6 +24,7 @@ _LAZY = {
     "Monitor": ".monitor",
     "MonitorConfig": ".monitor",
     "StepResult": ".monitor",
+    "LoopWatch": ".adapters.loop",
 }
 
 
@@ -41,5 +43,6 @@ __all__ = [
     "Monitor",
     "MonitorConfig",
     "StepResult",
+    "LoopWatch",
 ]
 __version__ = "0.1.0"

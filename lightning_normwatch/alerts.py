@@ -34,6 +34,8 @@ SEVERITY: dict[str, str] = {
     "not_run": "info",
     "norm_placement": "info",
     "redundant_bias": "info",
+    "input_drift": "warning",
+    "integer_inputs": "info",
 }
 KINDS: tuple[str, ...] = tuple(SEVERITY)
 

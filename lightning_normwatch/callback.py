@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import pytorch_lightning as pl
@@ -61,16 +62,28 @@ SCALARS = (
     "shape_ks",
     "feature_rms_ratio",
     "feature_rms_max",
+    "feature_drift_share",
+    "feature_changed_share",
+    "feature_drift_worst",
+    "feature_mean_shift_max",
+    "feature_std_log_ratio_max",
+    "feature_psi_max",
 )
 _ALWAYS = {"mean", "std", "min", "max"}
 
 
-def find_inputs(batch: Any, spec: InputSpec) -> list[tuple[str, Tensor]]:
-    """The batch's input features to watch: ``[(name, tensor)]``.
+_NOT_FEATURES = ("mask", "label", "target", "weight", "ids")
 
-    ``True``: the first floating-point tensor found (``"input"``, or ``"input/<key>"`` in a dict);
-    a string: that key of a dict batch; an int: that position of a tuple/list batch; a callable:
-    called with the batch, returning a tensor or a dict of tensors.
+
+def find_inputs(batch: Any, spec: InputSpec) -> list[tuple[str, Tensor]]:
+    """The batch's input features to watch when they are named explicitly: ``[(name, tensor)]``.
+
+    A string: that key of a dict batch; an int: that position of a tuple/list batch; a callable:
+    called with the batch, returning a tensor or a dict of tensors. ``True`` (automatic) is resolved
+    by the monitor from what the model's modules consume (``Monitor.expect_inputs``); only where that
+    is impossible (no module ran through its hooks, e.g. a compiled model) does it fall back to the
+    batch: the first floating-point tensor (of a tuple: its first element) whose key does not name a
+    mask, label, target, weight or ids.
     """
     if spec is False:
         return []
@@ -87,12 +100,55 @@ def find_inputs(batch: Any, spec: InputSpec) -> list[tuple[str, Tensor]]:
         return [("input", value)] if isinstance(value, Tensor) and value.is_floating_point() else []
     if isinstance(batch, Mapping):
         for key, value in batch.items():
-            if isinstance(value, Tensor) and value.is_floating_point():
+            if isinstance(value, Tensor) and value.is_floating_point() and not _names_no_feature(str(key)):
                 return [(f"input/{key}", value)]
         return []
-    for _, tensor in named_tensors(batch, "input"):
+    first = batch[0] if isinstance(batch, (tuple, list)) and batch else batch
+    for _, tensor in named_tensors(first, "input"):
         return [("input", tensor)]
     return []
+
+
+def _names_no_feature(key: str) -> bool:
+    key = key.lower()
+    return any(word in key for word in _NOT_FEATURES)
+
+
+def is_compiled(model: torch.nn.Module) -> bool:
+    """Whether ``torch.compile`` wraps the model or one of its submodules.
+
+    ``trainer.fit(torch.compile(model))`` unwraps the module and compiles its ``forward`` and
+    ``training_step`` (``_compiler_ctx``); ``self.net = torch.compile(net)`` leaves an ``OptimizedModule``
+    in the tree.
+
+    Example:
+        >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2))
+        >>> is_compiled(net), is_compiled(torch.nn.Sequential(torch.compile(net)))
+        (False, True)
+    """
+    if getattr(model, "_compiler_ctx", None):
+        return True
+    try:
+        from torch._dynamo.eval_frame import OptimizedModule
+    except ImportError:  # pragma: no cover - torch without dynamo
+        return False
+    return any(isinstance(m, OptimizedModule) for m in model.modules())
+
+
+@contextmanager
+def _silenced(pl_module: pl.LightningModule) -> Iterator[None]:
+    """``self.log``/``self.log_dict`` do nothing inside (a replayed ``training_step`` must not log twice)."""
+    originals = {name: pl_module.__dict__.get(name) for name in ("log", "log_dict")}
+    try:
+        pl_module.log = lambda *args, **kwargs: None  # type: ignore[method-assign]
+        pl_module.log_dict = lambda *args, **kwargs: None  # type: ignore[method-assign]
+        yield
+    finally:
+        for name, value in originals.items():
+            if value is None:
+                pl_module.__dict__.pop(name, None)
+            else:
+                pl_module.__dict__[name] = value
 
 
 def log_scalars(logger: Any, metrics: dict[str, float], step: int) -> None:
@@ -103,19 +159,9 @@ def log_scalars(logger: Any, metrics: dict[str, float], step: int) -> None:
     25 ms for the 240 scalars of an 8-layer model. One event holding every value costs 0.3 ms and
     reads back the same (TensorBoard, ``EventAccumulator``).
     """
-    from pytorch_lightning.loggers import TensorBoardLogger
-    from torch.utils.tensorboard import SummaryWriter
+    from .adapters.loggers import log_scalars as _log_scalars  # both Lightning packages; MLflow-safe keys
 
-    writer = logger.experiment if isinstance(logger, TensorBoardLogger) else None
-    if not isinstance(writer, SummaryWriter):  # another logger, or tensorboardX's writer
-        logger.log_metrics(metrics, step=step)
-        return
-    from tensorboard.compat.proto.summary_pb2 import Summary
-
-    prefix = getattr(logger, "_prefix", "")  # TensorBoardLogger(prefix=...), joined as log_metrics does
-    tags = (f"{prefix}{logger.LOGGER_JOIN_CHAR}{k}" if prefix else k for k in metrics)
-    values = [Summary.Value(tag=tag, simple_value=float(v)) for tag, v in zip(tags, metrics.values(), strict=True)]
-    writer._get_file_writer().add_summary(Summary(value=values), step)
+    _log_scalars(logger, metrics, step)
 
 
 class NormWatch(Callback):
@@ -125,8 +171,9 @@ class NormWatch(Callback):
         modules: ``None`` watches every leaf module (except identity/dropout); otherwise glob patterns
             of qualified names (``"encoder.*"``) and/or ``nn.Module`` classes.
         exclude: patterns/classes to skip.
-        inputs: watch the batch's input features: ``True`` (first float tensor), ``False``, a dict key,
-            a tuple index, or a callable ``batch -> tensor | dict``.
+        inputs: watch the batch's input features: ``True`` (the batch tensors the model's modules consume:
+            not masks or targets; see ``inputs.py``), ``False``, a dict key, a tuple index, or a callable
+            ``batch -> tensor | dict``.
         every_n_steps: logging interval in global steps; ``None`` uses the trainer's ``log_every_n_steps``.
         sample_size: values sampled per tensor per logging step (the bound on the cost per layer).
         pvalue_size: values the normality p-values are computed on (same for every layer).
@@ -142,6 +189,9 @@ class NormWatch(Callback):
         tensorboard: write histograms, the custom-scalars layout and the alert table when a
             ``TensorBoardLogger`` is present.
         plot_every_n_steps: write Q-Q/histogram figures every this many steps (``None``: never).
+        input_drift: per-feature input drift alerts: ``"warn"``, ``"info"`` (for data that changes on
+            purpose: a curriculum, a domain schedule) or ``"off"`` (figures only).
+        feature_names: names of the input features (columns, or channels of images), used in alerts.
 
     Raises:
         ValueError: a parameter has a bad value (the message names it).
@@ -169,6 +219,8 @@ class NormWatch(Callback):
         seed: int = 0,
         tensorboard: bool = True,
         plot_every_n_steps: int | None = None,
+        input_drift: str = "warn",
+        feature_names: Sequence[str] | None = None,
     ) -> None:
         self.modules = None if modules is None else validate_patterns("modules", modules)
         self.exclude = validate_patterns("exclude", exclude)
@@ -182,6 +234,11 @@ class NormWatch(Callback):
         check_positive_int("reference_steps", reference_steps)
         check_choice("on_alert", on_alert, ("warn", "raise", "ignore"))
         check_positive_int("plot_every_n_steps", plot_every_n_steps, allow_none=True)
+        check_choice("input_drift", input_drift, ("warn", "info", "off"))
+        if feature_names is not None and (
+            isinstance(feature_names, str) or not all(isinstance(n, str) for n in feature_names)
+        ):
+            raise ValueError(f"NormWatch: feature_names must be a sequence of strings or None, got {feature_names!r}")
         if not isinstance(check_nonfinite, bool):
             raise ValueError(f"NormWatch: check_nonfinite must be a bool, got {check_nonfinite!r}")
         if isinstance(seed, bool) or not isinstance(seed, int):
@@ -201,6 +258,8 @@ class NormWatch(Callback):
             reference_steps=reference_steps,
             thresholds=self.thresholds,
             seed=seed,
+            input_drift=input_drift,
+            feature_names=None if feature_names is None else tuple(feature_names),
         )
         self.monitor = Monitor(self.config)
         self.last_result: StepResult | None = None
@@ -215,8 +274,12 @@ class NormWatch(Callback):
         self._bad_loss: Tensor | None = None
         self._resume_after_validation = False
         self._checks: ModelChecks | None = None
+        self._checked_model: torch.nn.Module | None = None
         self._checks_state: dict[str, Any] | None = None  # loaded before ``setup`` made ``_checks``
         self._earlier_alerts: list[Alert] = []
+        self._compiled = False
+        self._replayed = False  # this batch's forward was already replayed for measurement (compiled model)
+        self._warned_manual = False
 
     @property
     def exchange(self) -> Exchange | None:
@@ -251,6 +314,8 @@ class NormWatch(Callback):
         self._exchange = Exchange.for_trainer(trainer, self.monitor)
         names = self.monitor.attach(pl_module, self.modules, self.exclude)
         self._checks = ModelChecks(dict(self.monitor.watched), dict(pl_module.named_modules()))
+        self._checked_model = pl_module
+        self._compiled = is_compiled(pl_module)
         if not names and self.inputs is False:
             rank_zero_warn("NormWatch: no module matches `modules`/`exclude` and inputs=False: nothing to watch.")
         if not trainer.loggers:
@@ -311,19 +376,35 @@ class NormWatch(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         step = trainer.global_step
-        if self.check_nonfinite:
+        logging_step = self.is_logging_step(step)
+        self._replayed = False
+        if self.check_nonfinite or (logging_step and self._compiled):
             self._batch, self._batch_idx = batch, batch_idx
             self._rng = RngState.capture(torch_only=True)
-        if self.is_logging_step(step):
+        if logging_step:
+            automatic = self._automatic_inputs()
+            if automatic:  # the monitor's hooks find the features the modules consume during the forward
+                self.monitor.expect_inputs(batch)
             if not self._collecting or step != self._step_at_start:
                 self.monitor.arm()
+                if self._compiled:
+                    # No hook may be seen by compiled code (dynamo would trace it into the graph, recompile,
+                    # and under fullgraph=True fail): the layers are measured by an eager replay of the batch.
+                    self.monitor.pause()
                 self._collecting = True
                 self._step_at_start = step
-            for name, tensor in find_inputs(batch, self.inputs):
-                self.monitor.observe(name, tensor, role="input")
+            self.monitor.next_pass()  # call sites (act, act#2) counted per batch: accumulated batches merge
+            if not automatic:
+                for name, tensor in find_inputs(batch, self.inputs):
+                    self.monitor.observe(name, tensor, role="input")
+
+    def _automatic_inputs(self) -> bool:
+        return self.inputs is True and not self.monitor.discovery_failed
 
     @override
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Tensor) -> None:
+        if self._compiled and self._collecting and not self._replayed and self._batch is not None:
+            self._measure_compiled(pl_module)
         if not self.check_nonfinite or self.monitor.nonfinite_active or self._batch is None:
             return
         loss = loss.detach()
@@ -342,18 +423,47 @@ class NormWatch(Callback):
         source = "the loss check; no replay under manual optimization"
         self._emit(trainer, self.monitor.raise_nonfinite(trainer.global_step, "loss", math.nan, 0, source))
 
+    def _eager(self) -> Any:
+        """Compiled code runs eagerly inside (hooks fire normally; nothing is traced or recompiled)."""
+        return torch.compiler.set_stance("force_eager") if self._compiled else nullcontext()
+
+    def _measure_compiled(self, pl_module: pl.LightningModule) -> None:
+        """Measure the layers of a compiled model on a logging step: replay the batch's ``training_step``
+        eagerly, without gradient, from the batch-start RNG state and on copies of the buffers, with hooks.
+
+        The compiled training step itself never meets a hook, so it runs the same graphs (no graph break,
+        no recompilation) and trains exactly as without NormWatch; the cost is one eager forward pass per
+        logging step. Under manual optimization ``training_step`` cannot be replayed (it steps the
+        optimizers): the layers are then not measured (the inputs and the loss still are).
+        """
+        self._replayed = True
+        if not pl_module.automatic_optimization:
+            if not self._warned_manual:
+                rank_zero_warn("NormWatch: compiled model under manual optimization: layers are not measured.")
+                self._warned_manual = True
+            return
+        self.monitor.resume()
+        try:
+            with _silenced(pl_module), self._eager(), preserved(pl_module, self._rng):
+                pl_module.training_step(self._batch, self._batch_idx)
+        except Exception as exc:  # best effort: never break training for it
+            log.debug("NormWatch: replay of a compiled model's batch failed: %r", exc)
+        finally:
+            self.monitor.pause()
+
     def _locate_nonfinite(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Replay this batch's forward with hooks armed to name the first module with NaN/Inf."""
-        originals = {name: pl_module.__dict__.get(name) for name in ("log", "log_dict")}
         batch, self._batch = self._batch, None  # a backward inside training_step must not replay again
         try:
-            pl_module.log = lambda *args, **kwargs: None  # type: ignore[method-assign]
-            pl_module.log_dict = lambda *args, **kwargs: None  # type: ignore[method-assign]
-            with self.monitor.separate_collection():
+            automatic = self._automatic_inputs()
+            if automatic:
+                self.monitor.expect_inputs(batch)
+            with _silenced(pl_module), self._eager(), self.monitor.separate_collection():
                 try:
                     with preserved(pl_module, self._rng):
-                        for name, tensor in find_inputs(batch, self.inputs):
-                            self.monitor.observe(name, tensor, role="input")
+                        if not automatic:
+                            for name, tensor in find_inputs(batch, self.inputs):
+                                self.monitor.observe(name, tensor, role="input")
                         pl_module.training_step(batch, self._batch_idx)
                 except Exception as exc:  # the replay is best effort: never break training for it
                     # what the forward measured before the failure (e.g. manual_backward under no_grad) still counts
@@ -361,11 +471,6 @@ class NormWatch(Callback):
                 stats = self.monitor.collect()
         finally:
             self._batch = batch
-            for name, value in originals.items():
-                if value is None:
-                    pl_module.__dict__.pop(name, None)
-                else:
-                    pl_module.__dict__[name] = value
         first = self.monitor.first_nonfinite(stats)
         if first is None:  # a finite forward and a non-finite loss: the loss overflowed; name where it grew
             overflowed = self.monitor.raise_overflow(trainer.global_step, stats)
@@ -395,10 +500,10 @@ class NormWatch(Callback):
         if self._exchange.flags[0] and not self.monitor.nonfinite_active:
             result.alerts[:0] = self.monitor.raise_nonfinite(step, "loss", math.nan, 0, "the loss check")
         self._bad_loss = None
-        if self._checks is not None:
+        if self._checks is not None and self._checked_model is not None:
             infos = {key: self.monitor.info(key).role for key in stats if key in self.monitor._infos}
             checks = self._checks.at_logging_step(
-                trainer.lightning_module, step, list(stats), self.monitor.called, self.monitor.edges, infos
+                self._checked_model, step, list(stats), self.monitor.called, self.monitor.edges, infos
             )
             self.monitor.alerts.extend(checks)
             result.alerts += checks
@@ -459,3 +564,9 @@ class NormWatch(Callback):
         self._checks_state = state_dict.get("model_checks")
         if self._checks is not None and self._checks_state is not None:
             self._checks.load(self._checks_state)
+
+
+# Fabric(callbacks=[NormWatch()]) calls hooks with its own arguments: say to use LoopWatch instead.
+from .adapters.guard import trainer_hooks_only  # noqa: E402
+
+trainer_hooks_only(NormWatch)

@@ -19,6 +19,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from . import __version__
 from .report import NoNormWatchData, exit_code, format_reports, load_reports, reports_json
 
 __all__ = ["main", "build_parser"]
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="normwatch",
         description="Inspect what the NormWatch callback logged to TensorBoard.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     report = sub.add_parser(
         "report",

@@ -56,6 +56,12 @@ class Thresholds:
             RMS of the layers before it (``depth.py``; no reference needed).
         exploding: factor by which the RMS of every tensor from some layer on may stay above the smallest
             RMS of the layers before it.
+        input_mean_shift: effect-size floor of an input feature's mean shift, in its reference stds.
+        input_scale: effect-size floor of an input feature's std ratio (either way).
+        input_psi: effect-size floor of an input feature's PSI on its anchor bins.
+        input_noise_z: a feature's change must also exceed this many standard errors of what a batch
+            of that size produces by chance (``features.feature_drift``); then it must hold on two
+            consecutive logging steps to raise ``input_drift``.
     """
 
     dead: float = 0.5
@@ -70,6 +76,10 @@ class Thresholds:
     kurtosis: float = 4.0
     vanishing: float = 8.0
     exploding: float = 30.0
+    input_mean_shift: float = 0.5
+    input_scale: float = 1.5
+    input_psi: float = 0.2
+    input_noise_z: float = 5.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -79,10 +89,11 @@ class Thresholds:
         for name in ("dead", "saturated"):
             if not 0 < getattr(self, name) <= 1:
                 raise _fail(f"thresholds.{name}", "in (0, 1]", getattr(self, name))
-        for name in ("scale_drift", "feature_scale", "outlier", "vanishing", "exploding"):
+        for name in ("scale_drift", "feature_scale", "outlier", "input_scale", "vanishing", "exploding"):
             if getattr(self, name) <= 1:
                 raise _fail(f"thresholds.{name}", "> 1", getattr(self, name))
-        for name in ("mean_drift", "shift", "outlier_min_abs", "skew", "kurtosis"):
+        positive = ("mean_drift", "shift", "outlier_min_abs", "skew", "kurtosis")
+        for name in (*positive, "input_mean_shift", "input_psi", "input_noise_z"):
             if getattr(self, name) <= 0:
                 raise _fail(f"thresholds.{name}", "> 0", getattr(self, name))
 

@@ -60,7 +60,8 @@ def to_block(stats: TensorStats, channels: int) -> np.ndarray:
         >>> bool(np.allclose(to_block(TensorStats.from_blocks(block[None], 3), 3), block))
         True
     """
-    layout = BlockLayout(channels)
+    feature_bins = stats.fhist.shape[-1] if stats.fhist is not None else 0
+    layout = BlockLayout(channels, feature_bins)
     block = np.zeros(layout.size, dtype=np.float64)
     f = layout.unpack(block)
     attrs = ("numel", "sampled", "vmin", "vmax", "smin", "smax", "saturated")
@@ -71,6 +72,9 @@ def to_block(stats: TensorStats, channels: int) -> np.ndarray:
         f[field][...] = value
     for field in _ARRAYS:
         f[field][...] = getattr(stats, field)
+    if feature_bins:
+        f["fhist"][...] = stats.fhist
+        f["fitems"][...] = stats.fitems
     return block
 
 
@@ -156,7 +160,8 @@ class Exchange:
         parts = [head]
         for name, channels in self.layout:
             st = mine.get(name)
-            parts.append(to_block(st, channels) if st is not None else np.zeros(BlockLayout(channels).size))
+            empty = np.zeros(self.monitor.block_layout(name, channels).size)
+            parts.append(to_block(st, channels) if st is not None else empty)
         vector = torch.from_numpy(np.concatenate(parts)).to(self.device)
         out = [torch.empty_like(vector) for _ in range(dist.get_world_size())]
         dist.all_gather(out, vector)
@@ -166,9 +171,9 @@ class Exchange:
         result: dict[str, TensorStats] = {}
         start = len(head)
         for name, channels in self.layout:
-            size = BlockLayout(channels).size
-            result[name] = TensorStats.from_blocks(table[:, start : start + size], channels)
-            start += size
+            layout = self.monitor.block_layout(name, channels)
+            result[name] = TensorStats.from_blocks(table[:, start : start + layout.size], channels, layout.feature_bins)
+            start += layout.size
         ored = table[:, : len(head)].max(axis=0) > 0
         return result, bool(ored[0]), tuple(bool(v) for v in ored[1:])
 
@@ -205,7 +210,12 @@ class Exchange:
                     self.monitor.register(replace(info, name=name))
                 blocks.setdefault(name, []).append(block)
         channels_of = dict(self.layout)
-        merged = {name: TensorStats.from_blocks(np.stack(bs), channels_of[name]) for name, bs in blocks.items()}
+        merged = {
+            name: TensorStats.from_blocks(
+                np.stack(bs), channels_of[name], self.monitor.block_layout(name, channels_of[name]).feature_bins
+            )
+            for name, bs in blocks.items()
+        }
         ored = tuple(bool(any(rank_flags[i] for rank_flags, _ in everyone)) for i in range(len(flags)))
         return merged, ored
 

@@ -194,26 +194,49 @@ def normal_ks(counts: np.ndarray, mean: float, std: float) -> float:
 
 
 def tensorboard_buckets(
-    counts: np.ndarray, vmin: float, vmax: float, group: int = 3
+    counts: np.ndarray, vmin: float, vmax: float, group: int = 3, merge_below: float = 0.01
 ) -> tuple[list[float], list[float]]:
     """Bucket limits and counts for ``add_histogram_raw``: from the first to the last non-empty bin.
 
-    ``group`` fine bins make one bucket (3: 33 % wide in magnitude, plenty for a picture, and a third
-    of the bytes TensorBoard checksums in pure Python). Each limit is its bucket's right edge; the
-    open top bin's limit is ``vmax``. Limits are strictly increasing.
+    ``group`` fine bins make one bucket (3: 33 % wide in magnitude, plenty for a picture), and the bins
+    of magnitude under ``merge_below`` times the largest magnitude make one bucket around zero:
+    TensorBoard redraws histograms on about 30 linear buckets, so they are invisible, yet they made
+    half of the bytes TensorBoard checksums in pure Python (a Gaussian's values reach down to 1e-4 of
+    its largest, 100 fine bins per side). Each limit is its bucket's right edge; the open top bin's
+    limit is ``vmax``. Limits are strictly increasing.
+
+    Example:
+        >>> import torch
+        >>> c = bin_counts(torch.tensor([-2.0, -1.0, 1e-5, 0.5, 3.0]), bin_edges()).double().numpy()
+        >>> limits, counts = tensorboard_buckets(c, -2.0, 3.0)
+        >>> unmerged = tensorboard_buckets(c, -2.0, 3.0, merge_below=0.0)[1]
+        >>> sum(counts), len(counts), len(unmerged)
+        (5.0, 33, 105)
     """
     nz = np.flatnonzero(counts)
     if nz.size == 0:
         return [], []
     lo, hi = int(nz[0]), int(nz[-1])
     edges = edges_numpy()
-    starts = np.arange(lo, hi + 1, group)
-    grouped = np.add.reduceat(counts[lo : hi + 1], starts - lo)
-    limits = [float(edges[i]) for i in np.minimum(starts + group - 1, hi) if i < len(edges)]
+    half = len(edges) // 2  # bin ``half`` is (-1e-6, 1e-6]; bin i is (edges[i-1], edges[i]]
+    top = max(abs(vmin), abs(vmax)) if math.isfinite(vmin) and math.isfinite(vmax) else 0.0
+    k = max(1, int(np.searchsorted(edges[half:], merge_below * top, side="right")))
+    c0, c1 = half - (k - 1), half + (k - 1)  # bins c0..c1 cover (-edges[c1], edges[c1]]: one bucket
+    ends: list[int] = []  # the last fine bin of every bucket
+    if lo < c0:
+        ends += [min(i + group - 1, c0 - 1, hi) for i in range(lo, min(c0 - 1, hi) + 1, group)]
+    if lo <= c1 and hi >= c0:
+        ends.append(min(c1, hi))
+    if hi > c1:
+        first = max(lo, c1 + 1)
+        ends += [min(i + group - 1, hi) for i in range(first, hi + 1, group)]
+    cum = np.concatenate([[0.0], np.cumsum(counts[lo : hi + 1])])
+    bounds = np.array(ends) - lo + 1
+    grouped = np.diff(np.concatenate([[0.0], cum[bounds]]))
+    limits = [float(edges[i]) for i in ends if i < len(edges)]
     if hi == len(edges):  # open-ended top bin: its limit is the observed maximum
-        top = float(vmax) if math.isfinite(vmax) else float(edges[-1]) * _GROWTH
-        limits.append(max(top, float(edges[-1]) * (1 + 1e-9)))
-    del vmin  # the first bucket's left edge is implied by TensorBoard (the histogram's min)
+        top_limit = float(vmax) if math.isfinite(vmax) else float(edges[-1]) * _GROWTH
+        limits.append(max(top_limit, float(edges[-1]) * (1 + 1e-9)))
     return limits, [float(c) for c in grouped]
 
 

@@ -114,13 +114,22 @@ class MeasureSpec:
 
 @dataclass(frozen=True)
 class BlockLayout:
-    """Offsets of the fields in a packed block for a tensor with ``channels`` measured channels."""
+    """Offsets of the fields in a packed block for a tensor with ``channels`` measured channels.
+
+    Input features carry a tail (``feature_bins > 0``): the batch items sampled, then per-feature
+    counts on the anchor bins (``features.feature_histogram``), ``channels * feature_bins`` values.
+    """
 
     channels: int
+    feature_bins: int = 0
+
+    @property
+    def tail(self) -> int:
+        return 1 + self.channels * self.feature_bins if self.feature_bins else 0
 
     @property
     def size(self) -> int:
-        return len(HEAD) + num_bins() + len(CHANNEL_FIELDS) * self.channels
+        return len(HEAD) + num_bins() + len(CHANNEL_FIELDS) * self.channels + self.tail
 
     def unpack(self, block: np.ndarray) -> dict[str, np.ndarray]:
         """Split a block (numpy, any leading dims) into named fields (views)."""
@@ -131,6 +140,11 @@ class BlockLayout:
         for name in CHANNEL_FIELDS:
             out[name] = block[..., start : start + self.channels]
             start += self.channels
+        if self.feature_bins:
+            out["fitems"] = block[..., start]
+            out["fhist"] = block[..., start + 1 : start + self.tail].reshape(
+                *block.shape[:-1], self.channels, self.feature_bins
+            )
         return out
 
 

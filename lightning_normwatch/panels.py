@@ -231,13 +231,14 @@ class Panels:
 
     @classmethod
     def for_trainer(cls, trainer: Any, plot_every_n_steps: int | None = None) -> Panels | None:
-        """Panels on the trainer's first ``TensorBoardLogger``; None (with one warning) without one.
+        """Panels on every ``TensorBoardLogger`` of the trainer; None (with one warning) without one.
 
         With ``logger=False`` nothing is written and the callback itself warns that there is no logger.
         """
-        for logger in trainer.loggers:
-            if _is_tensorboard_logger(logger):
-                return cls(logger.experiment, plot_every_n_steps) if trainer.is_global_zero else None
+        from .adapters.loggers import tensorboard_writer  # every TensorBoardLogger's writer, as one
+
+        if any(_is_tensorboard_logger(logger) for logger in trainer.loggers):
+            return cls(tensorboard_writer(trainer.loggers), plot_every_n_steps) if trainer.is_global_zero else None
         if trainer.loggers:
             names = ", ".join(type(lg).__name__ for lg in trainer.loggers)
             rank_zero_warn(

@@ -89,22 +89,38 @@ def drift(reference: Reference, current: Moments, hist: np.ndarray) -> dict[str,
     return out
 
 
-def _split_zeros(counts: np.ndarray, mean: float, std: float) -> tuple[float, np.ndarray, float, float]:
-    """(share of exact zeros, counts without them, mean and std of the non-zero part).
+#: a bin holding at least this share of the values is a point mass (image background, one-hot level)
+POINT_MASS = 0.1
 
-    Exact zeros (ReLU, dropout) are a point mass that no location-scale change moves; they are
-    compared as a group of their own. The zero bin is (-1e-6, 1e-6]: continuous data has ~no mass there.
+
+def _split_masses(counts: np.ndarray, std: float) -> tuple[float, np.ndarray, np.ndarray, float]:
+    """(share of exact zeros, shares of the other point masses (largest first), the rest's counts, its std).
+
+    Exact zeros (ReLU, dropout) and other point masses (a bin holding ``POINT_MASS`` of the values:
+    an image background after a global normalization, the levels of a one-hot or sparse feature)
+    are compared by their shares, not standardized with the rest: a point mass holding about half
+    of the values would otherwise move the median, and every standardized value with it, whenever
+    a batch moves its share across 50 %. The zero bin is (-1e-6, 1e-6]: continuous data has ~no mass there.
     """
-    zero_bin = int(np.searchsorted(edges_numpy(), 0.0))
+    edges = edges_numpy()
+    zero_bin = int(np.searchsorted(edges, 0.0))
     total = counts.sum()
-    p0 = float(counts[zero_bin] / total)
+    share = counts / total
+    p0 = float(share[zero_bin])
+    heavy = np.flatnonzero(share >= POINT_MASS)
+    heavy = heavy[heavy != zero_bin]
     rest = counts.copy()
     rest[zero_bin] = 0
-    if p0 >= 1:
-        return 1.0, rest, math.nan, math.nan
-    mean_nz = mean / (1 - p0)
-    var_nz = (std * std + mean * mean) / (1 - p0) - mean_nz * mean_nz
-    return p0, rest, mean_nz, math.sqrt(max(var_nz, 0.0))
+    rest[heavy] = 0
+    masses = np.sort(share[heavy])[::-1]
+    if rest.sum() <= 0:
+        return p0, masses, rest, math.nan
+    # the rest's std from bin midpoints (only a fallback scale when its IQR is zero)
+    mids = np.concatenate([[edges[0]], (edges[:-1] + edges[1:]) / 2, [edges[-1]]])
+    w = rest / rest.sum()
+    mu = float((w * mids).sum())
+    rest_std = math.sqrt(max(float((w * (mids - mu) ** 2).sum()), 0.0)) or std
+    return p0, masses, rest, rest_std
 
 
 def _standardized_cdf(counts: np.ndarray, std: float) -> tuple[np.ndarray, np.ndarray]:
@@ -134,9 +150,10 @@ def shape_drift(
     """PSI and KS between the two distributions after standardizing each by its own location and scale.
 
     Location and scale have their own figures (``mean_shift``, ``std_log_ratio``); this isolates a
-    change of *shape*. Exact zeros are one group of their own (a point mass that does not move); the
-    non-zero parts are standardized by their own median and IQR and both CDFs are read on a common
-    grid (linear interpolation between the shared edges); the groups are the reference's quantiles.
+    change of *shape*. Exact zeros are one group of their own, and other point masses (bins holding
+    ``POINT_MASS`` of the values) are groups matched by rank; the rest of each distribution is
+    standardized by its own median and IQR and both CDFs are read on a common grid (linear
+    interpolation between the shared edges); the groups are the reference's quantiles.
 
     Example:
         >>> import numpy as np
@@ -151,16 +168,24 @@ def shape_drift(
     """
     if ref_hist.sum() <= 0 or hist.sum() <= 0:
         return math.nan, math.nan
-    r0, ref_rest, ref_mean, ref_std = _split_zeros(ref_hist, ref_mean, ref_std)
-    c0, rest, mean, std = _split_zeros(hist, mean, std)
-    pr, pc = [max(r0, floor)], [max(c0, floor)]
-    shape_ks = abs(r0 - c0)
+    r0, r_masses, ref_rest, ref_std = _split_masses(ref_hist, ref_std)
+    c0, c_masses, rest, std = _split_masses(hist, std)
+    # point masses are matched by rank (largest first): where they sit is location, not shape
+    k = max(len(r_masses), len(c_masses))
+    r_masses, c_masses = (np.pad(m, (0, k - len(m))) for m in (r_masses, c_masses))
+    pr = [max(r0, floor), *np.maximum(r_masses, floor)]
+    pc = [max(c0, floor), *np.maximum(c_masses, floor)]
+    shape_ks = float(np.abs(np.concatenate([[r0 - c0], r_masses - c_masses])).max())
+    r_cont, c_cont = 1 - r0 - r_masses.sum(), 1 - c0 - c_masses.sum()
     if ref_rest.sum() > 0 and rest.sum() > 0 and ref_std > 0 and std > 0:
         zr, fr = _standardized_cdf(ref_rest, ref_std)
         zc, fc = _standardized_cdf(rest, std)
         cuts = np.unique(np.interp(np.arange(1, groups) / groups, fr, zr))
-        pr += list(np.maximum((1 - r0) * np.diff(np.concatenate([[0.0], np.interp(cuts, zr, fr), [1.0]])), floor))
-        pc += list(np.maximum((1 - c0) * np.diff(np.concatenate([[0.0], np.interp(cuts, zc, fc), [1.0]])), floor))
-        shape_ks = max(shape_ks, float(np.abs((1 - r0) * fr - (1 - c0) * np.interp(zr, zc, fc)).max()))
+        pr += list(np.maximum(r_cont * np.diff(np.concatenate([[0.0], np.interp(cuts, zr, fr), [1.0]])), floor))
+        pc += list(np.maximum(c_cont * np.diff(np.concatenate([[0.0], np.interp(cuts, zc, fc), [1.0]])), floor))
+        shape_ks = max(shape_ks, float(np.abs(r_cont * fr - c_cont * np.interp(zr, zc, fc)).max()))
+    else:
+        pr.append(max(r_cont, floor))
+        pc.append(max(c_cont, floor))
     p, q = np.asarray(pr), np.asarray(pc)
     return float(((q - p) * np.log(q / p)).sum()), float(shape_ks)

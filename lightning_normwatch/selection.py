@@ -22,7 +22,7 @@ from torch.nn.modules.batchnorm import _NormBase
 
 from .measure import saturation_bounds_for
 
-__all__ = ["select_modules", "named_tensors", "role_of", "validate_patterns", "Pattern"]
+__all__ = ["select_modules", "named_tensors", "role_of", "validate_patterns", "user_name", "Pattern"]
 
 Pattern = str | type
 
@@ -111,9 +111,11 @@ def select_modules(
     The model itself (name ``""``) is never selected.
     """
     chosen = []
-    units = [n for n, m in model.named_modules() if n and isinstance(m, _WATCHED_AS_A_WHOLE)]
-    for name, module in model.named_modules():
-        if not name:
+    seen: set[str] = set()
+    units = [user_name(n) for n, m in model.named_modules() if n and isinstance(m, _WATCHED_AS_A_WHOLE)]
+    for qualified, module in model.named_modules():
+        name = user_name(qualified)
+        if not name or name in seen:  # the model itself; a compiled module's wrapper and the module it wraps
             continue
         if modules is None:
             if any(name.startswith(u + ".") for u in units):
@@ -126,12 +128,28 @@ def select_modules(
         if exclude and _matches(name, module, exclude):
             continue
         chosen.append((name, module))
+        seen.add(name)
     return chosen
 
 
 #: class names of activations in other libraries (``transformers``' ``NewGELUActivation``, ``SiLUActivation`` ...)
 _ACTIVATION_NAME = re.compile(r"(activation|gelu|relu|silu|swish|mish|softplus|quickgelu)$", re.IGNORECASE)
 _NORM_NAME = re.compile(r"(norm|layernorm|rmsnorm)$", re.IGNORECASE)
+#: attribute names of wrappers that are not part of the user's model: ``torch.compile``'s ``OptimizedModule``
+#: and Fabric's ``_FabricModule``
+_WRAPPERS = ("_orig_mod", "_forward_module")
+
+
+def user_name(qualified: str) -> str:
+    """A module's name as the user wrote the model: without the wrappers' path components.
+
+    Example:
+        >>> user_name("_forward_module.encoder._orig_mod.0")
+        'encoder.0'
+    """
+    if not any(w in qualified for w in _WRAPPERS):
+        return qualified
+    return ".".join(part for part in qualified.split(".") if part not in _WRAPPERS)
 
 
 def role_of(module: nn.Module | None) -> str:

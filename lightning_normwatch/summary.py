@@ -18,12 +18,12 @@ from functools import cached_property
 
 import numpy as np
 
-from .histogram import abs_median_nonzero, normal_ks
+from .histogram import _GROWTH, abs_median_nonzero, edges_numpy, normal_ks
 from .measure import BlockLayout
 from .moments import Moments, merge_groups, standardized_shape
 from .normality import normality
 
-__all__ = ["TensorStats", "channel_scales", "feature_figures", "figures"]
+__all__ = ["TensorStats", "channel_scales", "feature_figures", "figures", "figures_many"]
 
 
 @dataclass
@@ -39,6 +39,8 @@ class TensorStats:
         pvalue: moments of the fixed-size subsample used for p-values.
         hist: counts on the shared histogram bins (finite sampled values).
         cn, cmean, cm2, cm3, cm4, cnz: per-channel count, mean, central moment sums, non-zero count.
+        fhist: input features only: ``[channels, FEATURE_BINS]`` counts on each feature's anchor bins.
+        fitems: input features only: batch items the sample came from.
     """
 
     numel: float
@@ -56,11 +58,14 @@ class TensorStats:
     cm3: np.ndarray
     cm4: np.ndarray
     cnz: np.ndarray
+    fhist: np.ndarray | None = None
+    fitems: float = 0.0
 
     @classmethod
-    def from_blocks(cls, blocks: np.ndarray, channels: int) -> TensorStats:
+    def from_blocks(cls, blocks: np.ndarray, channels: int, feature_bins: int = 0) -> TensorStats:
         """Merge blocks ``[k, size]`` (one per rank or per call; empty ones allowed) exactly."""
-        f = BlockLayout(channels).unpack(np.asarray(blocks, dtype=np.float64).reshape(-1, BlockLayout(channels).size))
+        layout = BlockLayout(channels, feature_bins)
+        f = layout.unpack(np.asarray(blocks, dtype=np.float64).reshape(-1, layout.size))
         seen = f["numel"] > 0
         if len(seen) == 1:  # one block (one call on one process, the usual case): nothing to merge
             pn, pmean, pm2, pm3, pm4 = (f[k][0] for k in ("pn", "pmean", "pm2", "pm3", "pm4"))
@@ -89,6 +94,8 @@ class TensorStats:
             cm3=cm3,
             cm4=cm4,
             cnz=f["cnz"].sum(axis=0),
+            fhist=f["fhist"].sum(axis=0) if feature_bins else None,
+            fitems=float(f["fitems"].sum()) if feature_bins else 0.0,
         )
 
     @cached_property
@@ -198,3 +205,135 @@ def _figures(stats: TensorStats) -> dict[str, float]:
         "numel": stats.numel,
         "sampled": stats.sampled,
     }
+
+
+def figures_many(stats: list[TensorStats]) -> list[dict[str, float]]:
+    """``[figures(st) for st in stats]``, with the array work done once over all tensors.
+
+    Per-channel arrays of all tensors are concatenated and reduced per tensor (``reduceat``), histograms
+    are stacked ``[tensors, bins]``: about 40 numpy calls in all instead of about 40 per tensor (a
+    fraction of a millisecond each on a few hundred values). Equal to ``figures`` to float rounding
+    (tests/test_batched.py). Tensors without channels take the per-tensor path.
+
+    Example:
+        >>> import torch
+        >>> from lightning_normwatch.measure import MeasureSpec, measure
+        >>> block = measure(torch.randn(16, 3), MeasureSpec(), torch.Generator().manual_seed(0)).numpy()
+        >>> st = TensorStats.from_blocks(block[None], channels=3)
+        >>> bool(np.isclose(figures_many([st])[0]["std"], figures(st)["std"]))
+        True
+    """
+    out: list[dict[str, float] | None] = [None] * len(stats)
+    batch = [i for i, st in enumerate(stats) if st.cn.size > 0]
+    for i in set(range(len(stats))) - set(batch):
+        out[i] = figures(stats[i])
+    if batch:
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            for i, fig in zip(batch, _figures_many([stats[i] for i in batch]), strict=True):
+                out[i] = fig
+    return out  # type: ignore[return-value]
+
+
+def _segment_extreme(values: np.ndarray, mask: np.ndarray, starts: np.ndarray, fn: np.ufunc, fill: float) -> np.ndarray:
+    """Per-segment ``fn`` (np.minimum/np.maximum) over the masked values; NaN where none is masked."""
+    reduced = fn.reduceat(np.where(mask, values, fill), starts)
+    return np.where(np.add.reduceat(mask.astype(np.float64), starts) > 0, reduced, np.nan)
+
+
+def _figures_many(stats: list[TensorStats]) -> list[dict[str, float]]:
+    t = len(stats)
+    sizes = np.array([st.cn.size for st in stats])
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    seg = np.repeat(np.arange(t), sizes)
+    cn, cmean, cm2, cm3, cm4, cnz = (
+        np.concatenate([getattr(st, f) for st in stats]) for f in ("cn", "cmean", "cm2", "cm3", "cm4", "cnz")
+    )
+
+    def per_tensor(values: np.ndarray) -> np.ndarray:
+        return np.add.reduceat(values, starts)
+
+    # overall moments: merge_groups over each tensor's channels
+    n = per_tensor(cn)
+    safe = np.where(n > 0, n, 1.0)
+    grand = per_tensor(cn * cmean) / safe
+    grand = grand + per_tensor(np.where(cn > 0, cn * (cmean - grand[seg]), 0.0)) / safe
+    d = np.where(cn > 0, cmean - grand[seg], 0.0)
+    d2 = d * d
+    m2 = per_tensor(cm2 + cn * d2)
+    m3 = per_tensor(cm3 + 3 * d * cm2 + cn * d2 * d)
+    m4 = per_tensor(cm4 + 4 * d * cm3 + 6 * d2 * cm2 + cn * d2 * d2)
+    overall = [Moments(*(float(v[i]) for v in (n, grand, m2, m3, m4))) for i in range(t)]
+    for st, m in zip(stats, overall, strict=True):
+        st.__dict__["overall"] = m  # the cached property, for drift and the panels
+    std = np.sqrt(m2 / safe)
+    # per channel: scales, liveness, within-channel shape
+    live, cstd, crms = channel_scales(cn, cmean, cm2)
+    scaled = live & (crms > 0)
+    ok = (cn >= 2) & (cm2 > 0)
+    var = np.where(ok, cm2 / np.where(ok, cn, 1), 1.0)
+    shape_n = per_tensor(np.where(ok, cn, 0.0))
+    g1 = np.where(shape_n > 0, per_tensor(np.where(ok, cm3 / var**1.5, 0.0)) / shape_n, np.nan)
+    g2 = np.where(shape_n > 0, per_tensor(np.where(ok, cm4 / var**2, 0.0)) / shape_n - 3.0, np.nan)
+    std_min = _segment_extreme(cstd, live, starts, np.minimum, np.inf)
+    std_max = _segment_extreme(cstd, live, starts, np.maximum, -np.inf)
+    rms_ratio = _segment_extreme(crms, scaled, starts, np.maximum, -np.inf) / _segment_extreme(
+        crms, scaled, starts, np.minimum, np.inf
+    )
+    mean_absmax = _segment_extreme(np.abs(cmean), live, starts, np.maximum, -np.inf)
+    live_n = per_tensor(live.astype(np.float64))
+    dead = np.where(
+        live_n > 0, per_tensor(((cnz == 0) & live).astype(np.float64)) / np.where(live_n > 0, live_n, 1), np.nan
+    )
+    nonzero = per_tensor(cnz)
+    # histograms [tensors, bins]: distance to the fitted normal, median magnitude of the non-zero values
+    hist = np.stack([st.hist for st in stats])
+    total = hist.sum(axis=1)
+    edges = edges_numpy()
+    from scipy import special
+
+    fitted = (n > 0) & (std > 0) & np.isfinite(std) & (total > 0)
+    cdf = np.cumsum(hist, axis=1)[:, :-1] / np.where(total > 0, total, 1.0)[:, None]
+    phi = special.ndtr((edges[None, :] - grand[:, None]) / np.where(fitted, std, 1.0)[:, None])
+    ks = np.where(fitted, np.abs(cdf - phi).max(axis=1), np.nan)
+    half = len(edges) // 2
+    folded = hist[:, half + 1 :] + hist[:, :half][:, ::-1]
+    folded_total = folded.sum(axis=1)
+    above = np.cumsum(folded, axis=1) >= (folded_total / 2)[:, None]
+    magnitudes = np.append(edges[half + 1 :], edges[-1] * _GROWTH)
+    abs_median = np.where(folded_total > 0, magnitudes[np.minimum(above.argmax(axis=1), len(magnitudes) - 1)], np.nan)
+
+    out = []
+    for i, st in enumerate(stats):
+        m = overall[i]
+        finite_min = st.vmin if math.isfinite(st.vmin) else (st.smin if math.isfinite(st.smin) else math.nan)
+        finite_max = st.vmax if math.isfinite(st.vmax) else (st.smax if math.isfinite(st.smax) else math.nan)
+        test = normality(st.pvalue)
+        out.append(
+            {
+                "mean": m.mean if m.n else math.nan,
+                "std": m.std,
+                "min": finite_min,
+                "max": finite_max,
+                "max_abs": max(abs(finite_min), abs(finite_max)),
+                "zeros": _safe_div(st.sampled - float(nonzero[i]), st.sampled),
+                "nonfinite": st.nonfinite,
+                "skew": m.skew,
+                "kurtosis": m.kurtosis,
+                "channel_skew": float(g1[i]),
+                "channel_kurtosis": float(g2[i]),
+                "channel_std_min": float(std_min[i]),
+                "channel_std_max": float(std_max[i]),
+                "channel_scale_ratio": float(rms_ratio[i]),
+                "channel_mean_absmax": float(mean_absmax[i]),
+                "dead": float(dead[i]),
+                "saturated": _safe_div(st.saturated, st.sampled),
+                "normal_ks": float(ks[i]) if m.n else math.nan,
+                "normaltest_p": test.normaltest_p,
+                "jarque_bera_p": test.jarque_bera_p,
+                "abs_median": float(abs_median[i]),
+                "channel_rows": float(np.median(st.cn)),
+                "numel": st.numel,
+                "sampled": st.sampled,
+            }
+        )
+    return out

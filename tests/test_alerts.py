@@ -73,6 +73,8 @@ def test_every_kind_is_documented_with_a_severity():
         "not_run",
         "norm_placement",
         "redundant_bias",
+        "input_drift",
+        "integer_inputs",
     }
 
 
@@ -106,31 +108,35 @@ def test_scale_change_mid_training_moves_drift_and_keeps_reference(tmp_path):
     assert ref.steps == FAST["reference_steps"]  # accumulated over the window only, not after
     fig = watch.last_result.figures["input"]
     assert fig["std_log_ratio"] == pytest.approx(math.log(10), abs=0.15)
+    assert fig["feature_std_log_ratio_max"] == pytest.approx(math.log(10), abs=0.3)
     drift = [a for a in watch.alerts if a.kind == "scale_drift"]
-    assert {"input", "net.0"} <= {a.module for a in drift}
+    assert "net.0" in {a.module for a in drift}
     assert all(a.step >= 20 for a in drift)
-    first = next(a for a in drift if a.module == "input")
-    assert first.value == pytest.approx(10, rel=0.2) and first.threshold == 4.0
+    # the input is judged per feature: one input_drift alert, after two consecutive logging steps
+    (inp,) = [a for a in watch.alerts if a.module == "input" and a.severity == "warning"]
+    assert inp.kind == "input_drift" and inp.step == 21
+    assert "all 16 features rescaled x10" in inp.message or "all 16 features rescaled x9" in inp.message
 
 
 def test_mean_drift_on_shifted_inputs(tmp_path):
     data = changed_after(regression_data(n=1024), 32, 20, lambda x: x + 5)
     watch = fit(tmp_path, Regressor(mlp(), lr=1e-4), data, steps=24)
-    alerts = [a for a in watch.alerts if a.module == "input" and a.kind == "mean_drift"]
-    assert len(alerts) == 1 and alerts[0].step == 20
-    assert alerts[0].value == pytest.approx(5, rel=0.2)
-    assert "scale_drift" not in kinds_at(watch, "input")
+    alerts = [a for a in watch.alerts if a.module == "input" and a.severity == "warning"]
+    assert [(a.kind, a.step) for a in alerts] == [("input_drift", 21)]
+    assert "all 16 features shifted by +5" in alerts[0].message
+    # value: the worst feature's change over its effect floor (5 σ is 10x the 0.5 σ floor; PSI over 0.2 more)
+    assert alerts[0].value >= 9 and alerts[0].threshold == 1.0
 
 
-def test_shift_when_shape_changes_but_not_scale(tmp_path):
-    # Rademacher values keep mean 0 and std 1 but change the shape completely.
+def test_input_shape_change_at_equal_scale_is_input_drift(tmp_path):
+    # Rademacher values keep mean 0 and a similar std but change the shape completely.
     data = changed_after(regression_data(n=1024), 32, 20, torch.sign)
     watch = fit(tmp_path, Regressor(mlp(), lr=1e-4), data, steps=24)
-    at_input = kinds_at(watch, "input")
-    assert "shift" in at_input
-    assert not at_input & {"scale_drift", "mean_drift"}
+    alerts = [a for a in watch.alerts if a.module == "input" and a.severity == "warning"]
+    assert [(a.kind, a.step) for a in alerts] == [("input_drift", 21)]
+    assert "changed distribution (PSI" in alerts[0].message
     before = fit(tmp_path, Regressor(mlp(), lr=1e-4), regression_data(n=1024), steps=24)
-    assert "shift" not in kinds_at(before, "input")
+    assert not [a for a in before.alerts if a.severity != "info"]
 
 
 def test_feature_scale_on_an_unscaled_feature(tmp_path):

@@ -58,6 +58,10 @@ BAD_NORMWATCH_ARGS = [
     ("tensorboard", None),
     ("plot_every_n_steps", 0),
     ("plot_every_n_steps", 2.5),
+    ("input_drift", "loud"),
+    ("input_drift", None),
+    ("feature_names", "abc"),
+    ("feature_names", ["a", 3]),
 ]
 
 
@@ -87,6 +91,10 @@ BAD_THRESHOLDS = [
     ("kurtosis", "4"),
     ("skew", None),
     ("dead", True),
+    ("input_mean_shift", 0),
+    ("input_scale", 1.0),
+    ("input_psi", -0.1),
+    ("input_noise_z", 0.0),
 ]
 
 

@@ -1,0 +1,242 @@
+"""``LoopWatch``: NormWatch in a hand-written PyTorch loop or with Lightning Fabric.
+
+It drives the very hooks of the ``NormWatch`` callback (same sampling, figures, drift, alerts and
+TensorBoard panels) through a minimal stand-in for the trainer: you mark each training step,
+alerts go to the ``lightning_normwatch`` logger (and ``.alerts``), figures and panels to a sink.
+
+Sinks: a ``torch.utils.tensorboard.SummaryWriter`` (scalars in one event per step, histograms,
+custom-scalars layout, alert table, figures); a logger with ``log_metrics(metrics, step)`` (any
+Lightning or Fabric logger; a ``TensorBoardLogger``'s writer also gets the panels); a callable
+``sink(metrics: dict[str, float], step: int)``; or ``None`` (alerts only).
+
+Under ``torch.distributed`` (DDP, Fabric's ``ddp``) every rank calls ``step`` at the same steps;
+statistics are merged with one collective per logging step (``distributed.Exchange``) and rank 0
+writes. Wrappers (Fabric's ``_FabricModule``, ``DistributedDataParallel``, ``torch.compile``) are
+looked through, so names are the model's own (``net.0``, never ``_forward_module.net.0``).
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    >>> seen = []
+    >>> with LoopWatch(model, sink=lambda metrics, step: seen.append(step), every_n_steps=2) as watch:
+    ...     for step in range(4):
+    ...         x = torch.randn(16, 4)
+    ...         with watch.step(x):
+    ...             loss = model(x).pow(2).mean()
+    >>> seen, watch.watched
+    ([0, 2], ['0', '1', '2'])
+    >>> [h for m in model.modules() for h in m._forward_hooks]   # every hook removed on exit
+    []
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from ..alerts import Alert
+from ..monitor import StepResult
+from .loggers import is_tensorboard_logger, write_scalars
+
+__all__ = ["LoopWatch", "unwrap"]
+
+Sink = Any  # SummaryWriter | logger with log_metrics | Callable[[dict[str, float], int], None] | None
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The user's module inside Fabric's ``_FabricModule``, ``DistributedDataParallel``/``DataParallel``
+    and ``torch.compile`` wrappers (hooks go on its submodules, names carry no wrapper prefix).
+
+    Example:
+        >>> inner = nn.Linear(2, 2)
+        >>> unwrap(nn.DataParallel(inner)) is inner
+        True
+    """
+    while True:
+        if hasattr(model, "_forward_module") and isinstance(getattr(model, "_original_module", None), nn.Module):
+            model = model._original_module  # Fabric
+        elif isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod  # torch.compile
+        else:
+            return model
+
+
+class _CallableLogger:
+    """A Lightning-style logger over a ``SummaryWriter`` or a callable."""
+
+    def __init__(self, sink: Any, writer: Any) -> None:
+        self.sink, self.writer = sink, writer
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        if self.writer is not None:
+            write_scalars(self.writer, metrics, int(step or 0))
+        else:
+            self.sink(dict(metrics), int(step or 0))
+
+
+@dataclass
+class _Strategy:
+    root_device: torch.device
+
+
+@dataclass
+class _Loop:
+    """What the callback reads from a Lightning ``Trainer``, for a hand-written loop."""
+
+    strategy: _Strategy
+    world_size: int = 1
+    is_global_zero: bool = True
+    global_step: int = 0
+    log_every_n_steps: int = 50
+    loggers: list[Any] = field(default_factory=list)
+
+
+class LoopWatch:
+    """Watch a model trained by your own loop (plain PyTorch, Fabric); a context manager.
+
+    Args:
+        model: the model (Fabric/DDP/compile wrappers are looked through).
+        sink: where figures and panels go: a ``SummaryWriter``, a logger with ``log_metrics``, a callable
+            ``sink(metrics, step)``, or ``None`` (alerts only: ``.alerts`` and the ``lightning_normwatch`` logger).
+        **options: the ``NormWatch`` arguments (``modules``, ``exclude``, ``inputs``, ``every_n_steps``
+            (default 50), ``thresholds``, ``on_alert``, ``warmup_steps``, ``plot_every_n_steps`` ...).
+
+    Raises:
+        ValueError: a bad option (as ``NormWatch``), or ``sink`` of an unsupported kind.
+
+    Mark each training step with ``with watch.step(inputs):`` around the forward pass (``inputs``: the
+    batch, or what of it the model consumes; ``inputs=`` in the options chooses the tensor). Leaving
+    the ``with LoopWatch(...)`` block (or ``close()``) removes every hook and flushes the sink.
+    """
+
+    def __init__(self, model: nn.Module, sink: Sink = None, **options: Any) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        from ..callback import NormWatch
+
+        self.callback = NormWatch(**options)
+        self.model = unwrap(model)
+        self.sink = sink
+        writer = sink if isinstance(sink, SummaryWriter) else None
+        if sink is None:
+            loggers: list[Any] = []
+        elif writer is not None or (callable(sink) and not hasattr(sink, "log_metrics")):
+            loggers = [_CallableLogger(sink, writer)]
+        elif hasattr(sink, "log_metrics"):
+            loggers = [sink]
+            if type(sink).__name__ == "TensorBoardLogger" and isinstance(sink.experiment, SummaryWriter):
+                writer = sink.experiment  # Lightning's or Fabric's TensorBoardLogger: panels too
+                if not is_tensorboard_logger(sink):  # Fabric's: its scalars in one event too
+                    loggers = [_CallableLogger(sink, writer)]
+        else:
+            raise ValueError(
+                "LoopWatch: sink must be a SummaryWriter, a logger with log_metrics, a callable (metrics, step) "
+                f"or None, got {sink!r}"
+            )
+        distributed = dist.is_available() and dist.is_initialized()
+        parameter = next(self.model.parameters(), None)
+        self._loop = _Loop(
+            strategy=_Strategy(parameter.device if parameter is not None else torch.device("cpu")),
+            world_size=dist.get_world_size() if distributed else 1,
+            is_global_zero=not distributed or dist.get_rank() == 0,
+            log_every_n_steps=self.callback.every_n_steps or 50,
+            loggers=loggers,
+        )
+        cb, tensorboard = self.callback, self.callback.tensorboard
+        cb.tensorboard = False  # the callback looks for a TensorBoardLogger; the panels are set here
+        try:
+            with warnings.catch_warnings():  # without a sink, alerts only is what was asked for
+                warnings.filterwarnings("ignore", "NormWatch: the trainer has no logger")
+                cb.setup(self._loop, self.model, "fit")  # type: ignore[arg-type]
+        finally:
+            cb.tensorboard = tensorboard
+        if tensorboard and writer is not None and self._loop.is_global_zero:
+            from ..panels import Panels
+
+            cb._panels = Panels(writer, cb.plot_every_n_steps)
+        self._next = 0
+        self._closed = False
+
+    @property
+    def watched(self) -> list[str]:
+        """Names of the watched modules."""
+        return [name for name, _ in self.callback.monitor.watched]
+
+    @property
+    def alerts(self) -> list[Alert]:
+        """Every alert raised so far, in order."""
+        return self.callback.alerts
+
+    @property
+    def last_result(self) -> StepResult | None:
+        """Figures and alerts of the latest logging step."""
+        return self.callback.last_result
+
+    @contextmanager
+    def step(self, inputs: Any = None, step: int | None = None) -> Iterator[None]:
+        """Mark one training step: run its forward pass inside (the backward may be inside too).
+
+        Args:
+            inputs: the batch (or the model's input); its input features are watched per ``inputs=``.
+            step: the global step (default: one more than the last one, from 0).
+        """
+        if self._closed:
+            raise RuntimeError("LoopWatch: step() after close(); create a new LoopWatch")
+        current = self._next if step is None else int(step)
+        loop, cb = self._loop, self.callback
+        loop.global_step = current
+        cb.on_train_batch_start(loop, self.model, inputs, current)  # type: ignore[arg-type]
+        try:
+            yield
+        except BaseException as exc:
+            cb.on_exception(loop, self.model, exc)  # type: ignore[arg-type]
+            raise
+        finally:
+            loop.global_step = self._next = current + 1
+        cb.on_train_batch_end(loop, self.model, None, inputs, current)  # type: ignore[arg-type]
+
+    def check_loss(self, loss: Tensor) -> None:
+        """Raise the ``nonfinite`` alert when ``loss`` is NaN/Inf (CUDA: read at the next logging step)."""
+        cb, loop = self.callback, self._loop
+        loss = loss.detach()
+        if loss.device.type != "cpu":  # no host sync: as the callback, OR-ed over ranks at the next logging step
+            bad = ~torch.isfinite(loss).all()
+            cb._bad_loss = bad if cb._bad_loss is None else cb._bad_loss | bad
+            return
+        if not bool(torch.isfinite(loss).all()):
+            step = max(loop.global_step - 1, 0)
+            cb._emit(loop, cb.monitor.raise_nonfinite(step, "loss", math.nan, 0, "the loss check"))  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        """Remove every hook and flush the sink (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        self.callback.teardown(self._loop, self.model, "fit")  # type: ignore[arg-type]
+        flush = getattr(self.sink, "flush", None)  # a SummaryWriter; a logger is finalized by its owner
+        if callable(flush) and self._loop.is_global_zero:
+            flush()
+
+    def __enter__(self) -> LoopWatch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The monitor's state (references, active alerts, generators), to save with your checkpoint."""
+        return self.callback.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.callback.load_state_dict(state)
