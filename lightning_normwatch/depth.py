@@ -156,11 +156,11 @@ def depth_alerts(
 
 
 def small_growth(firing: Sequence[Alert], figures: dict[str, dict[str, float]], inputs: set[str]) -> list[Alert]:
-    """The ``scale_drift`` alerts of tensors that grew but are still below the network's median RMS.
+    """The ``scale_drift`` alerts of tensors that grew but are still below twice the network's median RMS.
 
     A branch initialised small grows as the model learns (GPT-2 scales its residual projections by
-    1/sqrt(2 x layers); attention outputs grow as attention sharpens): growth from a small scale to
-    one still below that of most layers is learning, not an explosion.
+    1/sqrt(2 x layers); attention outputs grew x4 to the network's typical scale in a healthy pre-norm
+    transformer): growth to a scale still typical of the network is learning, not an explosion.
 
     Example:
         >>> a = Alert(5, "attn.c_proj", "scale_drift", "warning", 6.0, 4.0, "grew")
@@ -177,6 +177,6 @@ def small_growth(firing: Sequence[Alert], figures: dict[str, dict[str, float]], 
     out = []
     for alert in firing:
         fig = figures.get(alert.module, {})
-        if alert.kind == "scale_drift" and fig.get("std_log_ratio", 0.0) > 0 and rms_of(fig) < median:
+        if alert.kind == "scale_drift" and fig.get("std_log_ratio", 0.0) > 0 and rms_of(fig) < 2 * median:
             out.append(alert)
     return out
