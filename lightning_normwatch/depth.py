@@ -155,25 +155,27 @@ def depth_alerts(
     return out, checked
 
 
-def small_growth(firing: Sequence[Alert], figures: dict[str, dict[str, float]], inputs: set[str]) -> list[Alert]:
-    """The ``scale_drift`` alerts of tensors that grew but are still below twice the network's median RMS.
+def small_growth(
+    firing: Sequence[Alert], figures: dict[str, dict[str, float]], reference_rms: dict[str, float]
+) -> list[Alert]:
+    """The ``scale_drift`` alerts of tensors that grew but are still below twice the median RMS the
+    network's tensors had in their reference window.
 
     A branch initialised small grows as the model learns (GPT-2 scales its residual projections by
     1/sqrt(2 x layers); attention outputs grew x4 to the network's typical scale in a healthy pre-norm
-    transformer): growth to a scale still typical of the network is learning, not an explosion.
+    transformer): growth to a scale still typical of the network is learning, not an explosion. The
+    median is the reference one: when the whole network grows (inputs x10), it does not hide that.
 
     Example:
         >>> a = Alert(5, "attn.c_proj", "scale_drift", "warning", 6.0, 4.0, "grew")
-        >>> figs = {"ln": {"mean": 0.0, "std": 1.0}, "fc": {"mean": 0.0, "std": 0.5},
-        ...         "attn.c_proj": {"mean": 0.0, "std": 0.1, "std_log_ratio": 1.8}}
-        >>> [x.module for x in small_growth([a], figs, inputs=set())]
+        >>> figs = {"attn.c_proj": {"mean": 0.0, "std": 0.1, "std_log_ratio": 1.8}}
+        >>> [x.module for x in small_growth([a], figs, {"ln": 1.0, "fc": 0.5, "attn.c_proj": 0.017})]
         ['attn.c_proj']
     """
-    scales = [rms_of(f) for k, f in figures.items() if k not in inputs]
-    scales = [x for x in scales if math.isfinite(x) and x > 0]
+    scales = sorted(x for x in reference_rms.values() if math.isfinite(x) and x > 0)
     if not scales:
         return []
-    median = sorted(scales)[len(scales) // 2]
+    median = scales[len(scales) // 2]
     out = []
     for alert in firing:
         fig = figures.get(alert.module, {})

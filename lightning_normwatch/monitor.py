@@ -546,8 +546,12 @@ class Monitor:
             checked |= c
             if fig.get("dead", math.nan) < CLEAR_FRACTION * th.dead:
                 self.alive.add(key)
-        inputs = {k for k in stats if self._infos.get(k) is not None and self._infos[k].role == "input"}
-        learning = small_growth(firing, all_figures, inputs)
+        reference_rms = {
+            k: math.hypot(r.moments.mean, r.moments.std)
+            for k, r in self.references.items()
+            if r.steps > 0 and r.moments.n > 0 and (k not in self._infos or self._infos[k].role != "input")
+        }
+        learning = small_growth(firing, all_figures, reference_rms)
         firing = [a for a in firing if a not in learning]
         a, c = self._depth_alerts(stats, all_figures, prediction, step)
         firing += a
