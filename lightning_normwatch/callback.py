@@ -9,7 +9,7 @@ Example:
 
 from __future__ import annotations
 
-import logging
+import contextlib
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
@@ -22,54 +22,24 @@ from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
+from . import console
 from .alerts import Alert, NormWatchAlertError
 from .config import Thresholds, check_choice, check_positive_int
 from .distributed import Exchange
 from .model_checks import ModelChecks
 from .monitor import Monitor, MonitorConfig, StepResult
 from .replay import RngState, preserved
+from .scalars import ALL_SCALARS, SCALAR_SETS, scalar_metrics, threshold_metrics
 from .selection import Pattern, named_tensors, validate_patterns
 
 __all__ = ["NormWatch"]
 
-log = logging.getLogger("lightning_normwatch")
+from .console import log
 
 InputSpec = bool | str | int | Callable[[Any], Any]
 
-#: figures logged as scalars ``normwatch/<tensor>/<figure>`` (when finite, or always for the first four)
-SCALARS = (
-    "mean",
-    "std",
-    "min",
-    "max",
-    "zeros",
-    "nonfinite",
-    "skew",
-    "kurtosis",
-    "channel_skew",
-    "channel_kurtosis",
-    "channel_scale_ratio",
-    "dead",
-    "saturated",
-    "normal_ks",
-    "normaltest_p",
-    "jarque_bera_p",
-    "std_log_ratio",
-    "mean_shift",
-    "psi",
-    "ks",
-    "shape_psi",
-    "shape_ks",
-    "feature_rms_ratio",
-    "feature_rms_max",
-    "feature_drift_share",
-    "feature_changed_share",
-    "feature_drift_worst",
-    "feature_mean_shift_max",
-    "feature_std_log_ratio_max",
-    "feature_psi_max",
-)
-_ALWAYS = {"mean", "std", "min", "max"}
+#: every figure that can be logged as a scalar ``normwatch/<tensor>/<figure>`` (``scalars="all"``)
+SCALARS = ALL_SCALARS
 
 
 _NOT_FEATURES = ("mask", "label", "target", "weight", "ids")
@@ -192,6 +162,8 @@ class NormWatch(Callback):
         input_drift: per-feature input drift alerts: ``"warn"``, ``"info"`` (for data that changes on
             purpose: a curriculum, a domain schedule) or ``"off"`` (figures only).
         feature_names: names of the input features (columns, or channels of images), used in alerts.
+        scalars: ``"default"``: per tensor the figures a person reads and the rules compare, only those
+            that apply to its role (6 to 8 scalars, see ``lightning_normwatch.scalars``); ``"all"``: every figure.
 
     Raises:
         ValueError: a parameter has a bad value (the message names it).
@@ -221,6 +193,7 @@ class NormWatch(Callback):
         plot_every_n_steps: int | None = None,
         input_drift: str = "warn",
         feature_names: Sequence[str] | None = None,
+        scalars: str = "default",
     ) -> None:
         self.modules = None if modules is None else validate_patterns("modules", modules)
         self.exclude = validate_patterns("exclude", exclude)
@@ -239,6 +212,7 @@ class NormWatch(Callback):
             isinstance(feature_names, str) or not all(isinstance(n, str) for n in feature_names)
         ):
             raise ValueError(f"NormWatch: feature_names must be a sequence of strings or None, got {feature_names!r}")
+        check_choice("scalars", scalars, SCALAR_SETS)
         if not isinstance(check_nonfinite, bool):
             raise ValueError(f"NormWatch: check_nonfinite must be a bool, got {check_nonfinite!r}")
         if isinstance(seed, bool) or not isinstance(seed, int):
@@ -251,6 +225,7 @@ class NormWatch(Callback):
         self.check_nonfinite = check_nonfinite
         self.tensorboard = tensorboard
         self.plot_every_n_steps = plot_every_n_steps
+        self.scalars = scalars
         self.config = MonitorConfig(
             sample_size=sample_size,
             pvalue_size=pvalue_size,
@@ -324,6 +299,8 @@ class NormWatch(Callback):
             from .panels import Panels
 
             self._panels = Panels.for_trainer(trainer, self.plot_every_n_steps)
+        if trainer.is_global_zero:
+            console.log_start(self, trainer, len(names))
 
     def _stop(self) -> None:
         self.monitor.disarm()
@@ -344,6 +321,11 @@ class NormWatch(Callback):
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._stop()
+        if trainer.is_global_zero and self.last_result is not None:
+            roles = {key: self._role(key) for key in self.last_result.figures}
+            console.log_summary(
+                self.last_result.figures, self._types(), self.alerts, self.last_result.step, roles=roles
+            )
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
@@ -517,21 +499,26 @@ class NormWatch(Callback):
     def _log_figures(self, trainer: pl.Trainer, result: StepResult) -> None:
         metrics: dict[str, float] = {}
         for key, fig in result.figures.items():
-            for stat in SCALARS:
-                value = fig.get(stat)
-                if value is not None and (stat in _ALWAYS or math.isfinite(value)):
-                    metrics[f"normwatch/{key}/{stat}"] = float(value)
-            if math.isfinite(fig["mean"]) and math.isfinite(fig["std"]):
-                metrics[f"normwatch/{key}/mean_minus_std"] = fig["mean"] - fig["std"]
-                metrics[f"normwatch/{key}/mean_plus_std"] = fig["mean"] + fig["std"]
-        th = self.thresholds
-        metrics["normwatch/thresholds/shift"] = th.shift
-        metrics["normwatch/thresholds/log_scale_drift"] = math.log(th.scale_drift)
-        metrics["normwatch/thresholds/mean_drift"] = th.mean_drift
+            metrics.update(scalar_metrics(key, self._role(key), fig, self.scalars))
+        metrics.update(threshold_metrics(self.thresholds, metrics))
         for severity, count in result.active.items():
             metrics[f"normwatch/alerts/{severity}"] = float(count)
         for logger in trainer.loggers:
             log_scalars(logger, metrics, result.step)
+
+    def _types(self) -> dict[str, str]:
+        """Layer type by watched tensor (``net.1`` -> ``ReLU``), for what is printed."""
+        out = {}
+        for key in self.last_result.figures if self.last_result else ():
+            with contextlib.suppress(KeyError):  # a tensor only another rank observed has no type here
+                out[key] = self.monitor.info(key).type_name
+        return out
+
+    def _role(self, key: str) -> str:
+        try:
+            return self.monitor.info(key).role
+        except KeyError:  # a tensor only another rank observed
+            return "other"
 
     def _emit(self, trainer: pl.Trainer, alerts: list[Alert]) -> None:
         if not alerts:
@@ -539,9 +526,8 @@ class NormWatch(Callback):
         if self._panels is not None and trainer.is_global_zero:
             self._panels.write_alerts(self.monitor.alerts, alerts[-1].step)
         if self.on_alert != "ignore" and trainer.is_global_zero:
-            for alert in alerts:
-                level = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}[alert.severity]
-                log.log(level, "NormWatch [%s] %s: %s", alert.kind, alert.module, alert.message)
+            for level, line in console.alert_lines(alerts, self._types()):
+                log.log(level, "%s", line)
         if self.on_alert == "raise":
             for alert in alerts:
                 if alert.severity != "info":

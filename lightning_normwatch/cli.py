@@ -20,7 +20,7 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
-from .report import NoNormWatchData, exit_code, format_reports, load_reports, reports_json
+from .report import NoNormWatchData, exit_code, exit_reason, format_reports, load_reports, reports_json
 
 __all__ = ["main", "build_parser"]
 
@@ -77,8 +77,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             text = json.dumps(reports_json(reports, args.logdir, args.fail_on), indent=2, allow_nan=False)
         else:
             text = format_reports(reports, all_alerts=args.all_alerts)
+        reason = exit_reason(reports, args.fail_on)
         try:
             print(text, flush=True)
+            if reason is not None:  # after a JSON document, on stderr so that stdout stays valid JSON
+                print(reason, file=sys.stderr if args.json else sys.stdout, flush=True)
         except BrokenPipeError:  # e.g. `normwatch report logs | head`: not an error
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return exit_code(reports, args.fail_on)

@@ -4,9 +4,13 @@ Scalars go through the trainer's loggers (any logger); this module writes what o
 can show, through the ``SummaryWriter`` of the trainer's ``TensorBoardLogger``:
 
 - ``normwatch/<tensor>`` histograms (Histograms and Distributions dashboards) from the counts
-  already binned on the device (``add_histogram_raw``), never from whole tensors;
-- the custom-scalars layout (one category per layer group, see ``layout_for``);
-- the alert table, a Markdown Text panel (tag ``normwatch/alerts``);
+  already binned on the device (``add_histogram_raw``), never from whole tensors; each tag's
+  description names the layer type;
+- the overview heatmaps (Images dashboard, ``normwatch/overview/*``, see ``overview.py``), every
+  ``overview_every`` logging steps and at the end of the fit;
+- the custom-scalars layout (one chart per tensor and figure, in short categories, see ``layout_for``);
+- the alert panel, Markdown text (tag ``normwatch/alerts``): one line per alert kind, then the table;
+- the watched tensors with their layer types (tag ``normwatch/watched``);
 - every ``plot_every_n_steps`` steps, one figure per layer group (Images dashboard,
   ``normwatch/figures/<group>``), when matplotlib is installed.
 
@@ -25,18 +29,29 @@ import math
 import re
 import sys
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pytorch_lightning.utilities import rank_zero_warn
 
 from .alerts import Alert
+from .digest import group_alerts, group_line, named
 from .histogram import tensorboard_buckets
 from .monitor import Monitor, StepResult
-from .report import ALERT_COLUMNS, ALERT_TAG
+from .overview import OVERVIEW_TAG, Overview, row_label
+from .report import ALERT_COLUMNS, ALERT_TAG, WATCHED_TAG
 from .summary import TensorStats
 
-__all__ = ["Panels", "alerts_markdown", "layout_for", "group_of", "group_pattern", "FIGURE_TAG"]
+__all__ = [
+    "Panels",
+    "alerts_markdown",
+    "watched_markdown",
+    "layout_for",
+    "group_of",
+    "group_pattern",
+    "FIGURE_TAG",
+    "OVERVIEW_TAG",
+]
 
 #: figures are written as images ``normwatch/figures/<group>``
 FIGURE_TAG = "normwatch/figures"
@@ -59,40 +74,71 @@ def _message_cell(message: str) -> str:
     return "<br>".join(_cell(line) for line in lines)
 
 
-def alerts_markdown(alerts: Sequence[Alert]) -> str:
-    """The alert Text panel: a one-line summary, then a Markdown table of every alert.
+def alerts_markdown(alerts: Sequence[Alert], types: Mapping[str, str] | None = None) -> str:
+    """The alert Text panel: a summary line, one line per alert kind, then a Markdown table of every alert.
 
-    Errors come first, then warnings, then information; newest first within each severity.
+    The grouped lines come first so that what matters fits TensorBoard's fixed-height text box;
+    the table follows: errors first, then warnings, then information; newest first within each
+    severity. ``types`` maps module names to their layer type (``net.1 (ReLU)``).
 
     Messages are wrapped with ``<br>``; ``report.parse_alerts_markdown`` reads the table back.
 
     Example:
         >>> a = Alert(3, "net.1", "dead", "warning", 0.8, 0.5, "80% of units are dead")
         >>> b = Alert(5, "net.2", "nonfinite", "error", 1.0, 0.0, "NaN")
-        >>> print(alerts_markdown([a, b]))
-        **2 alerts** up to step 5: 1 error, 1 warning, 0 info (most severe first, then newest first)
+        >>> print(alerts_markdown([a, b], {"net.1": "ReLU"}))
+        **2 alerts** up to step 5: 1 error, 1 warning, 0 info (details below: most severe first, then newest first)
+        <BLANKLINE>
+        - **nonfinite** (error) in net.2 at 1 (threshold 0)
+        - **dead** (warning) in net.1 (ReLU) at 0.8 (threshold 0.5)
         <BLANKLINE>
         | step | module | kind | severity | value | threshold | message |
         |---|---|---|---|---|---|---|
         | 5 | net.2 | nonfinite | **error** | 1 | 0 | NaN |
-        | 3 | net.1 | dead | warning | 0.8 | 0.5 | 80% of units are dead |
+        | 3 | net.1 (ReLU) | dead | warning | 0.8 | 0.5 | 80% of units are dead |
     """
     counts = {s: sum(a.severity == s for a in alerts) for s in ("error", "warning", "info")}
     last = max((a.step for a in alerts), default=0)
     summary = (
         f"**{len(alerts)} alert{'s' if len(alerts) != 1 else ''}** up to step {last}: "
         f"{counts['error']} error, {counts['warning']} warning, {counts['info']} info "
-        "(most severe first, then newest first)"
+        "(details below: most severe first, then newest first)"
     )
+    grouped = []
+    for g in group_alerts(alerts):
+        line = group_line(g, types)
+        grouped.append("- **" + _cell(g.kind) + "**" + _cell(line[len(g.kind) :]))
     rank = {"error": 0, "warning": 1, "info": 2}
     ordered = sorted(reversed(alerts), key=lambda a: (rank.get(a.severity, 3), -a.step))
     head = "| " + " | ".join(ALERT_COLUMNS) + " |\n" + "|---" * len(ALERT_COLUMNS) + "|"
     rows = []
     for a in ordered:
         severity = f"**{a.severity}**" if a.severity == "error" else a.severity
-        cells = [_cell(v) for v in (a.step, a.module, a.kind, severity, a.value, a.threshold)]
+        cells = [_cell(v) for v in (a.step, named(a.module, types), a.kind, severity, a.value, a.threshold)]
         rows.append("| " + " | ".join([*cells, _message_cell(a.message)]) + " |")
-    return "\n".join([summary, "", head, *rows])
+    return "\n".join([summary, "", *grouped, "", head, *rows])
+
+
+def watched_markdown(keys: Sequence[str], kinds: Mapping[str, tuple[str, str]]) -> str:
+    """The watched-tensors Text panel (``normwatch/watched``): tensor, layer type and role, in execution order.
+
+    ``normwatch report`` reads the layer types back from it.
+
+    Example:
+        >>> print(watched_markdown(["input", "net.0"], {"input": ("batch", "input"), "net.0": ("Linear", "preact")}))
+        **2 watched tensors** in execution order
+        <BLANKLINE>
+        | # | tensor | type | role |
+        |---|---|---|---|
+        | 0 | input | batch | input |
+        | 1 | net.0 | Linear | preact |
+    """
+    rows = [
+        f"| {i} | {_cell(k)} | {_cell(kinds.get(k, ('?', ''))[0])} | {kinds.get(k, ('', '?'))[1]} |"
+        for i, k in enumerate(keys)
+    ]
+    head = f"**{len(keys)} watched tensor{'s' if len(keys) != 1 else ''}** in execution order"
+    return "\n".join([head, "", "| # | tensor | type | role |", "|---|---|---|---|", *rows])
 
 
 def group_of(key: str) -> str:
@@ -146,54 +192,89 @@ def group_pattern(group: str) -> str:
     return re.escape(group) + r"\.[^/]*"
 
 
-def layout_for(keys: Sequence[str]) -> dict[str, dict[str, list[Any]]]:
-    """Custom-scalars layout: an overview across depth, then one category per layer group.
+#: tensors per custom-scalars category: a 100-layer model gets 13 short categories, not one of 500 charts
+TENSORS_PER_CATEGORY = 8
 
-    Multiline charts take regular expressions (TensorBoard matches them from the start of the tag);
-    Margin charts take exactly three existing tags (value, lower, upper). Every series is one the
-    callback logs: ``normwatch/<tensor>/<figure>``, ``normwatch/thresholds/*``, ``normwatch/alerts/*``.
 
-    Per group: the std of each of its tensors in one chart; each drift figure that an alert compares
-    with a threshold (``std_log_ratio``, ``mean_shift``, ``shape_psi``) against that threshold (a
-    flat line); per tensor, mean ± std (Margin) and skew with excess kurtosis.
+def layout_for(
+    keys: Sequence[str], kinds: Mapping[str, tuple[str, str]] | None = None, per_category: int = TENSORS_PER_CATEGORY
+) -> dict[str, dict[str, list[Any]]]:
+    """Custom-scalars layout: one chart per tensor and figure, in categories of ``per_category`` tensors.
+
+    TensorBoard draws every series of a run in the same colour, so no chart mixes tensors: each
+    chart holds one tensor's figure, titled with the tensor and its layer type (``net.1 (ReLU)``),
+    and its thresholds. Drift figures that alert on both sides are drawn with both threshold lines
+    (``normwatch/thresholds/<name>_low`` and ``normwatch/thresholds/<name>``). ``dead`` is charted
+    for activations, ``saturated`` for bounded activations only; inputs get their per-feature drift
+    figures against the effect floors instead of the pooled drift charts. ``kinds`` maps tensors to
+    ``(layer type, role)``. Every chart is a Multiline chart (TensorBoard draws Margin charts after
+    all Multiline charts of a category, which would separate a tensor's charts); its regular
+    expressions are matched from the start of the tag.
 
     Example:
-        >>> layout = layout_for(["net.0", "net.1"])
+        >>> layout = layout_for(["net.0", "net.1"], {"net.0": ("Linear", "preact"), "net.1": ("ReLU", "activation")})
         >>> list(layout)
-        ['normwatch: overview', 'normwatch: net']
-        >>> layout["normwatch: net"]["net.0: mean ± std"]
-        ['Margin', ['normwatch/net.0/mean', 'normwatch/net.0/mean_minus_std', 'normwatch/net.0/mean_plus_std']]
+        ['normwatch: alerts', 'normwatch: 1/1 net.0 (Linear) ... net.1 (ReLU)']
+        >>> charts = layout["normwatch: 1/1 net.0 (Linear) ... net.1 (ReLU)"]
+        >>> charts["net.1 (ReLU): log(std / reference std), alert beyond either threshold line"]
+        ['Multiline', ['^normwatch/net\\\\.1/std_log_ratio$', '^normwatch/thresholds/log_scale_drift(_low)?$']]
+        >>> [t for t in charts if "dead" in t]
+        ['net.1 (ReLU): share of dead units, alert above the threshold line']
     """
+    kinds = kinds or {}
     layout: dict[str, dict[str, list[Any]]] = {
-        "normwatch: overview": {
-            "std of every watched tensor (scale across depth)": ["Multiline", [r"normwatch/.+/std$"]],
-            "share of exact zeros in every watched tensor": ["Multiline", [r"normwatch/.+/zeros$"]],
-            "active alerts by severity": ["Multiline", [r"normwatch/alerts/(info|warning|error)$"]],
+        "normwatch: alerts": {
+            "active alerts by severity": ["Multiline", [r"^normwatch/alerts/(info|warning|error)$"]],
         }
     }
-    for group, members in _groups(keys).items():
-        category = layout.setdefault(f"normwatch: {group}", {})
-        sub = f"normwatch/({group_pattern(group)})"
-        category[f"{group}: std of each tensor"] = ["Multiline", [rf"{sub}/std$"]]
-        category[f"{group}: shape PSI vs reference (alert above the threshold line)"] = [
-            "Multiline",
-            [rf"{sub}/shape_psi$", r"normwatch/thresholds/shift$"],
-        ]
-        category[f"{group}: log(std / reference std) (alert beyond ± threshold)"] = [
-            "Multiline",
-            [rf"{sub}/std_log_ratio$", r"normwatch/thresholds/log_scale_drift$"],
-        ]
-        category[f"{group}: mean shift in reference stds (alert beyond ± threshold)"] = [
-            "Multiline",
-            [rf"{sub}/mean_shift$", r"normwatch/thresholds/mean_drift$"],
-        ]
-        for key in members:
+    chunks = [list(keys[i : i + per_category]) for i in range(0, len(keys), per_category)]
+    th = "normwatch/thresholds"
+    for number, chunk in enumerate(chunks, 1):
+        labels = [row_label(k, kinds.get(k, ("", ""))[0]) for k in chunk]
+        span = labels[0] if len(chunk) == 1 else f"{labels[0]} ... {labels[-1]}"
+        category = layout.setdefault(f"normwatch: {number}/{len(chunks)} {span}", {})
+        for key, label in zip(chunk, labels, strict=True):
             base = f"normwatch/{key}"
-            category[f"{key}: mean ± std"] = [
-                "Margin",
-                [f"{base}/mean", f"{base}/mean_minus_std", f"{base}/mean_plus_std"],
+            pattern = "^" + re.escape(base)
+            role = kinds.get(key, ("", "other"))[1]
+            category[f"{label}: std"] = ["Multiline", [pattern + "/std$"]]
+            if role == "input":  # judged per feature (input_drift): the worst feature against its effect floor
+                for figure, floor, what in (
+                    ("feature_mean_shift_max", "input_mean_shift", "largest |mean shift| of a feature (reference σ)"),
+                    ("feature_std_log_ratio_max", "input_log_scale", "largest |log std ratio| of a feature"),
+                    ("feature_psi_max", "input_psi", "largest PSI of a feature"),
+                ):
+                    category[f"{label}: {what}, effect floor line"] = [
+                        "Multiline",
+                        [pattern + f"/{figure}$", f"^{th}/{floor}$"],
+                    ]
+                category[f"{label}: share of features drifted (input_drift)"] = [
+                    "Multiline",
+                    [pattern + "/feature_drift_share$"],
+                ]
+                continue
+            category[f"{label}: log(std / reference std), alert beyond either threshold line"] = [
+                "Multiline",
+                [pattern + "/std_log_ratio$", f"^{th}/log_scale_drift(_low)?$"],
             ]
-            category[f"{key}: skew and excess kurtosis"] = ["Multiline", [rf"{re.escape(base)}/(skew|kurtosis)$"]]
+            category[f"{label}: mean shift in reference stds, alert beyond either threshold line"] = [
+                "Multiline",
+                [pattern + "/mean_shift$", f"^{th}/mean_drift(_low)?$"],
+            ]
+            category[f"{label}: shape PSI vs reference, alert above the threshold line"] = [
+                "Multiline",
+                [pattern + "/shape_psi$", f"^{th}/shift$"],
+            ]
+            if role in ("activation", "bounded", "other"):
+                category[f"{label}: share of dead units, alert above the threshold line"] = [
+                    "Multiline",
+                    [pattern + "/dead$", f"^{th}/dead$"],
+                ]
+            if role == "bounded":
+                category[f"{label}: share of saturated outputs, alert above the threshold line"] = [
+                    "Multiline",
+                    [pattern + "/saturated$", f"^{th}/saturated$"],
+                ]
     return layout
 
 
@@ -223,11 +304,19 @@ class Panels:
         (True, False)
     """
 
-    def __init__(self, writer: Any, plot_every_n_steps: int | None = None) -> None:
+    def __init__(self, writer: Any, plot_every_n_steps: int | None = None, overview_every: int = 20) -> None:
         self.writer = writer
         self.plot_every_n_steps = plot_every_n_steps
+        self.overview = Overview()
+        #: the overview images are drawn every this many logging steps, and at the end of the fit
+        self.overview_every = overview_every
         self._layout_keys: list[str] = []
+        self._kinds: dict[str, tuple[str, str]] = {}
         self._last_plot_interval: int | None = None
+        self._logged = 0
+        self._drawn_step: int | None = None
+        self._thresholds: Any = None
+        self._described: set[str] = set()
 
     @classmethod
     def for_trainer(cls, trainer: Any, plot_every_n_steps: int | None = None) -> Panels | None:
@@ -261,31 +350,82 @@ class Panels:
         return interval != self._last_plot_interval
 
     def write(self, result: StepResult, stats: dict[str, TensorStats], monitor: Monitor) -> None:
-        """Histograms, the layout (when new tensors appear) and, when due, the figures of one logging step."""
+        """Histograms, the layout (when new tensors appear) and, when due, the overview and figures of one step."""
         step = result.step
+        for key in stats:
+            if key not in self._kinds:
+                try:
+                    info = monitor.info(key)
+                    self._kinds[key] = (info.type_name, info.role)
+                except KeyError:
+                    self._kinds[key] = ("?", "other")
         for key, st in stats.items():
             self._histogram(key, st, step)
         new = [k for k in stats if k not in self._layout_keys]
         if new:
             # written once; again only if tensors appear later (TensorBoard shows the latest layout)
             self._layout_keys += new
-            self.writer.add_custom_scalars(layout_for(self._layout_keys))
+            self.writer.add_custom_scalars(layout_for(self._layout_keys, self._kinds))
+            self.writer.add_text(WATCHED_TAG, watched_markdown(self._layout_keys, self._kinds), global_step=step)
+        if result.figures:
+            self._thresholds = monitor.config.thresholds
+            self.overview.add(step, result.figures, self._kinds, monitor.tracker.active)
+            if self._logged % self.overview_every == 0:
+                self.write_overview()
+            self._logged += 1
         if stats and self.plot_due(step):
             self._last_plot_interval = step // self.plot_every_n_steps  # type: ignore[operator]
             self._figures(result, stats, monitor)
+
+    def write_overview(self) -> None:
+        """Draw the overview heatmaps of the steps recorded so far (Images tab, ``normwatch/overview/*``)."""
+        steps = self.overview.steps
+        if not steps or steps[-1] == self._drawn_step:
+            return
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        values = [
+            Summary.Value(
+                tag=tag,
+                image=Summary.Image(height=img.height, width=img.width, colorspace=3, encoded_image_string=img.png()),
+            )
+            for tag, img in self.overview.images(self._thresholds).items()
+        ]
+        self.writer._get_file_writer().add_summary(Summary(value=values), steps[-1])
+        self._drawn_step = steps[-1]
 
     def _histogram(self, key: str, st: TensorStats, step: int) -> None:
         limits, counts = tensorboard_buckets(st.hist, st.smin, st.smax)
         if not counts or not (math.isfinite(st.smin) and math.isfinite(st.smax)):
             return
         m = st.overall
-        self.writer.add_histogram_raw(
-            f"normwatch/{key}",
+        tag = f"normwatch/{key}"
+        args = dict(
             min=float(st.smin),
             max=float(st.smax),
             num=int(sum(counts)),
             sum=float(m.n * m.mean),
             sum_squares=float(m.m2 + m.n * m.mean * m.mean),
+            bucket_limit=limits,
+            bucket=counts,
+        )
+        if key not in self._described:  # the first event of a tag carries its description: the layer type
+            from tensorboard.compat.proto.summary_pb2 import HistogramProto, Summary
+            from tensorboard.plugins.histogram.metadata import create_summary_metadata
+
+            self._described.add(key)
+            type_name, role = self._kinds.get(key, ("?", "other"))
+            meta = create_summary_metadata(display_name=tag, description=f"{row_label(key, type_name)}, {role}")
+            value = Summary.Value(tag=tag, histo=HistogramProto(**args), metadata=meta)
+            self.writer._get_file_writer().add_summary(Summary(value=[value]), step)
+            return
+        self.writer.add_histogram_raw(
+            tag,
+            min=args["min"],
+            max=args["max"],
+            num=args["num"],
+            sum=args["sum"],
+            sum_squares=args["sum_squares"],
             bucket_limits=limits,
             bucket_counts=counts,
             global_step=step,
@@ -330,7 +470,10 @@ class Panels:
     def write_alerts(self, alerts: list[Alert], step: int) -> None:
         """The alert table as a Text panel: every alert so far, rewritten when new ones are raised."""
         if alerts:
-            self.writer.add_text(ALERT_TAG, alerts_markdown(alerts), global_step=step)
+            types = {k: t for k, (t, _) in self._kinds.items()}
+            self.writer.add_text(ALERT_TAG, alerts_markdown(alerts, types), global_step=step)
 
     def flush(self) -> None:
+        """Draw the overview of the last logging step (if not drawn yet) and flush the writer."""
+        self.write_overview()
         self.writer.flush()

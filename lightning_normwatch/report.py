@@ -27,6 +27,7 @@ from typing import Any
 
 __all__ = [
     "ALERT_TAG",
+    "WATCHED_TAG",
     "ALERT_COLUMNS",
     "TABLE_FIGURES",
     "NoNormWatchData",
@@ -36,14 +37,17 @@ __all__ = [
     "format_reports",
     "reports_json",
     "exit_code",
+    "exit_reason",
 ]
 
 #: Text-panel tag of the alert table (``SummaryWriter.add_text`` stores it as ``<tag>/text_summary``)
 ALERT_TAG = "normwatch/alerts"
+#: Text-panel tag of the watched-tensors table (tensor, layer type, role)
+WATCHED_TAG = "normwatch/watched"
 #: columns of the alert table, in order
 ALERT_COLUMNS = ("step", "module", "kind", "severity", "value", "threshold", "message")
 #: figures shown in the printed table (``--json`` has every logged figure)
-TABLE_FIGURES = ("mean", "std", "skew", "kurtosis", "zeros", "std_log_ratio", "mean_shift", "shape_psi")
+TABLE_FIGURES = ("mean", "std", "zeros", "dead", "std_log_ratio", "mean_shift", "shape_psi")
 #: ``normwatch/<name>/...`` scalars that are not watched tensors
 _NOT_TENSORS = ("thresholds", "alerts")
 SEVERITIES = ("error", "warning", "info")
@@ -65,6 +69,7 @@ class RunReport:
         alerts: every alert of the run (dicts with ``ALERT_COLUMNS`` keys), oldest first.
         active: alerts active at the latest step, by severity (``normwatch/alerts/<severity>``).
         peak_active: the largest number of active alerts of each severity over the run.
+        types: layer type per watched tensor (from the ``normwatch/watched`` Text panel; empty for older runs).
     """
 
     run: str
@@ -73,6 +78,7 @@ class RunReport:
     alerts: list[dict[str, Any]] = field(default_factory=list)
     active: dict[str, int] = field(default_factory=dict)
     peak_active: dict[str, int] = field(default_factory=dict)
+    types: dict[str, str] = field(default_factory=dict)
 
     def raised(self, severity: str) -> int:
         """How many alerts of ``severity`` were raised (at least one if any was ever active)."""
@@ -103,6 +109,9 @@ def parse_alerts_markdown(text: str) -> list[dict[str, Any]]:
             continue
         row: dict[str, Any] = dict(zip(ALERT_COLUMNS, cells, strict=True))
         row["severity"] = row["severity"].strip("*")
+        row["module"] = re.sub(
+            r" \(\w+\)$", "", row["module"]
+        )  # "net.1 (ReLU)": the layer type is not part of the name
         try:
             row["step"] = int(row["step"])
         except ValueError:
@@ -127,8 +136,6 @@ def _split_tag(tag: str) -> tuple[str, str] | None:
 
 
 def _run_report(run: str, acc: Any) -> RunReport | None:
-    from tensorboard.util import tensor_util
-
     tags = acc.Tags()
     latest: dict[str, dict[str, tuple[int, float]]] = {}
     active: dict[str, int] = {}
@@ -154,17 +161,32 @@ def _run_report(run: str, acc: Any) -> RunReport | None:
         values.update({name: (v if s == step else None) for name, (s, v) in sorted(figs.items())})
         tensors[tensor] = values
     alerts: list[dict[str, Any]] = []
-    text_tags = [t for t in tags.get("tensors", []) if t in (ALERT_TAG, f"{ALERT_TAG}/text_summary")]
+    text = _last_text(acc, tags, ALERT_TAG)
+    if text is not None:
+        alerts = parse_alerts_markdown(text)
+    types = {}
+    text = _last_text(acc, tags, WATCHED_TAG)
+    for line in (text or "").splitlines():
+        cells = [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+        if len(cells) == 4 and cells[0].isdigit():
+            types[cells[1]] = cells[2]
+    step = int(max(v["step"] for v in tensors.values()))  # type: ignore[type-var]
+    return RunReport(run, step, tensors, alerts, active, peak, types)
+
+
+def _last_text(acc: Any, tags: dict[str, Any], tag: str) -> str | None:
+    """The latest text written to a Text-panel tag, or None."""
+    from tensorboard.util import tensor_util
+
     last_event = None
-    for tag in text_tags:
-        for event in acc.Tensors(tag):
+    for name in (t for t in tags.get("tensors", []) if t in (tag, f"{tag}/text_summary")):
+        for event in acc.Tensors(name):
             if last_event is None or (event.wall_time, event.step) >= (last_event.wall_time, last_event.step):
                 last_event = event
-    if last_event is not None:
-        value = tensor_util.make_ndarray(last_event.tensor_proto).reshape(-1)[0]
-        alerts = parse_alerts_markdown(value.decode("utf-8") if isinstance(value, bytes) else str(value))
-    step = int(max(v["step"] for v in tensors.values()))  # type: ignore[type-var]
-    return RunReport(run, step, tensors, alerts, active, peak)
+    if last_event is None:
+        return None
+    value = tensor_util.make_ndarray(last_event.tensor_proto).reshape(-1)[0]
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
 def load_reports(logdir: str | os.PathLike[str]) -> list[RunReport]:
@@ -224,19 +246,24 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], left: Sequence[
     return [line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)]
 
 
-def format_reports(reports: Sequence[RunReport], all_alerts: bool = False) -> str:
+def format_reports(reports: Sequence[RunReport], all_alerts: bool = False, width: int | None = None) -> str:
     """The human-readable report: per run, a table of the latest figures, then the alerts.
 
-    Alerts of severity ``info`` are only counted unless ``all_alerts`` (``--all-alerts``).
+    Alerts of severity ``info`` are only counted unless ``all_alerts`` (``--all-alerts``). Alert
+    messages are wrapped to ``width`` columns (default: the terminal's width).
 
     Example:
-        >>> r = RunReport("version_0", 9, {"net.0": {"step": 9, "mean": 0.1, "std": 1.0}})
+        >>> r = RunReport("version_0", 9, {"net.0": {"step": 9, "mean": 0.1, "std": 1.0}}, types={"net.0": "Linear"})
         >>> print(format_reports([r]))  # doctest: +NORMALIZE_WHITESPACE
         run version_0: latest step 9, 1 watched tensor, no alerts
-        tensor  step  mean  std  skew  kurtosis  zeros  std_log_ratio  mean_shift  shape_psi
-        ------  ----  ----  ---  ----  --------  -----  -------------  ----------  ---------
-        net.0      9   0.1    1     -         -      -              -           -          -
+        tensor  type    step  mean  std  zeros  dead  std_log_ratio  mean_shift  shape_psi
+        ------  ------  ----  ----  ---  -----  ----  -------------  ----------  ---------
+        net.0   Linear     9   0.1    1      -     -              -           -          -
     """
+    import shutil
+    import textwrap
+
+    width = width or shutil.get_terminal_size((100, 24)).columns
     out: list[str] = []
     for r in reports:
         counts = ", ".join(f"{r.raised(s)} {s}" for s in SEVERITIES)
@@ -245,20 +272,32 @@ def format_reports(reports: Sequence[RunReport], all_alerts: bool = False) -> st
         if not r.alerts and r.raised("error"):
             alerts = f"no alert table, but {counts} were active"
         out.append(f"run {r.run}: latest step {r.step}, {n} watched tensor{'s' if n != 1 else ''}, {alerts}")
-        rows = [[name, str(v["step"]), *(_num(v.get(f)) for f in TABLE_FIGURES)] for name, v in r.tensors.items()]
-        out += _table(["tensor", "step", *TABLE_FIGURES], rows)
+        rows = [
+            [name, r.types.get(name, "?"), str(v["step"]), *(_num(v.get(f)) for f in TABLE_FIGURES)]
+            for name, v in r.tensors.items()
+        ]
+        out += _table(["tensor", "type", "step", *TABLE_FIGURES], rows, left=(0, 1))
         shown = [a for a in r.alerts if all_alerts or a["severity"] != "info"]
         hidden = len(r.alerts) - len(shown)
         if shown:
             out.append("alerts:")
             rows = [
-                [str(a["step"]), a["severity"], a["kind"], a["module"], _num(a["value"]), _num(a["threshold"])]
+                [
+                    str(a["step"]),
+                    a["severity"],
+                    a["kind"],
+                    f"{a['module']} ({r.types[a['module']]})" if a["module"] in r.types else a["module"],
+                    _num(a["value"]),
+                    _num(a["threshold"]),
+                ]
                 for a in shown
             ]
             table = _table(["step", "severity", "kind", "module", "value", "threshold"], rows, left=(1, 2, 3))
-            out.append("  " + table[0] + "  message")
-            out.append("  " + table[1] + "  -------")
-            out += [f"  {line}  {a['message']}" for line, a in zip(table[2:], shown, strict=True)]
+            out.append("  " + table[0] + "  (message below each alert)")
+            out.append("  " + table[1])
+            for line, a in zip(table[2:], shown, strict=True):
+                out.append("  " + line)
+                out += textwrap.wrap(a["message"], width, initial_indent="      ", subsequent_indent="      ")
         if hidden:
             out.append(f"({hidden} info alert{'s' if hidden != 1 else ''} not listed: --all-alerts lists them)")
         out.append("")
@@ -308,3 +347,26 @@ def exit_code(reports: Sequence[RunReport], fail_on: str = "error") -> int:
         return 0
     levels = SEVERITIES[: SEVERITIES.index(fail_on) + 1]
     return int(any(r.raised(s) for r in reports for s in levels))
+
+
+def exit_reason(reports: Sequence[RunReport], fail_on: str = "error") -> str | None:
+    """Why ``exit_code`` is 1 (one line), or None when it is 0.
+
+    Example:
+        >>> r = RunReport("version_0", 0, {}, alerts=[{"severity": "warning"}, {"severity": "warning"}])
+        >>> exit_reason([r], "warning")
+        'exit status 1: 2 warning alerts were raised in run version_0 (--fail-on warning fails on warning or worse)'
+        >>> exit_reason([r]) is None
+        True
+    """
+    if not exit_code(reports, fail_on):
+        return None
+    levels = SEVERITIES[: SEVERITIES.index(fail_on) + 1]
+    parts = []
+    for r in reports:
+        counts = [f"{r.raised(s)} {s}" for s in levels if r.raised(s)]
+        if counts:
+            n = sum(r.raised(s) for s in levels)
+            parts.append(f"{' and '.join(counts)} alert{'s' if n != 1 else ''} were raised in run {r.run}")
+    worst = "or worse" if fail_on != "error" else "alerts"
+    return f"exit status 1: {'; '.join(parts)} (--fail-on {fail_on} fails on {fail_on} {worst})"

@@ -158,7 +158,7 @@ def evaluate(
             )
         else:
             cause = (
-                "dead from the first logging step, so the cause is the set-up: initialization (a large negative "
+                "dead from the first logging step; usual cause: the set-up, i.e. initialization (a large negative "
                 "bias, or weights too small for this depth so that pre-activations vanish or are all negative) "
                 "or unnormalized inputs; try He (Kaiming) initialization, a zero bias, or a normalization before "
                 "the activation"

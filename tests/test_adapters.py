@@ -104,7 +104,7 @@ def test_lightning_and_pytorch_lightning_fits_give_the_same_figures(tmp_path: Pa
     figures_l = [{k: v for k, v in r.items() if k.startswith("normwatch/")} for r in rows_l]
     assert figures_pl == figures_l
     logged = {k for r in figures_pl for k, v in r.items() if v}
-    assert {"normwatch/net.1/mean", "normwatch/net.3/std", "normwatch/input/kurtosis"} <= logged
+    assert {"normwatch/net.1/mean", "normwatch/net.3/std", "normwatch/input/channel_kurtosis"} <= logged
     assert any(k.endswith("/std_log_ratio") for k in logged)  # drift figures after the reference window
     assert cb_pl.last_result.figures == cb_l.last_result.figures
     # the lightning.pytorch TensorBoardLogger is recognised: histograms and the layout are written

@@ -61,7 +61,7 @@ def test_plain_loop_example(dead: bool, tmp_path: Path, caplog: pytest.LogCaptur
         watch = example("plain_loop").main(steps=STEPS, dead=dead, logdir=str(tmp_path))
     if dead:  # the ReLU after the bias -100 layer, named as in the model, at the first logging step
         assert warnings_of(watch) == [("dead", "1")] and watch.alerts[-1].step == 0
-        assert any("NormWatch [dead] 1:" in r.getMessage() for r in caplog.records)  # to the Python logger
+        assert any("NormWatch [dead] 1 (ReLU):" in r.getMessage() for r in caplog.records)  # to the Python logger
     else:
         assert warnings_of(watch) == []
     assert hooks(watch.model) == 0  # leaving the `with` block removed every hook
@@ -123,7 +123,8 @@ def test_figures_match_numpy_and_go_to_a_callable_sink() -> None:
     model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 1))
     got: list[tuple[int, dict[str, float]]] = []
     outputs: dict[int, np.ndarray] = {}
-    with LoopWatch(model, sink=lambda m, s: got.append((s, m)), every_n_steps=3, warmup_steps=0) as watch:
+    sink = lambda m, s: got.append((s, m))  # noqa: E731
+    with LoopWatch(model, sink=sink, every_n_steps=3, warmup_steps=0, scalars="all") as watch:
         for step in range(7):
             x = torch.randn(32, 8)
             with watch.step(x):

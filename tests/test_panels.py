@@ -21,7 +21,6 @@ from tensorboard.util import tensor_util
 from torch import nn
 
 from lightning_normwatch import NormWatch
-from lightning_normwatch.callback import SCALARS
 from lightning_normwatch.histogram import bin_counts, bin_edges
 from lightning_normwatch.panels import alerts_markdown, group_of, layout_for
 from lightning_normwatch.plots import PlotData, density, pair_rows, qq_points, quantiles, zero_share
@@ -93,64 +92,121 @@ def test_histograms_hold_every_sampled_value(healthy) -> None:
         assert last.num == cb.last_result.figures[key]["sampled"]
         mean = acc.Scalars(f"normwatch/{key}/mean")[-1].value
         assert last.sum / last.num == pytest.approx(mean, rel=1e-4, abs=1e-6)
+    # each histogram's description names the layer type
+    assert acc.SummaryMetadata("normwatch/net.1").summary_description == "net.1 (ReLU), activation"
+    assert acc.SummaryMetadata("normwatch/net.2").summary_description == "net.2 (Linear), preact"
 
 
-def test_tag_scheme_holds_for_every_watched_module(healthy) -> None:
+#: the mlp's tensors in execution order, with their layer types and roles
+TYPES = {"input": "batch", "net.0": "Linear", "net.1": "ReLU", "net.2": "Linear", "net.3": "ReLU", "net.4": "Linear"}
+
+
+def test_default_scalars_are_few_and_fit_each_layer(healthy) -> None:
     cb, acc, _ = healthy
     scalars = set(acc.Tags()["scalars"])
-    keys = {name for name, _ in cb.monitor.watched} | {"input"}
-    assert keys == set(NUMEL)
-    figures = set(SCALARS) | {"mean_minus_std", "mean_plus_std"}
-    for key in keys:
-        for stat in ("mean", "std", "skew", "kurtosis", "zeros", "normaltest_p", "psi", "std_log_ratio"):
-            assert f"normwatch/{key}/{stat}" in scalars
+    per_tensor: dict[str, set[str]] = {}
     for tag in scalars:
-        if not tag.startswith("normwatch/"):
+        if tag.startswith("normwatch/") and tag.split("/")[1] not in ("thresholds", "alerts"):
+            module, stat = tag[len("normwatch/") :].rsplit("/", 1)
+            per_tensor.setdefault(module, set()).add(stat)
+    assert set(per_tensor) == set(NUMEL)
+    assert float(np.median([len(v) for v in per_tensor.values()])) <= 8
+    for key, stats in per_tensor.items():
+        if key == "input":  # judged per feature (input_drift), not on the pooled tensor's drift
+            drift = {"feature_drift_share", "feature_mean_shift_max", "feature_std_log_ratio_max", "feature_psi_max"}
+            assert {"mean", "std", "zeros"} | drift <= stats and "std_log_ratio" not in stats, stats
             continue
-        module, stat = tag[len("normwatch/") :].rsplit("/", 1)
-        if module == "thresholds":
-            assert stat in ("shift", "log_scale_drift", "mean_drift")
-        elif module == "alerts":
-            assert stat in ("info", "warning", "error")
-        else:
-            assert module in keys and stat in figures, tag
+        assert {"mean", "std", "zeros", "std_log_ratio", "mean_shift", "shape_psi"} <= stats, key
+        assert ("dead" in stats) == (TYPES[key] == "ReLU"), (key, stats)  # dead only for activations
+        assert "saturated" not in stats and "jarque_bera_p" not in stats and "min" not in stats
+    assert {"channel_skew", "channel_kurtosis"} <= per_tensor["input"]
+    # thresholds: both sides of the two-sided drift figures, starting where the drift figures start
+    drift_steps = [e.step for e in acc.Scalars("normwatch/net.0/std_log_ratio")]
+    assert drift_steps == [4, 6, 8]
+    for name, sign in (("log_scale_drift", 1), ("log_scale_drift_low", -1), ("mean_drift", 1), ("mean_drift_low", -1)):
+        events = acc.Scalars(f"normwatch/thresholds/{name}")
+        assert [e.step for e in events] == drift_steps, name
+        expected = math.log(cb.thresholds.scale_drift) if "log" in name else cb.thresholds.mean_drift
+        assert events[0].value == pytest.approx(sign * expected, rel=1e-6)
+    assert [e.step for e in acc.Scalars("normwatch/thresholds/dead")] == [0, 2, 4, 6, 8]
+    assert "normwatch/thresholds/saturated" not in scalars  # no bounded activation in this model
+
+
+def test_scalars_all_and_validation(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="scalars.*'some'"):
+        NormWatch(scalars="some")
+    cb = NormWatch(every_n_steps=1, scalars="all", on_alert="ignore", tensorboard=False)
+    logger = TensorBoardLogger(tmp_path)
+    tr = trainer(tmp_path, [cb], max_steps=1, logger=logger)
+    tr.fit(Regressor(mlp(D_IN, WIDTH)), loader(regression_data(d_in=D_IN), batch_size=BATCH))
+    scalars = set(read_events(logger.log_dir).Tags()["scalars"])
+    for stat in ("min", "max", "skew", "kurtosis", "normaltest_p", "jarque_bera_p", "mean_plus_std"):
+        assert f"normwatch/net.2/{stat}" in scalars
+    assert "normwatch/net.1/dead" in scalars and "normwatch/net.2/dead" not in scalars
+    assert "normwatch/net.1/saturated" not in scalars  # a ReLU cannot saturate, even with scalars="all"
+
+
+def _layout(acc: EventAccumulator) -> layout_pb2.Layout:
+    events = acc.Tensors("custom_scalars__config__")
+    assert len(events) == 1  # written once
+    layout = layout_pb2.Layout()
+    layout.ParseFromString(tensor_util.make_ndarray(events[0].tensor_proto).item())
+    return layout
 
 
 def test_custom_scalars_layout_matches_logged_tags(healthy) -> None:
     _, acc, _ = healthy
     scalars = set(acc.Tags()["scalars"])
-    events = acc.Tensors("custom_scalars__config__")
-    assert len(events) == 1  # written once
-    layout = layout_pb2.Layout()
-    layout.ParseFromString(tensor_util.make_ndarray(events[0].tensor_proto).item())
+    layout = _layout(acc)
     titles = [c.title for c in layout.category]
-    assert titles == ["normwatch: overview", "normwatch: inputs", "normwatch: net"]
-    margins = 0
+    assert titles == ["normwatch: alerts", "normwatch: 1/1 input (batch) ... net.4 (Linear)"]
+    both_sides = 0
     for category in layout.category:
         for chart in category.chart:
-            if chart.HasField("margin"):
-                for series in chart.margin.series:
-                    assert {series.value, series.lower, series.upper} <= scalars, chart.title
-                margins += 1
-            else:
-                for pattern in chart.multiline.tag:  # TensorBoard uses re.match on every tag
-                    assert any(re.match(pattern, tag) for tag in scalars), (chart.title, pattern)
-    assert margins == len(NUMEL)  # mean ± std of every watched tensor
-    net = {c.title: c for c in layout.category}["normwatch: net"]
-    std_chart = next(ch for ch in net.chart if ch.title == "net: std of each tensor")
-    matched = {t for t in scalars if re.match(std_chart.multiline.tag[0], t)}
-    assert matched == {f"normwatch/net.{i}/std" for i in range(5)}
-    psi_chart = next(ch for ch in net.chart if ch.title.startswith("net: shape PSI"))
-    assert {t for p in psi_chart.multiline.tag for t in scalars if re.match(p, t)} == {
-        *(f"normwatch/net.{i}/shape_psi" for i in range(5)),
-        "normwatch/thresholds/shift",
-    }
+            assert chart.HasField("multiline"), chart.title  # Margin charts would be drawn apart from the rest
+            matched = set()
+            for pattern in chart.multiline.tag:  # TensorBoard uses re.match on every tag
+                hits = {tag for tag in scalars if re.match(pattern, tag)}
+                assert hits, (chart.title, pattern)
+                matched |= hits
+            tensors = {t.split("/")[1] for t in matched} - {"thresholds", "alerts"}
+            assert len(tensors) <= 1, (chart.title, matched)  # never several tensors in one chart
+            lines = {t for t in matched if t.startswith("normwatch/thresholds/")}
+            if "beyond either threshold line" in chart.title:  # both threshold lines, + and -
+                assert len(lines) == 2 and {t[:-4] for t in lines if t.endswith("_low")} == lines - {
+                    t for t in lines if t.endswith("_low")
+                }
+                both_sides += 1
+    assert both_sides == 2 * (len(NUMEL) - 1)  # log std ratio and mean shift of every watched tensor but the input
+    floors = [c.title for cat in layout.category for c in cat.chart if c.title.startswith("input (batch): largest")]
+    assert len(floors) == 3 and all(t.endswith("effect floor line") for t in floors)  # per-feature input drift
+    charts = [c.title for cat in layout.category[1:] for c in cat.chart]
+    for key, type_name in TYPES.items():  # every title names the tensor and its layer type
+        assert f"{key} ({type_name}): std" in charts
+    assert all(re.match(r"^[\w.\[\]@/]+ \(\w+\): ", t) for t in charts), charts
+    dead = [t for t in charts if "dead" in t]
+    assert dead == [
+        "net.1 (ReLU): share of dead units, alert above the threshold line",
+        "net.3 (ReLU): share of dead units, alert above the threshold line",
+    ]
+
+
+def test_layout_chunks_deep_models() -> None:
+    keys = [f"net.{i}" for i in range(100)]
+    kinds = {k: ("Linear", "preact") if i % 2 == 0 else ("Tanh", "bounded") for i, k in enumerate(keys)}
+    layout = layout_for(keys, kinds)
+    categories = list(layout)[1:]
+    assert len(categories) == 13 and categories[0] == "normwatch: 1/13 net.0 (Linear) ... net.7 (Tanh)"
+    assert max(len(layout[c]) for c in categories) <= 8 * 6
+    assert "net.1 (Tanh): share of saturated outputs, alert above the threshold line" in layout[categories[0]]
+    assert not any("saturated" in t for t in layout[categories[0]] if t.startswith("net.0 "))
 
 
 def test_figures_every_plot_interval(healthy) -> None:
     _, acc, _ = healthy
-    assert sorted(acc.Tags()["images"]) == ["normwatch/figures/inputs", "normwatch/figures/net"]
-    for tag in acc.Tags()["images"]:
+    figures = sorted(t for t in acc.Tags()["images"] if t.startswith("normwatch/figures/"))
+    assert figures == ["normwatch/figures/inputs", "normwatch/figures/net"]
+    for tag in figures:
         images = acc.Images(tag)
         assert [im.step for im in images] == [0, 6]
         assert all(im.encoded_image_string[:8] == b"\x89PNG\r\n\x1a\n" and im.width > 300 for im in images)
@@ -185,7 +241,8 @@ def test_alert_table_for_a_dead_relu(dead) -> None:
     dead_row = next(r for r in rows if r["kind"] == "dead")
     assert dead_row["value"] == pytest.approx(1.0) and dead_row["threshold"] == pytest.approx(0.5)
     assert acc.Scalars("normwatch/alerts/warning")[0].value >= 1
-    assert "images" not in acc.Tags() or not acc.Tags()["images"]  # plot_every_n_steps=None: no figures
+    # plot_every_n_steps=None: no figures, only the overview
+    assert all(t.startswith("normwatch/overview/") for t in acc.Tags()["images"])
 
 
 def test_alerts_markdown_round_trip() -> None:
@@ -198,9 +255,10 @@ def test_alerts_markdown_round_trip() -> None:
     text = alerts_markdown(alerts)
     assert (
         text.splitlines()[0]
-        == "**2 alerts** up to step 9: 1 error, 1 warning, 0 info (most severe first, then newest first)"
+        == "**2 alerts** up to step 9: 1 error, 1 warning, 0 info (details below: most severe first, then newest first)"
     )
-    assert text.splitlines()[4].startswith("| 9 | net.1 | nonfinite | **error** |")  # errors first
+    assert text.splitlines()[2].startswith("- **nonfinite** (error) in net.1")  # one line per kind first
+    assert text.splitlines()[7].startswith("| 9 | net.1 | nonfinite | **error** |")  # errors first
     long = Alert(1, "fc", "shift", "warning", 3.0, 2.0, " ".join(["word"] * 60))
     assert (
         "<br>" in alerts_markdown([long])
@@ -263,7 +321,8 @@ print("LOGDIR", logger.log_dir)
     assert "WARNINGS 1" in out.stdout
     log_dir = out.stdout.split("LOGDIR ")[1].strip()
     tags = read_events(log_dir).Tags()
-    assert not tags["images"]
+    assert not [t for t in tags["images"] if t.startswith("normwatch/figures/")]
+    assert "normwatch/overview/1_scale_log10_std" in tags["images"]  # the overview needs no matplotlib
     assert "normwatch/net.0" in tags["histograms"] and "normwatch/net.0/std" in tags["scalars"]
 
 
@@ -278,14 +337,11 @@ def test_group_of() -> None:
 
 def test_layout_escapes_module_names() -> None:
     layout = layout_for(["blocks.0.fc", "blocks.0.act", "blocks.1.fc"])
-    assert list(layout) == ["normwatch: overview", "normwatch: blocks.0", "normwatch: blocks.1"]
-    pattern = layout["normwatch: blocks.0"]["blocks.0.fc: skew and excess kurtosis"][1][0]
-    assert re.match(pattern, "normwatch/blocks.0.fc/kurtosis")
-    assert not re.match(pattern, "normwatch/blocksX0.fc/kurtosis")
-    assert not re.match(pattern, "normwatch/blocks.0.fc/kurtosis_extra")
-    std = layout["normwatch: blocks.0"]["blocks.0: std of each tensor"][1][0]
-    assert re.match(std, "normwatch/blocks.0.fc/std") and re.match(std, "normwatch/blocks.0.act/std")
-    assert not re.match(std, "normwatch/blocks.1.fc/std") and not re.match(std, "normwatch/blocks.0.fc/mean_plus_std")
+    pattern = layout["normwatch: 1/1 blocks.0.fc ... blocks.1.fc"]["blocks.0.fc: std"][1][0]
+    assert re.match(pattern, "normwatch/blocks.0.fc/std")
+    assert not re.match(pattern, "normwatch/blocksX0.fc/std")
+    assert not re.match(pattern, "normwatch/blocks.0.fc/std_log_ratio")
+    assert not re.match(pattern, "normwatch/blocks.0.fc/mean_plus_std")
 
 
 def _hist(x: torch.Tensor) -> np.ndarray:
@@ -334,3 +390,75 @@ def test_qq_points_flag_heavy_tails_and_pairs() -> None:
 
     rows = pair_rows([mk("in", "input"), mk("fc", "preact"), mk("act", "activation"), mk("sig", "bounded")])
     assert [(a and a.name, b and b.name) for a, b in rows] == [("in", None), ("fc", "act"), (None, "sig")]
+
+
+# ---------------------------------------------------------------------------------------- overview images
+def _label_found(rgb: np.ndarray, text: str, row: int, zoom: int = 2, prefix: str = "  ") -> bool:
+    """Whether ``text`` is drawn (in any non-white colour) as the label of heatmap row ``row``."""
+    from lightning_normwatch.font import text_mask
+    from lightning_normwatch.heatmap import ROW
+
+    top = 4 + 2 * ROW + 4
+    mask = text_mask(prefix + text)
+    y, x = (top + row * ROW + 1) * zoom, 4 * zoom
+    region = rgb[y : y + mask.shape[0] * zoom : zoom, x : x + mask.shape[1] * zoom : zoom]
+    drawn = (region < 250).any(axis=-1)
+    return region.shape[:2] == mask.shape and bool((drawn == mask).all())
+
+
+def test_overview_heatmaps_one_labelled_row_per_tensor_in_execution_order(healthy) -> None:
+    import io
+
+    Image = pytest.importorskip("PIL.Image", reason="Pillow decodes the PNGs independently of NormWatch")
+
+    _, acc, _ = healthy
+    tags = sorted(t for t in acc.Tags()["images"] if t.startswith("normwatch/overview/"))
+    assert tags == [
+        "normwatch/overview/0_depth_profile",
+        "normwatch/overview/1_scale_log10_std",
+        "normwatch/overview/2_scale_drift",
+        "normwatch/overview/3_shape_psi",
+        "normwatch/overview/4_zeros",
+        "normwatch/overview/5_dead_units",
+    ]
+    for tag in tags[1:]:
+        events = acc.Images(tag)
+        assert [e.step for e in events] == [0, 8]  # the first logging step, then the end of the fit
+        rgb = np.asarray(Image.open(io.BytesIO(events[-1].encoded_image_string)).convert("RGB"))
+        assert rgb.shape[:2] == (events[-1].height, events[-1].width)
+        for row, (key, type_name) in enumerate(TYPES.items()):
+            assert _label_found(rgb, f"{key} ({type_name})", row), (tag, key)
+        assert not _label_found(rgb, "net.0 (Linear)", 0)  # the check can fail: row 0 is the input
+
+
+def test_overview_marks_the_alerted_layer(dead) -> None:
+    import io
+
+    Image = pytest.importorskip("PIL.Image", reason="Pillow decodes the PNGs independently of NormWatch")
+
+    cb, acc = dead
+    event = acc.Images("normwatch/overview/5_dead_units")[-1]
+    rgb = np.asarray(Image.open(io.BytesIO(event.encoded_image_string)).convert("RGB"))
+    rows = ["input (batch)", "net.0 (Linear)", "net.1 (ReLU)", "net.2 (Linear)"]
+    labels = [_label_found(rgb, text, i) for i, text in enumerate(rows)]
+    alerted = [_label_found(rgb, text, i, prefix="! ") for i, text in enumerate(rows)]
+    assert labels == [True, True, False, True]  # net.1's label is drawn differently: "! net.1 (ReLU)" in red
+    red = (rgb[..., 0] > 200) & (rgb[..., 1] < 40) & (rgb[..., 2] < 40)
+    from lightning_normwatch.heatmap import ROW
+
+    top = (4 + 2 * ROW + 4) * 2
+    red_rows = {(y - top) // (ROW * 2) for y in np.nonzero(red.any(axis=1))[0] if y >= top}
+    assert 2 in red_rows and not red_rows & {0, 1, 3}  # red marks only on net.1's row
+    assert alerted == [False, False, True, False]
+
+
+def test_heatmap_cells_take_the_colour_of_their_value() -> None:
+    from lightning_normwatch.heatmap import GREY, ROW, heatmap, sequential
+
+    img = heatmap(np.array([[-np.inf, 0.0, 1.0, np.nan]]), ["a (ReLU)"], [0, 10, 20, 30], "t", zoom=1)
+    cells = img.pixels[4 + 2 * ROW + 4 + 3]  # a pixel row through the only heatmap row
+    colours = [c for i, c in enumerate(cells) if i == 0 or c != cells[i - 1]]
+    cmap = sequential()
+    rgb = [tuple(img.palette[c]) for c in colours if c >= 16 or c == GREY]
+    # a std of 0 (log -inf) is the lowest colour like the minimum, NaN (not measured) is grey
+    assert rgb == [tuple(cmap[0]), tuple(cmap[-1]), tuple(img.palette[GREY])]

@@ -58,15 +58,24 @@ def test_table_of_a_healthy_run(runs, capsys: pytest.CaptureFixture[str]) -> Non
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("run .: latest step 6, 6 watched tensors")
     header = out[1].split()
-    assert header == ["tensor", "step", *TABLE_FIGURES]
+    assert header == ["tensor", "type", "step", *TABLE_FIGURES]
     rows = {line.split()[0]: line.split() for line in out[3:] if line and not line.startswith(("alerts", " "))}
     assert set(rows) == {"input", "net.0", "net.1", "net.2", "net.3", "net.4"}
     figs = cb.last_result.figures
     for key, cells in rows.items():
-        assert cells[1] == "6"
-        values = dict(zip(TABLE_FIGURES, cells[2:], strict=True))
+        assert cells[1] == cb.monitor.info(key).type_name  # the layer type, read back from the event files
+        assert cells[2] == "6"
+        values = dict(zip(TABLE_FIGURES, cells[3:], strict=True))
         for name in ("mean", "std", "shape_psi"):
+            if key == "input" and name == "shape_psi":  # inputs are judged per feature: not logged by default
+                assert values[name] == "-"
+                continue
             assert float(values[name]) == pytest.approx(figs[key][name], rel=1e-3, abs=1e-6), (key, name)
+        if cells[1] == "ReLU":  # dead units: a column of its own, only for activations
+            assert float(values["dead"]) == pytest.approx(figs[key]["dead"], abs=1e-6)
+        else:
+            assert values["dead"] == "-"
+    assert [rows[k][1] for k in ("input", "net.0", "net.1")] == ["batch", "Linear", "ReLU"]
 
 
 def test_json_matches_the_event_files(runs, capsys: pytest.CaptureFixture[str]) -> None:
@@ -88,7 +97,7 @@ def test_json_matches_the_event_files(runs, capsys: pytest.CaptureFixture[str]) 
         expected = last.value if last.step == 6 and math.isfinite(last.value) else None
         assert run["tensors"][tensor][figure] == expected, tag
         checked += 1
-    assert checked == sum(len(figs) - 1 for figs in run["tensors"].values()) > 6 * 15
+    assert checked == sum(len(figs) - 1 for figs in run["tensors"].values()) > 6 * 6
     assert run["active"] == {
         s: int(acc.Scalars(f"normwatch/alerts/{s}")[-1].value) for s in ("error", "warning", "info")
     }
@@ -103,9 +112,10 @@ def test_error_alert_gives_a_failing_exit_status(runs) -> None:
     assert out.returncode == 1, out.stderr
     lines = out.stdout.splitlines()
     assert "1 error" in lines[0]
-    alert = next(line for line in lines if "nonfinite" in line)
-    assert alert.split()[:4] == ["3", "error", "nonfinite", "net.1"]  # the 4th forward is at step 3
-    assert "Non-finite values first appear in `net.1`" in alert
+    at = next(i for i, line in enumerate(lines) if "nonfinite" in line)
+    assert lines[at].split()[:5] == ["3", "error", "nonfinite", "net.1", "(NaNAfter)"]  # the 4th forward: step 3
+    assert lines[at + 1].strip().startswith("Non-finite values first appear in `net.1`")  # message below, wrapped
+    assert lines[-1] == "exit status 1: 1 error alert were raised in run . (--fail-on error fails on error alerts)"
 
 
 def test_several_runs_and_fail_on(runs, capsys: pytest.CaptureFixture[str]) -> None:
@@ -116,7 +126,20 @@ def test_several_runs_and_fail_on(runs, capsys: pytest.CaptureFixture[str]) -> N
     nan = doc["runs"][1]
     assert nan["raised"]["error"] == 1 and nan["tensors"]["net.1"]["mean"] is None  # NaN -> null
     assert main(["report", root, "--fail-on", "never"]) == 0
-    capsys.readouterr()
+    assert "exit status" not in capsys.readouterr().out
+    assert main(["report", root, "--fail-on", "info"]) == 1
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.startswith("exit status 1: ") and "in run nan/version_0" in last and "--fail-on info" in last
+
+
+def test_messages_wrap_to_the_terminal_width() -> None:
+    message = " ".join(["word"] * 80)
+    alert = dict(step=4, module="fc", kind="dead", severity="warning", value=5.0, threshold=4.0, message=message)
+    report = RunReport("run", 4, {"fc": {"step": 4, "mean": 0.0}}, alerts=[alert], types={"fc": "ReLU"})
+    lines = format_reports([report], width=60).splitlines()
+    assert max(len(line) for line in lines if "word" in line) <= 60
+    assert " ".join(w for line in lines if "word" in line for w in line.split()) == message
+    assert any(line.split()[:4] == ["4", "warning", "dead", "fc"] and "(ReLU)" in line for line in lines)
 
 
 def test_info_alerts_are_counted_unless_all_alerts() -> None:

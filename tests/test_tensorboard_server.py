@@ -102,10 +102,15 @@ def test_scalar_and_histogram_tags(server: str) -> None:
     assert list(runs) == ["demo/version_0"]
     scalars = set(runs["demo/version_0"])
     for module in ("input", "net.0", "net.1", "net.2"):
-        assert {f"normwatch/{module}/{s}" for s in ("mean", "std", "zeros", "mean_minus_std")} <= scalars
-    # the dead ReLU's outputs are all zero: no skew or kurtosis (NaN figures are not logged)
-    assert "normwatch/net.0/skew" in scalars and "normwatch/net.1/skew" not in scalars
-    assert {"normwatch/alerts/warning", "normwatch/thresholds/shift"} <= scalars
+        assert {f"normwatch/{module}/{s}" for s in ("mean", "std", "zeros")} <= scalars
+    # the dead ReLU's within-channel shape is not logged (only pre-activations and inputs have one by default)
+    assert "normwatch/net.0/channel_skew" in scalars and "normwatch/net.1/channel_skew" not in scalars
+    assert "normwatch/net.1/dead" in scalars and "normwatch/net.0/dead" not in scalars
+    assert {
+        "normwatch/alerts/warning",
+        "normwatch/thresholds/shift",
+        "normwatch/thresholds/log_scale_drift_low",
+    } <= scalars
     hist = get(server, "/data/plugin/histograms/tags")["demo/version_0"]
     assert set(hist) == {"normwatch/input", "normwatch/net.0", "normwatch/net.1", "normwatch/net.2"}
     data = get(server, "/data/plugin/histograms/histograms", run="demo/version_0", tag="normwatch/net.0")
@@ -118,27 +123,32 @@ def test_scalar_and_histogram_tags(server: str) -> None:
 def test_custom_scalars_layout_is_served(server: str) -> None:
     layout = get(server, "/data/plugin/custom_scalars/layout")
     categories = {c["title"]: c for c in layout["category"]}
-    assert list(categories) == ["normwatch: overview", "normwatch: inputs", "normwatch: net"]
-    charts = {ch["title"]: ch for ch in categories["normwatch: net"]["chart"]}
-    assert charts["net.1: mean ± std"]["margin"]["series"] == [
-        {
-            "value": "normwatch/net.1/mean",
-            "lower": "normwatch/net.1/mean_minus_std",
-            "upper": "normwatch/net.1/mean_plus_std",
-        }
+    assert list(categories) == ["normwatch: alerts", "normwatch: 1/1 input (batch) ... net.2 (Linear)"]
+    charts = {ch["title"]: ch for ch in categories["normwatch: 1/1 input (batch) ... net.2 (Linear)"]["chart"]}
+    value, lines = charts["net.1 (ReLU): log(std / reference std), alert beyond either threshold line"]["multiline"][
+        "tag"
     ]
-    # the plugin resolves a Multiline regex to the matching scalar series
-    pattern = charts["net: std of each tensor"]["multiline"]["tag"][0]
-    found = get(server, "/data/plugin/custom_scalars/scalars", run="demo/version_0", tag=pattern)
-    assert found["regex_valid"] and set(found["tag_to_events"]) == {f"normwatch/net.{i}/std" for i in range(3)}
-    assert all(len(events) == 3 for events in found["tag_to_events"].values())
+    found = get(server, "/data/plugin/custom_scalars/scalars", run="demo/version_0", tag=lines)
+    assert set(found["tag_to_events"]) == {
+        "normwatch/thresholds/log_scale_drift",
+        "normwatch/thresholds/log_scale_drift_low",
+    }
+    # the plugin resolves a Multiline regex to the matching scalar series: one tensor and its threshold
+    pattern, threshold = charts["net.1 (ReLU): share of dead units, alert above the threshold line"]["multiline"]["tag"]
+    for tag, expected in ((pattern, "normwatch/net.1/dead"), (threshold, "normwatch/thresholds/dead")):
+        found = get(server, "/data/plugin/custom_scalars/scalars", run="demo/version_0", tag=tag)
+        assert found["regex_valid"] and set(found["tag_to_events"]) == {expected}
+        assert len(found["tag_to_events"][expected]) == 3
 
 
 def test_alert_text_and_figures(server: str) -> None:
-    tags = get(server, "/data/plugin/text/tags")["demo/version_0"]
-    assert tags == ["normwatch/alerts/text_summary"]
+    tags = sorted(get(server, "/data/plugin/text/tags")["demo/version_0"])
+    assert tags == ["normwatch/alerts/text_summary", "normwatch/watched/text_summary"]
     texts = get(server, "/data/plugin/text/text", run="demo/version_0", tag=tags[0])
     html = texts[-1]["text"]
-    assert "<table>" in html and re.search(r"<td>net\.1</td>\s*<td>dead</td>\s*<td>warning</td>", html), html
+    assert "<table>" in html and re.search(r"<td>net\.1 \(ReLU\)</td>\s*<td>dead</td>\s*<td>warning</td>", html), html
     images = get(server, "/data/plugin/images/tags")["demo/version_0"]
-    assert set(images) == {"normwatch/figures/inputs", "normwatch/figures/net"}
+    assert set(images) == {"normwatch/figures/inputs", "normwatch/figures/net"} | {
+        f"normwatch/overview/{name}"
+        for name in ("0_depth_profile", "1_scale_log10_std", "2_scale_drift", "3_shape_psi", "4_zeros", "5_dead_units")
+    }

@@ -189,6 +189,19 @@ class TensorBoardWriters:
         for w in self.writers:
             w.flush()
 
+    def _get_file_writer(self) -> _FileWriters:
+        """Raw summaries (one event for several values, ``Panels``) go to every writer's file writer."""
+        return _FileWriters([w._get_file_writer() for w in self.writers])
+
+
+class _FileWriters:
+    def __init__(self, file_writers: Sequence[Any]) -> None:
+        self.file_writers = list(file_writers)
+
+    def add_summary(self, summary: Any, global_step: int | None = None) -> None:
+        for fw in self.file_writers:
+            fw.add_summary(summary, global_step)
+
 
 def tensorboard_writer(loggers: Sequence[Any]) -> Any:
     """The ``SummaryWriter`` of every ``TensorBoardLogger`` among ``loggers`` as one writer (None: none)."""
