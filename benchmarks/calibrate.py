@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from lightning_normwatch import NormWatch
+from lightning_normwatch.depth import depth_ratios
 
 RULES = (
     "dead",
@@ -34,6 +35,8 @@ RULES = (
     "feature_scale",
     "outlier",
     "non_normal",
+    "vanishing",
+    "exploding",
     "input_changed",
     "input_drift",
 )
@@ -136,6 +139,87 @@ def cnn() -> nn.Sequential:
     )
 
 
+def he_stack(depth: int = 20, width: int = 128, gain: float = 1.0, d_in: int = 64, d_out: int = 10) -> nn.Sequential:
+    """``depth`` Linear+ReLU layers, He-initialised times ``gain`` (RMS changes by ``gain`` per layer)."""
+    layers: list[nn.Module] = []
+    for i in range(depth):
+        lin = nn.Linear(d_in if i == 0 else width, width)
+        nn.init.kaiming_normal_(lin.weight, nonlinearity="relu")
+        nn.init.zeros_(lin.bias)
+        with torch.no_grad():
+            lin.weight.mul_(gain)
+        layers += [lin, nn.ReLU()]
+    return nn.Sequential(*layers, nn.Linear(width, d_out))
+
+
+class ResidualMLP(nn.Module):
+    """Pre-norm residual MLP: ``h + W2 relu(W1 LN(h))``, 12 blocks."""
+
+    def __init__(self, d_in: int = 64, d_out: int = 10, blocks: int = 12, width: int = 64) -> None:
+        super().__init__()
+        self.inp = nn.Linear(d_in, width)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.LayerNorm(width), nn.Linear(width, 2 * width), nn.ReLU(), nn.Linear(2 * width, width))
+            for _ in range(blocks)
+        )
+        self.out = nn.Linear(width, d_out)
+
+    def forward(self, x):  # noqa: D102
+        h = self.inp(x)
+        for block in self.blocks:
+            h = h + block(h)
+        return self.out(h)
+
+
+class ConvNeXtNet(nn.Module):
+    """ConvNeXt-style blocks: depthwise conv, then LayerNorm and an MLP on channels-last ``[B, H, W, C]``."""
+
+    def __init__(self, c: int = 32, blocks: int = 2) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, c, 3, padding=1)
+        self.dw = nn.ModuleList(nn.Conv2d(c, c, 7, padding=3, groups=c) for _ in range(blocks))
+        self.norm = nn.ModuleList(nn.LayerNorm(c) for _ in range(blocks))
+        self.fc1 = nn.ModuleList(nn.Linear(c, 4 * c) for _ in range(blocks))
+        self.act = nn.GELU()  # one module reused by every block: one entry per call (act, act#2)
+        self.fc2 = nn.ModuleList(nn.Linear(4 * c, c) for _ in range(blocks))
+        self.head = nn.Linear(c, 10)
+
+    def forward(self, x):  # noqa: D102
+        x = self.stem(x)
+        for dw, norm, fc1, fc2 in zip(self.dw, self.norm, self.fc1, self.fc2, strict=True):
+            y = norm(dw(x).permute(0, 2, 3, 1))
+            x = x + fc2(self.act(fc1(y))).permute(0, 3, 1, 2)
+        return self.head(x.mean((2, 3)))
+
+
+class PreNormTransformer(nn.Module):
+    def __init__(self, d: int = 32, layers: int = 6) -> None:
+        super().__init__()
+        layer = nn.TransformerEncoderLayer(d, 4, 2 * d, dropout=0.1, batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d)
+        self.head = nn.Linear(d, 2)
+
+    def forward(self, x):  # noqa: D102
+        return self.head(self.norm(self.encoder(x)).mean(1))
+
+
+def deep_bn_cnn(blocks: int = 8, c: int = 16) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i in range(blocks):
+        layers += [nn.Conv2d(1 if i == 0 else c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU()]
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, 10))
+
+
+class FrozenBN(Classifier):
+    """The frozen-BN bug: BatchNorm layers put in eval mode at every epoch start."""
+
+    def on_train_epoch_start(self) -> None:  # noqa: D102
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm1d):
+                m.eval()
+
+
 def digits_unnormalized_from(step: int, batch: int = 64) -> Dataset:
     """Standardized digits until ``step``, then the raw pixels (a normalization step dropped mid-run)."""
     base = digits()
@@ -187,6 +271,14 @@ RUNS = [
     Run("BROKEN saturated sigmoid (init x20)", False, lambda: Classifier(saturated_mlp(), 1e-3), digits),
     Run("BROKEN unscaled inputs", False, lambda: Classifier(mlp(30, 2), 1e-3), lambda: cancer(scaled=False)),
     Run("BROKEN lr blow-up (sgd lr 1.5)", False, lambda: Classifier(mlp(64, 10), 1.5, "sgd"), digits),
+    Run("resnet-mlp prenorm-adam digits", True, lambda: Classifier(ResidualMLP(), 1e-3), digits),
+    Run("he-stack 20x128-adam digits", True, lambda: Classifier(he_stack(), 1e-3), digits),
+    Run("cnn-bn 8 blocks-adam digits", True, lambda: Classifier(deep_bn_cnn(), 1e-3), lambda: digits(image=True)),
+    Run("convnext channels-last digits", True, lambda: Classifier(ConvNeXtNet(), 1e-3), lambda: digits(image=True)),
+    Run("prenorm-transformer 6-adam seq", True, lambda: Classifier(PreNormTransformer(), 1e-3), sequences, 32),
+    Run("BROKEN vanishing 20 layers (1 -> .04)", False, lambda: Classifier(he_stack(gain=0.04**0.05), 1e-3), digits),
+    Run("BROKEN exploding 20 layers (x1.5)", False, lambda: Classifier(he_stack(gain=1.5), 1e-4), digits),
+    Run("BROKEN frozen BN", False, lambda: FrozenBN(mlp(64, 10, bn=True), 1e-3), digits),
     Run(
         "BROKEN normalization dropped (step 500)",
         False,
@@ -234,6 +326,12 @@ class Recorder(pl.Callback):
         res = self.watch.last_result
         if res is None or res.step != trainer.global_step - 1:
             return
+        mon, keys = self.watch.monitor, list(res.figures)
+        prediction = mon._prediction_keys(res.figures)  # noqa: SLF001 - the depth rules leave these out
+        sequence = [(mon.info(k), res.figures[k]) for k in keys if mon.info(k).role != "input" and k not in prediction]
+        for rule, value in zip(("vanishing", "exploding"), depth_ratios(sequence), strict=True):
+            if value > self.maxima[rule][0]:
+                self.maxima[rule] = (value, "")
         for key, fig in res.figures.items():
             info = self.watch.monitor.info(key)
             for rule, value in rule_values(fig, info.role).items():
@@ -255,6 +353,7 @@ def main() -> None:
     torch.set_num_threads(1)
     print(f"{'run':38s} " + " ".join(f"{r:>13s}" for r in RULES) + "   alerts raised (kind@module)")
     t0 = time.time()
+    failures = []
     for run in RUNS:
         pl.seed_everything(0, verbose=False)
         watch = NormWatch(every_n_steps=10, on_alert="ignore", warmup_steps=100, reference_steps=200)
@@ -272,9 +371,14 @@ def main() -> None:
         trainer.fit(run.model(), loader)
         cells = " ".join(f"{rec.maxima[r][0]:13.3g}" for r in RULES)
         raised = sorted({f"{a.kind}@{a.module}" for a in watch.alerts if a.severity != "info"})
-        print(f"{run.name:38s} {cells}   {', '.join(raised) or '-'}")
+        print(f"{run.name:38s} {cells}   {', '.join(raised) or '-'}", flush=True)
+        if bool(raised) == run.healthy:
+            failures.append(run.name)
     print(f"thresholds (defaults): {NormWatch().thresholds}")
     print(f"({time.time() - t0:.0f} s)")
+    if failures:
+        raise SystemExit(f"calibration FAILED (healthy run warned, or broken run not caught): {failures}")
+    print("calibration passed: no warning on healthy runs, every broken run caught")
 
 
 if __name__ == "__main__":

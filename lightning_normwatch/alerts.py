@@ -12,7 +12,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 __all__ = ["Alert", "AlertTracker", "NormWatchAlertError", "KINDS", "SEVERITY"]
 
@@ -26,7 +26,14 @@ SEVERITY: dict[str, str] = {
     "shift": "warning",
     "feature_scale": "warning",
     "outlier": "warning",
+    "vanishing": "warning",
+    "exploding": "warning",
+    "near_overflow": "warning",
+    "frozen_norm": "warning",
     "non_normal": "info",
+    "not_run": "info",
+    "norm_placement": "info",
+    "redundant_bias": "info",
     "input_drift": "warning",
     "integer_inputs": "info",
 }
@@ -68,22 +75,70 @@ class NormWatchAlertError(RuntimeError):
         self.alert = alert
 
 
+#: logging steps within which an alert that cleared and comes back is the same problem (not raised again)
+REARM_WINDOW = 25
+
+
+def _worse(value: float, worst: float, threshold: float) -> bool:
+    """Materially worse: twice as far beyond the threshold, and at least 25 % larger, than before.
+
+    Example:
+        >>> _worse(0.62, 0.6, 0.5), _worse(0.75, 0.6, 0.5), _worse(12.0, 5.0, 4.0)
+        (False, True, True)
+    """
+    return value - threshold >= 2 * (worst - threshold) and value >= 1.25 * worst
+
+
 class AlertTracker:
-    """Raises each (module, kind) once until its condition clears.
+    """Raises each (module, kind) once per problem, not once per crossing of its threshold.
 
     A condition clears when it is evaluated and found false; conditions not evaluated at a step
-    (e.g. a module that did not run) keep their state.
+    (e.g. a module that did not run) keep their state. An alert that clears and comes back within
+    ``REARM_WINDOW`` logging steps is the same problem (figures swinging around the clearing level
+    after a learning-rate jump): it is raised again only when materially worse than its worst value
+    so far, with a note saying since when the problem lasts.
+
+    Example:
+        >>> tracker = AlertTracker()
+        >>> def at(step, value): return Alert(step, "fc", "dead", "warning", value, 0.5, "dead")
+        >>> [len(tracker.update([at(s, 0.6)] if s % 2 == 0 else [], {("fc", "dead")}, s)) for s in range(6)]
+        [1, 0, 0, 0, 0, 0]
+        >>> tracker.update([at(6, 0.9)], {("fc", "dead")}, 6)[0].message
+        'dead (Raised again: worse than its 0.6 at step 0; the problem has come and gone for 6 steps.)'
     """
 
     def __init__(self) -> None:
         self.active: set[tuple[str, str]] = set()
+        self.updates = 0  # logging steps evaluated
+        # (module, kind) -> [step first raised, update index last firing, worst value raised, step of it]
+        self.episodes: dict[tuple[str, str], list[float]] = {}
 
-    def update(self, firing: Iterable[Alert], evaluated: set[tuple[str, str]]) -> list[Alert]:
+    def update(self, firing: Iterable[Alert], evaluated: set[tuple[str, str]], step: int | None = None) -> list[Alert]:
         """Return the alerts that are new; record which conditions hold now."""
         firing = list(firing)
+        self.updates += 1
         now = {(a.module, a.kind) for a in firing}
         self.active -= evaluated - now
-        new = [a for a in firing if (a.module, a.kind) not in self.active]
+        new = []
+        for alert in firing:
+            key = (alert.module, alert.kind)
+            episode = self.episodes.get(key)
+            if key in self.active and episode is not None:
+                episode[1] = self.updates
+                continue
+            if episode is not None and self.updates - episode[1] <= REARM_WINDOW:
+                episode[1] = self.updates
+                if _worse(alert.value, episode[2], alert.threshold):
+                    lasted = alert.step - int(episode[0])
+                    note = (
+                        f" (Raised again: worse than its {episode[2]:.3g} at step {int(episode[3])}; "
+                        f"the problem has come and gone for {lasted} steps.)"
+                    )
+                    new.append(replace(alert, message=alert.message + note))
+                    episode[2], episode[3] = alert.value, alert.step
+                continue
+            self.episodes[key] = [alert.step, self.updates, alert.value, alert.step]
+            new.append(alert)
         self.active |= now
         return new
 
@@ -92,3 +147,12 @@ class AlertTracker:
 
     def load(self, state: Iterable[Iterable[str]]) -> None:
         self.active = {(str(m), str(k)) for m, k in state}
+
+    def episode_state(self) -> dict[str, object]:
+        """Plain values for a checkpoint: ``{"updates": n, "episodes": [[module, kind, first, last, worst, at]]}``."""
+        rows = [[m, k, *map(float, v)] for (m, k), v in sorted(self.episodes.items())]
+        return {"updates": self.updates, "episodes": rows}
+
+    def load_episodes(self, state: dict[str, object]) -> None:
+        self.updates = int(state.get("updates", 0))  # type: ignore[arg-type]
+        self.episodes = {(str(r[0]), str(r[1])): [float(v) for v in r[2:]] for r in state.get("episodes", [])}  # type: ignore[union-attr]

@@ -26,6 +26,7 @@ from . import console
 from .alerts import Alert, NormWatchAlertError
 from .config import Thresholds, check_choice, check_positive_int
 from .distributed import Exchange
+from .model_checks import ModelChecks
 from .monitor import Monitor, MonitorConfig, StepResult
 from .replay import RngState, preserved
 from .scalars import ALL_SCALARS, SCALAR_SETS, scalar_metrics, threshold_metrics
@@ -247,6 +248,10 @@ class NormWatch(Callback):
         self._rng: RngState | None = None
         self._bad_loss: Tensor | None = None
         self._resume_after_validation = False
+        self._checks: ModelChecks | None = None
+        self._checked_model: torch.nn.Module | None = None
+        self._checks_state: dict[str, Any] | None = None  # loaded before ``setup`` made ``_checks``
+        self._earlier_alerts: list[Alert] = []
         self._compiled = False
         self._replayed = False  # this batch's forward was already replayed for measurement (compiled model)
         self._warned_manual = False
@@ -258,8 +263,9 @@ class NormWatch(Callback):
 
     @property
     def alerts(self) -> list[Alert]:
-        """Every alert raised so far, in order."""
-        return self.monitor.alerts
+        """Every alert raised so far, in order, over every ``trainer.fit`` this callback took part in
+        (each fit starts a fresh monitor; the alerts of earlier fits are kept in front)."""
+        return self._earlier_alerts + self.monitor.alerts
 
     @property
     @override
@@ -276,11 +282,14 @@ class NormWatch(Callback):
         # this callback must not leak into this one. Lightning restores a checkpoint's state after setup.
         from dataclasses import replace
 
+        self._earlier_alerts += self.monitor.alerts
         self.monitor = Monitor(replace(self.config, world_size=max(1, trainer.world_size)))
         self.last_result = None
         self._bad_loss = None
         self._exchange = Exchange.for_trainer(trainer, self.monitor)
         names = self.monitor.attach(pl_module, self.modules, self.exclude)
+        self._checks = ModelChecks(dict(self.monitor.watched), dict(pl_module.named_modules()))
+        self._checked_model = pl_module
         self._compiled = is_compiled(pl_module)
         if not names and self.inputs is False:
             rank_zero_warn("NormWatch: no module matches `modules`/`exclude` and inputs=False: nothing to watch.")
@@ -298,6 +307,16 @@ class NormWatch(Callback):
         self._collecting = False
         self._batch = None
         self._rng = None
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._checks is not None:
+            self._record(trainer, self._checks.frozen(pl_module, trainer.global_step))
+
+    def _record(self, trainer: pl.Trainer, alerts: list[Alert]) -> None:
+        """Alerts raised outside the monitor's rules (model checks): kept with the others, then emitted."""
+        self.monitor.alerts.extend(alerts)
+        self._emit(trainer, alerts)
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -356,6 +375,7 @@ class NormWatch(Callback):
                     self.monitor.pause()
                 self._collecting = True
                 self._step_at_start = step
+            self.monitor.next_pass()  # call sites (act, act#2) counted per batch: accumulated batches merge
             if not automatic:
                 for name, tensor in find_inputs(batch, self.inputs):
                     self.monitor.observe(name, tensor, role="input")
@@ -434,6 +454,11 @@ class NormWatch(Callback):
         finally:
             self._batch = batch
         first = self.monitor.first_nonfinite(stats)
+        if first is None:  # a finite forward and a non-finite loss: the loss overflowed; name where it grew
+            overflowed = self.monitor.raise_overflow(trainer.global_step, stats)
+            if overflowed is not None:
+                self._emit(trainer, overflowed)
+                return
         origin, share, downstream = first if first is not None else ("loss", math.nan, 0)
         new = self.monitor.raise_nonfinite(trainer.global_step, origin, share, downstream, "replaying the batch")
         self._emit(trainer, new)
@@ -457,6 +482,13 @@ class NormWatch(Callback):
         if self._exchange.flags[0] and not self.monitor.nonfinite_active:
             result.alerts[:0] = self.monitor.raise_nonfinite(step, "loss", math.nan, 0, "the loss check")
         self._bad_loss = None
+        if self._checks is not None and self._checked_model is not None:
+            infos = {key: self.monitor.info(key).role for key in stats if key in self.monitor._infos}
+            checks = self._checks.at_logging_step(
+                self._checked_model, step, list(stats), self.monitor.called, self.monitor.edges, infos
+            )
+            self.monitor.alerts.extend(checks)
+            result.alerts += checks
         self.last_result = result
         if trainer.is_global_zero:
             self._log_figures(trainer, result)
@@ -504,11 +536,20 @@ class NormWatch(Callback):
     # ------------------------------------------------------------------ checkpoint
     @override
     def state_dict(self) -> dict[str, Any]:
-        return self.monitor.state_dict()
+        state = self.monitor.state_dict()
+        checks = self._checks.state() if self._checks is not None else self._checks_state
+        if checks is not None:
+            state["model_checks"] = checks
+        return state
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.monitor.load_state_dict(state_dict)
+        loaded = set(self.monitor.alerts)  # resuming this callback's own earlier fit: no alert twice
+        self._earlier_alerts = [a for a in self._earlier_alerts if a not in loaded]
+        self._checks_state = state_dict.get("model_checks")
+        if self._checks is not None and self._checks_state is not None:
+            self._checks.load(self._checks_state)
 
 
 # Fabric(callbacks=[NormWatch()]) calls hooks with its own arguments: say to use LoopWatch instead.

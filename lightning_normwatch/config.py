@@ -52,6 +52,10 @@ class Thresholds:
         outlier_min_abs: ... and max |x| at least this large (ignore tiny tensors' noise).
         skew: |within-channel skewness| above which the shape is reported as non-normal (info).
         kurtosis: within-channel excess kurtosis above which the shape is reported as non-normal (info).
+        vanishing: factor by which the RMS of every tensor from some layer on may stay below the largest
+            RMS of the layers before it (``depth.py``; no reference needed).
+        exploding: factor by which the RMS of every tensor from some layer on may stay above the smallest
+            RMS of the layers before it.
         input_mean_shift: effect-size floor of an input feature's mean shift, in its reference stds.
         input_scale: effect-size floor of an input feature's std ratio (either way).
         input_psi: effect-size floor of an input feature's PSI on its anchor bins.
@@ -70,6 +74,8 @@ class Thresholds:
     outlier_min_abs: float = 6.0
     skew: float = 2.0
     kurtosis: float = 4.0
+    vanishing: float = 8.0
+    exploding: float = 30.0
     input_mean_shift: float = 0.5
     input_scale: float = 1.5
     input_psi: float = 0.2
@@ -83,7 +89,7 @@ class Thresholds:
         for name in ("dead", "saturated"):
             if not 0 < getattr(self, name) <= 1:
                 raise _fail(f"thresholds.{name}", "in (0, 1]", getattr(self, name))
-        for name in ("scale_drift", "feature_scale", "outlier", "input_scale"):
+        for name in ("scale_drift", "feature_scale", "outlier", "input_scale", "vanishing", "exploding"):
             if getattr(self, name) <= 1:
                 raise _fail(f"thresholds.{name}", "> 1", getattr(self, name))
         positive = ("mean_drift", "shift", "outlier_min_abs", "skew", "kurtosis")

@@ -21,7 +21,9 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import math
+import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -33,23 +35,27 @@ from torch.utils.hooks import RemovableHandle
 from .alerts import SEVERITY, Alert, AlertTracker
 from .batched import measure_all
 from .config import Thresholds
+from .depth import depth_alerts, rms_of, small_growth
 from .features import FEATURE_BINS, FeatureStats, feature_histogram
 from .inputs import InputTracker, batch_tensors, is_consumer_candidate, storage_key
+from .layout import Flow, module_layout
 from .measure import (
     BlockLayout,
     MeasureSpec,
     Sampled,
-    channel_first_for,
     measured_channels,
     saturation_bounds_for,
     take_sample,
 )
+from .overflow import first_exploded, overflow_alert
 from .reference import Reference, drift
-from .rules import TensorInfo, evaluate, nonfinite_alert
+from .rules import CLEAR_FRACTION, TensorInfo, evaluate, nonfinite_alert
 from .selection import Pattern, named_tensors, role_of, select_modules
-from .summary import TensorStats, figures_many
+from .summary import TensorStats, figures, figures_many
 
 __all__ = ["Monitor", "MonitorConfig", "StepResult"]
+
+log = logging.getLogger("lightning_normwatch")
 
 
 @dataclass(frozen=True)
@@ -120,7 +126,14 @@ class Monitor:
         self._handles: list[RemovableHandle] = []
         self._generators: dict[torch.device, torch.Generator] = {}
         self._generator_states: dict[str, Tensor] = {}
-        self._last_layout: tuple[torch.Size, bool] | None = None
+        self._model: nn.Module | None = None
+        self._flow = Flow()  # layout and producer of the tensors output in the current forward pass
+        self._calls: dict[str, int] = {}  # calls of each watched module in the current forward pass
+        self.called: set[str] = set()  # watched modules that ran since the collection started
+        self.edges: dict[str, str] = {}  # tensor key -> key of the watched tensor its module consumed
+        self._skipped: set[str] = set()  # tensors skipped with a debug line (sparse, complex)
+        self.alive: set[str] = set()  # tensors whose units were judged alive at some logging step
+        self.last_rms: dict[str, float] = {}  # RMS of each tensor at the last logging step (finite ones)
         # input features (see inputs.py): per-input anchors, references and recent windows
         self.input_tracker = InputTracker(config.warmup_steps + config.reference_steps)
         self._tails: dict[str, list[Tensor]] = {}
@@ -145,6 +158,7 @@ class Monitor:
     ) -> list[str]:
         """Choose the modules to watch (hooks are only registered by ``arm``)."""
         self.watched = select_modules(model, modules, exclude)
+        self._model = model
         self._candidates = [(name, m) for name, m in model.named_modules() if name and is_consumer_candidate(m)]
         return [name for name, _ in self.watched]
 
@@ -164,12 +178,25 @@ class Monitor:
         """Register forward hooks on the watched modules and start a new collection."""
         self.disarm()
         self._blocks, self._tails = {}, {}
+        self.called = set()
+        self.next_pass()
         self.resume()
+
+    def next_pass(self) -> None:
+        """A new forward pass starts: call counts restart (``act``, ``act#2`` ... name call sites).
+
+        Called by a pre-hook on the attached model and by the callback at every batch, so that
+        accumulated batches merge into the same per-call entries.
+        """
+        self._calls = {}
+        self._flow.reset()
 
     def resume(self) -> None:
         """Register the hooks again after ``pause``, keeping what was collected."""
         if not self._handles:
             self._handles = [module.register_forward_hook(self._hook_for(name)) for name, module in self.watched]
+            if self._model is not None and self.watched:
+                self._handles.append(self._model.register_forward_pre_hook(lambda *_: self.next_pass()))
             if self._auto_inputs:
                 wanted = (
                     self._candidates
@@ -195,6 +222,8 @@ class Monitor:
         Used to replay a forward pass (to locate NaN/Inf) in the middle of a logging step.
         """
         saved, saved_tails, saved_taken, was_armed = self._blocks, self._tails, self._inputs_taken, self.armed
+        saved_pass = (self._calls, self._flow, self.called)
+        self._flow = Flow()
         self.arm()
         self._inputs_taken = set()
         try:
@@ -204,13 +233,22 @@ class Monitor:
             if was_armed:
                 self.arm()
             self._blocks, self._tails, self._inputs_taken = saved, saved_tails, saved_taken
+            self._calls, self._flow, self.called = saved_pass
 
     def _hook_for(self, name: str) -> Callable[[nn.Module, object, object], None]:
-        def hook(module: nn.Module, args: object, output: object) -> None:
+        def hook(module: nn.Module, args: tuple[object, ...], output: object) -> None:
             if torch.compiler.is_compiling():  # traced by dynamo (a compiled call NormWatch did not detect): skip
                 return
-            for key, tensor in named_tensors(output, name):
-                self.observe(key, tensor, module)
+            # one entry per call site of a module reused within a forward pass: ``act``, ``act#2`` ...
+            call = self._calls[name] = self._calls.get(name, 0) + 1
+            base = name if call == 1 else f"{name}#{call}"
+            self.called.add(name)
+            source = args[0] if args else None
+            producer = self._flow.lookup(source)
+            if producer is not None:
+                self.edges.setdefault(base, producer[1])
+            for key, tensor in named_tensors(output, base, complex_too=True):
+                self.observe(key, tensor, module, source=source)
 
         return hook
 
@@ -301,17 +339,21 @@ class Monitor:
             self._generators[device] = gen
         return gen
 
-    def _spec(self, tensor: Tensor, module: nn.Module | None, role: str | None) -> MeasureSpec:
+    def _spec(self, tensor: Tensor, module: nn.Module | None, role: str | None, source: object = None) -> MeasureSpec:
         c = self.config
         sample_size = c.sample_size
         if role == "input":  # per-feature drift needs rows: up to 1024 rows of every feature, bounded
             channels = tensor.shape[1] if tensor.ndim >= 4 else (tensor.shape[-1] if tensor.ndim >= 2 else 1)
             sample_size = max(c.sample_size, min(1024 * min(channels, c.max_channels), c.input_sample_size))
-        channel_first = channel_first_for(module, tensor.ndim) if role != "input" else tensor.ndim >= 4
-        if tensor.ndim == 3 and role != "input" and not channel_first and self._last_layout is not None:
-            # an activation after a Conv1d keeps its [B, C, L] layout: inherit it from the tensor before
-            shape, previous_channel_first = self._last_layout
-            channel_first = previous_channel_first and shape == tensor.shape
+        if role == "input":
+            channel_first = tensor.ndim >= 4
+        else:
+            # the module decides (a Linear on [B, H, W, C] has its channels last); a parameter-free
+            # module inherits the layout of the tensor it transforms; else [B, C, ...] for 4+ dims
+            layout = module_layout(module, tensor.shape)
+            if layout is None:
+                layout = self._flow.inherited(source, tensor.shape)
+            channel_first = tensor.ndim >= 4 if layout is None else layout
         return MeasureSpec(
             sample_size=sample_size,
             pvalue_size=math.ceil(c.pvalue_size / c.world_size),
@@ -321,25 +363,46 @@ class Monitor:
             bounds=saturation_bounds_for(module),
         )
 
-    def observe(self, name: str, tensor: Tensor, module: nn.Module | None = None, role: str | None = None) -> None:
-        """Sample one tensor now (on its device, no host sync); repeated calls of a module merge.
+    def observe(
+        self,
+        name: str,
+        tensor: Tensor,
+        module: nn.Module | None = None,
+        role: str | None = None,
+        source: object = None,
+    ) -> None:
+        """Sample one tensor now (on its device, no host sync); repeated observations of a name merge.
 
         Only the random draws and the full-tensor extremes happen here; the arithmetic on the
-        sample waits for ``local_blocks`` (all tensors in a row, with warm caches).
+        sample waits for ``local_blocks`` (all tensors in a row, with warm caches). ``source`` is
+        the module's input (a parameter-free module's output takes its channel layout). Sparse
+        and complex tensors are skipped with one debug line.
         """
-        if not isinstance(tensor, Tensor) or not tensor.is_floating_point():
+        if not isinstance(tensor, Tensor):
+            return
+        if tensor.layout != torch.strided or tensor.is_complex():
+            if name not in self._skipped:
+                self._skipped.add(name)
+                what = "complex" if tensor.is_complex() else f"{tensor.layout}"
+                log.debug("NormWatch: `%s` outputs a %s tensor: not measured", name, what)
+            return
+        if not tensor.is_floating_point():
             return
         key, spec = name, self._specs.get(name)
-        channels = measured_channels(tensor, spec or self._spec(tensor, module, role))
+        channels = measured_channels(tensor, spec or self._spec(tensor, module, role, source))
         call = 1
         while spec is not None and self._infos[key].channels != channels:
             call += 1  # same module called with a differently shaped tensor: a separate entry
             key = f"{name}@{call}"
             spec = self._specs.get(key)
         if spec is None:
-            spec = self._specs[key] = self._spec(tensor, module, role)
+            spec = self._specs[key] = self._spec(tensor, module, role, source)
             self._infos[key] = TensorInfo(
-                key, role or role_of(module), type(module).__name__ if module is not None else "batch", channels
+                key,
+                role or role_of(module),
+                type(module).__name__ if module is not None else "batch",
+                channels,
+                str(tensor.dtype).removeprefix("torch."),
             )
         taken = take_sample(tensor, spec, self._generator(tensor.device))
         if key in self._blocks:  # a further call (module reused, accumulated batches): p-values stay on one sample
@@ -347,7 +410,7 @@ class Monitor:
         self._blocks.setdefault(key, []).append(taken)
         if self._infos[key].role == "input":
             self._tails.setdefault(key, []).append(self._input_tail(key, tensor, taken.sample))
-        self._last_layout = (tensor.shape, spec.channel_first)
+        self._flow.record(tensor, spec.channel_first, key)
 
     def _input_tail(self, key: str, tensor: Tensor, sample: Tensor) -> Tensor:
         """The block tail of an input: batch items, then per-feature counts on the anchor bins (on device)."""
@@ -430,6 +493,20 @@ class Monitor:
             return {last, order[-2]}
         return {last}
 
+    def _head_inputs(self, stats: dict[str, TensorStats], prediction: set[str]) -> set[str]:
+        """The representation the prediction head reads: the tensors right before the prediction made by
+        parameter-free modules (the pooler's tanh, a global pool and flatten): their shape changes as the
+        model learns, so ``shift`` does not judge them (scale and mean drift still do)."""
+        modules = dict(self.watched)
+        order = [k for k in stats if k not in prediction and (k not in self._infos or self._infos[k].role != "input")]
+        out: set[str] = set()
+        for key in reversed(order):
+            module = modules.get(re.split(r"[#@\[]", key, maxsplit=1)[0])
+            if module is None or next(module.parameters(recurse=False), None) is not None:
+                break
+            out.add(key)
+        return out
+
     def reference_ready(self, step: int) -> bool:
         return step >= self.config.warmup_steps + self.config.reference_steps
 
@@ -441,6 +518,7 @@ class Monitor:
         firing: list[Alert] = []
         checked: set[tuple[str, str]] = set()
         prediction = self._prediction_keys(stats)
+        head_inputs = self._head_inputs(stats, prediction)
         computed = dict(zip(stats, figures_many(list(stats.values())), strict=True))  # all tensors at once
         for key, st in stats.items():
             info = self._infos.get(key) or TensorInfo(key, "other", "?", len(st.cn))
@@ -456,13 +534,29 @@ class Monitor:
                 d = drift(ref, overall, st.hist)
                 fig.update(d)
             all_figures[key] = fig
+            if math.isfinite(rms := rms_of(fig)):
+                self.last_rms[key] = rms
             # The model's prediction drifts because it learns: that is not covariate shift. Inputs are
             # judged per feature (input_drift), which supersedes the pooled tensor's drift rules.
             judged = None if key in prediction or info.role == "input" else d
-            a, c = evaluate(info, fig, judged, th, step)
+            if judged is not None and key in head_inputs:
+                judged = {k: v for k, v in judged.items() if k != "shape_psi"}
+            a, c = evaluate(info, fig, judged, th, step, alive_before=key in self.alive)
             firing += a
             checked |= c
-        new = self._notes + self.tracker.update(firing, checked)
+            if fig.get("dead", math.nan) < CLEAR_FRACTION * th.dead:
+                self.alive.add(key)
+        reference_rms = {
+            k: math.hypot(r.moments.mean, r.moments.std)
+            for k, r in self.references.items()
+            if r.steps > 0 and r.moments.n > 0 and (k not in self._infos or self._infos[k].role != "input")
+        }
+        learning = small_growth(firing, all_figures, reference_rms)
+        firing = [a for a in firing if a not in learning]
+        a, c = self._depth_alerts(stats, all_figures, prediction, step)
+        firing += a
+        checked |= c
+        new = self._notes + self.tracker.update(firing, checked, step)
         self._notes = []
         first = self.first_nonfinite(stats)
         if first is not None:
@@ -471,6 +565,17 @@ class Monitor:
             self.nonfinite_active = False
         self.alerts.extend(a for a in new if a.kind != "nonfinite")
         return StepResult(step, all_figures, new, self.active_counts())
+
+    def _depth_alerts(
+        self, stats: dict[str, TensorStats], all_figures: dict[str, dict[str, float]], prediction: set[str], step: int
+    ) -> tuple[list[Alert], set[tuple[str, str]]]:
+        """``vanishing``/``exploding`` across the watched tensors in execution order (no reference needed)."""
+        sequence = []
+        for key in stats:
+            info = self._infos.get(key)
+            if info is not None and info.role != "input" and key not in prediction and not stats[key].has_nonfinite:
+                sequence.append((info, all_figures[key]))
+        return depth_alerts(sequence, self.config.thresholds, step, self.tracker.active)
 
     def _input_figures(
         self, key: str, st: TensorStats, step: int, firing: list[Alert], checked: set[tuple[str, str]]
@@ -534,6 +639,31 @@ class Monitor:
         self.alerts.append(alert)
         return [alert]
 
+    def raise_overflow(self, step: int, stats: dict[str, TensorStats]) -> list[Alert] | None:
+        """When the loss is non-finite but the replayed forward (``stats``) is finite: the ``nonfinite``
+        alert naming the first module whose scale exploded (None when no module's did)."""
+        order, baseline = [], {}
+        for key, st in stats.items():
+            info = self._infos.get(key)
+            if info is None or info.role == "input":
+                continue
+            order.append((key, rms_of(figures(st))))
+            ref = self.references.get(key)
+            if ref is not None and ref.steps > 0 and ref.moments.n > 0:
+                baseline[key] = math.hypot(ref.moments.mean, ref.moments.std)
+            elif key in self.last_rms:
+                baseline[key] = self.last_rms[key]
+        found = first_exploded(order, baseline)
+        if found is None:
+            return None
+        if self.nonfinite_active:
+            return []
+        self.nonfinite_active = True
+        name, factor, basis = found
+        alert = overflow_alert(step, name, self._infos[name].type_name, dict(order)[name], factor, basis)
+        self.alerts.append(alert)
+        return [alert]
+
     def active_counts(self) -> dict[str, int]:
         counts = dict.fromkeys(("info", "warning", "error"), 0)
         for _, kind in self.tracker.active:
@@ -556,6 +686,7 @@ class Monitor:
         return {
             "references": {k: r.state() for k, r in self.references.items()},
             "active": self.tracker.state(),
+            "episodes": self.tracker.episode_state(),
             "nonfinite_active": self.nonfinite_active,
             "generators": dict(self._generator_states),
             "alerts": [a.to_dict() for a in self.alerts],
@@ -566,6 +697,7 @@ class Monitor:
     def load_state_dict(self, state: dict[str, object]) -> None:
         self.references = {k: Reference.from_state(v) for k, v in state.get("references", {}).items()}  # type: ignore[union-attr]
         self.tracker.load(state.get("active", []))  # type: ignore[arg-type]
+        self.tracker.load_episodes(state.get("episodes", {}))  # type: ignore[arg-type]
         self.nonfinite_active = bool(state.get("nonfinite_active", False))
         self._generator_states = dict(state.get("generators", {}))  # type: ignore[arg-type]
         self._generators = {}

@@ -28,6 +28,13 @@ CLEAR_FRACTION = 0.8
 MIN_DEAD_ROWS = 16
 #: rows per channel below which within-channel skewness/kurtosis are too biased to report a shape
 MIN_SHAPE_ROWS = 64
+#: values per tensor and step below which a tensor has no distribution to drift or to shape (a 0-d
+#: auxiliary loss, a per-sample scalar of a tiny batch): drift and shape rules are skipped
+MIN_DISTRIBUTION_VALUES = 32
+#: share of a dtype's largest finite value above which values are close to overflowing (a square,
+#: a sum or one more layer overflows); float16's range is small enough that 10 % (6,550) is the mark
+NEAR_OVERFLOW_SHARE = {"float16": 0.1}
+NEAR_OVERFLOW_DEFAULT = 1e-2
 
 
 @dataclass(frozen=True)
@@ -40,12 +47,35 @@ class TensorInfo:
             (sigmoid, tanh ...) or ``other``.
         type_name: module class name (``"batch"`` for inputs).
         channels: measured channels (features).
+        dtype: the tensor's dtype (``float32``, ``float16`` ...), for the limits of its range.
     """
 
     name: str
     role: str
     type_name: str
     channels: int
+    dtype: str = "float32"
+
+
+def who(info: TensorInfo) -> str:
+    """How a message names a tensor: ```net.1` (ReLU)``."""
+    return f"`{info.name}` ({info.type_name})"
+
+
+def near_overflow_limit(dtype: str) -> float:
+    """|x| above which values of ``dtype`` are close to overflowing.
+
+    Example:
+        >>> f"{near_overflow_limit('float16'):.5g}", f"{near_overflow_limit('float32'):.3g}"
+        ('6550.4', '3.4e+36')
+    """
+    import torch
+
+    try:
+        largest = float(torch.finfo(getattr(torch, dtype)).max)
+    except (AttributeError, TypeError):
+        largest = float(torch.finfo(torch.float32).max)
+    return NEAR_OVERFLOW_SHARE.get(dtype, NEAR_OVERFLOW_DEFAULT) * largest
 
 
 def _alert(step: int, info: TensorInfo, kind: str, value: float, threshold: float, message: str) -> Alert:
@@ -78,14 +108,26 @@ def evaluate(
     drift: dict[str, float] | None,
     th: Thresholds,
     step: int,
+    alive_before: bool = False,
 ) -> tuple[list[Alert], set[tuple[str, str]]]:
     """Alerts whose condition holds for this tensor now, and the (module, kind) pairs evaluated.
 
-    ``nonfinite`` is handled across tensors by the monitor (it names the first one), not here.
+    ``nonfinite`` is handled across tensors by the monitor (it names the first one), and the
+    depth rules (``vanishing``, ``exploding``) by ``depth.py``, not here. ``alive_before``: the
+    tensor's units were alive at an earlier logging step (the ``dead`` message names the causes
+    of units dying during training rather than at initialization).
     """
     out: list[Alert] = []
     checked: set[tuple[str, str]] = set()
     name = info.name
+    label = who(info)
+    if fig.get("numel", math.inf) < MIN_DISTRIBUTION_VALUES:
+        drift = None  # a scalar (e.g. a mixture-of-experts balance loss) has no distribution to drift
+    # every row identical (a broadcast embedding: BERT's token types when all are 0): the values are
+    # the layer's parameters, one per channel, not a distribution over the data; its scale still counts
+    constant_rows = fig.get("channel_std_max", math.nan) <= 1e-6 * fig.get("max_abs", math.nan)
+    if drift is not None and constant_rows:
+        drift = {"std_log_ratio": drift.get("std_log_ratio", math.nan)}
 
     def check(kind: str, condition: bool, value: float, threshold: float, message: str) -> None:
         # Hysteresis: an active alert clears only once the figure is clearly back (below 80 % of the
@@ -107,14 +149,27 @@ def evaluate(
         and fig.get("channel_rows", 0) >= MIN_DEAD_ROWS
     )
     if judged:
+        if alive_before:
+            cause = (
+                "its units were alive at earlier logging steps and died during training; usual causes: a "
+                "learning rate too high (one large update pushes the bias or the weights negative) or a bias "
+                "drifting negative; try a lower learning rate or warm-up, LeakyReLU/GELU, or a normalization "
+                "before the activation"
+            )
+        else:
+            cause = (
+                "dead from the first logging step; usual cause: the set-up, i.e. initialization (a large negative "
+                "bias, or weights too small for this depth so that pre-activations vanish or are all negative) "
+                "or unnormalized inputs; try He (Kaiming) initialization, a zero bias, or a normalization before "
+                "the activation"
+            )
         check(
             "dead",
             dead >= th.dead,
             dead,
             th.dead,
-            f"{dead:.0%} of `{name}`'s {info.channels} units ({info.type_name}) output zero for the whole "
-            f"sampled batch (threshold {th.dead:.0%}); usual cause: dying ReLUs from a large negative bias "
-            "or a learning rate too high.",
+            f"{dead:.0%} of {label}'s {info.channels} units output zero for the whole sampled batch "
+            f"(threshold {th.dead:.0%}): {cause}.",
         )
     sat = fig.get("saturated")
     if info.role == "bounded" and sat is not None and math.isfinite(sat):
@@ -123,7 +178,7 @@ def evaluate(
             sat >= th.saturated,
             sat,
             th.saturated,
-            f"{sat:.0%} of `{name}`'s outputs sit at the limits of its {info.type_name} (threshold "
+            f"{sat:.0%} of {label}'s outputs sit at the limits of its range (threshold "
             f"{th.saturated:.0%}), where its gradient vanishes; usual cause: large weights or initialization, "
             "or unnormalized inputs.",
         )
@@ -135,7 +190,7 @@ def evaluate(
             ratio > th.outlier and max_abs >= th.outlier_min_abs,
             ratio,
             th.outlier,
-            f"`{name}` has massive values: max |x| = {max_abs:.4g} is {ratio:.0f}x its median non-zero |x| "
+            f"{label} has massive values: max |x| = {max_abs:.4g} is {ratio:.0f}x its median non-zero |x| "
             f"{typical:.3g} (threshold {th.outlier:g}x); usual causes: a few exploding units, unclipped inputs "
             "or corrupted samples.",
         )
@@ -152,7 +207,19 @@ def evaluate(
             "standardize them (e.g. StandardScaler or a Normalize transform) so that no feature dominates "
             "the gradients.",
         )
-    if info.role == "input" or (info.role == "preact" and fig.get("channel_rows", 0) >= MIN_SHAPE_ROWS):
+    limit = near_overflow_limit(info.dtype)
+    if math.isfinite(max_abs):
+        check(
+            "near_overflow",
+            max_abs > limit,
+            max_abs,
+            limit,
+            f"{label} holds values of {max_abs:.3g}, close to the largest {info.dtype} ({limit:.3g} is the mark): "
+            "one more layer, a square or a sum overflows to inf; usual causes: exploding activations from a "
+            "learning rate too high, or half precision without loss scaling / normalization.",
+        )
+    shaped = info.role == "input" or (info.role == "preact" and fig.get("channel_rows", 0) >= MIN_SHAPE_ROWS)
+    if shaped and fig.get("numel", math.inf) >= MIN_DISTRIBUTION_VALUES and not constant_rows:
         g1, g2 = fig.get("channel_skew", math.nan), fig.get("channel_kurtosis", math.nan)
         value = max(abs(g1) / th.skew if math.isfinite(g1) else 0.0, g2 / th.kurtosis if math.isfinite(g2) else 0.0)
         check(
@@ -160,7 +227,7 @@ def evaluate(
             value > 1.0,
             value,
             1.0,
-            f"`{name}` is far from Gaussian-shaped (within-channel skewness {g1:.2f}, excess kurtosis "
+            f"{label} is far from Gaussian-shaped (within-channel skewness {g1:.2f}, excess kurtosis "
             f"{g2:.2f}; thresholds |{th.skew:g}| and {th.kurtosis:g}). Information, not a fault: networks "
             "do not need Gaussian values, only comparable, stable scales.",
         )
@@ -174,7 +241,7 @@ def evaluate(
                 factor > th.scale_drift,
                 factor,
                 th.scale_drift,
-                f"The std of `{name}` {direction} {factor:.1f}x from its reference (threshold "
+                f"The std of {label} {direction} {factor:.1f}x from its reference (threshold "
                 f"{th.scale_drift:g}x); usual causes: a learning rate too high (exploding) or a vanishing "
                 "signal, or input data whose scale changed.",
             )
@@ -185,7 +252,7 @@ def evaluate(
                 abs(shift) > th.mean_drift,
                 abs(shift),
                 th.mean_drift,
-                f"The mean of `{name}` moved {shift:+.1f} reference stds from its reference (threshold "
+                f"The mean of {label} moved {shift:+.1f} reference stds from its reference (threshold "
                 f"{th.mean_drift:g}); usual causes: a shifted input distribution or a bias running away.",
             )
         value = drift.get("shape_psi", math.nan)
@@ -195,7 +262,7 @@ def evaluate(
                 value > th.shift,
                 value,
                 th.shift,
-                f"The shape of `{name}`'s distribution moved away from its reference: PSI {value:.2f} after "
+                f"The shape of {label}'s distribution moved away from its reference: PSI {value:.2f} after "
                 f"standardizing both (threshold {th.shift:g}); usual causes: changed input data, units dying "
                 "or saturating, or unstable training.",
             )

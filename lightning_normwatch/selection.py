@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -35,6 +36,10 @@ _SKIPPED_BY_DEFAULT = (
     nn.AlphaDropout,
     nn.modules.loss._Loss,
 )
+
+# Modules with children that are watched as one leaf: MultiheadAttention uses its out_proj's
+# parameters without calling it, so its own output is the attention output to watch.
+_WATCHED_AS_A_WHOLE = (nn.MultiheadAttention,)
 
 _PREACT = (
     nn.Linear,
@@ -100,18 +105,23 @@ def select_modules(
 ) -> list[tuple[str, nn.Module]]:
     """Watched ``(qualified name, module)`` pairs in ``named_modules()`` order.
 
-    ``modules=None`` selects every leaf module except identity and dropout layers; otherwise the
+    ``modules=None`` selects every leaf module except identity and dropout layers (a
+    ``MultiheadAttention`` counts as a leaf: its output is the attention output); otherwise the
     modules whose qualified name matches a glob pattern or which are instances of a listed class.
     The model itself (name ``""``) is never selected.
     """
     chosen = []
     seen: set[str] = set()
+    units = [user_name(n) for n, m in model.named_modules() if n and isinstance(m, _WATCHED_AS_A_WHOLE)]
     for qualified, module in model.named_modules():
         name = user_name(qualified)
         if not name or name in seen:  # the model itself; a compiled module's wrapper and the module it wraps
             continue
         if modules is None:
-            if any(True for _ in module.children()) or isinstance(module, _SKIPPED_BY_DEFAULT):
+            if any(name.startswith(u + ".") for u in units):
+                continue  # a part of a module watched as a whole
+            whole = isinstance(module, _WATCHED_AS_A_WHOLE)
+            if (any(True for _ in module.children()) and not whole) or isinstance(module, _SKIPPED_BY_DEFAULT):
                 continue
         elif not _matches(name, module, modules):
             continue
@@ -122,6 +132,9 @@ def select_modules(
     return chosen
 
 
+#: class names of activations in other libraries (``transformers``' ``NewGELUActivation``, ``SiLUActivation`` ...)
+_ACTIVATION_NAME = re.compile(r"(activation|gelu|relu|silu|swish|mish|softplus|quickgelu)$", re.IGNORECASE)
+_NORM_NAME = re.compile(r"(norm|layernorm|rmsnorm)$", re.IGNORECASE)
 #: attribute names of wrappers that are not part of the user's model: ``torch.compile``'s ``OptimizedModule``
 #: and Fabric's ``_FabricModule``
 _WRAPPERS = ("_orig_mod", "_forward_module")
@@ -140,7 +153,20 @@ def user_name(qualified: str) -> str:
 
 
 def role_of(module: nn.Module | None) -> str:
-    """``preact``, ``bounded``, ``activation`` or ``other`` (see ``rules.TensorInfo``)."""
+    """``preact``, ``bounded``, ``activation`` or ``other`` (see ``rules.TensorInfo``).
+
+    Modules from other libraries are recognised by shape and name: a module holding a 2-d weight
+    (``transformers``' ``Conv1D``) or named like a norm (``LlamaRMSNorm``) is a pre-activation; a
+    parameter-free module named like an activation (``NewGELUActivation``) is an activation.
+
+    Example:
+        >>> class NewGELUActivation(nn.Module): pass
+        >>> class Conv1D(nn.Module):
+        ...     def __init__(self): super().__init__(); self.weight = nn.Parameter(torch.zeros(4, 8))
+        >>> import torch
+        >>> role_of(NewGELUActivation()), role_of(Conv1D()), role_of(nn.Tanh())
+        ('activation', 'preact', 'bounded')
+    """
     if module is None:
         return "other"
     if saturation_bounds_for(module) is not None:
@@ -149,17 +175,23 @@ def role_of(module: nn.Module | None) -> str:
         return "activation"
     if isinstance(module, _PREACT):
         return "preact"
+    own = list(module.parameters(recurse=False))
+    name = type(module).__name__
+    if not own and _ACTIVATION_NAME.search(name):
+        return "activation"
+    if any(p.ndim == 2 for p in own) or (own and _NORM_NAME.search(name)):
+        return "preact"
     return "other"
 
 
-def named_tensors(output: Any, prefix: str, depth: int = 3) -> Iterator[tuple[str, Tensor]]:
+def named_tensors(output: Any, prefix: str, depth: int = 3, complex_too: bool = False) -> Iterator[tuple[str, Tensor]]:
     """Floating-point tensors in a module output, named ``prefix``, ``prefix[i]`` or ``prefix.key``.
 
     Tuples, lists, dicts and dataclasses are walked (up to ``depth`` levels); ``None``, integer
-    tensors and other objects are skipped.
+    tensors and other objects are skipped (complex tensors too, unless ``complex_too``).
     """
     if isinstance(output, Tensor):
-        if output.is_floating_point():
+        if output.is_floating_point() or (complex_too and output.is_complex()):
             yield prefix, output
         return
     if depth == 0:
@@ -173,4 +205,4 @@ def named_tensors(output: Any, prefix: str, depth: int = 3) -> Iterator[tuple[st
     else:
         return
     for name, value in items:
-        yield from named_tensors(value, name, depth - 1)
+        yield from named_tensors(value, name, depth - 1, complex_too)

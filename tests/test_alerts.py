@@ -65,7 +65,14 @@ def test_every_kind_is_documented_with_a_severity():
         "shift",
         "feature_scale",
         "outlier",
+        "vanishing",
+        "exploding",
+        "near_overflow",
+        "frozen_norm",
         "non_normal",
+        "not_run",
+        "norm_placement",
+        "redundant_bias",
         "input_drift",
         "integer_inputs",
     }
@@ -231,6 +238,27 @@ def test_alert_logged_once_until_condition_clears(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="lightning_normwatch"):
         watch = fit(tmp_path, Regressor(net, lr=1e-6), regression_data(), steps=12, check_nonfinite=False)
     dead = [(a.module, a.step) for a in watch.alerts if a.kind == "dead"]
-    assert dead == [("net.1", 2), ("net.1", 8)]  # once per period, again after it cleared at step 6
+    # cleared at step 6 and back at step 8, no worse: the same problem (flapping), raised once
+    assert dead == [("net.1", 2)]
     logged = [r for r in caplog.records if "[dead]" in r.getMessage()]
-    assert len(logged) == 2 and {r.levelno for r in logged} == {logging.WARNING}
+    assert len(logged) == 1 and {r.levelno for r in logged} == {logging.WARNING}
+
+
+def test_tracker_raises_a_returning_alert_again_only_when_worse_or_after_the_window():
+    from lightning_normwatch.alerts import REARM_WINDOW, Alert, AlertTracker
+
+    tracker = AlertTracker()
+    key = {("fc", "scale_drift")}
+
+    def step(s: int, value: float | None) -> list[Alert]:
+        firing = [] if value is None else [Alert(s, "fc", "scale_drift", "warning", value, 4.0, "std grew")]
+        return tracker.update(firing, key, s)
+
+    assert len(step(0, 5.0)) == 1
+    assert step(1, None) == [] and step(2, 5.5) == []  # back within the window, not materially worse
+    assert step(3, None) == []
+    again = step(4, 9.0)  # twice as far beyond the threshold: raised again, saying since when
+    assert len(again) == 1 and "step 0" in again[0].message and "4 steps" in again[0].message
+    for s in range(5, 6 + REARM_WINDOW):
+        assert step(s, None) == []
+    assert [a.message for a in step(6 + REARM_WINDOW, 5.0)] == ["std grew"]  # a new problem after the window

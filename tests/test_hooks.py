@@ -249,15 +249,27 @@ class Reused(nn.Module):
         return self.fc3(h2)
 
 
-def test_module_called_twice_merges_into_one_entry(tmp_path) -> None:
+def test_module_called_twice_gets_one_entry_per_call_site(tmp_path) -> None:
     net = Reused(8, 8)
     cb = watch(inputs=False)
     fit(Regressor(net), cb, tmp_path=tmp_path)
     figs = cb.last_result.figures  # type: ignore[union-attr]
-    assert list(figs) == ["net.fc1", "net.act", "net.fc2", "net.fc3"]
-    assert_figures_describe(figs["net.act"], torch.cat(net.outputs[:2]).numpy())
-    both = torch.cat(net.outputs[:2]).double().numpy()
-    assert figs["net.act"]["saturated"] == pytest.approx(np.mean(np.abs(both) >= 0.98))
+    assert list(figs) == ["net.fc1", "net.act", "net.fc2", "net.act#2", "net.fc3"]
+    assert_figures_describe(figs["net.act"], net.outputs[0].numpy())
+    assert_figures_describe(figs["net.act#2"], net.outputs[1].numpy())
+    second = net.outputs[1].double().numpy()
+    assert figs["net.act#2"]["saturated"] == pytest.approx(np.mean(np.abs(second) >= 0.98))
+
+
+def test_call_sites_merge_over_accumulated_batches(tmp_path) -> None:
+    """Two accumulated batches in one logging step: each call site merges its own two calls."""
+    net = Reused(8, 8)
+    cb = watch(inputs=False, modules=["net.act"])
+    fit(Regressor(net), cb, tmp_path=tmp_path, accumulate_grad_batches=2)
+    figs = cb.last_result.figures  # type: ignore[union-attr]
+    assert list(figs) == ["net.act", "net.act#2"]
+    assert_figures_describe(figs["net.act"], torch.cat([net.outputs[0], net.outputs[2]]).numpy())
+    assert_figures_describe(figs["net.act#2"], torch.cat([net.outputs[1], net.outputs[3]]).numpy())
 
 
 def test_module_called_with_different_widths_gets_two_entries(tmp_path) -> None:
@@ -265,9 +277,34 @@ def test_module_called_with_different_widths_gets_two_entries(tmp_path) -> None:
     cb = watch(inputs=False, modules=["net.act"])
     fit(Regressor(net), cb, tmp_path=tmp_path)
     figs = cb.last_result.figures  # type: ignore[union-attr]
-    assert list(figs) == ["net.act", "net.act@2"]
+    assert list(figs) == ["net.act", "net.act#2"]
     assert_figures_describe(figs["net.act"], net.outputs[0].numpy())
-    assert_figures_describe(figs["net.act@2"], net.outputs[1].numpy())
+    assert_figures_describe(figs["net.act#2"], net.outputs[1].numpy())
+
+
+class DeadThirdCall(nn.Module):
+    """One ReLU module called after three layers; its third call is completely dead."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(16, 32), nn.Linear(32, 32), nn.Linear(32, 32)
+        self.out = nn.Linear(32, 1)
+        self.act = nn.ReLU()
+        with torch.no_grad():
+            self.fc3.bias.fill_(-100.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.act(self.fc3(self.act(self.fc2(self.act(self.fc1(x)))))))
+
+
+def test_dead_third_call_of_a_reused_activation_alerts_on_that_call(tmp_path) -> None:
+    cb = watch(inputs=False)
+    fit(Regressor(DeadThirdCall()), cb, steps=2, tmp_path=tmp_path)
+    figs = cb.last_result.figures  # type: ignore[union-attr]
+    assert figs["net.act#3"]["dead"] == 1.0 and figs["net.act"]["dead"] < 0.5 and figs["net.act#2"]["dead"] < 0.5
+    dead = [a for a in cb.alerts if a.kind == "dead"]
+    assert [a.module for a in dead] == ["net.act#3"] and dead[0].step == 0
+    assert "`net.act#3` (ReLU)" in dead[0].message
 
 
 class EmptyBranch(Regressor):

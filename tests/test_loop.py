@@ -148,9 +148,9 @@ def test_an_exception_in_a_step_removes_the_hooks_and_the_loop_goes_on() -> None
         raise RuntimeError("boom")
     assert hooks(model) == 0
     with watch.step(torch.randn(8, 4)):
-        # armed at this logging step: a forward hook per watched module, and (inputs not found yet: the first
-        # step failed) a discovery pre-hook on every leaf
-        assert hooks(model) == 4
+        # armed at this logging step: a forward hook per watched module, (inputs not found yet: the first
+        # step failed) a discovery pre-hook on every leaf, and the model's pre-hook restarting call counts
+        assert hooks(model) == 5
         model(torch.randn(8, 4))
     assert watch.last_result is not None and watch.last_result.step == 1
     watch.close()
