@@ -102,7 +102,7 @@ def test_fabric_example_under_two_process_ddp(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout + proc.stderr
-    assert out.count("NormWatch [dead] net.1:") == 1  # found once, logged by rank 0 only
+    assert out.count("NormWatch [dead] net.1 (ReLU):") == 1  # found once, logged by rank 0 only
     assert out.count("watched: net.0, net.1, net.2") == 2  # both ranks watched the same, unwrapped names
     assert len(list(tmp_path.rglob("events.out.tfevents.*"))) == 1  # rank 0 writes
     assert [e.step for e in read_events(tmp_path).Scalars("normwatch/net.1/zeros")] == [0, 10, 20]

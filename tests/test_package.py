@@ -91,5 +91,5 @@ def test_the_readme_install_snippet_runs_and_warns(tmp_path: Path) -> None:
         [sys.executable, "snippet.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "NormWatch [feature_scale] input:" in proc.stderr + proc.stdout  # what its comment promises
+    assert "NormWatch [feature_scale] input (batch):" in proc.stderr + proc.stdout  # what its comment promises
     assert list((tmp_path / "logs").rglob("events.out.tfevents.*"))
