@@ -108,6 +108,14 @@ def write_json(path: str, data: Any) -> None:
         json.dump(clean(data), fh, indent=1)
 
 
+def print_conclusion(lines: list[str], pngs: list[str]) -> None:
+    """The printed end of every example: its conclusion, drawn from the run's numbers, and its figures."""
+    print("Conclusion:")
+    for line in lines:
+        print("  " + line)
+    print("Figures: " + ", ".join(pngs))
+
+
 def fmt(x: float, digits: int = 3) -> str:
     """A number as printed in the conclusions (and parsed back by the tests)."""
     return "n/a" if x is None or not math.isfinite(x) else f"{x:.{digits}g}"

@@ -36,7 +36,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import Recorder, alert_rows, figure_of, fmt, make_trainer, quiet, write_json  # noqa: E402
+from _common import Recorder, alert_rows, figure_of, fmt, make_trainer, print_conclusion, quiet, write_json  # noqa: E402
 
 from lightning_normwatch import NormWatch  # noqa: E402
 
@@ -386,10 +386,7 @@ def main() -> None:
     for v, label in VARIANTS.items():
         items = ", ".join(f"{k}: {n}" for k, n in sorted(s[v]["alerts"].items())) or "none"
         print(f"  {label}: {items}")
-    print("Conclusion:")
-    for line in lines:
-        print("  " + line)
-    print("Figures: " + ", ".join(pngs))
+    print_conclusion(lines, pngs)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import Recorder, alert_rows, figure_of, fmt, make_trainer, quiet, write_json  # noqa: E402
+from _common import Recorder, alert_rows, figure_of, fmt, make_trainer, print_conclusion, quiet, write_json  # noqa: E402
 
 from lightning_normwatch import NormWatch  # noqa: E402
 
@@ -333,10 +333,7 @@ def main() -> None:
         },
     )
     print(f"Feature distributions: {len(runs)} runs of {steps} steps in {elapsed:.0f} s (CPU {cpu:.0f} s)")
-    print("Conclusion:")
-    for line in lines:
-        print("  " + line)
-    print("Figures: " + ", ".join(pngs))
+    print_conclusion(lines, pngs)
 
 
 if __name__ == "__main__":

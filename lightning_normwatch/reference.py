@@ -172,7 +172,7 @@ def shape_drift(
     c0, c_masses, rest, std = _split_masses(hist, std)
     # point masses are matched by rank (largest first): where they sit is location, not shape
     k = max(len(r_masses), len(c_masses))
-    r_masses, c_masses = (np.pad(m, (0, k - len(m))) for m in (r_masses, c_masses))
+    r_masses, c_masses = (np.concatenate([m, np.zeros(k - len(m))]) for m in (r_masses, c_masses))
     pr = [max(r0, floor), *np.maximum(r_masses, floor)]
     pc = [max(c0, floor), *np.maximum(c_masses, floor)]
     shape_ks = float(np.abs(np.concatenate([[r0 - c0], r_masses - c_masses])).max())
