@@ -39,23 +39,12 @@ __all__ = [
     "measure",
     "take_sample",
     "measure_sampled",
-    "channel_first_for",
     "saturation_bounds_for",
 ]
 
 HEAD = ("numel", "sampled", "fmin", "fmax", "smin", "smax", "saturated", "pn", "pmean", "pm2", "pm3", "pm4")
 CHANNEL_FIELDS = ("cn", "cmean", "cm2", "cm3", "cm4", "cnz")
 
-_CHANNEL_FIRST_3D = (
-    nn.Conv1d,
-    nn.ConvTranspose1d,
-    nn.BatchNorm1d,
-    nn.InstanceNorm1d,
-    nn.MaxPool1d,
-    nn.AvgPool1d,
-    nn.AdaptiveAvgPool1d,
-    nn.AdaptiveMaxPool1d,
-)
 
 # (lower, upper) limits at which a bounded activation's gradient vanishes; None: not counted.
 # ReLU6's lower limit is plain ReLU sparsity, not saturation.
@@ -66,17 +55,6 @@ _BOUNDED: tuple[tuple[type[nn.Module], float | None, float | None], ...] = (
     (nn.Softsign, -1.0, 1.0),
     (nn.ReLU6, None, 6.0),
 )
-
-
-def channel_first_for(module: nn.Module | None, ndim: int) -> bool:
-    """Whether dimension 1 holds channels (conv/pool/norm layouts) rather than the last dimension.
-
-    Tensors with 4 or more dimensions are ``[batch, channels, *spatial]``; 3-D tensors are
-    ``[batch, length, features]`` unless the module is a 1-d conv/pool/norm layer.
-    """
-    if ndim >= 4:
-        return True
-    return ndim == 3 and isinstance(module, _CHANNEL_FIRST_3D)
 
 
 def saturation_bounds_for(module: nn.Module | None) -> tuple[float | None, float | None] | None:

@@ -59,6 +59,12 @@ __all__ = ["Monitor", "MonitorConfig", "StepResult"]
 #: cost grows with it: 1,024 rows of a 256-feature MLP input cost 3.4 ms of a 20 ms logging step)
 INPUT_ROWS = 256
 
+
+def _input_features(tensor: Tensor) -> int:
+    """Features of an input tensor: channels of ``[B, C, *spatial]`` (4+ dims), else its last dimension."""
+    return tensor.shape[1] if tensor.ndim >= 4 else (tensor.shape[-1] if tensor.ndim >= 2 else 1)
+
+
 log = logging.getLogger("lightning_normwatch")
 
 
@@ -347,7 +353,7 @@ class Monitor:
         c = self.config
         sample_size = c.sample_size
         if role == "input":  # per-feature drift needs rows: up to INPUT_ROWS rows of every feature, bounded
-            channels = tensor.shape[1] if tensor.ndim >= 4 else (tensor.shape[-1] if tensor.ndim >= 2 else 1)
+            channels = _input_features(tensor)
             sample_size = max(c.sample_size, min(INPUT_ROWS * min(channels, c.max_channels), c.input_sample_size))
         if role == "input":
             channel_first = tensor.ndim >= 4
@@ -419,7 +425,7 @@ class Monitor:
     def _input_tail(self, key: str, tensor: Tensor, sample: Tensor) -> Tensor:
         """The block tail of an input: batch items, then per-feature counts on the anchor bins (on device)."""
         channels = sample.shape[1]
-        full = tensor.shape[1] if (tensor.ndim >= 4) else (tensor.shape[-1] if tensor.ndim >= 2 else 1)
+        full = _input_features(tensor)
         self._feature_stride[key] = math.ceil(full / channels) if channels else 1
         items = torch.full((1,), float(tensor.shape[0]) if tensor.ndim else 1.0, device=sample.device)
         anchor = self.input_tracker.anchor(key)

@@ -10,10 +10,10 @@ import torch
 from scipy import stats
 from torch import nn
 
+from lightning_normwatch.layout import module_layout
 from lightning_normwatch.measure import (
     BlockLayout,
     MeasureSpec,
-    channel_first_for,
     measure,
     measured_channels,
     saturation_bounds_for,
@@ -81,7 +81,7 @@ SHAPES = {
 def test_small_tensors_figures_equal_scipy(shape: tuple[int, ...], dtype: torch.dtype, tol: float) -> None:
     x = (torch.randn(shape, generator=gen(1), dtype=torch.float64).exp() - 0.8).to(dtype)
     x.view(-1)[::7] = 0.0
-    spec = MeasureSpec(channel_first=channel_first_for(None, x.ndim))
+    spec = MeasureSpec(channel_first=x.ndim >= 4)  # the input layout: [B, C, *spatial] from 4 dimensions
     st = stats_of(x, spec)
     assert not st.has_nonfinite
     assert_figures(figures(st), expected(x.double().numpy()), rtol=tol, atol=tol)
@@ -97,17 +97,18 @@ def test_per_channel_moments_follow_the_layout() -> None:
     np.testing.assert_allclose(st.cm2 / st.cn, x2.var(0, correction=0).numpy(), rtol=1e-12)
     # [B, T, D]: channels last
     x3 = torch.randn(4, 9, 6, generator=g, dtype=torch.float64) + offsets
-    assert not channel_first_for(nn.Linear(2, 6), 3)
+    assert module_layout(nn.Linear(2, 6), x3.shape) is False
     st = stats_of(x3, MeasureSpec(channel_first=False))
     np.testing.assert_allclose(st.cmean, x3.mean((0, 1)).numpy(), rtol=1e-12)
     assert st.cn.tolist() == [36.0] * 6
     # [B, C, L] after a Conv1d: channels in dim 1
-    assert channel_first_for(nn.Conv1d(6, 6, 1), 3)
     x3c = torch.randn(4, 6, 9, generator=g, dtype=torch.float64) + offsets[:, None]
+    assert module_layout(nn.Conv1d(6, 6, 1), x3c.shape) is True
     st = stats_of(x3c, MeasureSpec(channel_first=True))
     np.testing.assert_allclose(st.cmean, x3c.mean((0, 2)).numpy(), rtol=1e-12)
-    # [B, C, H, W] conv: channels in dim 1, whatever the module
-    assert channel_first_for(None, 4) and channel_first_for(nn.Linear(2, 2), 4)
+    # [B, C, H, W] conv: channels in dim 1 (a Linear on [B, H, W, C] has them last: layout.py)
+    assert module_layout(nn.Conv2d(6, 6, 1), (3, 6, 4, 5)) is True
+    assert module_layout(nn.Linear(2, 2), (3, 4, 5, 2)) is False
     x4 = (
         torch.randn(3, 6, 4, 5, generator=g, dtype=torch.float64) * (1 + offsets[:, None, None])
         + offsets[:, None, None]
