@@ -244,10 +244,11 @@ if __name__ == "__main__":
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         free_port = s.getsockname()[1]
-    ctx = multiprocessing.get_context("fork")
+    # spawn, not fork: a child forked from a process that imported torch can deadlock in its thread pools
+    ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_rank, args=(r, free_port, sys.argv[1])) for r in range(WORLD)]
     for p in procs:
         p.start()
     for p in procs:
-        p.join(200)
+        p.join(100)
     os._exit(max(abs(p.exitcode or 0) for p in procs) if all(p.exitcode is not None for p in procs) else 1)
