@@ -219,7 +219,12 @@ def _rank(rank: int, port: int, out_dir: str) -> None:
 
 
 def test_ddp_one_collective_per_logging_step_and_global_figures(tmp_path: Path) -> None:
-    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    # without the launcher variables an earlier Lightning DDP test left in this process (MASTER_PORT,
+    # WORLD_SIZE, LOCAL_RANK ...): with them the ranks of this plain torch.distributed run hung
+    leaked = {"MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK"}
+    env = {k: v for k, v in os.environ.items() if k not in leaked and not k.startswith(("PL_", "TORCHELASTIC"))}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    env["PL_DISABLE_FORK"] = os.environ.get("PL_DISABLE_FORK", "1")
     proc = subprocess.run(
         [sys.executable, __file__, str(tmp_path)], capture_output=True, text=True, timeout=240, cwd=ROOT, env=env
     )
