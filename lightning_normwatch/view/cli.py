@@ -19,7 +19,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from . import __version__
+from .. import __version__
 from .report import NoNormWatchData, exit_code, exit_reason, format_reports, load_reports, reports_json
 
 __all__ = ["main", "build_parser"]
