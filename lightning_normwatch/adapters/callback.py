@@ -311,7 +311,7 @@ class NormWatch(Callback):
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._checks is not None:
-            self._record(trainer, self._checks.frozen(pl_module, trainer.global_step))
+            self._record(trainer, self.monitor.diagnose(self._checks.frozen(pl_module, trainer.global_step)))
 
     def _record(self, trainer: pl.Trainer, alerts: list[Alert]) -> None:
         """Alerts raised outside the monitor's rules (model checks): kept with the others, then emitted."""
@@ -487,6 +487,7 @@ class NormWatch(Callback):
             checks = self._checks.at_logging_step(
                 self._checked_model, step, list(stats), self.monitor.called, self.monitor.edges, infos
             )
+            checks = self.monitor.diagnose(checks, self._checks.reported)
             self.monitor.alerts.extend(checks)
             result.alerts += checks
         self.last_result = result

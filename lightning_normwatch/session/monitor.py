@@ -36,6 +36,7 @@ from ..judge.alerts import SEVERITY, Alert, AlertTracker
 from ..collect.batched import measure_all
 from ..config import Thresholds
 from ..judge.depth import depth_alerts, rms_of, small_growth
+from ..judge.diagnosis import diagnose
 from ..stats.feature_drift import FEATURE_BINS, FeatureStats, feature_histogram
 from ..collect.inputs import InputTracker, batch_tensors, is_consumer_candidate, storage_key
 from ..collect.layout import Flow, module_layout
@@ -144,6 +145,8 @@ class Monitor:
         self._skipped: set[str] = set()  # tensors skipped with a debug line (sparse, complex)
         self.alive: set[str] = set()  # tensors whose units were judged alive at some logging step
         self.last_rms: dict[str, float] = {}  # RMS of each tensor at the last logging step (finite ones)
+        self.order: list[str] = []  # watched tensors in execution order at the last logging step
+        self._steps: list[int] = []  # the last logging steps evaluated (the diagnosis window)
         # input features (see inputs.py): per-input anchors, references and recent windows
         self.input_tracker = InputTracker(config.warmup_steps + config.reference_steps)
         self._tails: dict[str, list[Tensor]] = {}
@@ -529,6 +532,10 @@ class Monitor:
         checked: set[tuple[str, str]] = set()
         prediction = self._prediction_keys(stats)
         head_inputs = self._head_inputs(stats, prediction)
+        previous_rms = dict(self.last_rms)
+        if stats:
+            self.order = list(stats)
+        self._steps = [*self._steps[-1:], step]
         computed = dict(zip(stats, figures_many(list(stats.values())), strict=True))  # all tensors at once
         for key, st in stats.items():
             info = self._infos.get(key) or TensorInfo(key, "other", "?", len(st.cn))
@@ -563,10 +570,10 @@ class Monitor:
         }
         learning = small_growth(firing, all_figures, reference_rms)
         firing = [a for a in firing if a not in learning]
-        a, c = self._depth_alerts(stats, all_figures, prediction, step)
+        a, c = self._depth_alerts(stats, all_figures, prediction, step, previous_rms)
         firing += a
         checked |= c
-        new = self._notes + self.tracker.update(firing, checked, step)
+        new = self._notes + self.diagnose(self.tracker.update(firing, checked, step))
         self._notes = []
         first = self.first_nonfinite(stats)
         if first is not None:
@@ -576,8 +583,25 @@ class Monitor:
         self.alerts.extend(a for a in new if a.kind != "nonfinite")
         return StepResult(step, all_figures, new, self.active_counts())
 
+    def diagnose(self, new: list[Alert], also_active: set[tuple[str, str]] = frozenset()) -> list[Alert]:  # type: ignore[assignment]
+        """``new`` alerts marked as roots or followers (``judge/diagnosis.py``) against the active ones: execution
+        order and data flow of the last logging step, start steps from the tracker, a window of one logging
+        interval. ``also_active``: (module, kind) of alerts active outside the tracker (model checks)."""
+        if not new:
+            return new
+        latest = {(a.module, a.kind): a for a in self.alerts}
+        active = [latest[key] for key in self.tracker.active | set(also_active) if key in latest]
+        started = {key: int(episode[0]) for key, episode in self.tracker.episodes.items()}
+        window = self._steps[-1] - self._steps[-2] if len(self._steps) > 1 else 0
+        return diagnose(new, active, self.order, self.edges, started, window)
+
     def _depth_alerts(
-        self, stats: dict[str, TensorStats], all_figures: dict[str, dict[str, float]], prediction: set[str], step: int
+        self,
+        stats: dict[str, TensorStats],
+        all_figures: dict[str, dict[str, float]],
+        prediction: set[str],
+        step: int,
+        previous: dict[str, float] | None = None,
     ) -> tuple[list[Alert], set[tuple[str, str]]]:
         """``vanishing``/``exploding`` across the watched tensors in execution order (no reference needed)."""
         sequence = []
@@ -585,7 +609,7 @@ class Monitor:
             info = self._infos.get(key)
             if info is not None and info.role != "input" and key not in prediction and not stats[key].has_nonfinite:
                 sequence.append((info, all_figures[key]))
-        return depth_alerts(sequence, self.config.thresholds, step, self.tracker.active)
+        return depth_alerts(sequence, self.config.thresholds, step, self.tracker.active, previous)
 
     def _input_figures(
         self, key: str, st: TensorStats, step: int, firing: list[Alert], checked: set[tuple[str, str]]
@@ -711,7 +735,7 @@ class Monitor:
         self.nonfinite_active = bool(state.get("nonfinite_active", False))
         self._generator_states = dict(state.get("generators", {}))  # type: ignore[arg-type]
         self._generators = {}
-        self.alerts = [Alert(**a) for a in state.get("alerts", [])]  # type: ignore[union-attr]
+        self.alerts = [Alert.from_dict(a) for a in state.get("alerts", [])]  # type: ignore[union-attr]
         self.input_tracker.load(state.get("inputs", {}))  # type: ignore[arg-type]
         consumers = state.get("consumers")
         self.consumers = None if consumers is None else dict(consumers)  # type: ignore[call-overload]
