@@ -520,6 +520,13 @@ class Monitor:
             out.add(key)
         return out
 
+    def _recurrent_keys(self, stats: dict[str, TensorStats]) -> set[str]:
+        """Outputs of recurrent modules (GRU, LSTM, RNN): their values are bounded by tanh and their shape moves
+        as the units learn to use their range, so ``shift`` does not judge them (as the head's input); their
+        scale and mean drift still do, and the tensors they feed keep every rule."""
+        modules = dict(self.watched)
+        return {k for k in stats if isinstance(modules.get(re.split(r"[#@\[]", k, maxsplit=1)[0]), nn.RNNBase)}
+
     def reference_ready(self, step: int) -> bool:
         return step >= self.config.warmup_steps + self.config.reference_steps
 
@@ -531,7 +538,7 @@ class Monitor:
         firing: list[Alert] = []
         checked: set[tuple[str, str]] = set()
         prediction = self._prediction_keys(stats)
-        head_inputs = self._head_inputs(stats, prediction)
+        head_inputs = self._head_inputs(stats, prediction) | self._recurrent_keys(stats)
         previous_rms = dict(self.last_rms)
         if stats:
             self.order = list(stats)
