@@ -142,8 +142,16 @@ def origin_hint(info: TensorInfo, fig: dict[str, float], previous_rms: float | N
 
 
 def _depth_message(
-    kind: str, where: str, origin: str, hint: str, ratio: float, after: float, before: float, n_after: int,
-    factor: float, during_training: bool,
+    kind: str,
+    where: str,
+    origin: str,
+    hint: str,
+    ratio: float,
+    after: float,
+    before: float,
+    n_after: int,
+    factor: float,
+    during_training: bool,
 ) -> str:
     if kind == "vanishing":
         if during_training or "a bias or an offset" in hint:

@@ -47,8 +47,18 @@ __all__ = ["CAUSES", "KIND_ORDER", "SAME_CAUSE", "diagnose", "downstream", "foll
 SAME_CAUSE = frozenset({"frozen_norm"})
 #: what shows downstream of a problem in a signal: the kinds that can follow a root
 _SIGNAL = frozenset(
-    {"vanishing", "exploding", "dead", "saturated", "scale_drift", "mean_drift", "shift", "outlier", "near_overflow",
-     "non_normal"}
+    {
+        "vanishing",
+        "exploding",
+        "dead",
+        "saturated",
+        "scale_drift",
+        "mean_drift",
+        "shift",
+        "outlier",
+        "near_overflow",
+        "non_normal",
+    }
 )
 #: root kind -> the kinds of the alerts downstream of it that it explains
 CAUSES: dict[str, frozenset[str]] = {
@@ -56,12 +66,24 @@ CAUSES: dict[str, frozenset[str]] = {
     "feature_scale": _SIGNAL,
     "input_drift": _SIGNAL,
     "frozen_norm": _SIGNAL,
-    **{kind: _SIGNAL for kind in _SIGNAL},
+    **{kind: _SIGNAL for kind in _SIGNAL - {"non_normal"}},  # information explains nothing
 }
 #: at one tensor and one start step, which alert leads (the one whose message tells the most about the origin)
 KIND_ORDER = (
-    "nonfinite", "feature_scale", "input_drift", "frozen_norm", "mean_drift", "scale_drift", "vanishing", "exploding",
-    "dead", "saturated", "near_overflow", "outlier", "shift", "non_normal",
+    "nonfinite",
+    "feature_scale",
+    "input_drift",
+    "frozen_norm",
+    "mean_drift",
+    "scale_drift",
+    "vanishing",
+    "exploding",
+    "dead",
+    "saturated",
+    "near_overflow",
+    "outlier",
+    "shift",
+    "non_normal",
 )
 _RANK = {"info": 0, "warning": 1, "error": 2}
 
@@ -104,7 +126,10 @@ def follower_note(root: Alert) -> str:
 def _can_follow(
     alert: Alert, root: Alert, start: int, root_start: int, order: Sequence[str], edges: Mapping[str, str], window: int
 ) -> bool:
-    if _RANK.get(alert.severity, 1) > _RANK.get(root.severity, 1) or (alert.module, alert.kind) == (root.module, root.kind):
+    if _RANK.get(alert.severity, 1) > _RANK.get(root.severity, 1) or (alert.module, alert.kind) == (
+        root.module,
+        root.kind,
+    ):
         return False
     if root.kind in SAME_CAUSE and alert.kind == root.kind:
         return True
@@ -155,7 +180,11 @@ def diagnose(
     decided: dict[int, Alert] = {}
     for alert in sorted(diagnosable, key=place):
         root = next(
-            (r for r in sorted(roots, key=place) if _can_follow(alert, r, start_of(alert), start_of(r), order, edges, window)),
+            (
+                r
+                for r in sorted(roots, key=place)
+                if _can_follow(alert, r, start_of(alert), start_of(r), order, edges, window)
+            ),
             None,
         )
         if root is None:

@@ -27,7 +27,16 @@ from torch.nn.modules.batchnorm import _NormBase
 
 from .alerts import SEVERITY, Alert
 
-__all__ = ["ModelChecks", "PATTERNS", "frozen_norm_alerts", "placement_alerts", "placement_of", "not_run_alerts", "base_name", "is_norm"]
+__all__ = [
+    "ModelChecks",
+    "PATTERNS",
+    "frozen_norm_alerts",
+    "placement_alerts",
+    "placement_of",
+    "not_run_alerts",
+    "base_name",
+    "is_norm",
+]
 
 #: logging steps evaluated before a watched module that never ran is reported
 NOT_RUN_AFTER = 3
@@ -134,8 +143,12 @@ def _parent(name: str) -> str:
 
 
 def placement_of(
-    key: str, order: list[str], edges: Mapping[str, str], consumers: Mapping[str, list[str]],
-    roles: Mapping[str, str], modules: Mapping[str, nn.Module],
+    key: str,
+    order: list[str],
+    edges: Mapping[str, str],
+    consumers: Mapping[str, list[str]],
+    roles: Mapping[str, str],
+    modules: Mapping[str, nn.Module],
 ) -> str:
     """Where one normalization layer sits: a key of ``PATTERNS``.
 

@@ -223,7 +223,13 @@ def evaluate(
     ratio, largest = fig.get("feature_rms_ratio", math.nan), fig.get("feature_rms_max", math.nan)
     if info.role == "input" and math.isfinite(ratio) and math.isfinite(largest):
         value = max(ratio, largest)
-        check("feature_scale", value > th.feature_scale, value, th.feature_scale, feature_scale_message(name, ratio, largest, th))
+        check(
+            "feature_scale",
+            value > th.feature_scale,
+            value,
+            th.feature_scale,
+            feature_scale_message(name, ratio, largest, th),
+        )
     limit = near_overflow_limit(info.dtype)
     if math.isfinite(max_abs):
         check(

@@ -34,6 +34,7 @@ __all__ = [
     "RunReport",
     "load_reports",
     "parse_alerts_markdown",
+    "root_groups",
     "format_reports",
     "reports_json",
     "exit_code",
@@ -44,8 +45,11 @@ __all__ = [
 ALERT_TAG = "normwatch/alerts"
 #: Text-panel tag of the watched-tensors table (tensor, layer type, role)
 WATCHED_TAG = "normwatch/watched"
-#: columns of the alert table, in order
-ALERT_COLUMNS = ("step", "module", "kind", "severity", "value", "threshold", "message")
+#: columns of the alert table, in order ("caused by": ``<kind> in <module>`` of the root alert a follower
+#: follows, ``-`` for a root; ``parse_alerts_markdown`` returns it as ``caused_by``: ``[kind, module]`` or None)
+ALERT_COLUMNS = ("step", "module", "kind", "severity", "value", "threshold", "caused by", "message")
+#: the columns of tables written before root alerts existed (read as roots)
+OLD_ALERT_COLUMNS = ("step", "module", "kind", "severity", "value", "threshold", "message")
 #: figures shown in the printed table (``--json`` has every logged figure)
 TABLE_FIGURES = ("mean", "std", "zeros", "dead", "std_log_ratio", "mean_shift", "shape_psi")
 #: ``normwatch/<name>/...`` scalars that are not watched tensors
@@ -91,10 +95,21 @@ def parse_alerts_markdown(text: str) -> list[dict[str, Any]]:
 
     Returns dicts with ``ALERT_COLUMNS`` keys in the order they were raised (by step; the table
     lists the most severe first);
-    ``step`` is an int, ``value`` and ``threshold`` floats, ``message`` one line.
+    ``step`` is an int, ``value`` and ``threshold`` floats, ``message`` one line, ``caused_by``
+    ``[kind, module]`` of the root alert a follower follows, or None for a root (and for every row of
+    a table written before the column existed).
+
+    Example:
+        >>> rows = parse_alerts_markdown(
+        ...     "| step | module | kind | severity | value | threshold | caused by | message |\\n|---|---|---|---|---|---|---|---|\\n"
+        ...     "| 9 | net.43 (ReLU) | dead | warning | 0.6 | 0.5 | vanishing in net.41 | m |"
+        ... )
+        >>> rows[0]["module"], rows[0]["caused_by"]
+        ('net.43', ['vanishing', 'net.41'])
     """
     rows: list[dict[str, Any]] = []
     header_seen = False
+    columns: tuple[str, ...] = ALERT_COLUMNS
     for line in text.splitlines():
         line = line.strip()
         if not line.startswith("|"):
@@ -103,11 +118,15 @@ def parse_alerts_markdown(text: str) -> list[dict[str, Any]]:
             " ".join(c.replace("\\|", "|").replace("<br>", " ").split()) for c in re.split(r"(?<!\\)\|", line)[1:-1]
         ]
         if not header_seen:
-            header_seen = tuple(cells) == ALERT_COLUMNS
+            header_seen = tuple(cells) in (ALERT_COLUMNS, OLD_ALERT_COLUMNS)
+            columns = tuple(cells)
             continue
-        if len(cells) != len(ALERT_COLUMNS) or set(line) <= set("|- :"):
+        if len(cells) != len(columns) or set(line) <= set("|- :"):
             continue
-        row: dict[str, Any] = dict(zip(ALERT_COLUMNS, cells, strict=True))
+        row: dict[str, Any] = dict(zip(columns, cells, strict=True))
+        cause = row.pop("caused by", "-")
+        kind, sep, module = cause.partition(" in ")
+        row["caused_by"] = [kind, module] if sep and kind and module else None
         row["severity"] = row["severity"].strip("*")
         row["module"] = re.sub(
             r" \(\w+\)$", "", row["module"]
@@ -249,8 +268,10 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], left: Sequence[
 def format_reports(reports: Sequence[RunReport], all_alerts: bool = False, width: int | None = None) -> str:
     """The human-readable report: per run, a table of the latest figures, then the alerts.
 
-    Alerts of severity ``info`` are only counted unless ``all_alerts`` (``--all-alerts``). Alert
-    messages are wrapped to ``width`` columns (default: the terminal's width).
+    Alerts are listed root first (the oldest root first, most severe first), each with the alerts that
+    follow it folded into one line. ``all_alerts`` (``--all-alerts``) lists every follower with its
+    message, and the alerts of severity ``info`` (otherwise only counted). Alert messages are wrapped
+    to ``width`` columns (default: the terminal's width).
 
     Example:
         >>> r = RunReport("version_0", 9, {"net.0": {"step": 9, "mean": 0.1, "std": 1.0}}, types={"net.0": "Linear"})
@@ -261,7 +282,6 @@ def format_reports(reports: Sequence[RunReport], all_alerts: bool = False, width
         net.0   Linear     9   0.1    1      -     -              -           -          -
     """
     import shutil
-    import textwrap
 
     width = width or shutil.get_terminal_size((100, 24)).columns
     out: list[str] = []
@@ -280,28 +300,77 @@ def format_reports(reports: Sequence[RunReport], all_alerts: bool = False, width
         shown = [a for a in r.alerts if all_alerts or a["severity"] != "info"]
         hidden = len(r.alerts) - len(shown)
         if shown:
-            out.append("alerts:")
-            rows = [
-                [
-                    str(a["step"]),
-                    a["severity"],
-                    a["kind"],
-                    f"{a['module']} ({r.types[a['module']]})" if a["module"] in r.types else a["module"],
-                    _num(a["value"]),
-                    _num(a["threshold"]),
-                ]
-                for a in shown
-            ]
-            table = _table(["step", "severity", "kind", "module", "value", "threshold"], rows, left=(1, 2, 3))
-            out.append("  " + table[0] + "  (message below each alert)")
-            out.append("  " + table[1])
-            for line, a in zip(table[2:], shown, strict=True):
-                out.append("  " + line)
-                out += textwrap.wrap(a["message"], width, initial_indent="      ", subsequent_indent="      ")
+            out += _alert_lines(shown, r.types, all_alerts, width)
         if hidden:
             out.append(f"({hidden} info alert{'s' if hidden != 1 else ''} not listed: --all-alerts lists them)")
         out.append("")
     return "\n".join(out).rstrip("\n")
+
+
+def root_groups(alerts: Sequence[dict[str, Any]]) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """Alert rows as (root, followers): most severe first, then the oldest root; a follower whose root is not
+    listed counts as a root.
+
+    Example:
+        >>> rows = [{"step": 5, "module": "b", "kind": "dead", "severity": "warning", "caused_by": ["vanishing", "a"]},
+        ...         {"step": 5, "module": "a", "kind": "vanishing", "severity": "warning", "caused_by": None}]
+        >>> [(root["module"], [f["module"] for f in followers]) for root, followers in root_groups(rows)]
+        [('a', ['b'])]
+    """
+    keys = {(a["kind"], a["module"]) for a in alerts if not a.get("caused_by")}
+    groups: dict[tuple[str, ...], tuple[dict[str, Any], list[dict[str, Any]]]] = {}
+    for a in alerts:
+        cause = a.get("caused_by")
+        if not cause or tuple(cause) not in keys:
+            key = (a["kind"], a["module"]) if not cause else (a["kind"], a["module"], str(a["step"]))
+            groups.setdefault(key, (a, []))
+    for a in alerts:
+        cause = a.get("caused_by")
+        if cause and tuple(cause) in keys:
+            groups[tuple(cause)][1].append(a)
+    rank = {s: i for i, s in enumerate(SEVERITIES)}
+    return sorted(groups.values(), key=lambda g: (rank.get(g[0]["severity"], 3), g[0]["step"]))
+
+
+def _alert_lines(alerts: Sequence[dict[str, Any]], types: dict[str, str], every: bool, width: int) -> list[str]:
+    """The alerts of a run: each root with its message, then its followers (folded into one line, or each with
+    its message when ``every``)."""
+    import textwrap
+
+    def name(a: dict[str, Any]) -> str:
+        return f"{a['module']} ({types[a['module']]})" if a["module"] in types else a["module"]
+
+    groups = root_groups(alerts)
+    listed = [a for root, followers in groups for a in ([root, *followers] if every else [root])]
+    rows = [[str(a["step"]), a["severity"], a["kind"], name(a), _num(a["value"]), _num(a["threshold"])] for a in listed]
+    table = _table(["step", "severity", "kind", "module", "value", "threshold"], rows, left=(1, 2, 3))
+    n_roots = len(groups)
+    out = [
+        f"alerts: {n_roots} root alert{'s' if n_roots != 1 else ''}, oldest first, each with the alerts that follow it"
+    ]
+    out.append("  " + table[0] + "  (message below each alert)")
+    out.append("  " + table[1])
+    lines = iter(table[2:])
+    for root, followers in groups:
+        out.append("  " + next(lines))
+        out += textwrap.wrap(root["message"], width, initial_indent="      ", subsequent_indent="      ")
+        if not followers:
+            continue
+        if every:
+            for a in followers:
+                out.append("    " + next(lines) + "  <- follows it")
+                out += textwrap.wrap(a["message"], width, initial_indent="        ", subsequent_indent="        ")
+            continue
+        kinds: dict[str, list[str]] = {}
+        for a in followers:
+            kinds.setdefault(a["kind"], []).append(name(a))
+        parts = [
+            f"{k} in " + (", ".join(v[:3]) + " ... " + v[-1] if len(v) > 4 else ", ".join(v)) for k, v in kinds.items()
+        ]
+        n = len({a["module"] for a in followers})
+        text = f"and {n} tensor{'s' if n != 1 else ''} after it: " + "; ".join(parts) + " (--all-alerts lists them)"
+        out += textwrap.wrap(text, width, initial_indent="      ", subsequent_indent="        ")
+    return out
 
 
 def _finite_or_none(value: Any) -> Any:
