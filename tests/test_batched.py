@@ -8,13 +8,7 @@ import torch
 from torch import nn
 
 from lightning_normwatch.collect.batched import measure_all
-from lightning_normwatch.collect.sampling import (
-    MeasureSpec,
-    Sampled,
-    measure_sampled,
-    saturation_bounds_for,
-    take_sample,
-)
+from lightning_normwatch.collect.sampling import MeasureSpec, Sampled, measure_sampled, saturation_bounds_for, take_sample
 from lightning_normwatch.stats.figures import TensorStats, figures, figures_many
 
 # Tolerance of the batched path against the per-tensor one: the column reductions are the same

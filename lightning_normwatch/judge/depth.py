@@ -29,6 +29,7 @@ Example:
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 
 from .alerts import SEVERITY, Alert
@@ -118,8 +119,10 @@ def origin_hint(info: TensorInfo, fig: dict[str, float], previous_rms: float | N
     bias or an offset, not the weights' scale), and whether its scale changed since the last logging step.
 
     Example:
-        >>> origin_hint(TensorInfo("net.40", "preact", "Linear", 32), {"mean": -49.9, "std": 1.9}, 2.0)
-        'its RMS is its mean (-49.9, std 1.9: a bias or an offset that jumped, not weights initialised too small), and it was 2 at the previous logging step (the change began during training, not at initialization)'
+        >>> print(origin_hint(TensorInfo("net.40", "preact", "Linear", 32), {"mean": -49.9, "std": 1.9}, 2.0))
+        ... # doctest: +NORMALIZE_WHITESPACE
+        its RMS is its mean (-49.9, std 1.9: a bias or an offset that jumped, not weights initialised too small),
+        and it was 2 at the previous logging step (the change began during training, not at initialization)
     """
     mean, std = fig.get("mean", math.nan), fig.get("std", math.nan)
     parts = []
@@ -152,9 +155,15 @@ def _depth_message(
     n_after: int,
     factor: float,
     during_training: bool,
+    normalizes: bool = False,
 ) -> str:
     if kind == "vanishing":
-        if during_training or "a bias or an offset" in hint:
+        if normalizes:
+            causes = (
+                f"{where} normalizes to unit scale: the layers before it are too large (inputs not standardized, "
+                "e.g. raw 0-255 pixels), not the layers after it too small"
+            )
+        elif during_training or "a bias or an offset" in hint:
             causes = (
                 "the scale was lost during training or by a shifted mean, not at initialization: look at that "
                 "layer's bias and inputs, a learning rate too high, or a ReLU that died"
@@ -233,7 +242,10 @@ def depth_alerts(
         changed = origin_info if kind == "vanishing" else info
         hint = origin_hint(changed, figs[changed.name], previous.get(changed.name))
         during = "during training" in hint
-        message = _depth_message(kind, who(info), who(origin_info), hint, ratio, after, before, n_after, factor, during)
+        normalizes = bool(re.search(r"norm$", info.type_name, re.IGNORECASE))
+        message = _depth_message(
+            kind, who(info), who(origin_info), hint, ratio, after, before, n_after, factor, during, normalizes
+        )
         if info.name != scales[at][0].name:
             message += f" {who(info)} outputs only zeros: the signal is lost there."
         out.append(Alert(step, info.name, kind, SEVERITY[kind], float(ratio), float(factor), message))

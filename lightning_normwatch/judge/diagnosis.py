@@ -96,8 +96,8 @@ def downstream(root: str, tensor: str, order: Sequence[str], edges: Mapping[str,
     Example:
         >>> order = ["a", "b1", "b2", "c"]
         >>> edges = {"b1": "a", "b2": "a", "c": "b2"}   # two branches from a: b1, then b2 -> c
-        >>> downstream("b1", "c", order, edges), downstream("b2", "c", order, edges), downstream("c", "b1", order, edges)
-        (False, True, False)
+        >>> [downstream(r, t, order, edges) for r, t in (("b1", "c"), ("b2", "c"), ("c", "b1"))]
+        [False, True, False]
     """
     pos = {name: i for i, name in enumerate(order)}
     if root not in pos or tensor not in pos or pos[root] >= pos[tensor]:
@@ -120,7 +120,8 @@ def follower_note(root: Alert) -> str:
         >>> follower_note(Alert(150, "net.41", "vanishing", "warning", 9.0, 8.0, ""))
         ' (Follows the vanishing alert on `net.41` from step 150: a consequence of it, fix that first.)'
     """
-    return f" (Follows the {root.kind} alert on `{root.module}` from step {root.step}: a consequence of it, fix that first.)"
+    where = f"`{root.module}` from step {root.step}"
+    return f" (Follows the {root.kind} alert on {where}: a consequence of it, fix that first.)"
 
 
 def _can_follow(
@@ -176,7 +177,7 @@ def diagnose(
 
     known = {(a.module, a.kind): a for a in active}
     roots = [a for a in known.values() if a.caused_by is None]
-    diagnosable = [a for a in new if a.kind in CAUSES or a.kind in SAME_CAUSE]
+    diagnosable = [a for a in new if a.kind in CAUSES or a.kind in _SIGNAL or a.kind in SAME_CAUSE]
     decided: dict[int, Alert] = {}
     for alert in sorted(diagnosable, key=place):
         root = next(

@@ -122,7 +122,8 @@ def folded(followers: Sequence[Alert], types: Mapping[str, str] | None = None, l
     """The followers of a root in one phrase: how many, then by kind (first ``listed`` ... last).
 
     Example:
-        >>> fs = [Alert(150, f"net.{i}", "dead", "warning", 0.6, 0.5, "", ("vanishing", "net.41")) for i in (43, 45, 47, 49, 51)]
+        >>> cause = ("vanishing", "net.41")
+        >>> fs = [Alert(150, f"net.{i}", "dead", "warning", 0.6, 0.5, "", cause) for i in (43, 45, 47, 49, 51)]
         >>> folded(fs + [Alert(150, "net.42", "shift", "warning", 3.0, 2.5, "", ("vanishing", "net.41"))])
         'and 6 tensors after it: dead in net.43, net.45, net.47 ... net.51; shift in net.42'
     """

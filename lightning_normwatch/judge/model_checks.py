@@ -200,7 +200,8 @@ def placement_alerts(
         step: the logging step.
 
     Example:
-        >>> net = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 8), nn.BatchNorm1d(8), nn.ReLU())
+        >>> block = lambda: [nn.Linear(8, 8), nn.BatchNorm1d(8), nn.ReLU()]
+        >>> net = nn.Sequential(*block(), *block())
         >>> order = [str(i) for i in range(6)]
         >>> edges = {str(i): str(i - 1) for i in range(1, 6)}
         >>> roles = {"2": "activation", "5": "activation"}

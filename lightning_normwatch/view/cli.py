@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument(
         "--all-alerts",
         action="store_true",
-        help="list every alert: each follower under its root with its message, and info alerts (by default followers are folded under their root and info alerts only counted)",
+        help="list every alert: each follower under its root with its message, and info alerts (by default "
+        "followers are folded under their root and info alerts only counted)",
     )
     report.add_argument(
         "--fail-on",

@@ -101,7 +101,8 @@ def parse_alerts_markdown(text: str) -> list[dict[str, Any]]:
 
     Example:
         >>> rows = parse_alerts_markdown(
-        ...     "| step | module | kind | severity | value | threshold | caused by | message |\\n|---|---|---|---|---|---|---|---|\\n"
+        ...     "| step | module | kind | severity | value | threshold | caused by | message |\\n"
+        ...     "|---|---|---|---|---|---|---|---|\\n"
         ...     "| 9 | net.43 (ReLU) | dead | warning | 0.6 | 0.5 | vanishing in net.41 | m |"
         ... )
         >>> rows[0]["module"], rows[0]["caused_by"]
