@@ -4,6 +4,8 @@ marked, messages naming the origin; with a real ``pl.Trainer`` and with ``LoopWa
 from __future__ import annotations
 
 import math
+import re
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -151,13 +153,23 @@ def broken_bias_roots(alerts: list[Alert]) -> tuple[list[Alert], list[Alert]]:
     return [a for a in late if a.caused_by is None], [a for a in late if a.caused_by is not None]
 
 
-def check_broken_bias(alerts: list[Alert], followers_expected: bool) -> None:
+def check_broken_bias(alerts: list[Alert], followers_expected: bool, net: str = "net.") -> None:
+    if net == "":  # a plain loop's names have no prefix: name them as the Trainer's
+        alerts = [
+            replace(
+                a,
+                module="net." + a.module,
+                caused_by=a.caused_by and (a.caused_by[0], "net." + a.caused_by[1]),
+                message=re.sub(r"`(\d+)`", r"`net.\1`", a.message),
+            )
+            for a in alerts
+        ]
     roots, followers = broken_bias_roots(alerts)
     assert [(a.module, a.kind, a.step) for a in roots] == [("net.41", "vanishing", 150)], roots
     message = roots[0].message
     # the origin named with its figure, and a hint that fits: a mean that jumped, during training
-    assert "below the 5" in message and "of `net.40` (Linear)" in message
-    assert "its RMS is its mean (-5" in message and "He/Xavier" not in message
+    assert re.search(r"x below the (49\.\d|50) of `net\.40` \(Linear\)", message), message
+    assert re.search(r"its RMS is its mean \(-(49\.\d|50), std", message) and "He/Xavier" not in message
     assert "`net.41` (ReLU) outputs only zeros" in message
     assert all(a.caused_by == ("vanishing", "net.41") for a in followers)
     if followers_expected:
@@ -190,7 +202,7 @@ def test_broken_bias_in_a_plain_loop() -> None:
                 step += 1
                 if step == 300:
                     break
-    check_broken_bias(watch.alerts, followers_expected=True)
+    check_broken_bias(watch.alerts, followers_expected=True, net="")
 
 
 # --------------------------------------------------------------------------- one cause, many norm layers
@@ -254,14 +266,19 @@ def test_healthy_nets_raise_no_warning_and_one_placement_summary(tmp_path, name:
 
 
 def test_shift_not_judged_on_a_recurrent_output_but_still_on_a_linear() -> None:
+    """A GRU whose units come to use the ends of their tanh range (here its input weights x20 at step 12)
+    changes its output's shape (PSI 4-5): not judged. The real fault, inputs of another shape (two narrow
+    modes, same mean and std), still gives ``shift`` on the Linear reading them."""
+
     class Both(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.gru = nn.GRU(1, 8, batch_first=True)
             self.lin = nn.Linear(1, 8)
+            self.gru = nn.GRU(1, 8, batch_first=True)
+            self.head = nn.Linear(8, 1)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.gru(x)[0].mean() + self.lin(x).mean()
+            return self.lin(x).mean() + self.head(self.gru(x)[0]).mean()
 
     torch.manual_seed(0)
     model = Both()
@@ -269,12 +286,14 @@ def test_shift_not_judged_on_a_recurrent_output_but_still_on_a_linear() -> None:
     with LoopWatch(model, on_alert="ignore", every_n_steps=1, warmup_steps=2, reference_steps=8, inputs=False) as w:
         for step in range(20):
             x = torch.randn(64, 6, 1, generator=g)
+            if step == 12:
+                with torch.no_grad():
+                    model.gru.weight_ih_l0.mul_(20)
             if step >= 12:
-                x = torch.sign(x)  # same mean and std, another shape
+                x = torch.sign(x) + 0.01 * torch.randn(64, 6, 1, generator=g)
             with w.step(x):
                 model(x)
     kinds = {(a.module, a.kind) for a in w.alerts}
     assert ("lin", "shift") in kinds
     assert not [k for k in kinds if k[0].startswith("gru") and k[1] == "shift"]
-    psi = w.last_result.figures["gru[0]"]["shape_psi"]  # type: ignore[union-attr]
-    assert math.isfinite(psi)  # still measured and logged, only not judged
+    assert w.last_result.figures["gru[0]"]["shape_psi"] > 2.5  # type: ignore[union-attr]  # measured, not judged

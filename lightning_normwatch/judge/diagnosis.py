@@ -13,7 +13,8 @@ How a root is chosen (pure: no torch, no state; see docs/diagnosis.md):
    order, or the one already active (one ``model.eval()`` behind 20 BatchNorm layers).
 2. **Start step**: an alert can only follow a root that started at the same logging step or before it,
    at most ``window`` steps before (a fault at step 150 is not explained by a root from step 0 that
-   is still active; the window is three logging intervals).
+   is still active; the monitor's window is one logging interval). A ``vanishing``/``exploding`` alert
+   names the layer where its scale was lost: it follows only a root that started at the same step.
 3. **Execution order and the module graph**: a follower sits after its root in execution order, and
    on its data path where the graph (``edges``: tensor -> the watched tensor its module consumed)
    says so: a chain of edges from the follower that reaches a tensor before the root without
@@ -60,6 +61,8 @@ _SIGNAL = frozenset(
         "non_normal",
     }
 )
+#: alerts that locate their own origin (the layer where the scale was lost)
+_DEPTH = frozenset({"vanishing", "exploding"})
 #: root kind -> the kinds of the alerts downstream of it that it explains
 CAUSES: dict[str, frozenset[str]] = {
     "nonfinite": _SIGNAL,
@@ -136,6 +139,8 @@ def _can_follow(
         return True
     if not 0 <= start - root_start <= window or alert.kind not in CAUSES.get(root.kind, ()):
         return False
+    if alert.kind in _DEPTH and start != root_start:
+        return False  # a depth alert names where its own scale was lost: a root only explains it at its start
     if alert.module == root.module:
         return alert.kind != root.kind
     return downstream(root.module, alert.module, order, edges)
@@ -158,7 +163,7 @@ def diagnose(
             that applies; inputs come first).
         edges: tensor -> the watched tensor its module consumed (``Collector.edges``).
         started: (module, kind) -> step its alert started (the tracker's episodes); default: the alert's step.
-        window: steps an alert may start after its root (three logging intervals in the monitor).
+        window: steps an alert may start after its root (one logging interval in the monitor).
 
     Returns:
         ``new`` with ``caused_by`` set on the followers and a note added to their messages.

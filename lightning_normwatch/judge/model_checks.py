@@ -152,10 +152,10 @@ def placement_of(
 ) -> str:
     """Where one normalization layer sits: a key of ``PATTERNS``.
 
-    A transformer layer's own ``norm_first`` decides when it has one (``nn.TransformerEncoderLayer``). A norm
-    whose input no watched module produced (a residual stream) is pre-norm when it runs first among the
-    tensors of its parent module (GPT-2's ``ln_1``), post-norm when it runs last after others of its parent
-    (BERT's ``output.LayerNorm``); otherwise the activation before or after it decides.
+    A transformer layer's own ``norm_first`` decides when it has one (``nn.TransformerEncoderLayer``); then an
+    activation right before or after it; else a norm is pre-norm when it runs first among the tensors of its
+    parent module (GPT-2's ``ln_1``), post-norm when it runs last in its parent on an input no watched
+    module produced, a residual sum (BERT's ``output.LayerNorm``).
     """
     name = base_name(key)
     parent = modules.get(_parent(name))
@@ -170,16 +170,12 @@ def placement_of(
         return "after"
     if any(is_activation(c) for c in consumers.get(key, [])):
         return "before"
-    if producer is None:
-        prefix = _parent(name) + "." if _parent(name) else ""
-        siblings = [k for k in order if base_name(k).startswith(prefix) and k != key]
-        if prefix and siblings:
-            first = order.index(key) < order.index(siblings[0])
-            last = order.index(key) > order.index(siblings[-1])
-            if first:
-                return "pre-norm"
-            if last:
-                return "post-norm"
+    prefix = _parent(name) + "." if _parent(name) else ""
+    siblings = [k for k in order if base_name(k).startswith(prefix) and k != key] if prefix else []
+    if siblings and order.index(key) < order.index(siblings[0]):
+        return "pre-norm"  # the first thing its block does
+    if siblings and producer is None and order.index(key) > order.index(siblings[-1]):
+        return "post-norm"  # the last thing its block does, on a sum no watched module produced
     return "other"
 
 
