@@ -107,7 +107,7 @@ def show_layers(watch: NormWatch) -> None:
         f"  {'tensor':8s} {'module':12s} {'mean':>7s} {'std':>7s} {'skew':>7s} {'kurt':>7s} {'zeros':>6s} {'p(K2)':>8s}"
     )
     for key, fig in watch.last_result.figures.items():
-        info = watch.monitor.info(key)
+        info = watch.session.collector.info(key)
         p = fig["normaltest_p"]
         cells = [fig["mean"], fig["std"], fig["skew"], fig["kurtosis"]]
         row = " ".join(f"{v:7.2f}" for v in cells)

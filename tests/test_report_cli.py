@@ -63,7 +63,7 @@ def test_table_of_a_healthy_run(runs, capsys: pytest.CaptureFixture[str]) -> Non
     assert set(rows) == {"input", "net.0", "net.1", "net.2", "net.3", "net.4"}
     figs = cb.last_result.figures
     for key, cells in rows.items():
-        assert cells[1] == cb.monitor.info(key).type_name  # the layer type, read back from the event files
+        assert cells[1] == cb.session.collector.info(key).type_name  # the layer type, read back from the event files
         assert cells[2] == "6"
         values = dict(zip(TABLE_FIGURES, cells[3:], strict=True))
         for name in ("mean", "std", "shape_psi"):

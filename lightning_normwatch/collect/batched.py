@@ -43,9 +43,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..stats.block import CHANNEL_FIELDS, HEAD
 from ..stats.histogram import _bin_index, bin_edges, num_bins
-from .sampling import CHANNEL_FIELDS, HEAD, Sampled, measure_sampled
 from ..stats.moments import channel_moments
+from .sampling import Sampled, measure_sampled
 
 __all__ = ["measure_all"]
 
