@@ -137,12 +137,12 @@ def verdict(raw: NormWatch, norm: NormWatch) -> str:
 def show_next(logdir: str) -> None:
     """Where to look next."""
     print(
-        f"\nNext:\n"
-        f"  .venv/bin/tensorboard --logdir {logdir}   # open http://127.0.0.1:6006: Images tab"
-        " (normwatch/overview) first, then Text (normwatch/alerts)\n"
-        f"  .venv/bin/normwatch report {logdir}       # the same findings as tables in the terminal\n"
-        "  docs/alerts.md (every alert kind), docs/panels.md (reading the panels),"
-        " docs/science.md (normal vs normalized)"
+        "\nNext:\n"
+        f"  1. The panels: .venv/bin/tensorboard --logdir {logdir}, then open http://127.0.0.1:6006\n"
+        "     (Images tab: normwatch/overview, one row per layer; Text tab: normwatch/alerts)\n"
+        f"  2. The same findings in the terminal: .venv/bin/normwatch report {logdir}\n"
+        "  3. Read on: docs/alerts.md (every alert kind), docs/panels.md (the panels),\n"
+        "     docs/science.md (why normalized matters and normal does not)"
     )
 
 
@@ -158,7 +158,8 @@ def main() -> None:
     start = time.perf_counter()
     raw = train("raw_features", standardize=False, batchnorm=False, steps=args.steps, logdir=args.logdir)
     norm = train("standardized_batchnorm", standardize=True, batchnorm=True, steps=args.steps, logdir=args.logdir)
-    print(f"\nTrained both runs in {time.perf_counter() - start:.0f} s. What NormWatch found (messages above):")
+    print(f"\nTrained both runs in {time.perf_counter() - start:.0f} s.")
+    print("\nWhat NormWatch found (each alert's message is printed above, once):")
     print(verdict(raw, norm))
     show_layers(norm)
     print(
