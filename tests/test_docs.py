@@ -7,6 +7,7 @@ the files must agree with a fresh run of the demo (the same alerts, the same rep
 
 from __future__ import annotations
 
+import doctest
 import importlib.util
 import re
 from pathlib import Path
@@ -96,6 +97,8 @@ def fresh_demo(tmp_path_factory: pytest.TempPathFactory):
 
 def test_generated_outputs_match_a_fresh_demo_run(fresh_demo) -> None:
     demo, raw, norm, logdir = fresh_demo
+    checked = doctest.testmod(demo)  # the demo's table words (``shape_in_words``)
+    assert checked.attempted >= 1 and checked.failed == 0
     demo_output = (ROOT / "docs" / "demo_output.txt").read_text().splitlines()
     for line in demo.verdict(raw, norm).splitlines():  # e.g. "raw features: 2 warning(s): ...; 4 information alert(s)"
         assert line in demo_output
