@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from lightning_normwatch import NormWatch
-from lightning_normwatch.depth import depth_ratios
+from lightning_normwatch.judge.depth import depth_ratios
 
 RULES = (
     "dead",

@@ -10,20 +10,20 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .alerts import KINDS, Alert, NormWatchAlertError
+from .judge.alerts import KINDS, Alert, NormWatchAlertError
 from .config import Thresholds
 
 if TYPE_CHECKING:
     from .adapters.loop import LoopWatch
-    from .callback import NormWatch
-    from .monitor import Monitor, MonitorConfig, StepResult
+    from .adapters.callback import NormWatch
+    from .session.monitor import Monitor, MonitorConfig, StepResult
 
 # torch and Lightning are imported on first use, so that `normwatch report` starts quickly.
 _LAZY = {
-    "NormWatch": ".callback",
-    "Monitor": ".monitor",
-    "MonitorConfig": ".monitor",
-    "StepResult": ".monitor",
+    "NormWatch": ".adapters.callback",
+    "Monitor": ".session.monitor",
+    "MonitorConfig": ".session.monitor",
+    "StepResult": ".session.monitor",
     "LoopWatch": ".adapters.loop",
 }
 

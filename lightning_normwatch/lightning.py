@@ -7,6 +7,6 @@ Use it with ``import lightning as L`` / ``lightning.pytorch.cli.LightningCLI``
 
 from __future__ import annotations
 
-from .adapters.lightning import NormWatch
+from .adapters.lightning_pytorch import NormWatch
 
 __all__ = ["NormWatch"]

@@ -245,7 +245,7 @@ def test_alert_logged_once_until_condition_clears(tmp_path, caplog):
 
 
 def test_tracker_raises_a_returning_alert_again_only_when_worse_or_after_the_window():
-    from lightning_normwatch.alerts import REARM_WINDOW, Alert, AlertTracker
+    from lightning_normwatch.judge.alerts import REARM_WINDOW, Alert, AlertTracker
 
     tracker = AlertTracker()
     key = {("fc", "scale_drift")}

@@ -25,7 +25,7 @@ from models import Regressor, loader, mlp, regression_data, trainer
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import nn
 
-from lightning_normwatch.callback import NormWatch
+from lightning_normwatch.adapters.callback import NormWatch
 
 STEPS = 12
 BATCH = 32  # > min_rows (16): each hidden tensor is sampled, not measured whole

@@ -12,8 +12,8 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from torch import nn
 
 from lightning_normwatch import NormWatch
-from lightning_normwatch.alerts import Alert
-from lightning_normwatch.console import summary_rows, summary_text
+from lightning_normwatch.judge.alerts import Alert
+from lightning_normwatch.output.console import summary_rows, summary_text
 
 
 def dead_deep_net(blocks: int = 6, width: int = 16) -> nn.Sequential:

@@ -49,9 +49,9 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from models import Regressor, mlp, regression_data  # noqa: E402
 
-from lightning_normwatch.callback import NormWatch  # noqa: E402
-from lightning_normwatch.distributed import Exchange  # noqa: E402
-from lightning_normwatch.monitor import Monitor, MonitorConfig  # noqa: E402
+from lightning_normwatch.adapters.callback import NormWatch  # noqa: E402
+from lightning_normwatch.collect.exchange import Exchange  # noqa: E402
+from lightning_normwatch.session.monitor import Monitor, MonitorConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 WORLD = 2

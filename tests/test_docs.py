@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from lightning_normwatch.alerts import SEVERITY
-from lightning_normwatch.report import format_reports, load_reports
+from lightning_normwatch.judge.alerts import SEVERITY
+from lightning_normwatch.view.report import format_reports, load_reports
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

@@ -9,7 +9,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from lightning_normwatch import NormWatch
-from lightning_normwatch.monitor import Monitor, MonitorConfig
+from lightning_normwatch.session.monitor import Monitor, MonitorConfig
 from tests.models import Regressor, loader, mlp, regression_data, trainer
 
 

@@ -26,7 +26,8 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
-from lightning_normwatch import LoopWatch, NormWatch, cli
+from lightning_normwatch import LoopWatch, NormWatch
+from lightning_normwatch.view import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 21  # logging steps 0, 10, 20 in the examples (every_n_steps=10)

@@ -17,8 +17,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 
 from lightning_normwatch import NormWatch
-from lightning_normwatch.cli import main
-from lightning_normwatch.report import TABLE_FIGURES, RunReport, exit_code, format_reports
+from lightning_normwatch.view.cli import main
+from lightning_normwatch.view.report import TABLE_FIGURES, RunReport, exit_code, format_reports
 
 
 class NaNAfter(nn.Module):

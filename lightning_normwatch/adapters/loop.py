@@ -43,9 +43,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from ..alerts import Alert
-from ..monitor import StepResult
-from .loggers import is_tensorboard_logger, write_scalars
+from ..judge.alerts import Alert
+from ..session.monitor import StepResult
+from ..output.loggers import is_tensorboard_logger, write_scalars
 
 __all__ = ["LoopWatch", "unwrap"]
 
@@ -123,7 +123,7 @@ class LoopWatch:
     def __init__(self, model: nn.Module, sink: Sink = None, **options: Any) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        from ..callback import NormWatch
+        from .callback import NormWatch
 
         self.callback = NormWatch(**options)
         self.model = unwrap(model)
@@ -162,7 +162,7 @@ class LoopWatch:
         finally:
             cb.tensorboard = tensorboard
         if tensorboard and writer is not None and self._loop.is_global_zero:
-            from ..panels import Panels
+            from ..output.panels import Panels
 
             cb._panels = Panels(writer, cb.plot_every_n_steps)
         self._next = 0

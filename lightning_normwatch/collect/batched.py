@@ -26,7 +26,7 @@ the same kernels; tests/test_batched.py states the tolerance).
 
 Example:
     >>> import torch
-    >>> from lightning_normwatch.measure import MeasureSpec, take_sample, measure_sampled
+    >>> from lightning_normwatch.collect.sampling import MeasureSpec, take_sample, measure_sampled
     >>> g = torch.Generator().manual_seed(0)
     >>> items = [take_sample(torch.randn(8, 3), MeasureSpec(), g), take_sample(torch.randn(4, 5), MeasureSpec(), g)]
     >>> blocks = measure_all(items)
@@ -43,9 +43,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .histogram import _bin_index, bin_edges, num_bins
-from .measure import CHANNEL_FIELDS, HEAD, Sampled, measure_sampled
-from .moments import channel_moments
+from ..stats.histogram import _bin_index, bin_edges, num_bins
+from .sampling import CHANNEL_FIELDS, HEAD, Sampled, measure_sampled
+from ..stats.moments import channel_moments
 
 __all__ = ["measure_all"]
 

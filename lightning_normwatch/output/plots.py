@@ -12,7 +12,7 @@ state, so plotting never changes the user's backend.
 
 Example:
     >>> import numpy as np
-    >>> from lightning_normwatch.histogram import bin_counts, bin_edges
+    >>> from lightning_normwatch.stats.histogram import bin_counts, bin_edges
     >>> import torch
     >>> x = torch.linspace(-2.0, 2.0, 401)
     >>> counts = bin_counts(x, bin_edges(dtype=torch.float64)).numpy()
@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from .histogram import edges_numpy
+from ..stats.histogram import edges_numpy
 
 __all__ = [
     "PlotData",
@@ -99,7 +99,7 @@ def cdf_knots(hist: np.ndarray, smin: float, smax: float) -> tuple[np.ndarray, n
 
     Example:
         >>> import numpy as np
-        >>> from lightning_normwatch.histogram import num_bins
+        >>> from lightning_normwatch.stats.histogram import num_bins
         >>> x, F = cdf_knots(np.eye(num_bins())[num_bins() // 2] * 4, -1e-7, 1e-7)   # four zeros
         >>> float(F[0]), float(F[-1]), float(x.min()) >= -1e-7
         (0.0, 1.0, True)
@@ -121,7 +121,7 @@ def quantiles(hist: np.ndarray, smin: float, smax: float, p: np.ndarray) -> np.n
 
     Example:
         >>> import numpy as np
-        >>> from lightning_normwatch.histogram import num_bins
+        >>> from lightning_normwatch.stats.histogram import num_bins
         >>> counts = np.zeros(num_bins()); counts[num_bins() // 2] = 10     # ten zeros
         >>> float(quantiles(counts, 0.0, 0.0, np.array([0.5]))[0])
         0.0
@@ -155,7 +155,7 @@ def density(hist: np.ndarray, smin: float, smax: float, grid: np.ndarray, drop_z
 
     Example:
         >>> import numpy as np, torch
-        >>> from lightning_normwatch.histogram import bin_counts, bin_edges
+        >>> from lightning_normwatch.stats.histogram import bin_counts, bin_edges
         >>> counts = bin_counts(torch.rand(100_000) * 2 - 1, bin_edges(dtype=torch.float64)).numpy()
         >>> d = density(counts, -1.0, 1.0, np.linspace(-1, 1, 5))
         >>> [round(float(v), 1) for v in d]
@@ -192,7 +192,7 @@ def qq_points(data: PlotData, points: int = 99) -> tuple[np.ndarray, np.ndarray]
 
     Example:
         >>> import numpy as np, torch
-        >>> from lightning_normwatch.histogram import bin_counts, bin_edges
+        >>> from lightning_normwatch.stats.histogram import bin_counts, bin_edges
         >>> x = torch.randn(200_000, generator=torch.Generator().manual_seed(0))
         >>> h = bin_counts(x, bin_edges(dtype=torch.float64)).numpy()
         >>> d = PlotData("x", "batch", "input", h, float(x.min()), float(x.max()), 0.0, 1.0, 0.0, 0.0)
@@ -343,7 +343,7 @@ def group_figure(
 
     Example:
         >>> import numpy as np, torch
-        >>> from lightning_normwatch.histogram import bin_counts, bin_edges
+        >>> from lightning_normwatch.stats.histogram import bin_counts, bin_edges
         >>> Figure = load_matplotlib()
         >>> x = torch.randn(1000, generator=torch.Generator().manual_seed(0))
         >>> h = bin_counts(x, bin_edges(dtype=torch.float64)).numpy()

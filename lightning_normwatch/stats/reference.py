@@ -7,7 +7,7 @@ stds, PSI and KS on the shared bins.
 
 Example:
     >>> import torch
-    >>> from lightning_normwatch.histogram import bin_counts, bin_edges
+    >>> from lightning_normwatch.stats.histogram import bin_counts, bin_edges
     >>> def hist(x): return bin_counts(x, bin_edges()).double().numpy()
     >>> x = torch.tensor([-1.0, 1.0])
     >>> ref = Reference()
@@ -157,7 +157,7 @@ def shape_drift(
 
     Example:
         >>> import numpy as np
-        >>> from lightning_normwatch.histogram import bin_counts, bin_edges
+        >>> from lightning_normwatch.stats.histogram import bin_counts, bin_edges
         >>> import torch
         >>> g = torch.Generator().manual_seed(0)
         >>> a = bin_counts(torch.randn(20000, generator=g), bin_edges()).numpy().astype(float)

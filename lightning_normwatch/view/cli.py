@@ -19,7 +19,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from . import __version__
+from .. import __version__
 from .report import (
     TABLE_FIGURES,
     NoNormWatchData,

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .histogram import bin_counts, bin_edges, num_bins
-from .moments import channel_moments
+from ..stats.histogram import bin_counts, bin_edges, num_bins
+from ..stats.moments import channel_moments
 
 __all__ = [
     "MeasureSpec",

@@ -35,9 +35,9 @@ from typing import Any
 import numpy as np
 from torch import Tensor, nn
 
-from .features import Anchor, FeatureDrift, FeatureReference, FeatureStats, describe_drift, feature_drift
-from .moments import merge_groups
-from .summary import feature_figures
+from ..stats.feature_drift import Anchor, FeatureDrift, FeatureReference, FeatureStats, describe_drift, feature_drift
+from ..stats.moments import merge_groups
+from ..stats.figures import feature_figures
 
 __all__ = ["batch_tensors", "storage_key", "is_consumer_candidate", "InputTracker", "DriftVerdict"]
 

@@ -6,7 +6,7 @@ Same formulas as ``scipy.stats.skewtest``, ``kurtosistest``, ``normaltest`` and
 fixed-size subsample only: on whole activation tensors every p-value is ~0 and means nothing.
 
 Example:
-    >>> from lightning_normwatch.moments import Moments
+    >>> from lightning_normwatch.stats.moments import Moments
     >>> import numpy as np
     >>> x = np.random.default_rng(0).normal(size=5000)
     >>> r = normality(Moments.of(x))

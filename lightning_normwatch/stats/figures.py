@@ -2,7 +2,7 @@
 
 Example:
     >>> import torch
-    >>> from lightning_normwatch.measure import MeasureSpec, measure
+    >>> from lightning_normwatch.collect.sampling import MeasureSpec, measure
     >>> x = torch.tensor([[1.0, -2.0], [3.0, 0.5], [0.0, 4.0]])
     >>> block = measure(x, MeasureSpec(), torch.Generator().manual_seed(0)).numpy()
     >>> stats = TensorStats.from_blocks(block[None], channels=2)
@@ -19,7 +19,7 @@ from functools import cached_property
 import numpy as np
 
 from .histogram import _GROWTH, abs_median_nonzero, edges_numpy, normal_ks
-from .measure import BlockLayout
+from ..collect.sampling import BlockLayout
 from .moments import Moments, merge_groups, standardized_shape
 from .normality import normality
 
@@ -237,7 +237,7 @@ def hist_percentiles(counts: np.ndarray, qs: tuple[float, ...], lo: float, hi: f
 
     Example:
         >>> import torch
-        >>> from lightning_normwatch.histogram import bin_counts, bin_edges
+        >>> from lightning_normwatch.stats.histogram import bin_counts, bin_edges
         >>> x = torch.linspace(1.0, 2.0, 1001, dtype=torch.float64)
         >>> c = bin_counts(x, bin_edges(dtype=torch.float64)).numpy()
         >>> [round(v, 2) for v in hist_percentiles(c, (15, 50, 85), 1.0, 2.0)]
@@ -276,7 +276,7 @@ def figures_many(stats: list[TensorStats]) -> list[dict[str, float]]:
 
     Example:
         >>> import torch
-        >>> from lightning_normwatch.measure import MeasureSpec, measure
+        >>> from lightning_normwatch.collect.sampling import MeasureSpec, measure
         >>> block = measure(torch.randn(16, 3), MeasureSpec(), torch.Generator().manual_seed(0)).numpy()
         >>> st = TensorStats.from_blocks(block[None], channels=3)
         >>> bool(np.isclose(figures_many([st])[0]["std"], figures(st)["std"]))

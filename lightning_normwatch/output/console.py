@@ -21,8 +21,8 @@ import shutil
 import sys
 from collections.abc import Mapping, Sequence
 
-from .alerts import Alert
-from .digest import group_alerts, group_line, named
+from ..judge.alerts import Alert
+from ..judge.grouping import group_alerts, group_line, named
 
 __all__ = ["log", "start_line", "alert_lines", "summary_rows", "summary_text", "SUMMARY_COLUMNS"]
 

@@ -20,7 +20,7 @@ from typing import Any
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _NormBase
 
-from .measure import saturation_bounds_for
+from .sampling import saturation_bounds_for
 
 __all__ = ["select_modules", "named_tensors", "role_of", "validate_patterns", "user_name", "Pattern"]
 

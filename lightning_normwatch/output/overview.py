@@ -25,8 +25,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from .alerts import SEVERITY
-from .config import Thresholds
+from ..judge.alerts import SEVERITY
+from ..config import Thresholds
 from .heatmap import Image, heatmap, profile
 
 __all__ = ["Overview", "OVERVIEW_TAG", "row_label"]

@@ -21,7 +21,7 @@ different widths on different ranks (``name`` on one rank is ``name@2`` on anoth
 width gets a name ``base@k`` agreed by all ranks instead of being merged with the wrong layout.
 
 Example:
-    >>> from lightning_normwatch.monitor import Monitor, MonitorConfig
+    >>> from lightning_normwatch.session.monitor import Monitor, MonitorConfig
     >>> ex = Exchange(Monitor(MonitorConfig()))   # single process: no collective
     >>> ex.collect(flags=[True])
     {}
@@ -40,9 +40,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .measure import BlockLayout
-from .monitor import Monitor
-from .summary import TensorStats
+from .sampling import BlockLayout
+from ..session.monitor import Monitor
+from ..stats.figures import TensorStats
 
 __all__ = ["Exchange", "to_block"]
 
@@ -55,7 +55,7 @@ def to_block(stats: TensorStats, channels: int) -> np.ndarray:
 
     Example:
         >>> import torch
-        >>> from lightning_normwatch.measure import MeasureSpec, measure
+        >>> from lightning_normwatch.collect.sampling import MeasureSpec, measure
         >>> block = measure(torch.randn(5, 3), MeasureSpec(), torch.Generator().manual_seed(0)).numpy()
         >>> bool(np.allclose(to_block(TensorStats.from_blocks(block[None], 3), 3), block))
         True

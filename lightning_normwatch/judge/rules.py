@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass
 
 from .alerts import SEVERITY, Alert
-from .config import Thresholds
+from ..config import Thresholds
 
 __all__ = ["TensorInfo", "evaluate", "nonfinite_alert"]
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from lightning.pytorch.callbacks import Callback
 
-from ..callback import NormWatch as _NormWatch
+from .callback import NormWatch as _NormWatch
 
 __all__ = ["NormWatch"]
 

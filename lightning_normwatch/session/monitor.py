@@ -32,14 +32,14 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from .alerts import SEVERITY, Alert, AlertTracker
-from .batched import measure_all
-from .config import Thresholds
-from .depth import depth_alerts, rms_of, small_growth
-from .features import FEATURE_BINS, FeatureStats, feature_histogram
-from .inputs import InputTracker, batch_tensors, is_consumer_candidate, storage_key
-from .layout import Flow, module_layout
-from .measure import (
+from ..judge.alerts import SEVERITY, Alert, AlertTracker
+from ..collect.batched import measure_all
+from ..config import Thresholds
+from ..judge.depth import depth_alerts, rms_of, small_growth
+from ..stats.feature_drift import FEATURE_BINS, FeatureStats, feature_histogram
+from ..collect.inputs import InputTracker, batch_tensors, is_consumer_candidate, storage_key
+from ..collect.layout import Flow, module_layout
+from ..collect.sampling import (
     BlockLayout,
     MeasureSpec,
     Sampled,
@@ -47,11 +47,11 @@ from .measure import (
     saturation_bounds_for,
     take_sample,
 )
-from .overflow import first_exploded, overflow_alert
-from .reference import Reference, drift
-from .rules import CLEAR_FRACTION, TensorInfo, evaluate, nonfinite_alert
-from .selection import Pattern, named_tensors, role_of, select_modules
-from .summary import TensorStats, figures, figures_many
+from ..judge.overflow import first_exploded, overflow_alert
+from ..stats.reference import Reference, drift
+from ..judge.rules import CLEAR_FRACTION, TensorInfo, evaluate, nonfinite_alert
+from ..collect.selection import Pattern, named_tensors, role_of, select_modules
+from ..stats.figures import TensorStats, figures, figures_many
 
 __all__ = ["Monitor", "MonitorConfig", "StepResult"]
 

@@ -22,19 +22,19 @@ from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
-from . import console
-from .alerts import Alert, NormWatchAlertError
-from .config import Thresholds, check_choice, check_positive_int
-from .distributed import Exchange
-from .model_checks import ModelChecks
-from .monitor import Monitor, MonitorConfig, StepResult
-from .replay import RngState, preserved
-from .scalars import ALL_SCALARS, SCALAR_SETS, scalar_metrics, threshold_metrics
-from .selection import Pattern, named_tensors, validate_patterns
+from ..output import console
+from ..judge.alerts import Alert, NormWatchAlertError
+from ..config import Thresholds, check_choice, check_positive_int
+from ..collect.exchange import Exchange
+from ..judge.model_checks import ModelChecks
+from ..session.monitor import Monitor, MonitorConfig, StepResult
+from ..collect.replay import RngState, preserved
+from ..output.scalars import ALL_SCALARS, SCALAR_SETS, scalar_metrics, threshold_metrics
+from ..collect.selection import Pattern, named_tensors, validate_patterns
 
 __all__ = ["NormWatch"]
 
-from .console import log
+from ..output.console import log
 
 InputSpec = bool | str | int | Callable[[Any], Any]
 
@@ -129,7 +129,7 @@ def log_scalars(logger: Any, metrics: dict[str, float], step: int) -> None:
     25 ms for the 240 scalars of an 8-layer model. One event holding every value costs 0.3 ms and
     reads back the same (TensorBoard, ``EventAccumulator``).
     """
-    from .adapters.loggers import log_scalars as _log_scalars  # both Lightning packages; MLflow-safe keys
+    from ..output.loggers import log_scalars as _log_scalars  # both Lightning packages; MLflow-safe keys
 
     _log_scalars(logger, metrics, step)
 
@@ -163,7 +163,7 @@ class NormWatch(Callback):
             purpose: a curriculum, a domain schedule) or ``"off"`` (figures only).
         feature_names: names of the input features (columns, or channels of images), used in alerts.
         scalars: ``"default"``: per tensor the figures a person reads and the rules compare, only those
-            that apply to its role (6 to 8 scalars, see ``lightning_normwatch.scalars``); ``"all"``: every figure.
+            that apply to its role (6 to 8 scalars, see ``lightning_normwatch.output.scalars``); ``"all"``: every figure.
 
     Raises:
         ValueError: a parameter has a bad value (the message names it).
@@ -296,7 +296,7 @@ class NormWatch(Callback):
         if not trainer.loggers:
             rank_zero_warn("NormWatch: the trainer has no logger; figures are not logged, alerts still are.")
         if self.tensorboard:
-            from .panels import Panels
+            from ..output.panels import Panels
 
             self._panels = Panels.for_trainer(trainer, self.plot_every_n_steps)
         if trainer.is_global_zero:
@@ -553,6 +553,6 @@ class NormWatch(Callback):
 
 
 # Fabric(callbacks=[NormWatch()]) calls hooks with its own arguments: say to use LoopWatch instead.
-from .adapters.guard import trainer_hooks_only  # noqa: E402
+from .guard import trainer_hooks_only  # noqa: E402
 
 trainer_hooks_only(NormWatch)

@@ -34,13 +34,13 @@ from typing import Any
 
 from pytorch_lightning.utilities import rank_zero_warn
 
-from .alerts import Alert
-from .digest import group_alerts, group_line, named
-from .histogram import tensorboard_buckets
-from .monitor import Monitor, StepResult
+from ..judge.alerts import Alert
+from ..judge.grouping import group_alerts, group_line, named
+from ..stats.histogram import tensorboard_buckets
+from ..session.monitor import Monitor, StepResult
 from .overview import OVERVIEW_TAG, Overview, row_label
-from .report import ALERT_COLUMNS, ALERT_TAG, WATCHED_TAG
-from .summary import TensorStats
+from ..view.report import ALERT_COLUMNS, ALERT_TAG, WATCHED_TAG
+from ..stats.figures import TensorStats
 
 __all__ = [
     "Panels",
@@ -324,7 +324,7 @@ class Panels:
 
         With ``logger=False`` nothing is written and the callback itself warns that there is no logger.
         """
-        from .adapters.loggers import tensorboard_writer  # every TensorBoardLogger's writer, as one
+        from .loggers import tensorboard_writer  # every TensorBoardLogger's writer, as one
 
         if any(_is_tensorboard_logger(logger) for logger in trainer.loggers):
             return cls(tensorboard_writer(trainer.loggers), plot_every_n_steps) if trainer.is_global_zero else None
