@@ -51,7 +51,7 @@ def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Alert thresholds. Defaults were calibrated on healthy and broken runs (README, "Calibration").
+    """Alert thresholds. Defaults were calibrated on healthy and broken runs (docs/alerts.md, "Calibration").
 
     Attributes:
         dead: share of a layer's units that are zero on the whole sampled batch.

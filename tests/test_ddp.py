@@ -354,7 +354,7 @@ def test_ddp_one_collective_per_logging_step(ddp_same: list[dict[str, Any]]):
         assert len(steady) == 1
     layout = ddp_same[0]["steps"][-1]["layout"]
     assert layout == ddp_same[1]["steps"][-1]["layout"]
-    # bytes per rank per step: a head of 2 floats plus one block per tensor (see the README, "Multi-GPU / multi-node");
+    # bytes per rank per step: a head of 2 floats plus one block per tensor (see docs/distributed.md);
     # input features add batch items and 18 anchor-bin counts per feature
     tails = sum(1 + 18 * c for name, c in layout if name == "input" or name.startswith("input/"))
     assert ddp_same[0]["steps"][-1]["bytes"] == 8 * (2 + sum(12 + 583 + 6 * c for _, c in layout) + tails)

@@ -179,3 +179,12 @@ def test_missing_dir_and_non_normwatch_events(tmp_path: Path, capsys: pytest.Cap
         writer.add_scalar("loss", 1.0, 0)
     assert main(["report", str(tmp_path)]) == 2
     assert "no NormWatch data" in capsys.readouterr().err
+
+
+def test_help_names_the_columns_the_table_has(capsys: pytest.CaptureFixture[str]) -> None:
+    """``report --help`` promises the table's real columns (it once promised skew and kurtosis)."""
+    with pytest.raises(SystemExit):
+        main(["report", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"columns: {', '.join(TABLE_FIGURES)};" in text
+    assert not {"skew", "kurtosis"} & set(TABLE_FIGURES) and "kurtosis" not in text
