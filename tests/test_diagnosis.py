@@ -3,7 +3,6 @@ marked, messages naming the origin; with a real ``pl.Trainer`` and with ``LoopWa
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import replace
 from typing import Any
@@ -26,9 +25,11 @@ from nets import (
 from torch import nn
 
 from lightning_normwatch import LoopWatch, NormWatch
+from lightning_normwatch.collect.collector import Collector
+from lightning_normwatch.config import SessionConfig
 from lightning_normwatch.judge.alerts import Alert
 from lightning_normwatch.judge.diagnosis import diagnose
-from lightning_normwatch.session.monitor import Monitor, MonitorConfig
+from lightning_normwatch.judge.evaluator import Evaluator
 from lightning_normwatch.view.report import RunReport, format_reports, parse_alerts_markdown
 
 pytestmark = [
@@ -90,11 +91,14 @@ def test_one_cause_behind_many_norm_layers_and_raw_pixels_behind_a_vanishing_nor
 
 
 def test_caused_by_survives_a_checkpoint_and_old_checkpoints_load_as_roots(tmp_path) -> None:
-    mon = Monitor(MonitorConfig())
+    def evaluator() -> Evaluator:
+        return Evaluator(SessionConfig(), Collector(SessionConfig()))
+
+    mon = evaluator()
     mon.alerts = [alert(3, "net.1", "dead"), alert(3, "net.3", "dead", cause=("dead", "net.1"))]
     path = tmp_path / "state.pt"
     torch.save(mon.state_dict(), path)
-    loaded = Monitor(MonitorConfig())
+    loaded = evaluator()
     loaded.load_state_dict(torch.load(path, weights_only=True))
     assert loaded.alerts == mon.alerts
     old = mon.state_dict()

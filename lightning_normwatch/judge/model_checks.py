@@ -23,8 +23,8 @@ import re
 from collections.abc import Mapping
 
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _NormBase
 
+from ..collect.layout import RUNNING_NORMS
 from .alerts import SEVERITY, Alert
 
 __all__ = [
@@ -41,7 +41,7 @@ __all__ = [
 #: logging steps evaluated before a watched module that never ran is reported
 NOT_RUN_AFTER = 3
 
-_NORMS = (_NormBase, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.LocalResponseNorm)
+_NORMS = (*RUNNING_NORMS, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.LocalResponseNorm)
 _NORM_NAME = re.compile(r"norm$", re.IGNORECASE)
 
 
@@ -80,7 +80,7 @@ def frozen_norm_alerts(model: nn.Module, modules: Mapping[str, nn.Module], step:
     frozen = [
         (name, module)
         for name, module in modules.items()
-        if isinstance(module, _NormBase) and module.track_running_stats and not module.training
+        if isinstance(module, RUNNING_NORMS) and module.track_running_stats and not module.training
     ]
     if not frozen:
         return []
@@ -227,7 +227,7 @@ def placement_alerts(
         found.setdefault(placement_of(key, order, edges, consumers, roles, modules), []).append(key)
         producer = edges.get(key)
         source = modules.get(base_name(producer)) if producer is not None else None
-        if isinstance(module, _NormBase) and isinstance(getattr(source, "bias", None), Tensor):
+        if isinstance(module, RUNNING_NORMS) and isinstance(getattr(source, "bias", None), Tensor):
             out.append(
                 _alert(
                     step,
@@ -272,7 +272,7 @@ class ModelChecks:
 
     def __init__(self, watched: Mapping[str, nn.Module], modules: Mapping[str, nn.Module]) -> None:
         self.watched = dict(watched)
-        self.norms = {name: m for name, m in modules.items() if isinstance(m, _NormBase)}
+        self.norms = {name: m for name, m in modules.items() if isinstance(m, RUNNING_NORMS)}
         self.modules = dict(modules)
         self.reported: set[tuple[str, str]] = set()
         self.ran: set[str] = set()

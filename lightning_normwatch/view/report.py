@@ -25,6 +25,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..output.tags import ALERT_COLUMNS, ALERT_TAG, OLD_ALERT_COLUMNS, WATCHED_TAG
+from .report_alerts import _num, _table, alert_lines
+
 __all__ = [
     "ALERT_TAG",
     "WATCHED_TAG",
@@ -34,7 +37,6 @@ __all__ = [
     "RunReport",
     "load_reports",
     "parse_alerts_markdown",
-    "root_groups",
     "format_reports",
     "reports_json",
     "exit_code",
@@ -42,14 +44,8 @@ __all__ = [
 ]
 
 #: Text-panel tag of the alert table (``SummaryWriter.add_text`` stores it as ``<tag>/text_summary``)
-ALERT_TAG = "normwatch/alerts"
 #: Text-panel tag of the watched-tensors table (tensor, layer type, role)
-WATCHED_TAG = "normwatch/watched"
-#: columns of the alert table, in order ("caused by": ``<kind> in <module>`` of the root alert a follower
-#: follows, ``-`` for a root; ``parse_alerts_markdown`` returns it as ``caused_by``: ``[kind, module]`` or None)
-ALERT_COLUMNS = ("step", "module", "kind", "severity", "value", "threshold", "caused by", "message")
-#: the columns of tables written before root alerts existed (read as roots)
-OLD_ALERT_COLUMNS = ("step", "module", "kind", "severity", "value", "threshold", "message")
+#: columns of the alert table, in order
 #: figures shown in the printed table (``--json`` has every logged figure)
 TABLE_FIGURES = ("mean", "std", "zeros", "dead", "std_log_ratio", "mean_shift", "shape_psi")
 #: ``normwatch/<name>/...`` scalars that are not watched tensors
@@ -91,7 +87,7 @@ class RunReport:
 
 
 def parse_alerts_markdown(text: str) -> list[dict[str, Any]]:
-    """Rows of the alert table written by ``panels.alerts_markdown`` (other lines are ignored).
+    """Rows of the alert table written by ``output.markdown.alerts_markdown`` (other lines are ignored).
 
     Returns dicts with ``ALERT_COLUMNS`` keys in the order they were raised (by step; the table
     lists the most severe first);
@@ -247,25 +243,6 @@ def load_reports(logdir: str | os.PathLike[str]) -> list[RunReport]:
     return reports
 
 
-def _num(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.4g}"
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]], left: Sequence[int] = (0,)) -> list[str]:
-    """Aligned plain-text table lines: header, rule, rows (columns in ``left`` left-aligned)."""
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
-
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(
-            str(c).ljust(w) if i in left else str(c).rjust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        ).rstrip()
-
-    return [line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)]
-
-
 def format_reports(reports: Sequence[RunReport], all_alerts: bool = False, width: int | None = None) -> str:
     """The human-readable report: per run, a table of the latest figures, then the alerts.
 
@@ -301,77 +278,11 @@ def format_reports(reports: Sequence[RunReport], all_alerts: bool = False, width
         shown = [a for a in r.alerts if all_alerts or a["severity"] != "info"]
         hidden = len(r.alerts) - len(shown)
         if shown:
-            out += _alert_lines(shown, r.types, all_alerts, width)
+            out += alert_lines(shown, r.types, all_alerts, width)
         if hidden:
             out.append(f"({hidden} info alert{'s' if hidden != 1 else ''} not listed: --all-alerts lists them)")
         out.append("")
     return "\n".join(out).rstrip("\n")
-
-
-def root_groups(alerts: Sequence[dict[str, Any]]) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
-    """Alert rows as (root, followers): most severe first, then the oldest root; a follower whose root is not
-    listed counts as a root.
-
-    Example:
-        >>> rows = [{"step": 5, "module": "b", "kind": "dead", "severity": "warning", "caused_by": ["vanishing", "a"]},
-        ...         {"step": 5, "module": "a", "kind": "vanishing", "severity": "warning", "caused_by": None}]
-        >>> [(root["module"], [f["module"] for f in followers]) for root, followers in root_groups(rows)]
-        [('a', ['b'])]
-    """
-    keys = {(a["kind"], a["module"]) for a in alerts if not a.get("caused_by")}
-    groups: dict[tuple[str, ...], tuple[dict[str, Any], list[dict[str, Any]]]] = {}
-    for a in alerts:
-        cause = a.get("caused_by")
-        if not cause or tuple(cause) not in keys:
-            key = (a["kind"], a["module"]) if not cause else (a["kind"], a["module"], str(a["step"]))
-            groups.setdefault(key, (a, []))
-    for a in alerts:
-        cause = a.get("caused_by")
-        if cause and tuple(cause) in keys:
-            groups[tuple(cause)][1].append(a)
-    rank = {s: i for i, s in enumerate(SEVERITIES)}
-    return sorted(groups.values(), key=lambda g: (rank.get(g[0]["severity"], 3), g[0]["step"]))
-
-
-def _alert_lines(alerts: Sequence[dict[str, Any]], types: dict[str, str], every: bool, width: int) -> list[str]:
-    """The alerts of a run: each root with its message, then its followers (folded into one line, or each with
-    its message when ``every``)."""
-    import textwrap
-
-    def name(a: dict[str, Any]) -> str:
-        return f"{a['module']} ({types[a['module']]})" if a["module"] in types else a["module"]
-
-    groups = root_groups(alerts)
-    listed = [a for root, followers in groups for a in ([root, *followers] if every else [root])]
-    rows = [[str(a["step"]), a["severity"], a["kind"], name(a), _num(a["value"]), _num(a["threshold"])] for a in listed]
-    table = _table(["step", "severity", "kind", "module", "value", "threshold"], rows, left=(1, 2, 3))
-    n_roots = len(groups)
-    out = [
-        f"alerts: {n_roots} root alert{'s' if n_roots != 1 else ''}, oldest first, each with the alerts that follow it"
-    ]
-    out.append("  " + table[0] + "  (message below each alert)")
-    out.append("  " + table[1])
-    lines = iter(table[2:])
-    for root, followers in groups:
-        out.append("  " + next(lines))
-        out += textwrap.wrap(root["message"], width, initial_indent="      ", subsequent_indent="      ")
-        if not followers:
-            continue
-        if every:
-            for a in followers:
-                out.append("    " + next(lines) + "  <- follows it")
-                out += textwrap.wrap(a["message"], width, initial_indent="        ", subsequent_indent="        ")
-            continue
-        kinds: dict[str, list[str]] = {}
-        for a in followers:
-            kinds.setdefault(a["kind"], []).append(name(a))
-        parts = [
-            f"{k} in " + (", ".join(v[:3]) + " ... " + v[-1] if len(v) > 4 else ", ".join(v)) for k, v in kinds.items()
-        ]
-        n = len({a["module"] for a in followers})
-        text = f"and {n} tensor{'s' if n != 1 else ''} after it: " + "; ".join(parts) + " (--all-alerts lists them)"
-        out += textwrap.wrap(text, width, initial_indent="      ", subsequent_indent="        ")
-    return out
 
 
 def _finite_or_none(value: Any) -> Any:
