@@ -67,11 +67,6 @@ class Alert:
     message: str
     caused_by: tuple[str, str] | None = None
 
-    @property
-    def is_root(self) -> bool:
-        """Whether this alert is a root (it follows no other alert)."""
-        return self.caused_by is None
-
     def to_dict(self) -> dict[str, object]:
         """Plain values (``caused_by`` as a ``[kind, module]`` list or ``None``), for checkpoints.
 
