@@ -37,10 +37,26 @@ from ..config import Thresholds
 from .alerts import SEVERITY, Alert
 from .rules import CLEAR_FRACTION, MIN_DISTRIBUTION_VALUES, who
 
-__all__ = ["depth_alerts", "depth_ratios", "origin_hint", "rms_of", "small_growth", "MIN_SPAN"]
+__all__ = ["depth_alerts", "depth_ratios", "origin_hint", "origin_of", "rms_of", "small_growth", "MIN_SPAN"]
 
 #: tensors the signal must stay out of range for (a head of one or two small layers is not vanishing)
 MIN_SPAN = 4
+
+
+_ORIGIN = re.compile(r"x (?:below|above) the \S+ of `([^`]+)`")
+
+
+def origin_of(alert: Alert) -> str | None:
+    """The origin a depth alert's message names (the layer with the largest RMS before a vanishing signal,
+    the smallest before an exploding one), or None for other alerts.
+
+    Example:
+        >>> message = "... 279x below the 50 of `net.40` (Linear) ..."
+        >>> origin_of(Alert(5, "net.41", "vanishing", "warning", 279.0, 8.0, message))
+        'net.40'
+    """
+    found = _ORIGIN.search(alert.message) if alert.kind in ("vanishing", "exploding") else None
+    return found.group(1) if found else None
 
 
 def rms_of(fig: dict[str, float]) -> float:

@@ -41,6 +41,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 
 from .alerts import Alert
+from .depth import origin_of
 
 __all__ = ["CAUSES", "KIND_ORDER", "SAME_CAUSE", "diagnose", "downstream", "follower_note", "roots_first"]
 
@@ -127,6 +128,12 @@ def follower_note(root: Alert) -> str:
     return f" (Follows the {root.kind} alert on {where}: a consequence of it, fix that first.)"
 
 
+def _before(a: str, b: str, order: Sequence[str]) -> bool:
+    """Whether tensor ``a`` runs before tensor ``b`` (inputs before everything)."""
+    pos = {name: i for i, name in enumerate(order)}
+    return pos.get(a, -1 if a.startswith("input") else len(pos)) < pos.get(b, len(pos))
+
+
 def _can_follow(
     alert: Alert, root: Alert, start: int, root_start: int, order: Sequence[str], edges: Mapping[str, str], window: int
 ) -> bool:
@@ -139,8 +146,11 @@ def _can_follow(
         return True
     if not 0 <= start - root_start <= window or alert.kind not in CAUSES.get(root.kind, ()):
         return False
-    if alert.kind in _DEPTH and start != root_start:
-        return False  # a depth alert names where its own scale was lost: a root only explains it at its start
+    if alert.kind in _DEPTH:
+        origin = origin_of(alert)
+        upstream = origin is not None and root.kind in _SIGNAL and _before(root.module, origin, order)
+        if start != root_start or upstream:
+            return False  # a depth alert names where its own scale was lost: a root before that layer is another fault
     if alert.module == root.module:
         return alert.kind != root.kind
     return downstream(root.module, alert.module, order, edges)

@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 
 from torch import nn
-from dataclasses import dataclass
 
 from ..collect.collector import Collector
 from ..collect.info import TensorInfo
