@@ -153,6 +153,8 @@ def main() -> None:
         right += ok
         root = f"{roots[0].kind}@{roots[0].module}" if roots else "-"
         other = f"; other roots before it: {', '.join(f'{a.kind}@{a.module}' for a in elsewhere)}" if elsewhere else ""
+        if len(roots) > 1:
+            other += f"; {len(roots)} roots: {', '.join(f'{a.kind}@{a.module} (step {a.step})' for a in roots)}"
         rows.append(f"{'right' if ok else 'WRONG':5s}  {name:45s} root {root:26s} +{len(followers)} followers{other}")
         print(rows[-1], flush=True)
     print(f"root on the right module, alone: {right} of {len(rows)} planted faults ({time.time() - t0:.0f} s)")

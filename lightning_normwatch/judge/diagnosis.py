@@ -148,7 +148,7 @@ def _can_follow(
         return False
     if alert.kind in _DEPTH:
         origin = origin_of(alert)
-        upstream = origin is not None and root.kind in _SIGNAL and _before(root.module, origin, order)
+        upstream = origin is not None and root.kind in _SIGNAL - _DEPTH and _before(root.module, origin, order)
         if start != root_start or upstream:
             return False  # a depth alert names where its own scale was lost: a root before that layer is another fault
     if alert.module == root.module:

@@ -75,7 +75,8 @@ def alert_lines(alerts: Sequence[dict[str, Any]], types: dict[str, str], every: 
     def name(a: dict[str, Any]) -> str:
         return f"{a['module']} ({types[a['module']]})" if a["module"] in types else a["module"]
 
-    groups = root_groups(alerts)
+    place = {name: i for i, name in enumerate(types)}  # the watched-tensors panel: execution order
+    groups = [(root, sorted(fs, key=lambda a: place.get(a["module"], len(place)))) for root, fs in root_groups(alerts)]
     listed = [a for root, followers in groups for a in ([root, *followers] if every else [root])]
     rows = [[str(a["step"]), a["severity"], a["kind"], name(a), _num(a["value"]), _num(a["threshold"])] for a in listed]
     table = _table(["step", "severity", "kind", "module", "value", "threshold"], rows, left=(1, 2, 3))
