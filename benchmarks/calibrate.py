@@ -321,7 +321,7 @@ RUNS = [
     Run("BROKEN vanishing 20 layers (1 -> .04)", False, lambda: Classifier(he_stack(gain=0.04**0.05), 1e-3), digits),
     Run("BROKEN exploding 20 layers (x1.5)", False, lambda: Classifier(he_stack(gain=1.5), 1e-4), digits),
     Run("BROKEN frozen BN", False, lambda: FrozenBN(mlp(64, 10, bn=True), 1e-3), digits),
-    Run("BROKEN cascade: bias -50 in layer 20 of 30 (step 400)", False, lambda: BrokenBias(400), classes),
+    Run("BROKEN cascade (bias -50, layer 20/30)", False, lambda: BrokenBias(400), classes),
     Run(
         "BROKEN normalization dropped (step 500)",
         False,
