@@ -134,7 +134,8 @@ PATTERNS = {
     "post-norm": "post-norm (the residual sum is normalized: norm(x + f(x)))",
     "before": "before their activation (linear/conv -> norm -> activation)",
     "after": "after their activation (activation -> norm)",
-    "other": "next to no activation (e.g. before a residual sum or the head)",
+    "final": "final (the last norm, on a residual stream, before the head)",
+    "other": "next to no activation (e.g. before a residual sum)",
 }
 
 
@@ -149,13 +150,15 @@ def placement_of(
     consumers: Mapping[str, list[str]],
     roles: Mapping[str, str],
     modules: Mapping[str, nn.Module],
+    last: bool = False,
 ) -> str:
     """Where one normalization layer sits: a key of ``PATTERNS``.
 
     A transformer layer's own ``norm_first`` decides when it has one (``nn.TransformerEncoderLayer``); then an
     activation right before or after it; else a norm is pre-norm when it runs first among the tensors of its
-    parent module (GPT-2's ``ln_1``), post-norm when it runs last in its parent on an input no watched
-    module produced, a residual sum (BERT's ``output.LayerNorm``).
+    parent module (GPT-2's ``ln_1``); on an input no watched module produced (a residual stream), it is
+    pre-norm when it feeds a module of its own block (GPT-2's ``ln_2``), final when it is the model's last
+    norm (``ln_f``), post-norm when its output leaves its block (BERT's ``output.LayerNorm``).
     """
     name = base_name(key)
     parent = modules.get(_parent(name))
@@ -174,8 +177,13 @@ def placement_of(
     siblings = [k for k in order if base_name(k).startswith(prefix) and k != key] if prefix else []
     if siblings and order.index(key) < order.index(siblings[0]):
         return "pre-norm"  # the first thing its block does
-    if siblings and producer is None and order.index(key) > order.index(siblings[-1]):
-        return "post-norm"  # the last thing its block does, on a sum no watched module produced
+    if producer is None:  # its input is a residual stream (a sum no watched module produced)
+        if prefix and any(base_name(c).startswith(prefix) for c in consumers.get(key, [])):
+            return "pre-norm"  # it feeds a sublayer of its own block (GPT-2's ln_2)
+        if last:
+            return "final"
+        if consumers.get(key):
+            return "post-norm"  # the normalized sum leaves its block (BERT's output.LayerNorm)
     return "other"
 
 
@@ -218,13 +226,15 @@ def placement_alerts(
     seen: set[str] = set()
     found: dict[str, list[str]] = {}
     out = []
+    norms = [k for k in order if is_norm(modules.get(base_name(k)))]
     for key in order:
         name = base_name(key)
         module = modules.get(name)
         if not is_norm(module) or name in seen:
             continue
         seen.add(name)
-        found.setdefault(placement_of(key, order, edges, consumers, roles, modules), []).append(key)
+        pattern = placement_of(key, order, edges, consumers, roles, modules, last=key == norms[-1])
+        found.setdefault(pattern, []).append(key)
         producer = edges.get(key)
         source = modules.get(base_name(producer)) if producer is not None else None
         if isinstance(module, RUNNING_NORMS) and isinstance(getattr(source, "bias", None), Tensor):
