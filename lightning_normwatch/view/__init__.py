@@ -1,0 +1,1 @@
+"""Readers of what NormWatch logged: the TensorBoard plugin (``view.tensorboard_plugin``)."""
