@@ -1,0 +1,149 @@
+// Depth x step heatmap on a canvas: one row per tensor (execution order), one column per step bin.
+import {fmt, num} from './api.js';
+
+export const ROW = 16; // px per tensor row: labels stay legible at any depth (the pane scrolls)
+
+const VIRIDIS = [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]];
+const DIVERGING = [[33, 102, 172], [146, 197, 222], [240, 240, 240], [244, 165, 130], [178, 24, 43]];
+const DIVERGING_DARK = [[67, 147, 195], [40, 70, 100], [48, 48, 48], [110, 45, 40], [214, 96, 77]];
+
+function ramp(stops, t) {
+  const x = Math.min(Math.max(t, 0), 1) * (stops.length - 1);
+  const i = Math.min(Math.floor(x), stops.length - 2);
+  const f = x - i;
+  const c = stops[i].map((v, k) => Math.round(v + f * (stops[i + 1][k] - v)));
+  return `rgb(${c[0]},${c[1]},${c[2]})`;
+}
+
+export function dark() {
+  return window.matchMedia && window.matchMedia('(prefers-color-scheme: dark)').matches;
+}
+
+/** The colour of a value (the shown unit: log10 for "log" figures); null for no value. */
+export function colour(map, raw) {
+  const v = num(raw);
+  if (v === null) return null;
+  if (Number.isNaN(v) || (!Number.isFinite(v) && map.scale !== 'log')) return '#d0f';
+  let x = v;
+  if (map.scale === 'log') x = v > 0 ? Math.log10(v) : -Infinity;
+  const [lo, hi] = map.range;
+  const t = (x - lo) / (hi - lo || 1);
+  return ramp(map.scale === 'diverging' ? (dark() ? DIVERGING_DARK : DIVERGING) : VIRIDIS, t);
+}
+
+/** A colour bar as a CSS gradient and its two end labels. */
+export function legend(map) {
+  const stops = map.scale === 'diverging' ? (dark() ? DIVERGING_DARK : DIVERGING) : VIRIDIS;
+  const css = stops.map((c, i) => `rgb(${c}) ${(100 * i) / (stops.length - 1)}%`).join(',');
+  const unit = map.scale === 'log' ? '10^' : '';
+  return {gradient: `linear-gradient(to right, ${css})`, lo: unit + map.range[0], hi: unit + map.range[1]};
+}
+
+/**
+ * Draw one run's heatmap into `host`. `on.hover(text|null, event)`, `on.select(tensor, step)`.
+ * Returns {select(tensor, step)} to show the selection.
+ */
+export function drawHeatmap(host, map, width, on) {
+  host.textContent = '';
+  host.className = 'map';
+  const title = document.createElement('div');
+  title.className = 'maptitle';
+  title.textContent = map.run;
+  title.title = map.run;
+  const body = document.createElement('div');
+  body.className = 'mapbody';
+  const labels = document.createElement('div');
+  labels.className = 'labels';
+  const marked = new Set(map.marks.filter((m) => m[2] !== 'info').map((m) => m[0]));
+  map.rows.forEach((label, i) => {
+    const el = document.createElement('div');
+    el.className = 'label' + (marked.has(i) ? ' alerted' : '');
+    el.textContent = (marked.has(i) ? '! ' : '') + label;
+    el.title = label;
+    el.dataset.row = i;
+    el.onclick = () => on.select(map.tensors[i], map.steps[map.steps.length - 1]);
+    labels.appendChild(el);
+  });
+  const canvas = document.createElement('canvas');
+  const cols = Math.max(map.steps.length, 1);
+  const cw = Math.max(1, Math.min(24, Math.floor((width - 8) / cols)));
+  const w = cw * cols;
+  const h = ROW * map.rows.length;
+  const dpr = window.devicePixelRatio || 1;
+  canvas.width = w * dpr;
+  canvas.height = h * dpr;
+  canvas.style.width = `${w}px`;
+  canvas.style.height = `${h}px`;
+  const axis = document.createElement('div');
+  axis.className = 'axis';
+  axis.style.width = `${w}px`;
+  axis.innerHTML = `<span>step ${map.steps[0] ?? ''}</span><span>step ${map.steps[cols - 1] ?? ''}</span>`;
+  const right = document.createElement('div');
+  right.className = 'cells';
+  right.append(axis, canvas);
+  body.append(labels, right);
+  host.append(title, body);
+
+  const ctx = canvas.getContext('2d');
+  const missing = dark() ? '#2a2a2a' : '#e6e6e6';
+  let selected = null;
+  function paint() {
+    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    ctx.clearRect(0, 0, w, h);
+    map.values.forEach((row, r) => {
+      row.forEach((v, c) => {
+        ctx.fillStyle = colour(map, v) || missing;
+        ctx.fillRect(c * cw, r * ROW, cw, ROW - 1);
+      });
+    });
+    ctx.lineWidth = 2;
+    for (const [r, c, severity] of map.marks) {
+      if (severity === 'info') continue;
+      ctx.strokeStyle = severity === 'error' ? '#ff1744' : '#ff6d00';
+      ctx.strokeRect(c * cw + 1, r * ROW + 1, Math.max(cw - 2, 1), ROW - 3);
+    }
+    if (selected) {
+      ctx.strokeStyle = dark() ? '#fff' : '#000';
+      ctx.lineWidth = 1.5;
+      ctx.strokeRect(0.75, selected.row * ROW + 0.25, w - 1.5, ROW - 0.5);
+      if (selected.col >= 0) ctx.strokeRect(selected.col * cw + 0.75, 0.75, Math.max(cw - 1.5, 1), h - 1.5);
+    }
+  }
+  paint();
+
+  function cell(event) {
+    const rect = canvas.getBoundingClientRect();
+    const c = Math.floor((event.clientX - rect.left) / cw);
+    const r = Math.floor((event.clientY - rect.top) / ROW);
+    return r >= 0 && r < map.rows.length && c >= 0 && c < cols ? {r, c} : null;
+  }
+  canvas.addEventListener('mousemove', (event) => {
+    const at = cell(event);
+    if (!at) return on.hover(null, event);
+    const v = map.values[at.r][at.c];
+    const alert = map.marks.some((m) => m[0] === at.r && m[1] === at.c) ? ' · alert' : '';
+    const value = v === null ? 'not logged' : `${map.name} = ${fmt(v)}`;
+    on.hover(`${map.rows[at.r]} · step ${map.steps[at.c]} · ${value}${alert}`, event);
+  });
+  canvas.addEventListener('mouseleave', (event) => on.hover(null, event));
+  canvas.addEventListener('click', (event) => {
+    const at = cell(event);
+    if (at) on.select(map.tensors[at.r], map.steps[at.c]);
+  });
+  return {
+    select(tensor, step) {
+      const row = map.tensors.indexOf(tensor);
+      labels.querySelectorAll('.label.selected').forEach((el) => el.classList.remove('selected'));
+      if (row < 0) {
+        selected = null;
+      } else {
+        labels.children[row].classList.add('selected');
+        let col = map.steps.findIndex((s) => s >= step);
+        if (col < 0) col = cols - 1;
+        selected = {row, col};
+      }
+      paint();
+      return row >= 0 ? row * ROW : null;
+    },
+  };
+}
