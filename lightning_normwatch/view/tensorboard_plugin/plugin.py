@@ -131,7 +131,9 @@ class NormWatchPlugin(base_plugin.TBPlugin):
         runs = normwatch_runs(src)
         run = check_run(runs, request.args.get("run"))
         series = runs[run]
-        stamp = (src.eid, run, len(series), max((s.max_step, s.max_wall_time) for s in series.values()))
+        texts = src.list("text", [run], kind="tensors").get(run, {})
+        grown = max((s.max_step, s.max_wall_time) for s in [*series.values(), *texts.values()])
+        stamp = (src.eid, run, len(series), len(texts), grown)
         return src, self._cached(("run", *stamp), lambda: load_run(src, run, series)), stamp
 
     def _tensor_arg(self, request: wrappers.Request, data: RunData) -> str:

@@ -64,7 +64,9 @@ def heatmap(src: Source, data: RunData, figure: str, max_columns: int) -> dict[s
     series = read_series(src, data, [f"normwatch/{r}/{name}" for r in rows])
     empty = (np.zeros(0, np.int64), np.zeros(0))
     per_row = [series.get(f"normwatch/{r}/{name}", empty) for r in rows]
-    cols = grid.columns([s for s, _ in per_row], max_columns)
+    # the columns span the whole run (std is logged at every logging step), so drift's missing start shows
+    whole = read_series(src, data, [f"normwatch/{rows[0]}/std"]).get(f"normwatch/{rows[0]}/std", empty)[0]
+    cols = grid.columns([whole, *(s for s, _ in per_row)], max_columns)
     matrix = np.array([grid.cells(s, v, cols) for s, v in per_row]).reshape(len(rows), len(cols))
     has = np.array([grid.present(s, cols) for s, _ in per_row]).reshape(len(rows), len(cols))
     threshold = data.thresholds.get(spec.threshold) if spec.threshold else None
