@@ -127,12 +127,16 @@ def get_error(base: str, path: str, **params: Any) -> tuple[int, str]:
 
 
 @contextmanager
-def tensorboard(logdir: Path, timeout: float = 90.0) -> Iterator[str]:
-    """``tensorboard`` on 127.0.0.1 serving ``logdir`` until the NormWatch plugin is active; yields its URL."""
+def tensorboard(logdir: Path, timeout: float = 90.0, load_fast: str = "false") -> Iterator[str]:
+    """``tensorboard`` on 127.0.0.1 serving ``logdir``, once the NormWatch plugin is active; yields its URL.
+
+    ``load_fast="false"``: TensorBoard's Python reader (what the other server tests use); ``"true"``: its
+    Rust data server (the default where it runs), which loads large runs many times faster.
+    """
     port = free_port()
     cmd = [str(TENSORBOARD), "--logdir", str(logdir), "--host", "127.0.0.1", "--port", str(port)]
     proc = subprocess.Popen(
-        [*cmd, "--load_fast=false", "--reload_interval=0"],
+        [*cmd, f"--load_fast={load_fast}", "--reload_interval=0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from cdp import CHROMIUM, chromium
 from plugin_runs import DEAD_RELU, FAULT_STEP, FAULTY_LINEAR, TENSORBOARD, deep_run, demo_runs, get, get_error
 from plugin_runs import tensorboard as serve
 
@@ -195,3 +196,66 @@ def test_demo_run_diagnosis(server: str, logdir: Path) -> None:
         "role": "input",
         "figures": summary["tensors"][0]["figures"],
     }
+
+
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)")
+
+#: the tab's window: TensorBoard loads the plugin in an iframe (same origin), found through shadow roots
+FRAME = """(() => { const find = (root) => { for (const el of root.querySelectorAll('*')) {
+  if (el.tagName === 'IFRAME' && (el.src || '').includes('normwatch')) return el;
+  if (el.shadowRoot) { const f = find(el.shadowRoot); if (f) return f; } } return null; };
+  return find(document); })()"""
+
+
+def open_tab(tools: Any, server: str, timeout: float = 60.0) -> tuple[float, float]:
+    """Open TensorBoard on the NormWatch tab; (seconds until the heatmap is drawn, of which inside the tab)."""
+    start = time.monotonic()
+    tools.call("Page.navigate", url=f"{server}/#normwatch")
+    inside = tools.wait_for(f"(() => {{ const f = {FRAME}; return f && f.contentWindow.__normwatchFirstPaint; }})()",
+                            timeout=timeout)  # fmt: skip
+    return time.monotonic() - start, inside / 1000
+
+
+def in_tab(tools: Any, expression: str) -> Any:
+    """Evaluate ``expression`` with ``doc`` bound to the tab's document."""
+    return tools.evaluate(f"(() => {{ const doc = {FRAME}.contentDocument; return {expression}; }})()")
+
+
+def click_row(tools: Any, tensor: str) -> None:
+    """A real mouse click on the tensor's heatmap row (the middle of its last cell)."""
+    box = in_tab(
+        tools,
+        f"""(() => {{
+        const frame = {FRAME}.getBoundingClientRect();
+        const labels = [...doc.querySelectorAll('.map')[0].querySelectorAll('.label')];
+        const row = labels.findIndex((el) => el.title.split(' ')[0] === {tensor!r});
+        const canvas = doc.querySelector('.map canvas').getBoundingClientRect();
+        return {{x: frame.left + canvas.right - 3, y: frame.top + canvas.top + row * 16 + 8, row}};
+    }})()""",
+    )
+    assert box["row"] >= 0, tensor
+    for kind in ("mousePressed", "mouseReleased"):
+        tools.call("Input.dispatchMouseEvent", type=kind, x=box["x"], y=box["y"], button="left", clickCount=1)
+
+
+@needs_chromium
+def test_tab_in_headless_chromium(server: str) -> None:
+    with chromium() as tools:
+        total, inside = open_tab(tools, server)
+        tools.wait_for(f"(() => {{ const d = {FRAME}.contentDocument; return !!d.querySelector('#hist svg'); }})()")
+        assert tools.errors() == []
+        first = in_tab(tools, "doc.querySelector('#diagnosis .alert').textContent")
+        assert FAULTY_LINEAR in first and f"step {FAULT_STEP}" in first, first
+        click_row(tools, "net.0")
+        tools.wait_for(f"{FRAME}.contentDocument.querySelector('#selected-title').textContent.startsWith('net.0 ')")
+        click_row(tools, FAULTY_LINEAR)
+        title = f"{FAULTY_LINEAR} (Linear)"
+        tools.wait_for(f"{FRAME}.contentDocument.querySelector('#selected-title').textContent.startsWith({title!r})")
+        tools.wait_for(f"{FRAME}.contentDocument.querySelector('#hist .histtitle')?.textContent.includes('step 145')")
+        assert in_tab(tools, "doc.querySelectorAll('#hist svg rect.bar').length") > 0
+        alerts = in_tab(tools, "doc.querySelector('#tensor-alerts').textContent")
+        assert f"Alerts of {FAULTY_LINEAR}" in alerts and "mean_drift" in alerts, alerts
+        assert tools.errors() == []
+    print(
+        f"\nNormWatch tab, deep + demo runs: heatmap drawn {total:.2f} s after navigation ({inside:.2f} s in the tab)"
+    )
