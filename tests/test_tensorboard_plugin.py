@@ -255,7 +255,39 @@ def test_tab_in_headless_chromium(server: str) -> None:
         assert in_tab(tools, "doc.querySelectorAll('#hist svg rect.bar').length") > 0
         alerts = in_tab(tools, "doc.querySelector('#tensor-alerts').textContent")
         assert f"Alerts of {FAULTY_LINEAR}" in alerts and "mean_drift" in alerts, alerts
+        # two runs side by side, on the same depth axis (one row per tensor, same height)
+        in_tab(tools, f"(() => {{ const s = doc.querySelector('#compare'); s.value = {RAW!r}; "
+                      "s.dispatchEvent(new Event('change')); return true; })()")  # fmt: skip
+        tools.wait_for(f"{FRAME}.contentDocument.querySelectorAll('.map canvas').length === 2")
+        titles = in_tab(tools, "[...doc.querySelectorAll('.maptitle')].map((t) => t.textContent)")
+        assert titles == [DEEP, RAW]
+        rows = in_tab(tools, "[...doc.querySelectorAll('.map')].map((m) => m.querySelectorAll('.label').length)")
+        assert rows == [34, 6]
         assert tools.errors() == []
     print(
         f"\nNormWatch tab, deep + demo runs: heatmap drawn {total:.2f} s after navigation ({inside:.2f} s in the tab)"
     )
+
+
+@pytest.mark.slow
+@needs_chromium
+def test_first_paint_of_a_200_tensor_2000_step_run(tmp_path: Path) -> None:
+    """The tab on a large run (synthetic, NormWatch's tags and writers): the heatmap is drawn within 2 s."""
+    from synthetic_run import DEAD, write_large_run
+
+    write_large_run(tmp_path, tensors=200, steps=2000)
+    with serve(tmp_path, timeout=180, load_fast="true") as base:
+        deadline = time.monotonic() + 180
+        while get(base, "/data/plugin/normwatch/runs")["runs"][0]["last_step"] < 1999:
+            assert time.monotonic() < deadline
+            time.sleep(1)
+        time.sleep(3)  # the data server finishes the histograms and text
+        with chromium() as tools:
+            total, inside = open_tab(tools, base)
+            rows = in_tab(tools, "doc.querySelectorAll('.map .label').length")
+            first = in_tab(tools, "doc.querySelector('#diagnosis .alert').textContent")
+            assert tools.errors() == []
+    print(f"\nNormWatch tab, 200 tensors x 2000 steps: heatmap drawn {total:.2f} s after navigation "
+          f"({inside:.2f} s in the tab)")  # fmt: skip
+    assert rows == 200 and DEAD in first
+    assert inside <= 2.0

@@ -58,14 +58,16 @@ class Source:
         filt = p.RunTagFilter(runs=list(runs)) if runs is not None else None
         return fn(self.ctx, experiment_id=self.eid, plugin_name=plugin, run_tag_filter=filt)
 
-    def read(self, plugin: str, run: str, tags: Sequence[str], kind: str = "scalars") -> dict[str, list[Any]]:
+    def read(
+        self, plugin: str, run: str, tags: Sequence[str], kind: str = "scalars", downsample: int = _ALL
+    ) -> dict[str, list[Any]]:
         from tensorboard.data import provider as p
 
         if not tags:
             return {}
         fn = self.provider.read_scalars if kind == "scalars" else self.provider.read_tensors
         filt = p.RunTagFilter(runs=[run], tags=list(tags))
-        out = fn(self.ctx, experiment_id=self.eid, plugin_name=plugin, downsample=_ALL, run_tag_filter=filt)
+        out = fn(self.ctx, experiment_id=self.eid, plugin_name=plugin, downsample=downsample, run_tag_filter=filt)
         return out.get(run, {})
 
 
@@ -81,6 +83,10 @@ class RunData:
     thresholds: dict[str, float]
     histograms: set[str]  # tensors with histograms
     alert_table: bool
+
+    @property
+    def types(self) -> dict[str, str]:
+        return {t["name"]: t["type"] for t in self.tensors}
 
     @property
     def last_step(self) -> int:
@@ -177,11 +183,13 @@ def load_run(src: Source, run: str, series: dict[str, Any]) -> RunData:
     )
 
 
-def read_series(src: Source, data: RunData, tags: Sequence[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """``{tag: (steps, values)}`` as numpy arrays, for the tags the run has."""
+def read_series(
+    src: Source, data: RunData, tags: Sequence[str], downsample: int = _ALL
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``{tag: (steps, values)}`` as numpy arrays, for the tags the run has (at most ``downsample`` points each)."""
     present = [t for t in tags if t in data.series]
     out = {}
-    for tag, points in src.read("scalars", data.run, present).items():
+    for tag, points in src.read("scalars", data.run, present, downsample=downsample).items():
         steps = np.fromiter((p.step for p in points), dtype=np.int64, count=len(points))
         values = np.fromiter((p.value for p in points), dtype=np.float64, count=len(points))
         order = np.argsort(steps, kind="stable")

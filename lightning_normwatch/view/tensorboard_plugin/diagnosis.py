@@ -21,7 +21,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["diagnosis", "root_of", "FIGURE_OF_KIND"]
+__all__ = ["diagnosis", "root_of", "split_hint", "FIGURE_OF_KIND"]
 
 #: cells of a ``caused_by`` column that mean "no cause: a root alert"
 _NO_CAUSE = frozenset({"", "-", "—", "none", "null", "root", "nan"})
@@ -34,6 +34,22 @@ FIGURE_OF_KIND = {
     "shift": "shape_psi",
     "frozen_norm": "scale_drift",
 }
+
+
+_HINT = re.compile(r"^(?P<finding>.*?)[;:,.]?\s+(?P<hint>(?:the )?usual causes?:?\s.*)$", re.IGNORECASE | re.DOTALL)
+
+
+def split_hint(message: str) -> tuple[str, str]:
+    """A message's finding and its hint (the "usual causes" part NormWatch's messages end with), or ``(message, "")``.
+
+    Example:
+        >>> split_hint("The std of `net.3` shrank 9x (threshold 4x); usual causes: a vanishing signal.")
+        ('The std of `net.3` shrank 9x (threshold 4x)', 'usual causes: a vanishing signal.')
+        >>> split_hint("NaN in net.1")
+        ('NaN in net.1', '')
+    """
+    m = _HINT.match(message)
+    return (m["finding"], m["hint"]) if m else (message, "")
 
 
 def _tokens(text: str) -> set[str]:

@@ -9,7 +9,7 @@ import numpy as np
 
 from . import grid
 from .data import DRIFT, THRESHOLDS, BadRequest, RunData, Source, finite, first_step, read_histograms, read_series
-from .diagnosis import FIGURE_OF_KIND, diagnosis
+from .diagnosis import FIGURE_OF_KIND, diagnosis, split_hint
 from .histograms import merge, nearest, rebin, reference_normal, reference_steps
 from .notes import not_measured
 
@@ -22,10 +22,15 @@ def _figure_name(data: RunData, spec: grid.FigureSpec) -> str | None:
     return next((n for n in spec.names if n in logged), None)
 
 
-def _alerts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _alerts(rows: list[dict[str, Any]], types: dict[str, str]) -> list[dict[str, Any]]:
+    """The diagnosis as JSON: each alert with its layer type, the heatmap figure that shows it, and its hint."""
+
     def clean(row: dict[str, Any]) -> dict[str, Any]:
         out = {k: (finite(v) if isinstance(v, float) else v) for k, v in row.items() if k != "followers"}
         out["figure"] = FIGURE_OF_KIND.get(row["kind"], "scale")
+        out["type"] = types.get(row["module"], "")
+        if not out.get("hint"):
+            out["message"], out["hint"] = split_hint(str(row["message"]))
         return out
 
     return [dict(clean(r), followers=[clean(f) for f in r["followers"]]) for r in diagnosis(rows)]
@@ -42,7 +47,7 @@ def run_summary(src: Source, data: RunData) -> dict[str, Any]:
         "last_step": data.last_step,
         "tensors": [dict(t, figures=data.figures.get(t["name"], [])) for t in data.tensors],
         "figures": figures,
-        "alerts": _alerts(data.alerts),
+        "alerts": _alerts(data.alerts, data.types),
         "alert_count": len(data.alerts),
         "thresholds": {k: finite(v) for k, v in data.thresholds.items()},
         "first_drift": first_drift,
@@ -100,8 +105,8 @@ def tensor_detail(src: Source, data: RunData, tensor: str) -> dict[str, Any]:
         high, low = THRESHOLDS.get(f, (None, None))
         lines = {k: finite(data.thresholds[n]) for k, n in (("high", high), ("low", low)) if n in data.thresholds}
         figures[f] = {"steps": steps.tolist(), "values": [finite(float(v)) for v in values], "thresholds": lines}
-    alerts = [a for a in _alerts(data.alerts) if a["module"] == tensor]
-    followed = [f for a in _alerts(data.alerts) for f in a["followers"] if f["module"] == tensor]
+    alerts = [a for a in _alerts(data.alerts, data.types) if a["module"] == tensor]
+    followed = [f for a in _alerts(data.alerts, data.types) for f in a["followers"] if f["module"] == tensor]
     has_hist = tensor in data.histograms
     return {"run": data.run, **info, "figures": figures, "alerts": alerts + followed, "histograms": has_hist}
 

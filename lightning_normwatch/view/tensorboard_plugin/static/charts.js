@@ -21,12 +21,12 @@ function extent(values) {
 }
 
 /** A figure over steps: the line, dashed threshold lines, the selected step; a click picks a step. */
-export function lineChart(name, fig, selectedStep, onStep, width = 440, height = 96) {
+export function lineChart(name, fig, selectedStep, onStep, xRange, width = 440, height = 96) {
   const steps = fig.steps;
   const values = fig.values.map(num);
   const lines = Object.entries(fig.thresholds).map(([k, v]) => [k, num(v)]);
   const m = {l: 44, r: 8, t: 16, b: 16};
-  const [x0, x1] = [steps[0] ?? 0, steps[steps.length - 1] ?? 1];
+  const [x0, x1] = xRange || [steps[0] ?? 0, steps[steps.length - 1] ?? 1];
   const [y0, y1] = extent([...values, ...lines.map(([, v]) => v)]);
   const X = (s) => m.l + ((s - x0) / (x1 - x0 || 1)) * (width - m.l - m.r);
   const Y = (v) => height - m.b - ((v - y0) / (y1 - y0)) * (height - m.t - m.b);

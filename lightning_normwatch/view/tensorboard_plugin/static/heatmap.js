@@ -11,19 +11,20 @@ function ramp(stops, t) {
   const x = Math.min(Math.max(t, 0), 1) * (stops.length - 1);
   const i = Math.min(Math.floor(x), stops.length - 2);
   const f = x - i;
-  const c = stops[i].map((v, k) => Math.round(v + f * (stops[i + 1][k] - v)));
-  return `rgb(${c[0]},${c[1]},${c[2]})`;
+  return stops[i].map((v, k) => Math.round(v + f * (stops[i + 1][k] - v)));
 }
 
 export function dark() {
   return window.matchMedia && window.matchMedia('(prefers-color-scheme: dark)').matches;
 }
 
-/** The colour of a value (the shown unit: log10 for "log" figures); null for no value. */
+const NAN = [221, 0, 255];
+
+/** The colour [r, g, b] of a value (the shown unit: log10 for "log" figures); null for no value. */
 export function colour(map, raw) {
   const v = num(raw);
   if (v === null) return null;
-  if (Number.isNaN(v) || (!Number.isFinite(v) && map.scale !== 'log')) return '#d0f';
+  if (Number.isNaN(v) || (!Number.isFinite(v) && map.scale !== 'log')) return NAN;
   let x = v;
   if (map.scale === 'log') x = v > 0 ? Math.log10(v) : -Infinity;
   const [lo, hi] = map.range;
@@ -37,6 +38,27 @@ export function legend(map) {
   const css = stops.map((c, i) => `rgb(${c}) ${(100 * i) / (stops.length - 1)}%`).join(',');
   const unit = map.scale === 'log' ? '10^' : '';
   return {gradient: `linear-gradient(to right, ${css})`, lo: unit + map.range[0], hi: unit + map.range[1]};
+}
+
+/** The cells as an image of one pixel per cell (fast to build and to scale for thousands of cells). */
+function cellImage(map, cols) {
+  const missing = dark() ? [42, 42, 42] : [230, 230, 230];
+  const image = new ImageData(cols, Math.max(map.rows.length, 1));
+  map.values.forEach((row, r) => {
+    row.forEach((v, c) => {
+      const rgb = colour(map, v) || missing;
+      const at = 4 * (r * cols + c);
+      image.data[at] = rgb[0];
+      image.data[at + 1] = rgb[1];
+      image.data[at + 2] = rgb[2];
+      image.data[at + 3] = 255;
+    });
+  });
+  const canvas = document.createElement('canvas');
+  canvas.width = cols;
+  canvas.height = Math.max(map.rows.length, 1);
+  canvas.getContext('2d').putImageData(image, 0, 0);
+  return canvas;
 }
 
 /**
@@ -66,8 +88,8 @@ export function drawHeatmap(host, map, width, on) {
   });
   const canvas = document.createElement('canvas');
   const cols = Math.max(map.steps.length, 1);
-  const cw = Math.max(1, Math.min(24, Math.floor((width - 8) / cols)));
-  const w = cw * cols;
+  const w = Math.floor(Math.min(width - 8, cols * 24)); // cells need not be whole pixels: the image is scaled
+  const cw = w / cols;
   const h = ROW * map.rows.length;
   const dpr = window.devicePixelRatio || 1;
   canvas.width = w * dpr;
@@ -77,7 +99,11 @@ export function drawHeatmap(host, map, width, on) {
   const axis = document.createElement('div');
   axis.className = 'axis';
   axis.style.width = `${w}px`;
-  axis.innerHTML = `<span>step ${map.steps[0] ?? ''}</span><span>step ${map.steps[cols - 1] ?? ''}</span>`;
+  const ticks = Math.max(2, Math.min(6, Math.floor(w / 90)));
+  for (let k = 0; k < ticks; k++) {
+    const step = map.steps[Math.round((k * (cols - 1)) / (ticks - 1))];
+    axis.append(Object.assign(document.createElement('span'), {textContent: k ? `${step}` : `step ${step}`}));
+  }
   const right = document.createElement('div');
   right.className = 'cells';
   right.append(axis, canvas);
@@ -85,17 +111,15 @@ export function drawHeatmap(host, map, width, on) {
   host.append(title, body);
 
   const ctx = canvas.getContext('2d');
-  const missing = dark() ? '#2a2a2a' : '#e6e6e6';
+  const cellsImage = cellImage(map, cols);
   let selected = null;
   function paint() {
     ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
     ctx.clearRect(0, 0, w, h);
-    map.values.forEach((row, r) => {
-      row.forEach((v, c) => {
-        ctx.fillStyle = colour(map, v) || missing;
-        ctx.fillRect(c * cw, r * ROW, cw, ROW - 1);
-      });
-    });
+    ctx.imageSmoothingEnabled = false;
+    for (let r = 0; r < map.rows.length; r++) {  // one pixel per cell, scaled up; a 1 px gap between rows
+      ctx.drawImage(cellsImage, 0, r, cols, 1, 0, r * ROW, w, ROW - 1);
+    }
     ctx.lineWidth = 2;
     for (const [r, c, severity] of map.marks) {
       if (severity === 'info') continue;

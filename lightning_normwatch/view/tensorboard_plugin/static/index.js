@@ -40,6 +40,7 @@ export async function render() {
 
 async function refresh() {
   const runs = [state.run, state.compare].filter((r, i, all) => r && all.indexOf(r) === i);
+  if (state.figure === 'scale') get('heatmap', {run: state.run, figure: 'scale'}); // always logged: fetch it meanwhile
   const summaries = await Promise.all(runs.map((r) => get('run', {run: r})));
   state.summaries = Object.fromEntries(runs.map((r, i) => [r, summaries[i]]));
   const main = state.summaries[state.run];
@@ -78,7 +79,7 @@ function alertItem(run, a, followers) {
   const item = node('div', `alert ${a.severity}`);
   const head = node('div', 'alerthead');
   head.append(node('span', `badge ${a.severity}`, a.severity), node('b', '', a.kind), ' in ',
-    node('code', '', a.module), node('span', 'step', `step ${a.step}`));
+    node('code', '', a.type ? `${a.module} (${a.type})` : a.module), node('span', 'step', `step ${a.step}`));
   item.append(head, node('div', 'message', a.message));
   if (a.hint) item.append(node('div', 'hint', a.hint));
   item.onclick = (event) => {
@@ -215,5 +216,7 @@ async function select(run, tensor, step) {
   const order = ['std', 'std_log_ratio', 'mean', 'mean_shift', 'shape_psi', 'dead', 'zeros', 'saturated'];
   const names = Object.keys(detail.figures).sort((a, b) =>
     (order.indexOf(a) + 1 || 99) - (order.indexOf(b) + 1 || 99));
-  for (const f of names) charts.append(lineChart(f, detail.figures[f], step, (s) => select(run, tensor, s)));
+  const all = names.flatMap((f) => detail.figures[f].steps);
+  const xRange = [Math.min(...all), Math.max(...all)]; // one step axis for every chart of the tensor
+  for (const f of names) charts.append(lineChart(f, detail.figures[f], step, (s) => select(run, tensor, s), xRange));
 }
