@@ -93,16 +93,15 @@ def colour_range(spec: FigureSpec, matrix: np.ndarray, threshold: float | None) 
 
     Example:
         >>> spec = FIGURES["scale_drift"]
-        >>> colour_range(spec, np.array([[0.1, -0.2]]), 1.386)
-        (-2.079, 2.079)
+        >>> colour_range(spec, np.array([[0.1, -6.0]]), 1.386)
+        (-2.772, 2.772)
     """
     finite = matrix[np.isfinite(matrix)]
+    known = threshold is not None and math.isfinite(threshold) and threshold > 0
     if spec.scale == "unit":
         return 0.0, 1.0
-    if spec.scale == "diverging":
-        limit = float(np.percentile(np.abs(finite), 99)) if len(finite) else 1.0
-        if threshold is not None and math.isfinite(threshold):
-            limit = max(limit, 1.5 * abs(threshold))
+    if spec.scale == "diverging":  # saturates at twice the threshold: what crosses it stands out
+        limit = 2 * abs(threshold) if known else (float(np.percentile(np.abs(finite), 99)) if len(finite) else 1.0)
         limit = round(limit or 1.0, 3)
         return -limit, limit
     if spec.scale == "log":
@@ -111,9 +110,9 @@ def colour_range(spec: FigureSpec, matrix: np.ndarray, threshold: float | None) 
         return 0.0, 1.0
     lo, hi = float(np.percentile(finite, 1)), float(np.percentile(finite, 99))
     if spec.scale == "sequential":
-        lo = min(lo, 0.0)
-        if threshold is not None and math.isfinite(threshold):
-            hi = max(hi, 2 * threshold)
+        lo = 0.0
+        if known:
+            hi = 2 * threshold
     if hi <= lo:
         hi = lo + 1.0
     return round(lo, 3), round(hi, 3)

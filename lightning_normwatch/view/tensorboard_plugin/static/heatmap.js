@@ -5,7 +5,7 @@ export const ROW = 16; // px per tensor row: labels stay legible at any depth (t
 
 const VIRIDIS = [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]];
 const DIVERGING = [[33, 102, 172], [146, 197, 222], [240, 240, 240], [244, 165, 130], [178, 24, 43]];
-const DIVERGING_DARK = [[67, 147, 195], [40, 70, 100], [48, 48, 48], [110, 45, 40], [214, 96, 77]];
+const DIVERGING_DARK = [[67, 147, 195], [45, 80, 115], [72, 72, 72], [120, 55, 48], [214, 96, 77]];
 
 function ramp(stops, t) {
   const x = Math.min(Math.max(t, 0), 1) * (stops.length - 1);
@@ -19,6 +19,21 @@ export function dark() {
 }
 
 const NAN = [221, 0, 255];
+
+/** Cells with no value show this hatch (drawn under the transparent cells of the image). */
+function hatch(ctx) {
+  const tile = document.createElement('canvas');
+  tile.width = tile.height = 6;
+  const t = tile.getContext('2d');
+  t.fillStyle = dark() ? '#2b2c30' : '#f1f3f4';
+  t.fillRect(0, 0, 6, 6);
+  t.strokeStyle = dark() ? '#55585e' : '#bdc1c6';
+  t.beginPath();
+  t.moveTo(0, 6);
+  t.lineTo(6, 0);
+  t.stroke();
+  return ctx.createPattern(tile, 'repeat');
+}
 
 /** The colour [r, g, b] of a value (the shown unit: log10 for "log" figures); null for no value. */
 export function colour(map, raw) {
@@ -42,11 +57,11 @@ export function legend(map) {
 
 /** The cells as an image of one pixel per cell (fast to build and to scale for thousands of cells). */
 function cellImage(map, cols) {
-  const missing = dark() ? [42, 42, 42] : [230, 230, 230];
   const image = new ImageData(cols, Math.max(map.rows.length, 1));
   map.values.forEach((row, r) => {
     row.forEach((v, c) => {
-      const rgb = colour(map, v) || missing;
+      const rgb = colour(map, v);
+      if (!rgb) return; // transparent: the hatch shows
       const at = 4 * (r * cols + c);
       image.data[at] = rgb[0];
       image.data[at + 1] = rgb[1];
@@ -115,16 +130,20 @@ export function drawHeatmap(host, map, width, on) {
   let selected = null;
   function paint() {
     ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
-    ctx.clearRect(0, 0, w, h);
+    ctx.fillStyle = hatch(ctx);
+    ctx.fillRect(0, 0, w, h);
     ctx.imageSmoothingEnabled = false;
+    ctx.fillStyle = getComputedStyle(document.body).backgroundColor;
     for (let r = 0; r < map.rows.length; r++) {  // one pixel per cell, scaled up; a 1 px gap between rows
       ctx.drawImage(cellsImage, 0, r, cols, 1, 0, r * ROW, w, ROW - 1);
+      ctx.fillRect(0, r * ROW + ROW - 1, w, 1);
     }
-    ctx.lineWidth = 2;
+    ctx.lineWidth = cw >= 8 ? 2 : 1; // an outline, thin enough to leave the cell's colour visible
     for (const [r, c, severity] of map.marks) {
       if (severity === 'info') continue;
       ctx.strokeStyle = severity === 'error' ? '#ff1744' : '#ff6d00';
-      ctx.strokeRect(c * cw + 1, r * ROW + 1, Math.max(cw - 2, 1), ROW - 3);
+      const inset = ctx.lineWidth / 2;
+      ctx.strokeRect(c * cw + inset, r * ROW + inset, Math.max(cw - 2 * inset, 1), ROW - 1 - 2 * inset);
     }
     if (selected) {
       ctx.strokeStyle = dark() ? '#fff' : '#000';

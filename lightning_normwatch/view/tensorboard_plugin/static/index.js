@@ -186,18 +186,22 @@ function markSelection() {
   }
 }
 
+let selecting = 0;
+
 async function select(run, tensor, step) {
   state.selected = {run, tensor, step};
   markSelection();
+  const token = ++selecting;
   const detail = await get('tensor', {run, tensor});
+  const h = detail.histograms && !detail.error ? await get('histogram', {run, tensor, step}) : null;
+  if (token !== selecting) return; // a later selection won
   if (detail.error) return void ($('charts').textContent = detail.error);
   const label = detail.type ? `${tensor} (${detail.type})` : tensor;
   $('selected-title').textContent = '';
   $('selected-title').append(node('code', '', label), node('span', 'sub', ` ${detail.role} · ${run}`));
   const hist = $('hist');
   hist.textContent = '';
-  if (detail.histograms) {
-    const h = await get('histogram', {run, tensor, step});
+  if (h) {
     if (h.error) hist.append(node('p', 'error', h.error));
     else {
       const ref = h.reference ? ` vs reference steps ${h.reference.steps[0]}–${h.reference.steps[1]}` : '';
