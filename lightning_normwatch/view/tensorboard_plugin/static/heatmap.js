@@ -103,7 +103,9 @@ export function drawHeatmap(host, map, width, on) {
   });
   const canvas = document.createElement('canvas');
   const cols = Math.max(map.steps.length, 1);
-  const w = Math.floor(Math.min(width - 8, cols * 24)); // cells need not be whole pixels: the image is scaled
+  host.append(labels); // measured: the cells take the rest of the width
+  const room = host.clientWidth ? host.clientWidth - labels.offsetWidth - 8 : width;
+  const w = Math.max(60, Math.floor(Math.min(room, cols * 24))); // cells need not be whole pixels: the image is scaled
   const cw = w / cols;
   const h = ROW * map.rows.length;
   const dpr = window.devicePixelRatio || 1;
@@ -123,6 +125,7 @@ export function drawHeatmap(host, map, width, on) {
   right.className = 'cells';
   right.append(axis, canvas);
   body.append(labels, right);
+  host.textContent = '';
   host.append(title, body);
 
   const ctx = canvas.getContext('2d');

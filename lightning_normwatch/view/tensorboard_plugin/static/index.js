@@ -137,7 +137,7 @@ async function selectAlert(run, a) {
 async function drawMaps() {
   const runs = Object.keys(state.summaries);
   const host = $('maps');
-  const width = Math.floor((host.clientWidth - 4) / runs.length) - 190;
+  const width = Math.floor((host.clientWidth - 4) / runs.length) - 160; // used when the box is not laid out
   const maps = await Promise.all(runs.map((r) =>
     state.summaries[r].figures && state.summaries[r].figures.some((f) => f.id === state.figure)
       ? get('heatmap', {run: r, figure: state.figure})
