@@ -67,7 +67,7 @@ from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from lightning_normwatch import NormWatch  # noqa: E402
-from lightning_normwatch.selection import select_modules  # noqa: E402
+from lightning_normwatch.collect.selection import select_modules  # noqa: E402
 
 CONFIGS = ("plain", "every step", "default", "naive hist")
 THREADS = 2  # torch threads of every run (--threads)

@@ -17,11 +17,11 @@ from tensorboard.compat.proto.summary_pb2 import HistogramProto, Summary
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import text
 
-from lightning_normwatch.alerts import Alert
 from lightning_normwatch.config import Thresholds
-from lightning_normwatch.panels import alerts_markdown, watched_markdown
-from lightning_normwatch.report import ALERT_TAG, WATCHED_TAG
-from lightning_normwatch.scalars import scalar_metrics, threshold_metrics
+from lightning_normwatch.judge.alerts import Alert
+from lightning_normwatch.output.markdown import alerts_markdown, watched_markdown
+from lightning_normwatch.output.scalars import scalar_metrics, threshold_metrics
+from lightning_normwatch.output.tags import ALERT_TAG, WATCHED_TAG
 
 DEAD, FAULT_STEP, REFERENCE_END = "net.121", 1200, 300
 

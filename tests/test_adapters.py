@@ -18,7 +18,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 
 import lightning_normwatch
-from lightning_normwatch.callback import NormWatch as PLNormWatch
+from lightning_normwatch.adapters.callback import NormWatch as PLNormWatch
 from lightning_normwatch.lightning import NormWatch as LNormWatch
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -112,7 +112,7 @@ def test_compiled_model_nonfinite_loss_is_located(tmp_path: Any) -> None:
 
 
 def test_wrapper_names_are_stripped() -> None:
-    from lightning_normwatch.selection import select_modules
+    from lightning_normwatch.collect.selection import select_modules
 
     model = nn.Sequential(torch.compile(mlp(), backend="eager"))
     assert [n for n, _ in select_modules(model)] == ["0.0", "0.1", "0.2", "0.3", "0.4"]

@@ -12,8 +12,8 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from torch import nn
 
 from lightning_normwatch import NormWatch
-from lightning_normwatch.alerts import Alert
-from lightning_normwatch.console import summary_rows, summary_text
+from lightning_normwatch.judge.alerts import Alert
+from lightning_normwatch.output.console import summary_rows, summary_text
 
 
 def dead_deep_net(blocks: int = 6, width: int = 16) -> nn.Sequential:
@@ -54,7 +54,7 @@ def test_start_line_and_summary_of_a_healthy_run(tmp_path, caplog) -> None:
     figures = cb.last_result.figures
     assert set(rows) == set(figures)
     for key, cells in rows.items():
-        assert cells[1] == cb.monitor.info(key).type_name
+        assert cells[1] == cb.session.collector.info(key).type_name
         assert float(cells[2]) == pytest.approx(figures[key]["std"], rel=5e-3)
     assert rows["net.1"][6].endswith("%") and rows["net.0"][6] == "-"  # dead only for activations
     assert "\x1b[" not in summary[0]  # not a terminal: plain text

@@ -26,7 +26,8 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
-from lightning_normwatch import LoopWatch, NormWatch, cli
+from lightning_normwatch import LoopWatch, NormWatch
+from lightning_normwatch.view import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 21  # logging steps 0, 10, 20 in the examples (every_n_steps=10)
@@ -211,7 +212,7 @@ def _rank(rank: int, port: int, out_dir: str) -> None:
     out: dict[str, Any] = {}
     ddp = nn.parallel.DistributedDataParallel(_model())
     watch = _train(ddp, lambda step: _data(step, rank), out)
-    out |= {"collectives": watch.callback.exchange.collectives, "watched": watch.watched, "hooks": hooks(ddp)}
+    out |= {"collectives": watch.session.exchange.collectives, "watched": watch.watched, "hooks": hooks(ddp)}
     out["figures"] = {k: {s: v for s, v in f.items() if s in ("mean", "std", "min", "max")} for k, f in
                       watch.last_result.figures.items()}  # fmt: skip
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(out))

@@ -10,15 +10,15 @@ import torch
 from scipy import stats
 from torch import nn
 
-from lightning_normwatch.layout import module_layout
-from lightning_normwatch.measure import (
-    BlockLayout,
+from lightning_normwatch.collect.layout import module_layout
+from lightning_normwatch.collect.sampling import (
     MeasureSpec,
     measure,
     measured_channels,
     saturation_bounds_for,
 )
-from lightning_normwatch.summary import TensorStats, figures
+from lightning_normwatch.stats.block import BlockLayout
+from lightning_normwatch.stats.figures import TensorStats, figures
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -329,7 +329,7 @@ def test_normaltest_p_is_calibrated_on_subsampled_normal_tensors(shape: tuple[in
 @pytest.mark.parametrize(("shape", "channel_first"), [((8, 4, 16, 16), True), ((6, 50, 20), False), ((300, 30), False)])
 def test_subsample_rows_are_distinct_and_keep_channels_together(shape: tuple[int, ...], channel_first: bool) -> None:
     """Each sampled row is one (batch, position) of the tensor, with its channels, and no row repeats."""
-    from lightning_normwatch.measure import _as_channel_rows
+    from lightning_normwatch.collect.sampling import _as_channel_rows
 
     x = torch.arange(math.prod(shape), dtype=torch.float64).reshape(shape)
     spec = MeasureSpec(sample_size=512, channel_first=channel_first)

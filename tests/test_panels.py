@@ -21,10 +21,11 @@ from tensorboard.util import tensor_util
 from torch import nn
 
 from lightning_normwatch import NormWatch
-from lightning_normwatch.histogram import bin_counts, bin_edges
-from lightning_normwatch.panels import alerts_markdown, group_of, layout_for
-from lightning_normwatch.plots import PlotData, density, pair_rows, qq_points, quantiles, zero_share
-from lightning_normwatch.report import parse_alerts_markdown
+from lightning_normwatch.output.custom_scalars import group_of, layout_for
+from lightning_normwatch.output.markdown import alerts_markdown
+from lightning_normwatch.output.plots import PlotData, density, pair_rows, qq_points, quantiles, zero_share
+from lightning_normwatch.stats.histogram import bin_counts, bin_edges
+from lightning_normwatch.view.report import parse_alerts_markdown
 
 BATCH, D_IN, WIDTH = 32, 16, 32
 #: values per watched tensor per step: every value is sampled (tensors are smaller than sample_size)
@@ -246,7 +247,7 @@ def test_alert_table_for_a_dead_relu(dead) -> None:
 
 
 def test_alerts_markdown_round_trip() -> None:
-    from lightning_normwatch.alerts import Alert
+    from lightning_normwatch.judge.alerts import Alert
 
     alerts = [
         Alert(3, "enc.0[1]", "outlier", "warning", 123.456789, 100.0, "max |x| is 123x | its RMS\nsecond line"),
@@ -395,8 +396,8 @@ def test_qq_points_flag_heavy_tails_and_pairs() -> None:
 # ---------------------------------------------------------------------------------------- overview images
 def _label_found(rgb: np.ndarray, text: str, row: int, zoom: int = 2, prefix: str = "  ") -> bool:
     """Whether ``text`` is drawn (in any non-white colour) as the label of heatmap row ``row``."""
-    from lightning_normwatch.font import text_mask
-    from lightning_normwatch.heatmap import ROW
+    from lightning_normwatch.output.font import text_mask
+    from lightning_normwatch.output.heatmap import ROW
 
     top = 4 + 2 * ROW + 4
     mask = text_mask(prefix + text)
@@ -444,7 +445,7 @@ def test_overview_marks_the_alerted_layer(dead) -> None:
     alerted = [_label_found(rgb, text, i, prefix="! ") for i, text in enumerate(rows)]
     assert labels == [True, True, False, True]  # net.1's label is drawn differently: "! net.1 (ReLU)" in red
     red = (rgb[..., 0] > 200) & (rgb[..., 1] < 40) & (rgb[..., 2] < 40)
-    from lightning_normwatch.heatmap import ROW
+    from lightning_normwatch.output.heatmap import ROW
 
     top = (4 + 2 * ROW + 4) * 2
     red_rows = {(y - top) // (ROW * 2) for y in np.nonzero(red.any(axis=1))[0] if y >= top}
@@ -453,7 +454,7 @@ def test_overview_marks_the_alerted_layer(dead) -> None:
 
 
 def test_heatmap_cells_take_the_colour_of_their_value() -> None:
-    from lightning_normwatch.heatmap import GREY, ROW, heatmap, sequential
+    from lightning_normwatch.output.heatmap import GREY, ROW, heatmap, sequential
 
     img = heatmap(np.array([[-np.inf, 0.0, 1.0, np.nan]]), ["a (ReLU)"], [0, 10, 20, 30], "t", zoom=1)
     cells = img.pixels[4 + 2 * ROW + 4 + 3]  # a pixel row through the only heatmap row

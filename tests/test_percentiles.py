@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_normwatch.measure import MeasureSpec, measure
-from lightning_normwatch.summary import TensorStats, figures
+from lightning_normwatch.collect.sampling import MeasureSpec, measure
+from lightning_normwatch.stats.figures import TensorStats, figures
 
 
 def _figures_of(x: np.ndarray) -> dict[str, float]:

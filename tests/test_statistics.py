@@ -10,7 +10,7 @@ import pytest
 import torch
 from scipy import stats
 
-from lightning_normwatch.histogram import (
+from lightning_normwatch.stats.histogram import (
     bin_counts,
     bin_edges,
     edges_numpy,
@@ -21,8 +21,8 @@ from lightning_normwatch.histogram import (
     quantile_groups,
     tensorboard_buckets,
 )
-from lightning_normwatch.moments import Moments, channel_moments, merge_groups, standardized_shape
-from lightning_normwatch.normality import normality, pvalue_of_z
+from lightning_normwatch.stats.moments import Moments, channel_moments, merge_groups, standardized_shape
+from lightning_normwatch.stats.normality import normality, pvalue_of_z
 
 RNG_SEED = 1234
 

@@ -20,7 +20,8 @@ from plugin_runs import DEAD_RELU, FAULT_STEP, FAULTY_LINEAR, TENSORBOARD, deep_
 from plugin_runs import tensorboard as serve
 
 from lightning_normwatch.config import Thresholds
-from lightning_normwatch.report import ALERT_TAG, WATCHED_TAG, parse_alerts_markdown, parse_watched_markdown
+from lightning_normwatch.output.tags import ALERT_TAG, WATCHED_TAG
+from lightning_normwatch.view.report import parse_alerts_markdown, parse_watched_markdown
 
 DEEP = "deep/deep_mlp/version_0"
 RAW = "demo/raw_features/version_0"

@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from ...report import ALERT_TAG, WATCHED_TAG, parse_alerts_markdown, parse_watched_markdown, split_tag
+from ...output.tags import ALERT_TAG, WATCHED_TAG
+from ..report import parse_alerts_markdown, parse_watched_markdown, split_tag
 
 __all__ = ["Source", "BadRequest", "RunData", "normwatch_runs", "load_run", "read_series", "read_histograms"]
 

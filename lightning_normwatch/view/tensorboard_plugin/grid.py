@@ -34,7 +34,6 @@ class FigureSpec:
     scale: str  # "log" (log10 of the value), "diverging" (around 0), "unit" ([0, 1]), "sequential"
     threshold: str | None  # the threshold scalar (normwatch/thresholds/<name>)
     kinds: tuple[str, ...]  # alert kinds whose cells beyond the threshold are outlined
-    unit: str = ""
 
 
 FIGURES: dict[str, FigureSpec] = {

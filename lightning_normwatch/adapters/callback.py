@@ -1,0 +1,264 @@
+"""``NormWatch``: the Lightning callback, a thin adapter over ``Session``.
+
+Each Trainer hook becomes one call on the session; what the session needs from the trainer (step,
+world size, rank, device, loggers) is passed as plain values, and the batch's ``training_step`` is
+handed over as the replay the session runs to measure a compiled model or to locate NaN/Inf.
+
+Example:
+    >>> cb = NormWatch(modules=["encoder.*"], every_n_steps=10)
+    >>> cb.alerts, cb.config.every_n_steps
+    ([], 10)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.utilities import rank_zero_warn
+from torch import Tensor
+from typing_extensions import override
+
+from ..collect.exchange import Exchange
+from ..collect.inputs import InputSpec
+from ..collect.selection import Pattern
+from ..config import SessionConfig, Thresholds
+from ..judge.alerts import Alert
+from ..judge.evaluator import StepResult
+from ..output.loggers import is_tensorboard_logger, tensorboard_writer
+from ..output.panels import Panels
+from ..session.session import Session
+from .guard import trainer_hooks_only
+
+__all__ = ["NormWatch"]
+
+_D = SessionConfig  # the defaults, defined once there
+
+
+@contextmanager
+def _silenced(pl_module: pl.LightningModule) -> Iterator[None]:
+    """``self.log``/``self.log_dict`` do nothing inside (a replayed ``training_step`` must not log twice)."""
+    originals = {name: pl_module.__dict__.get(name) for name in ("log", "log_dict")}
+    try:
+        pl_module.log = lambda *args, **kwargs: None  # type: ignore[method-assign]
+        pl_module.log_dict = lambda *args, **kwargs: None  # type: ignore[method-assign]
+        yield
+    finally:
+        for name, value in originals.items():
+            if value is None:
+                pl_module.__dict__.pop(name, None)
+            else:
+                pl_module.__dict__[name] = value
+
+
+def _replay(pl_module: pl.LightningModule) -> Callable[[Any, int], Any] | None:
+    """The batch's ``training_step`` without logging; None under manual optimization (a replay would repeat
+    its optimizer toggling and backward calls)."""
+    if not pl_module.automatic_optimization:
+        return None
+
+    def run(batch: Any, batch_idx: int) -> Any:
+        with _silenced(pl_module):
+            return pl_module.training_step(batch, batch_idx)
+
+    return run
+
+
+def _panels(trainer: pl.Trainer, config: SessionConfig) -> Panels | None:
+    """Panels on every ``TensorBoardLogger`` of the trainer (rank zero); one warning with other loggers only."""
+    if not config.tensorboard:
+        return None
+    if any(is_tensorboard_logger(logger) for logger in trainer.loggers):
+        if not trainer.is_global_zero:
+            return None
+        return Panels(tensorboard_writer(trainer.loggers), config.plot_every_n_steps, config.thresholds)
+    if trainer.loggers:
+        names = ", ".join(type(lg).__name__ for lg in trainer.loggers)
+        rank_zero_warn(
+            f"NormWatch: no TensorBoardLogger among the trainer's loggers ({names}); the scalars "
+            "normwatch/<tensor>/<figure> go to these loggers, but the TensorBoard-only panels (histograms, "
+            "custom-scalars layout, alert table" + (", figures" if config.plot_every_n_steps else "") + ") are skipped."
+        )
+    return None
+
+
+class NormWatch(Callback):
+    """Watch the scale, shape and drift of inputs and activations; alert when something is wrong.
+
+    Args:
+        modules: ``None`` watches every leaf module (except identity/dropout); otherwise glob patterns
+            of qualified names (``"encoder.*"``) and/or ``nn.Module`` classes.
+        exclude: patterns/classes to skip.
+        inputs: the batch's input features: ``True`` (the batch tensors the model's modules consume:
+            not masks or targets), ``False``, a dict key, a tuple index, or a callable ``batch -> tensor | dict``.
+        every_n_steps: logging interval in global steps; ``None`` uses the trainer's ``log_every_n_steps``.
+        sample_size, pvalue_size, warmup_steps, reference_steps, thresholds, on_alert, check_nonfinite, seed,
+            tensorboard, plot_every_n_steps, input_drift, feature_names, scalars: see ``SessionConfig``
+            (``lightning_normwatch.config``), where each is documented and its default defined.
+
+    Raises:
+        ValueError: a parameter has a bad value (the message names it).
+
+    Example:
+        >>> cb = NormWatch(exclude=["head"], thresholds={"dead": 0.8}, on_alert="ignore")
+        >>> cb.thresholds.dead
+        0.8
+    """
+
+    def __init__(
+        self,
+        modules: Sequence[Pattern] | Pattern | None = None,
+        exclude: Sequence[Pattern] | Pattern = (),
+        inputs: InputSpec = True,
+        every_n_steps: int | None = None,
+        *,
+        sample_size: int = _D.sample_size,
+        pvalue_size: int = _D.pvalue_size,
+        warmup_steps: int = _D.warmup_steps,
+        reference_steps: int = _D.reference_steps,
+        thresholds: Thresholds | dict[str, float] | None = None,
+        on_alert: str = _D.on_alert,
+        check_nonfinite: bool = _D.check_nonfinite,
+        seed: int = _D.seed,
+        tensorboard: bool = _D.tensorboard,
+        plot_every_n_steps: int | None = _D.plot_every_n_steps,
+        input_drift: str = _D.input_drift,
+        feature_names: Sequence[str] | None = None,
+        scalars: str = _D.scalars,
+    ) -> None:
+        config = SessionConfig(
+            every_n_steps=every_n_steps, sample_size=sample_size, pvalue_size=pvalue_size,
+            warmup_steps=warmup_steps, reference_steps=reference_steps, thresholds=thresholds,  # type: ignore[arg-type]
+            on_alert=on_alert, check_nonfinite=check_nonfinite, seed=seed, tensorboard=tensorboard,
+            plot_every_n_steps=plot_every_n_steps, input_drift=input_drift, feature_names=feature_names,  # type: ignore[arg-type]
+            scalars=scalars,
+        )  # fmt: skip
+        self.session = Session(config, modules, exclude, inputs)
+        self._resume_after_validation = False
+
+    # ------------------------------------------------------------------ what the session knows
+    @property
+    def config(self) -> SessionConfig:
+        return self.session.config
+
+    @property
+    def every_n_steps(self) -> int | None:
+        return self.session.config.every_n_steps
+
+    @property
+    def on_alert(self) -> str:
+        return self.session.config.on_alert
+
+    @property
+    def thresholds(self) -> Thresholds:
+        return self.session.config.thresholds
+
+    @property
+    def modules(self) -> list[Pattern] | None:
+        return self.session.modules
+
+    @property
+    def exclude(self) -> list[Pattern]:
+        return self.session.exclude
+
+    @property
+    def inputs(self) -> InputSpec:
+        return self.session.inputs
+
+    @property
+    def alerts(self) -> list[Alert]:
+        """Every alert raised so far, in order, over every ``trainer.fit`` this callback took part in
+        (each fit starts afresh; the alerts of earlier fits are kept in front)."""
+        return self.session.alerts
+
+    @property
+    def last_result(self) -> StepResult | None:
+        """Figures and alerts of the latest logging step."""
+        return self.session.last_result
+
+    @property
+    def exchange(self) -> Exchange | None:
+        """How statistics are collected (``collectives`` and ``bytes_sent`` tell the cost under DDP)."""
+        return self.session.exchange
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(modules=repr(self.modules), exclude=repr(self.exclude))
+
+    # ------------------------------------------------------------------ set-up / tear-down
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        if not trainer.loggers:
+            rank_zero_warn("NormWatch: the trainer has no logger; figures are not logged, alerts still are.")
+        self.session.start(
+            pl_module,
+            loggers=trainer.loggers,
+            panels=_panels(trainer, self.config),
+            world_size=trainer.world_size,
+            is_global_zero=trainer.is_global_zero,
+            device=trainer.strategy.root_device,
+            trainer_interval=trainer.log_every_n_steps,
+        )
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.session.training_starts(pl_module, trainer.global_step)
+
+    @override
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.session.finish()
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self.session.stop()
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.session.close()
+
+    @override
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # validation inside a logging step (gradient accumulation) is not training data
+        self._resume_after_validation = self.session.pause()
+
+    @override
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._resume_after_validation:
+            self.session.resume()
+        self._resume_after_validation = False
+
+    # ------------------------------------------------------------------ per step
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self.session.begin_step(trainer.global_step, batch, batch_idx)
+
+    @override
+    def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Tensor) -> None:
+        self.session.before_backward(loss, trainer.global_step, _replay(pl_module))
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self.session.end_step(trainer.global_step)
+
+    # ------------------------------------------------------------------ checkpoint
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return self.session.state_dict()
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.session.load_state_dict(state_dict)
+
+
+# Fabric(callbacks=[NormWatch()]) calls hooks with its own arguments: say to use LoopWatch instead.
+trainer_hooks_only(NormWatch)

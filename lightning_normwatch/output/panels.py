@@ -1,0 +1,221 @@
+"""TensorBoard-only output: histograms, the custom-scalars layout, the alert table and figures.
+
+Scalars go through the trainer's loggers (any logger); this module writes what only TensorBoard
+can show, through the ``SummaryWriter`` of the trainer's ``TensorBoardLogger``:
+
+- ``normwatch/<tensor>`` histograms (Histograms and Distributions dashboards) from the counts
+  already binned on the device (``add_histogram_raw``), never from whole tensors; each tag's
+  description names the layer type;
+- the overview heatmaps (Images dashboard, ``normwatch/overview/*``, see ``overview.py``), every
+  ``overview_every`` logging steps and at the end of the fit;
+- the custom-scalars layout (one chart per tensor and figure, in short categories, see ``custom_scalars.py``);
+- the alert panel, Markdown text (tag ``normwatch/alerts``): one line per alert kind, then the table;
+- the watched tensors with their layer types (tag ``normwatch/watched``);
+- every ``plot_every_n_steps`` steps, one figure per layer group (Images dashboard,
+  ``normwatch/figures/<group>``), when matplotlib is installed.
+
+Example:
+    >>> from torch.utils.tensorboard import SummaryWriter
+    >>> import tempfile
+    >>> panels = Panels(SummaryWriter(tempfile.mkdtemp()))
+    >>> panels.write_alerts([], step=0)   # nothing to show: writes nothing
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from ..collect.info import TensorInfo
+from ..config import Thresholds
+from ..judge.alerts import Alert
+from ..judge.evaluator import StepResult
+from ..stats.figures import TensorStats
+from ..stats.histogram import tensorboard_buckets
+from .custom_scalars import group_of, layout_for
+from .loggers import write_summary
+from .markdown import alerts_markdown, watched_markdown
+from .overview import Overview, row_label
+from .tags import ALERT_TAG, FIGURE_TAG, WATCHED_TAG
+
+__all__ = ["Panels"]
+
+#: at most this many rows (tensor or pre/post pair) per figure; bigger groups get several figures
+_ROWS_PER_FIGURE = 8
+
+
+class Panels:
+    """Writes NormWatch's TensorBoard panels to one ``SummaryWriter``.
+
+    Args:
+        writer: a ``torch.utils.tensorboard.SummaryWriter`` (``TensorBoardLogger.experiment``).
+        plot_every_n_steps: draw the group figures when a logging step enters a new interval of
+            this many steps (``None``: never).
+
+    Example:
+        >>> from torch.utils.tensorboard import SummaryWriter
+        >>> import tempfile
+        >>> panels = Panels(SummaryWriter(tempfile.mkdtemp()), plot_every_n_steps=100)
+        >>> panels.plot_due(0), Panels(panels.writer).plot_due(0)
+        (True, False)
+    """
+
+    def __init__(
+        self,
+        writer: Any,
+        plot_every_n_steps: int | None = None,
+        thresholds: Thresholds | None = None,
+        overview_every: int = 20,
+    ) -> None:
+        self.writer = writer
+        self.plot_every_n_steps = plot_every_n_steps
+        self.overview = Overview()
+        #: the overview images are drawn every this many logging steps, and at the end of the fit
+        self.overview_every = overview_every
+        self._layout_keys: list[str] = []
+        self._kinds: dict[str, tuple[str, str]] = {}
+        self._last_plot_interval: int | None = None
+        self._logged = 0
+        self._drawn_step: int | None = None
+        self.thresholds = thresholds or Thresholds()
+        self._described: set[str] = set()
+
+    def plot_due(self, step: int) -> bool:
+        """Whether the group figures are drawn at this logging step.
+
+        They are drawn at the first logging step of each interval ``[k n, (k + 1) n)`` of
+        ``n = plot_every_n_steps`` steps, so the interval need not be a multiple of the logging
+        interval: with logging every 2 steps and ``n = 5``, figures come at steps 0, 6, 10, 16 ...
+        """
+        if not self.plot_every_n_steps:
+            return False
+        interval = step // self.plot_every_n_steps
+        return interval != self._last_plot_interval
+
+    def write(
+        self,
+        result: StepResult,
+        stats: dict[str, TensorStats],
+        infos: Mapping[str, TensorInfo],
+        active: Mapping[tuple[str, str], object],
+    ) -> None:
+        """Histograms, the layout (when new tensors appear) and, when due, the overview and figures of one step."""
+        step = result.step
+        for key in stats:
+            if key not in self._kinds:
+                info = infos.get(key)  # None: a tensor only another rank observed
+                self._kinds[key] = (info.type_name, info.role) if info is not None else ("?", "other")
+        for key, st in stats.items():
+            self._histogram(key, st, step)
+        new = [k for k in stats if k not in self._layout_keys]
+        if new:
+            # written once; again only if tensors appear later (TensorBoard shows the latest layout)
+            self._layout_keys += new
+            self.writer.add_custom_scalars(layout_for(self._layout_keys, self._kinds))
+            self.writer.add_text(WATCHED_TAG, watched_markdown(self._layout_keys, self._kinds), global_step=step)
+        if result.figures:
+            self.overview.add(step, result.figures, self._kinds, active)
+            if self._logged % self.overview_every == 0:
+                self.write_overview()
+            self._logged += 1
+        if stats and self.plot_due(step):
+            self._last_plot_interval = step // self.plot_every_n_steps  # type: ignore[operator]
+            self._figures(result, stats)
+
+    def write_overview(self) -> None:
+        """Draw the overview heatmaps of the steps recorded so far (Images tab, ``normwatch/overview/*``)."""
+        steps = self.overview.steps
+        if not steps or steps[-1] == self._drawn_step:
+            return
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        values = [
+            Summary.Value(
+                tag=tag,
+                image=Summary.Image(height=img.height, width=img.width, colorspace=3, encoded_image_string=img.png()),
+            )
+            for tag, img in self.overview.images(self.thresholds).items()
+        ]
+        write_summary(self.writer, Summary(value=values), steps[-1])
+        self._drawn_step = steps[-1]
+
+    def _histogram(self, key: str, st: TensorStats, step: int) -> None:
+        limits, counts = tensorboard_buckets(st.hist, st.smin, st.smax)
+        if not counts or not (math.isfinite(st.smin) and math.isfinite(st.smax)):
+            return
+        m = st.overall
+        tag = f"normwatch/{key}"
+        args = dict(
+            min=float(st.smin),
+            max=float(st.smax),
+            num=int(sum(counts)),
+            sum=float(m.n * m.mean),
+            sum_squares=float(m.m2 + m.n * m.mean * m.mean),
+            bucket_limit=limits,
+            bucket=counts,
+        )
+        if key not in self._described:  # the first event of a tag carries its description: the layer type
+            from tensorboard.compat.proto.summary_pb2 import HistogramProto, Summary
+            from tensorboard.plugins.histogram.metadata import create_summary_metadata
+
+            self._described.add(key)
+            type_name, role = self._kinds.get(key, ("?", "other"))
+            meta = create_summary_metadata(display_name=tag, description=f"{row_label(key, type_name)}, {role}")
+            value = Summary.Value(tag=tag, histo=HistogramProto(**args), metadata=meta)
+            write_summary(self.writer, Summary(value=[value]), step)
+            return
+        self.writer.add_histogram_raw(
+            tag,
+            min=args["min"],
+            max=args["max"],
+            num=args["num"],
+            sum=args["sum"],
+            sum_squares=args["sum_squares"],
+            bucket_limits=limits,
+            bucket_counts=counts,
+            global_step=step,
+        )
+
+    def _figures(self, result: StepResult, stats: dict[str, TensorStats]) -> None:
+        from .plots import PlotData, group_figure, load_matplotlib, pair_rows
+
+        figure_cls = load_matplotlib()
+        if figure_cls is None:
+            return
+        items: dict[str, list[PlotData]] = {}
+        for key, st in stats.items():
+            label, role = self._kinds.get(key, ("?", "other"))
+            fig = result.figures.get(key, {})
+            items.setdefault(group_of(key), []).append(
+                PlotData(
+                    key,
+                    label,
+                    role,
+                    st.hist,
+                    st.smin,
+                    st.smax,
+                    fig.get("mean", math.nan),
+                    fig.get("std", math.nan),
+                    fig.get("skew", math.nan),
+                    fig.get("kurtosis", math.nan),
+                )
+            )
+        for group, members in items.items():
+            rows = pair_rows(members)
+            for part, start in enumerate(range(0, len(rows), _ROWS_PER_FIGURE)):
+                chunk = rows[start : start + _ROWS_PER_FIGURE]
+                tag = f"{FIGURE_TAG}/{group}" + (f"/{part + 1}" if part else "")
+                figure = group_figure(figure_cls, group, result.step, chunk)
+                self.writer.add_figure(tag, figure, global_step=result.step, close=True)
+
+    def write_alerts(self, alerts: list[Alert], step: int) -> None:
+        """The alert table as a Text panel: every alert so far, rewritten when new ones are raised."""
+        if alerts:
+            types = {k: t for k, (t, _) in self._kinds.items()}
+            self.writer.add_text(ALERT_TAG, alerts_markdown(alerts, types), global_step=step)
+
+    def flush(self) -> None:
+        """Draw the overview of the last logging step (if not drawn yet) and flush the writer."""
+        self.write_overview()
+        self.writer.flush()
