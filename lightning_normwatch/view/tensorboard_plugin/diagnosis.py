@@ -92,21 +92,41 @@ def _cause_text(row: Mapping[str, Any]) -> str:
 def diagnosis(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Root alerts ordered by the step they started (errors before warnings before info at one step).
 
-    Each root is a copy of its row with ``followers`` (its followers' rows, by step) and ``id``
-    (the row's position in the input: a stable handle for the page).
+    Each root is a copy of its row with ``followers`` (its followers' rows, by step, also those of
+    followers of followers) and ``id`` (the row's position in the input: a stable handle for the page).
+    A follower whose cause names no alert of the table, or that ends in a cycle, is a root.
+
+    Example:
+        >>> rows = [{"step": 4, "module": "net.3", "kind": "dead", "severity": "warning", "caused_by": "dead in net.1"},
+        ...         {"step": 4, "module": "net.1", "kind": "dead", "severity": "warning", "caused_by": None}]
+        >>> [(r["module"], [f["module"] for f in r["followers"]]) for r in diagnosis(rows)]
+        [('net.1', ['net.3'])]
     """
     rank = {"error": 0, "warning": 1, "info": 2}
     items = [dict(row, id=i) for i, row in enumerate(rows)]
     ordered = sorted(items, key=lambda r: (r["step"], rank.get(r["severity"], 3), r["id"]))
-    top: dict[int, int] = {}  # id -> id of its root
+    parent: dict[int, int | None] = {}
+    for row in ordered:
+        others = [r for r in ordered if r["id"] != row["id"]]
+        found = root_of(_cause_text(row), others)
+        parent[row["id"]] = None if found is None else others[found]["id"]
+
+    def top(i: int) -> int | None:
+        seen = set()
+        while parent[i] is not None:
+            if i in seen:
+                return None  # a cycle: no root
+            seen.add(i)
+            i = parent[i]  # type: ignore[assignment]
+        return i
+
     roots: dict[int, dict[str, Any]] = {}
-    for n, row in enumerate(ordered):
-        cause = root_of(_cause_text(row), ordered[:n])
-        if cause is None or ordered[cause]["id"] == row["id"]:
-            top[row["id"]] = row["id"]
+    for row in ordered:
+        root = top(row["id"])
+        if root is None or root == row["id"]:
             roots[row["id"]] = dict(row, followers=[])
-            continue
-        root_id = top[ordered[cause]["id"]]
-        top[row["id"]] = root_id
-        roots[root_id]["followers"].append(row)
-    return list(roots.values())
+    for row in ordered:
+        root = top(row["id"])
+        if row["id"] not in roots and root in roots:
+            roots[root]["followers"].append(row)
+    return sorted(roots.values(), key=lambda r: (r["step"], rank.get(r["severity"], 3), r["id"]))
