@@ -138,12 +138,17 @@ async function drawMaps() {
   const runs = Object.keys(state.summaries);
   const host = $('maps');
   const width = Math.floor((host.clientWidth - 4) / runs.length) - 160; // used when the box is not laid out
-  const maps = await Promise.all(runs.map((r) =>
+  let maps = await Promise.all(runs.map((r) =>
     state.summaries[r].figures && state.summaries[r].figures.some((f) => f.id === state.figure)
       ? get('heatmap', {run: r, figure: state.figure})
       : {error: `${state.figure} not logged in ${r}`}));
   host.textContent = '';
   state.maps = [];
+  const ok = maps.map((m, i) => (maps[i] = m.error ? m : {...m})).filter((m) => !m.error); // copies: cached
+  if (ok.length > 1) { // side by side: one colour scale for both
+    const range = [Math.min(...ok.map((m) => m.range[0])), Math.max(...ok.map((m) => m.range[1]))];
+    ok.forEach((m) => (m.range = range));
+  }
   const main = maps[0];
   if (!main.error) {
     $('maplabel').textContent = `${main.label} · ${main.rows.length} tensors × ${main.steps.length} steps`;
@@ -154,9 +159,9 @@ async function drawMaps() {
     $('legend').append(node('span', '', lg.lo), bar, node('span', '', lg.hi),
       node('span', 'mark', ''), node('span', '', 'alert'), node('span', 'nolog', ''), node('span', '', 'not logged'));
   }
+  const boxes = maps.map(() => host.appendChild(node('div', 'map'))); // all laid out before any is measured
   maps.forEach((map, i) => {
-    const box = node('div');
-    host.append(box);
+    const box = boxes[i];
     if (map.error) return void box.append(node('p', 'error', map.error));
     state.maps[i] = {run: runs[i], view: drawHeatmap(box, map, Math.max(width, 160), {hover, select: (t, s) =>
       select(runs[i], t, s)})};
