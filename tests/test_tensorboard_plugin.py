@@ -134,6 +134,10 @@ def test_heatmap_cells_are_the_logged_scalars(server: str, logdir: Path, figure:
     assert heat["rows"][dead_row] == f"{DEAD_RELU} (ReLU)"
     few = nw(server, "heatmap", run=DEEP, figure=figure, columns=7)
     assert len(few["steps"]) == 7 and few["steps"][-1] == STEPS - 5
+    part = nw(server, "heatmap", run=DEEP, figure=figure, first=dead_row - 1, count=3)  # the rows in view first
+    assert part["first"] == dead_row - 1 and not part["complete"] and part["rows"] == heat["rows"]
+    assert part["values"] == heat["values"][dead_row - 1 : dead_row + 2]
+    assert [dead_row, fault_col] in [m[:2] for m in part["marks"]]
 
 
 def test_tensor_route_series_thresholds_and_alerts(server: str, logdir: Path) -> None:
@@ -176,6 +180,7 @@ def test_histogram_route_step_reference_and_normals(server: str, logdir: Path) -
         ("heatmap", {"run": DEEP, "figure": "bogus"}, "unknown figure 'bogus'"),
         ("heatmap", {"run": DEEP, "figure": "saturated"}, "was not logged"),
         ("heatmap", {"run": DEEP, "figure": "dead", "columns": "0"}, "between 1 and 5000"),
+        ("heatmap", {"run": DEEP, "figure": "dead", "count": "-3"}, "'count' must be between 1"),
         ("tensor", {"run": DEEP}, "missing parameter 'tensor'"),
         ("tensor", {"run": DEEP, "tensor": "net.999"}, "unknown tensor 'net.999'"),
         ("histogram", {"run": DEEP, "tensor": FAULTY_LINEAR, "step": "x"}, "must be an integer"),

@@ -101,10 +101,10 @@ class RunData:
         raise BadRequest(f"unknown tensor {name!r} in run {self.run!r} (watched: {known} ...)")
 
 
-def normwatch_runs(src: Source) -> dict[str, dict[str, Any]]:
-    """``{run: {tag: time series}}`` of the runs with NormWatch scalars (tags in the listing's order)."""
+def normwatch_runs(src: Source, runs: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+    """``{run: {tag: time series}}`` of the runs (all, or those named) with NormWatch scalars, tags in listing order."""
     out = {}
-    for run, tags in src.list("scalars").items():
+    for run, tags in src.list("scalars", runs).items():
         mine = {t: s for t, s in tags.items() if t.startswith("normwatch/")}
         if any(split_tag(t) for t in mine):
             out[run] = mine

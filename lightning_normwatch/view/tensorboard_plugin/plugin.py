@@ -90,6 +90,7 @@ class NormWatchPlugin(base_plugin.TBPlugin):
     def __init__(self, context: base_plugin.TBContext) -> None:
         self._provider = context.data_provider
         self._cache: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+        self._active = False  # once a run has NormWatch data, the tab stays (listing every run is not free)
 
     def get_plugin_apps(self) -> dict[str, Callable[..., Any]]:
         return {
@@ -105,7 +106,8 @@ class NormWatchPlugin(base_plugin.TBPlugin):
         """Active when some run holds ``normwatch/<tensor>/<figure>`` scalars."""
         if self._provider is None:
             return False
-        return bool(normwatch_runs(Source(self._provider, RequestContext(), "")))
+        self._active = self._active or bool(normwatch_runs(Source(self._provider, RequestContext(), "")))
+        return self._active
 
     def frontend_metadata(self) -> base_plugin.FrontendMetadata:
         return base_plugin.FrontendMetadata(es_module_path="/static/index.js", tab_name="NormWatch")
@@ -128,8 +130,9 @@ class NormWatchPlugin(base_plugin.TBPlugin):
     def _run(self, request: wrappers.Request) -> tuple[Source, RunData, tuple[Any, ...]]:
         """The requested run's index (cached until one of its series grows)."""
         src = self._source(request)
-        runs = normwatch_runs(src)
-        run = check_run(runs, request.args.get("run"))
+        name = request.args.get("run")
+        runs = normwatch_runs(src, [name]) if name else {}
+        run = check_run(runs or normwatch_runs(src), name)  # every run is listed only to name them in an error
         series = runs[run]
         texts = src.list("text", [run], kind="tensors").get(run, {})
         grown = max((s.max_step, s.max_wall_time) for s in [*series.values(), *texts.values()])
@@ -165,7 +168,13 @@ class NormWatchPlugin(base_plugin.TBPlugin):
         src, data, stamp = self._run(request)
         figure = request.args.get("figure") or "scale"
         columns = _int(request, "columns", 400, 1, 5000)
-        return self._cached(("heatmap", figure, columns, *stamp), lambda: responses.heatmap(src, data, figure, columns))
+        first = _int(request, "first", 0, 0, 10**6)
+        count = _int(request, "count", 10**6, 1, 10**6)
+        part = slice(first, first + count)
+        return self._cached(
+            ("heatmap", figure, columns, first, count, *stamp),
+            lambda: responses.heatmap(src, data, figure, columns, part),
+        )
 
     @_json_route
     def _serve_tensor(self, request: wrappers.Request) -> Any:

@@ -57,25 +57,34 @@ def run_summary(src: Source, data: RunData) -> dict[str, Any]:
     }
 
 
-def heatmap(src: Source, data: RunData, figure: str, max_columns: int) -> dict[str, Any]:
-    """``/heatmap``: one figure for every tensor (rows) and step bin (columns), the colour range, the alert cells."""
+def heatmap(src: Source, data: RunData, figure: str, max_columns: int, part: slice = slice(None)) -> dict[str, Any]:
+    """``/heatmap``: one figure for every tensor (rows) and step bin (columns), the colour range, the alert cells.
+
+    ``part``: the rows whose values are read (the page first asks for the rows in view); every row is
+    labelled, ``values`` holds the part's rows from ``first``, ``marks`` count rows from 0.
+    """
     spec = grid.FIGURES.get(figure)
     if spec is None:
         raise BadRequest(f"unknown figure {figure!r}: one of {', '.join(grid.FIGURES)}")
     name = _figure_name(data, spec)
     if name is None:
         raise BadRequest(f"figure {figure!r} was not logged in run {data.run!r}")
-    rows = [t["name"] for t in data.tensors]
+    names = [t["name"] for t in data.tensors]
+    first, stop, _ = part.indices(len(names))
+    rows = names[first:stop]
     series = read_series(src, data, [f"normwatch/{r}/{name}" for r in rows])
     empty = (np.zeros(0, np.int64), np.zeros(0))
     per_row = [series.get(f"normwatch/{r}/{name}", empty) for r in rows]
-    # the columns span the whole run (std is logged at every logging step), so drift's missing start shows
-    whole = read_series(src, data, [f"normwatch/{rows[0]}/std"]).get(f"normwatch/{rows[0]}/std", empty)[0]
-    cols = grid.columns([whole, *(s for s, _ in per_row)], max_columns)
+    # the same columns for any part: the first tensor's std steps (logged at every logging step, so drift's
+    # missing start shows), and the figure's last step
+    whole = read_series(src, data, [f"normwatch/{names[0]}/std"]).get(f"normwatch/{names[0]}/std", empty)[0]
+    last = [data.series[t].max_step for r in names if (t := f"normwatch/{r}/{name}") in data.series]
+    cols = grid.columns([whole, np.array(last[-1:] and [max(last)], dtype=np.int64)], max_columns)
     matrix = np.array([grid.cells(s, v, cols) for s, v in per_row]).reshape(len(rows), len(cols))
     has = np.array([grid.present(s, cols) for s, _ in per_row]).reshape(len(rows), len(cols))
     threshold = data.thresholds.get(spec.threshold) if spec.threshold else None
     lo, hi = grid.colour_range(spec, matrix, threshold)
+    alerts = [a for a in data.alerts if a["module"] in set(rows)]
     values = [[finite(float(v)) if ok else None for v, ok in zip(row, hrow, strict=True)] for row, hrow in
               zip(matrix, has, strict=True)]  # fmt: skip
     return {
@@ -87,10 +96,12 @@ def heatmap(src: Source, data: RunData, figure: str, max_columns: int) -> dict[s
         "range": [lo, hi],
         "threshold": None if threshold is None else finite(threshold),
         "rows": [f"{t['name']} ({t['type']})" if t["type"] else t["name"] for t in data.tensors],
-        "tensors": rows,
+        "tensors": names,
+        "first": first,
+        "complete": len(rows) == len(names),
         "steps": cols.tolist(),
         "values": values,
-        "marks": grid.marks(spec, rows, matrix, cols, data.alerts, threshold),
+        "marks": [[r + first, c, s] for r, c, s in grid.marks(spec, rows, matrix, cols, alerts, threshold)],
     }
 
 

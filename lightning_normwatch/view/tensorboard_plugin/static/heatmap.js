@@ -58,7 +58,8 @@ export function legend(map) {
 /** The cells as an image of one pixel per cell (fast to build and to scale for thousands of cells). */
 function cellImage(map, cols) {
   const image = new ImageData(cols, Math.max(map.rows.length, 1));
-  map.values.forEach((row, r) => {
+  map.values.forEach((row, k) => { // values of the rows from map.first (the rest are drawn when they arrive)
+    const r = k + map.first;
     row.forEach((v, c) => {
       const rgb = colour(map, v);
       if (!rgb) return; // transparent: the hatch shows
@@ -166,7 +167,9 @@ export function drawHeatmap(host, map, width, on) {
   canvas.addEventListener('mousemove', (event) => {
     const at = cell(event);
     if (!at) return on.hover(null, event);
-    const v = map.values[at.r][at.c];
+    const row = map.values[at.r - map.first];
+    if (!row) return on.hover(`${map.rows[at.r]} · loading`, event);
+    const v = row[at.c];
     const alert = map.marks.some((m) => m[0] === at.r && m[1] === at.c) ? ' · alert' : '';
     const value = v === null ? 'not logged' : `${map.name} = ${fmt(v)}`;
     on.hover(`${map.rows[at.r]} · step ${map.steps[at.c]} · ${value}${alert}`, event);

@@ -2,7 +2,7 @@
 // Plain ES module loaded by TensorBoard's plugin iframe (no build step, no network beyond this server).
 import {fmt, get} from './api.js';
 import {histogramChart, lineChart} from './charts.js';
-import {drawHeatmap, legend} from './heatmap.js';
+import {ROW, drawHeatmap, legend} from './heatmap.js';
 
 const state = {runs: [], run: '', compare: '', figure: 'scale', summaries: {}, maps: [], selected: null};
 const $ = (id) => document.getElementById(id);
@@ -40,7 +40,7 @@ export async function render() {
 
 async function refresh() {
   const runs = [state.run, state.compare].filter((r, i, all) => r && all.indexOf(r) === i);
-  if (state.figure === 'scale') get('heatmap', {run: state.run, figure: 'scale'}); // always logged: fetch it meanwhile
+  if (state.figure === 'scale') get('heatmap', heatmapQuery(state.run, true)); // always logged: fetch it meanwhile
   const summaries = await Promise.all(runs.map((r) => get('run', {run: r})));
   state.summaries = Object.fromEntries(runs.map((r, i) => [r, summaries[i]]));
   const main = state.summaries[state.run];
@@ -134,17 +134,42 @@ async function selectAlert(run, a) {
   await select(run, a.module, a.step);
 }
 
+/** Rows drawn first: more than a 1,200 px high pane shows. */
+const FIRST_ROWS = Math.ceil(1200 / ROW);
+
+/** Heatmap request of a run: the rows in view first (`part`), then every row. */
+function heatmapQuery(run, part) {
+  const query = {run, figure: state.figure};
+  if (part) Object.assign(query, {first: 0, count: FIRST_ROWS});
+  return query;
+}
+
+let drawing = 0;
+
+/** The heatmaps of the shown runs: the rows in view as soon as they arrive, then all rows. */
 async function drawMaps() {
+  const token = ++drawing;
   const runs = Object.keys(state.summaries);
+  const logged = (r) => state.summaries[r].figures && state.summaries[r].figures.some((f) => f.id === state.figure);
+  const fetchAll = (part) => Promise.all(runs.map((r) =>
+    logged(r) ? get('heatmap', heatmapQuery(r, part)) : {error: `${state.figure} not logged in ${r}`}));
+  const first = await fetchAll(true);
+  if (token !== drawing) return;
+  showMaps(runs, first);
+  window.__normwatchFirstPaint = window.__normwatchFirstPaint || performance.now();
+  if (first.every((m) => m.error || m.complete)) return;
+  const full = await fetchAll(false);
+  if (token === drawing) showMaps(runs, full);
+}
+
+function showMaps(runs, fetched) {
   const host = $('maps');
   const width = Math.floor((host.clientWidth - 4) / runs.length) - 160; // used when the box is not laid out
-  let maps = await Promise.all(runs.map((r) =>
-    state.summaries[r].figures && state.summaries[r].figures.some((f) => f.id === state.figure)
-      ? get('heatmap', {run: r, figure: state.figure})
-      : {error: `${state.figure} not logged in ${r}`}));
+  const scroll = host.scrollTop;
+  const maps = fetched.map((m) => (m.error ? m : {...m})); // copies: the answers are cached
   host.textContent = '';
   state.maps = [];
-  const ok = maps.map((m, i) => (maps[i] = m.error ? m : {...m})).filter((m) => !m.error); // copies: cached
+  const ok = maps.filter((m) => !m.error);
   if (ok.length > 1) { // side by side: one colour scale for both
     const range = [Math.min(...ok.map((m) => m.range[0])), Math.max(...ok.map((m) => m.range[1]))];
     ok.forEach((m) => (m.range = range));
@@ -166,8 +191,8 @@ async function drawMaps() {
     state.maps[i] = {run: runs[i], view: drawHeatmap(box, map, Math.max(width, 160), {hover, select: (t, s) =>
       select(runs[i], t, s)})};
   });
+  host.scrollTop = scroll;
   if (state.selected) markSelection();
-  window.__normwatchFirstPaint = window.__normwatchFirstPaint || performance.now();
 }
 
 function hover(text, event) {
