@@ -33,6 +33,9 @@ FIGURE_OF_KIND = {
     "mean_drift": "mean_drift",
     "shift": "shape_psi",
     "frozen_norm": "scale_drift",
+    "update_size": "update",  # the parameter-side alerts, on ``update_ratio`` scalars
+    "vanishing_gradient": "update",
+    "exploding_gradient": "update",
 }
 
 

@@ -48,9 +48,7 @@ FIGURES: dict[str, FigureSpec] = {
     "zeros": FigureSpec("share of exact zeros", ("zeros",), "unit", None, ()),
     "dead": FigureSpec("share of dead units", ("dead",), "unit", "dead", ("dead",)),
     "saturated": FigureSpec("share of saturated outputs", ("saturated",), "unit", "saturated", ("saturated",)),
-    "update": FigureSpec(
-        "update size: |Δw| / |w| per step", ("update_ratio", "update_size", "update_rms", "update"), "log", None, ()
-    ),
+    "update": FigureSpec("update size: ‖ΔW‖ / ‖W‖ of the optimizer step", ("update_ratio",), "log", None, ()),
 }
 
 

@@ -8,7 +8,7 @@ Example:
     ...     print(line)
     drift (scale drift, mean drift, shape PSI) not measured up to step 250: the reference window was not complete yet
     input: drift judged per feature (input_drift), not as one pooled tensor
-    update size not logged by this run
+    update size not logged by this run (update_ratio: parameter side off, or an older NormWatch)
 """
 
 from __future__ import annotations
@@ -50,8 +50,8 @@ def not_measured(
     for name, value in sorted(thresholds.items()):
         if name in _RULES and not math.isfinite(value):
             out.append(f"{_RULES[name]}: rule off (threshold {value})")
-    if not any(f.startswith("update") for fs in figures.values() for f in fs):
-        out.append("update size not logged by this run")
+    if not any("update_ratio" in fs for fs in figures.values()):
+        out.append("update size not logged by this run (update_ratio: parameter side off, or an older NormWatch)")
     missing = [t["name"] for t in tensors if t["name"] not in histograms]
     if missing:
         out.append(f"no histograms for {len(missing)} tensor(s) (no TensorBoardLogger, or written by another logger)")
