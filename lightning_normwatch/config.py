@@ -56,6 +56,8 @@ class Thresholds:
             RMS of the layers before it (``depth.py``; no reference needed).
         exploding: factor by which the RMS of every tensor from some layer on may stay above the smallest
             RMS of the layers before it.
+        collapse: factor by which the spread across a batch's examples (mean per-unit std over the RMS) of
+            every tensor from some layer on may stay below the largest spread before it (``judge/collapse.py``).
         input_mean_shift: effect-size floor of an input feature's mean shift, in its reference stds.
         input_scale: effect-size floor of an input feature's std ratio (either way).
         input_psi: effect-size floor of an input feature's PSI on its anchor bins.
@@ -76,6 +78,7 @@ class Thresholds:
     kurtosis: float = 4.0
     vanishing: float = 8.0
     exploding: float = 30.0
+    collapse: float = 1000.0
     input_mean_shift: float = 0.5
     input_scale: float = 1.5
     input_psi: float = 0.2
@@ -89,7 +92,7 @@ class Thresholds:
         for name in ("dead", "saturated"):
             if not 0 < getattr(self, name) <= 1:
                 raise _fail(f"thresholds.{name}", "in (0, 1]", getattr(self, name))
-        for name in ("scale_drift", "feature_scale", "outlier", "input_scale", "vanishing", "exploding"):
+        for name in ("scale_drift", "feature_scale", "outlier", "input_scale", "vanishing", "exploding", "collapse"):
             if getattr(self, name) <= 1:
                 raise _fail(f"thresholds.{name}", "> 1", getattr(self, name))
         positive = ("mean_drift", "shift", "outlier_min_abs", "skew", "kurtosis")
