@@ -14,14 +14,13 @@ Example:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
-from .alerts import SEVERITY, Alert
+from ..collect.info import TensorInfo
 from ..config import Thresholds
+from .alerts import SEVERITY, Alert
 
 __all__ = ["TensorInfo", "evaluate", "nonfinite_alert"]
 
-ROLES = ("input", "preact", "activation", "bounded", "other")
 #: an active alert clears when its figure falls below this fraction of the threshold
 CLEAR_FRACTION = 0.8
 #: rows per unit below which `dead` is not judged (a healthy ReLU unit is zero on 16 rows with p ~ 2e-5)
@@ -35,26 +34,6 @@ MIN_DISTRIBUTION_VALUES = 32
 #: a sum or one more layer overflows); float16's range is small enough that 10 % (6,550) is the mark
 NEAR_OVERFLOW_SHARE = {"float16": 0.1}
 NEAR_OVERFLOW_DEFAULT = 1e-2
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    """What is known about a watched tensor besides its figures.
-
-    Attributes:
-        name: alert/tag name (qualified module name, ``input``, ``name[0]`` ...).
-        role: ``input``, ``preact`` (linear/conv/norm output), ``activation``, ``bounded``
-            (sigmoid, tanh ...) or ``other``.
-        type_name: module class name (``"batch"`` for inputs).
-        channels: measured channels (features).
-        dtype: the tensor's dtype (``float32``, ``float16`` ...), for the limits of its range.
-    """
-
-    name: str
-    role: str
-    type_name: str
-    channels: int
-    dtype: str = "float32"
 
 
 def who(info: TensorInfo) -> str:
@@ -80,10 +59,6 @@ def near_overflow_limit(dtype: str) -> float:
 
 def _alert(step: int, info: TensorInfo, kind: str, value: float, threshold: float, message: str) -> Alert:
     return Alert(step, info.name, kind, SEVERITY[kind], float(value), float(threshold), message)
-
-
-def _gt(value: float | None, threshold: float) -> bool:
-    return value is not None and math.isfinite(value) and value > threshold
 
 
 def nonfinite_alert(step: int, origin: str, share: float, downstream: int, source: str) -> Alert:

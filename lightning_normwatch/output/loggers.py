@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 __all__ = [
+    "Recorder",
     "SafeKeys",
     "safe_name",
     "log_scalars",
@@ -209,3 +210,20 @@ def tensorboard_writer(loggers: Sequence[Any]) -> Any:
     if not writers:
         return None
     return writers[0] if len(writers) == 1 else TensorBoardWriters(writers)
+
+
+class Recorder:
+    """A sink that keeps ``(step, metrics)`` in a list: for tests, examples, or your own handling.
+
+    Example:
+        >>> seen = []
+        >>> Recorder(seen).log_metrics({"normwatch/x/std": 1.0}, step=3)
+        >>> seen
+        [(3, {'normwatch/x/std': 1.0})]
+    """
+
+    def __init__(self, into: list[tuple[int, dict[str, float]]]) -> None:
+        self.into = into
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        self.into.append((int(step or 0), dict(metrics)))

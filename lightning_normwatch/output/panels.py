@@ -27,20 +27,19 @@ from __future__ import annotations
 
 import math
 import re
-import sys
 import textwrap
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pytorch_lightning.utilities import rank_zero_warn
-
+from ..collect.info import TensorInfo
+from ..config import Thresholds
 from ..judge.alerts import Alert
+from ..judge.evaluator import StepResult
 from ..judge.grouping import group_alerts, group_line, named
-from ..stats.histogram import tensorboard_buckets
-from ..session.monitor import Monitor, StepResult
-from .overview import OVERVIEW_TAG, Overview, row_label
-from ..view.report import ALERT_COLUMNS, ALERT_TAG, WATCHED_TAG
 from ..stats.figures import TensorStats
+from ..stats.histogram import tensorboard_buckets
+from .overview import Overview, row_label
+from .tags import ALERT_COLUMNS, ALERT_TAG, FIGURE_TAG, OVERVIEW_TAG, WATCHED_TAG
 
 __all__ = [
     "Panels",
@@ -53,8 +52,6 @@ __all__ = [
     "OVERVIEW_TAG",
 ]
 
-#: figures are written as images ``normwatch/figures/<group>``
-FIGURE_TAG = "normwatch/figures"
 #: at most this many rows (tensor or pre/post pair) per figure; bigger groups get several figures
 _ROWS_PER_FIGURE = 8
 
@@ -164,13 +161,6 @@ def group_of(key: str) -> str:
     return ".".join(parts[:-1]) if parts[-1].isdigit() else parts[0]
 
 
-def _groups(keys: Sequence[str]) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for key in keys:
-        out.setdefault(group_of(key), []).append(key)
-    return out
-
-
 def group_pattern(group: str) -> str:
     """Regular expression for the tensor keys under a group (its whole subtree).
 
@@ -278,16 +268,6 @@ def layout_for(
     return layout
 
 
-def _is_tensorboard_logger(logger: Any) -> bool:
-    """A ``TensorBoardLogger`` of ``pytorch_lightning`` or of the unified ``lightning`` package."""
-    from pytorch_lightning.loggers import TensorBoardLogger
-
-    if isinstance(logger, TensorBoardLogger):
-        return True
-    unified = sys.modules.get("lightning.pytorch.loggers")
-    return unified is not None and isinstance(logger, unified.TensorBoardLogger)
-
-
 class Panels:
     """Writes NormWatch's TensorBoard panels to one ``SummaryWriter``.
 
@@ -304,7 +284,13 @@ class Panels:
         (True, False)
     """
 
-    def __init__(self, writer: Any, plot_every_n_steps: int | None = None, overview_every: int = 20) -> None:
+    def __init__(
+        self,
+        writer: Any,
+        plot_every_n_steps: int | None = None,
+        thresholds: Thresholds | None = None,
+        overview_every: int = 20,
+    ) -> None:
         self.writer = writer
         self.plot_every_n_steps = plot_every_n_steps
         self.overview = Overview()
@@ -315,27 +301,8 @@ class Panels:
         self._last_plot_interval: int | None = None
         self._logged = 0
         self._drawn_step: int | None = None
-        self._thresholds: Any = None
+        self.thresholds = thresholds or Thresholds()
         self._described: set[str] = set()
-
-    @classmethod
-    def for_trainer(cls, trainer: Any, plot_every_n_steps: int | None = None) -> Panels | None:
-        """Panels on every ``TensorBoardLogger`` of the trainer; None (with one warning) without one.
-
-        With ``logger=False`` nothing is written and the callback itself warns that there is no logger.
-        """
-        from .loggers import tensorboard_writer  # every TensorBoardLogger's writer, as one
-
-        if any(_is_tensorboard_logger(logger) for logger in trainer.loggers):
-            return cls(tensorboard_writer(trainer.loggers), plot_every_n_steps) if trainer.is_global_zero else None
-        if trainer.loggers:
-            names = ", ".join(type(lg).__name__ for lg in trainer.loggers)
-            rank_zero_warn(
-                f"NormWatch: no TensorBoardLogger among the trainer's loggers ({names}); the scalars "
-                "normwatch/<tensor>/<figure> go to these loggers, but the TensorBoard-only panels (histograms, "
-                "custom-scalars layout, alert table" + (", figures" if plot_every_n_steps else "") + ") are skipped."
-            )
-        return None
 
     def plot_due(self, step: int) -> bool:
         """Whether the group figures are drawn at this logging step.
@@ -349,16 +316,19 @@ class Panels:
         interval = step // self.plot_every_n_steps
         return interval != self._last_plot_interval
 
-    def write(self, result: StepResult, stats: dict[str, TensorStats], monitor: Monitor) -> None:
+    def write(
+        self,
+        result: StepResult,
+        stats: dict[str, TensorStats],
+        infos: Mapping[str, TensorInfo],
+        active: Mapping[tuple[str, str], object],
+    ) -> None:
         """Histograms, the layout (when new tensors appear) and, when due, the overview and figures of one step."""
         step = result.step
         for key in stats:
             if key not in self._kinds:
-                try:
-                    info = monitor.info(key)
-                    self._kinds[key] = (info.type_name, info.role)
-                except KeyError:
-                    self._kinds[key] = ("?", "other")
+                info = infos.get(key)  # None: a tensor only another rank observed
+                self._kinds[key] = (info.type_name, info.role) if info is not None else ("?", "other")
         for key, st in stats.items():
             self._histogram(key, st, step)
         new = [k for k in stats if k not in self._layout_keys]
@@ -368,14 +338,13 @@ class Panels:
             self.writer.add_custom_scalars(layout_for(self._layout_keys, self._kinds))
             self.writer.add_text(WATCHED_TAG, watched_markdown(self._layout_keys, self._kinds), global_step=step)
         if result.figures:
-            self._thresholds = monitor.config.thresholds
-            self.overview.add(step, result.figures, self._kinds, monitor.tracker.active)
+            self.overview.add(step, result.figures, self._kinds, active)
             if self._logged % self.overview_every == 0:
                 self.write_overview()
             self._logged += 1
         if stats and self.plot_due(step):
             self._last_plot_interval = step // self.plot_every_n_steps  # type: ignore[operator]
-            self._figures(result, stats, monitor)
+            self._figures(result, stats)
 
     def write_overview(self) -> None:
         """Draw the overview heatmaps of the steps recorded so far (Images tab, ``normwatch/overview/*``)."""
@@ -389,7 +358,7 @@ class Panels:
                 tag=tag,
                 image=Summary.Image(height=img.height, width=img.width, colorspace=3, encoded_image_string=img.png()),
             )
-            for tag, img in self.overview.images(self._thresholds).items()
+            for tag, img in self.overview.images(self.thresholds).items()
         ]
         self.writer._get_file_writer().add_summary(Summary(value=values), steps[-1])
         self._drawn_step = steps[-1]
@@ -431,7 +400,7 @@ class Panels:
             global_step=step,
         )
 
-    def _figures(self, result: StepResult, stats: dict[str, TensorStats], monitor: Monitor) -> None:
+    def _figures(self, result: StepResult, stats: dict[str, TensorStats]) -> None:
         from .plots import PlotData, group_figure, load_matplotlib, pair_rows
 
         figure_cls = load_matplotlib()
@@ -439,11 +408,7 @@ class Panels:
             return
         items: dict[str, list[PlotData]] = {}
         for key, st in stats.items():
-            try:
-                info = monitor.info(key)
-                label, role = info.type_name, info.role
-            except KeyError:
-                label, role = "?", "other"
+            label, role = self._kinds.get(key, ("?", "other"))
             fig = result.figures.get(key, {})
             items.setdefault(group_of(key), []).append(
                 PlotData(
