@@ -139,8 +139,12 @@ class SessionConfig:
         every_n_steps: logging interval in global steps; None: the trainer's ``log_every_n_steps``, else 50.
         sample_size: values sampled per watched tensor per logging step (the bound on the cost per layer).
         pvalue_size: values the normality p-values are computed on (fixed, whatever the layer size).
-        warmup_steps: global steps before the reference window opens.
-        reference_steps: length of the reference window in global steps; drift is measured after it.
+        warmup_steps: global steps before the reference window opens; None (default): fitted to the run's
+            length (``judge/windows.py``: 10 % of the run, at most 100; 100 when the length is unknown).
+        reference_steps: length of the reference window in global steps; drift is measured after it. None
+            (default): fitted (20 % of the run, at least 4 logging steps, at most 200; 200 when unknown).
+        total_steps: the run's length in global steps, a hint for the fitted windows (``LoopWatch``; the
+            Lightning adapter reads it from the trainer); None: unknown.
         thresholds: alert thresholds (``Thresholds``, or a dict of overrides, coerced).
         on_alert: ``"warn"`` (log), ``"raise"`` (``NormWatchAlertError`` on a warning or error) or ``"ignore"``.
         check_nonfinite: check the loss every step and name the first module producing NaN/Inf.
@@ -161,8 +165,9 @@ class SessionConfig:
     every_n_steps: int | None = None
     sample_size: int = 8192
     pvalue_size: int = 5000
-    warmup_steps: int = 100
-    reference_steps: int = 200
+    warmup_steps: int | None = None
+    reference_steps: int | None = None
+    total_steps: int | None = None
     thresholds: Thresholds = field(default_factory=Thresholds)
     on_alert: str = "warn"
     check_nonfinite: bool = True
@@ -182,8 +187,9 @@ class SessionConfig:
         check_positive_int("every_n_steps", self.every_n_steps, allow_none=True)
         check_positive_int("sample_size", self.sample_size, minimum=16)
         check_positive_int("pvalue_size", self.pvalue_size, minimum=8)
-        check_positive_int("warmup_steps", self.warmup_steps, minimum=0)
-        check_positive_int("reference_steps", self.reference_steps)
+        check_positive_int("warmup_steps", self.warmup_steps, allow_none=True, minimum=0)
+        check_positive_int("reference_steps", self.reference_steps, allow_none=True)
+        check_positive_int("total_steps", self.total_steps, allow_none=True)
         check_choice("on_alert", self.on_alert, ("warn", "raise", "ignore"))
         check_positive_int("plot_every_n_steps", self.plot_every_n_steps, allow_none=True)
         check_choice("input_drift", self.input_drift, ("warn", "info", "off"))

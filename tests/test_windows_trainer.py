@@ -99,7 +99,8 @@ def test_explicit_windows_win_and_epochs_give_the_length(tmp_path) -> None:
     assert (w.warmup, w.reference, w.total_steps) == (7, 50, 120)  # type: ignore[union-attr]
     auto = NormWatch(on_alert="ignore", tensorboard=False)
     trainer(tmp_path, [auto], max_steps=-1, max_epochs=4, log_every_n_steps=10).fit(Regressor(mlp(16, 32, 1)), data)
-    assert (auto.windows.warmup, auto.windows.end, auto.windows.fitted) == (12, 50, True)  # type: ignore[union-attr]
+    w = auto.windows
+    assert (w.warmup, w.end, w.judged_from, w.fitted) == (12, 51, 60, True)  # type: ignore[union-attr]
 
 
 def test_collapse_is_caught_on_the_module_where_it_starts(tmp_path) -> None:

@@ -45,13 +45,8 @@ from torch import Tensor
 
 from ..stats.block import CHANNEL_FIELDS, HEAD
 from ..stats.histogram import _bin_index, bin_edges, num_bins
-<<<<<<< HEAD
-from .sampling import CHANNEL_FIELDS, HEAD, Sampled, measure_sampled
 from ..stats.moments import channel_moments, pow2_scale, rescale
-=======
-from ..stats.moments import channel_moments
 from .sampling import Sampled, measure_sampled
->>>>>>> main
 
 __all__ = ["measure_all"]
 

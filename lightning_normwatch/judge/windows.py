@@ -34,6 +34,7 @@ from dataclasses import dataclass
 __all__ = [
     "Windows",
     "plan_windows",
+    "rules_ran",
     "DEFAULT_WARMUP",
     "DEFAULT_REFERENCE",
     "MIN_REFERENCE_LOGS",
@@ -156,3 +157,26 @@ def plan_windows(
         reference = max(reference, first + (min_reference_logs - 1) * interval + 1 - warmup)
     fitted = warmup_steps is None or reference_steps is None
     return Windows(int(warmup), int(reference), interval, total, fitted=fitted)
+
+
+def rules_ran(windows: Windows, last_step: int) -> str:
+    """The end-of-fit line saying which rules ran: the reference-free ones at every logging step, drift
+    (activations and input features) from the end of the reference window, or why not.
+
+    Examples:
+        >>> w = plan_windows(200, 10)
+        >>> print(rules_ran(w, 190))  # doctest: +NORMALIZE_WHITESPACE
+        rules: drift judged from step 60 (reference window steps 20-60, fitted to a run of 200 steps); depth,
+        collapse, dead units, saturation, outliers and shape at every logging step
+        >>> print(rules_ran(w, 40).split(";")[0])   # stopped early (early stopping, an exception)
+        rules: drift not judged: the run stopped at step 40, before the reference window ended at step 60
+    """
+    every = "depth, collapse, dead units, saturation, outliers and shape at every logging step"
+    if windows.judged and last_step < windows.judged_from:
+        drift = (
+            f"drift not judged: the run stopped at step {last_step}, before the reference window ended at step "
+            f"{windows.end}"
+        )
+    else:
+        drift = windows.describe()
+    return f"rules: {drift}; {every}"
