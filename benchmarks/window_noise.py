@@ -103,7 +103,8 @@ def main() -> None:
             overall[k] = [max(a, b) for a, b in zip(overall[k], w, strict=True)]
             cells.append(" ".join(f"{v:7.2f}" for v in w).rjust(24))
         print(f"{run.name:38s} " + " ".join(cells), flush=True)
-    print(f"{'worst (fraction of threshold)':38s} " + " ".join(" ".join(f"{v:7.2f}" for v in overall[k]).rjust(24) for k in KS))
+    cells = (" ".join(f"{v:7.2f}" for v in overall[k]).rjust(24) for k in KS)
+    print(f"{'worst (fraction of threshold)':38s} " + " ".join(cells))
 
 
 if __name__ == "__main__":

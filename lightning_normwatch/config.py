@@ -140,9 +140,9 @@ class SessionConfig:
         sample_size: values sampled per watched tensor per logging step (the bound on the cost per layer).
         pvalue_size: values the normality p-values are computed on (fixed, whatever the layer size).
         warmup_steps: global steps before the reference window opens; None (default): fitted to the run's
-            length (``judge/windows.py``: 10 % of the run, at most 100; 100 when the length is unknown).
+            length (``judge/windows.py``: 25 % of the run, at most 100; 100 when the length is unknown).
         reference_steps: length of the reference window in global steps; drift is measured after it. None
-            (default): fitted (20 % of the run, at least 4 logging steps, at most 200; 200 when unknown).
+            (default): fitted (25 % of the run, at least 4 logging steps, at most 200; 200 when unknown).
         total_steps: the run's length in global steps, a hint for the fitted windows (``LoopWatch``; the
             Lightning adapter reads it from the trainer); None: unknown.
         thresholds: alert thresholds (``Thresholds``, or a dict of overrides, coerced).

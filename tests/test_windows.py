@@ -21,17 +21,17 @@ def test_fitted_windows_leave_most_of_the_run_judged(total: int, interval: int) 
     assert w.fitted
     assert w.warmup >= interval  # the untrained network's first logging step is never the reference
     assert w.reference_logs >= MIN_REFERENCE_LOGS
-    # never later than the defaults, and from 30 % of the run when the logging interval allows it
-    if (MIN_REFERENCE_LOGS + 1) * interval <= 0.2 * total:
+    # never later than the defaults, and from half the run when the logging interval allows it
+    if (MIN_REFERENCE_LOGS + 1) * interval <= 0.25 * total:
         assert w.judged
-        assert w.judged_from <= max(0.3 * total + interval, (MIN_REFERENCE_LOGS + 2) * interval)
+        assert w.judged_from <= max(0.5 * total + interval, (MIN_REFERENCE_LOGS + 2) * interval)
     assert w.end <= max(DEFAULT_WARMUP + DEFAULT_REFERENCE, (MIN_REFERENCE_LOGS + 1) * interval)
 
 
 def test_the_three_run_lengths_of_issue_20() -> None:
     assert [(w.warmup, w.end, w.judged_from) for w in (plan_windows(n, 10) for n in (200, 300, 1000))] == [
-        (20, 60, 60),
-        (30, 90, 90),
+        (50, 100, 100),
+        (75, 150, 150),
         (100, 300, 300),
     ]
 

@@ -6,8 +6,11 @@ warm-up (activations move fast at initialisation, ``shared/STATISTICS.md`` §3).
 silently never be judged. When the run's length is known (``trainer.max_steps``, or epochs times
 batches), ``plan_windows`` fits the windows into it:
 
-- warm-up ``WARMUP_SHARE`` (10 %) of the run, reference the next ``REFERENCE_SHARE`` (20 %): drift is
-  judged from 30 % of the run on, never later than the fixed defaults (long runs keep 100 + 200);
+- warm-up ``WARMUP_SHARE`` (25 %) of the run, reference the next ``REFERENCE_SHARE`` (25 %): drift is
+  judged on the second half of the run, never later than the fixed defaults (runs of 1,200 steps and
+  more keep 100 + 200). Earlier references were measured to warn on healthy short runs, whose
+  activations still move with learning (``docs/windows_and_collapse.md``: 10-30 % warned on 3 of 5
+  drift-prone healthy runs of 200-300 steps, 20-40 % on 1, 25-50 % on none);
 - the reference holds at least ``MIN_REFERENCE_LOGS`` logging steps, what the noise estimates need
   (measured in ``docs/windows_and_collapse.md``); the warm-up at least one logging interval, so the
   very first logging step (the untrained network) is never part of the reference;
@@ -19,9 +22,9 @@ after the run), ``Windows.judged`` is False and ``Windows.describe`` says from w
 Example:
     >>> w = plan_windows(total_steps=200, interval=10)
     >>> w.warmup, w.reference, w.judged_from, w.judged
-    (20, 40, 60, True)
+    (50, 50, 100, True)
     >>> print(w.describe())
-    drift judged from step 60 (reference window steps 20-60, fitted to a run of 200 steps)
+    drift judged from step 100 (reference window steps 50-100, fitted to a run of 200 steps)
     >>> plan_windows(total_steps=None, interval=10).judged_from
     300
 """
@@ -46,8 +49,8 @@ __all__ = [
 DEFAULT_WARMUP = 100
 DEFAULT_REFERENCE = 200
 #: share of the run spent in the warm-up, then in the reference window
-WARMUP_SHARE = 0.1
-REFERENCE_SHARE = 0.2
+WARMUP_SHARE = 0.25
+REFERENCE_SHARE = 0.25
 #: logging steps the reference must hold for the noise estimates (benchmarks/window_noise.py)
 MIN_REFERENCE_LOGS = 4
 
@@ -128,10 +131,10 @@ def plan_windows(
     Examples:
         >>> [(w.warmup, w.reference, w.judged_from) for w in
         ...  (plan_windows(n, 10) for n in (200, 300, 1000, 100_000))]
-        [(20, 40, 60), (30, 60, 90), (100, 200, 300), (100, 200, 300)]
-        >>> w = plan_windows(200, 1)          # logging every step: 10 % and 20 % exactly
+        [(50, 50, 100), (75, 75, 150), (100, 200, 300), (100, 200, 300)]
+        >>> w = plan_windows(200, 1)          # logging every step: 25 % and 25 % exactly
         >>> w.warmup, w.reference, w.reference_logs
-        (20, 40, 40)
+        (50, 50, 50)
         >>> plan_windows(1000, 10, warmup_steps=500).warmup   # an explicit argument wins
         500
         >>> plan_windows(200, 50).judged      # logging steps 0, 50, 100, 150: too few for a reference
@@ -166,10 +169,10 @@ def rules_ran(windows: Windows, last_step: int) -> str:
     Examples:
         >>> w = plan_windows(200, 10)
         >>> print(rules_ran(w, 190))  # doctest: +NORMALIZE_WHITESPACE
-        rules: drift judged from step 60 (reference window steps 20-60, fitted to a run of 200 steps); depth,
+        rules: drift judged from step 100 (reference window steps 50-100, fitted to a run of 200 steps); depth,
         collapse, dead units, saturation, outliers and shape at every logging step
         >>> print(rules_ran(w, 40).split(";")[0])   # stopped early (early stopping, an exception)
-        rules: drift not judged: the run stopped at step 40, before the reference window ended at step 60
+        rules: drift not judged: the run stopped at step 40, before the reference window ended at step 100
     """
     every = "depth, collapse, dead units, saturation, outliers and shape at every logging step"
     if windows.judged and last_step < windows.judged_from:
