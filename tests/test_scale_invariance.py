@@ -15,6 +15,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch import nn
 
 from lightning_normwatch.collect.batched import measure_all
 from lightning_normwatch.collect.sampling import MeasureSpec, take_sample
@@ -122,3 +123,30 @@ def test_moment_drift_and_alerts_of_scaled_runs_agree(dtype: torch.dtype, expone
     assert a1 == a2 == ["mean_drift"]
     for name in ("std_log_ratio", "mean_shift"):
         assert math.isclose(d1[name], d2[name], rel_tol=1e-9), name
+
+
+@pytest.mark.parametrize("c", [1e-20, 1e9, 1e18, 1e30])
+def test_a_real_model_fed_scaled_inputs_gets_the_same_figures_and_alerts(c: float) -> None:
+    """A bias-free ReLU network is positively homogeneous: every activation of ``c * x`` is ``c`` times that of
+    ``x``, so every scale-free figure and alert must be the same (``feature_scale`` and ``near_overflow`` judge
+    absolute sizes on purpose and are left out); equal up to the float32 rounding of ``c * x``."""
+    from lightning_normwatch import LoopWatch
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 64, bias=False), nn.ReLU(), nn.Linear(64, 64, bias=False), nn.ReLU())
+    x = torch.randn(256, 16, generator=torch.Generator().manual_seed(5))
+    runs = []
+    for scale in (1.0, c):
+        watch = LoopWatch(net, every_n_steps=1, on_alert="ignore", warmup_steps=0, reference_steps=2)
+        with watch, torch.no_grad():
+            for _ in range(3):
+                with watch.step(x * scale):
+                    net(x * scale)
+        kinds = sorted((a.module, a.kind) for a in watch.alerts if a.kind not in ("feature_scale", "near_overflow"))
+        runs.append((kinds, watch.last_result.figures))  # type: ignore[union-attr]
+    (kinds1, fig1), (kinds2, fig2) = runs
+    assert kinds1 == kinds2
+    for key in fig1:
+        for name in (*SHAPE, "std_log_ratio", "mean_shift", "dead", "zeros"):
+            if name in fig1[key]:
+                assert _close(fig2[key][name], fig1[key][name], 1e-4), (key, name, fig1[key][name], fig2[key][name])
