@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 
 from lightning_normwatch import NormWatch
 from lightning_normwatch.config import Thresholds
-from lightning_normwatch.session import monitor as monitor_module
+from lightning_normwatch.judge.evaluator import Evaluator
 from lightning_normwatch.stats.reference import Reference, drift
 
 KS = (1, 2, 3, 4, 6, 8)
@@ -32,22 +32,22 @@ START, STEPS, EVERY = 40, 400, 10
 def record(run) -> dict[int, dict[str, tuple]]:  # noqa: ANN001
     """Per logging step: per judged tensor, (overall moments, histogram)."""
     seen: dict[int, dict[str, tuple]] = {}
-    original = monitor_module.Monitor.evaluate
+    original = Evaluator.evaluate
 
     def evaluate(self, step, stats):  # noqa: ANN001, ANN202
         result = original(self, step, stats)
-        prediction = self._prediction_keys(stats)
+        prediction = self.prediction_keys(stats)
         seen[step] = {
             k: (st.overall, st.hist.copy())
             for k, st in stats.items()
-            if k not in prediction and self.info(k).role != "input" and not st.has_nonfinite
+            if k not in prediction and self.collector.info(k).role != "input" and not st.has_nonfinite
         }
         return result
 
-    monitor_module.Monitor.evaluate = evaluate
+    Evaluator.evaluate = evaluate
     try:
         pl.seed_everything(0, verbose=False)
-        watch = NormWatch(every_n_steps=EVERY, on_alert="ignore")
+        watch = NormWatch(every_n_steps=EVERY, on_alert="ignore", warmup_steps=100, reference_steps=200)
         trainer = pl.Trainer(
             max_steps=STEPS,
             callbacks=[watch],
@@ -59,7 +59,7 @@ def record(run) -> dict[int, dict[str, tuple]]:  # noqa: ANN001
         )
         trainer.fit(run.model(), DataLoader(run.data(), batch_size=run.batch, shuffle=run.shuffle))
     finally:
-        monitor_module.Monitor.evaluate = original
+        Evaluator.evaluate = original
     return seen
 
 

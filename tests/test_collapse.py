@@ -8,10 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_normwatch.config import Thresholds
+from lightning_normwatch.collect.collector import Collector
+from lightning_normwatch.config import SessionConfig, Thresholds
 from lightning_normwatch.judge.collapse import collapse_alerts, collapse_ratio
+from lightning_normwatch.judge.evaluator import Evaluator
 from lightning_normwatch.judge.rules import TensorInfo
-from lightning_normwatch.session.monitor import Monitor, MonitorConfig
 
 
 def _sequence(spreads: list[float]) -> list[tuple[TensorInfo, dict[str, float]]]:
@@ -59,16 +60,18 @@ def _tanh_stack(depth: int = 20, width: int = 64, gain: float = 0.35, broken_fro
 
 def _judge(net: nn.Module, x: torch.Tensor | dict) -> tuple[list, float]:
     """Measure one training-mode forward pass as a logging step does, and judge the collapse rule."""
-    mon = Monitor(MonitorConfig(warmup_steps=0, reference_steps=1))
-    mon.attach(net, None, ())
+    config = SessionConfig(warmup_steps=0, reference_steps=1)
+    evaluator = Evaluator(config, collector := Collector(config))
+    collector.attach(net)
     net.train()
-    mon.arm()
+    collector.arm()
     with torch.no_grad():
         net(**x) if isinstance(x, dict) else net(x)
-    mon.disarm()
-    result = mon.evaluate(0, mon.collect())
-    prediction = mon._prediction_keys(result.figures)  # noqa: SLF001 - the rule leaves the prediction out
-    seq = [(mon.info(k), f) for k, f in result.figures.items() if mon.info(k).role != "input" and k not in prediction]
+    collector.disarm()
+    result = evaluator.evaluate(0, collector.collect())
+    prediction = evaluator.prediction_keys(result.figures)  # the rule leaves the prediction out
+    info = collector.info
+    seq = [(info(k), f) for k, f in result.figures.items() if info(k).role != "input" and k not in prediction]
     return collapse_alerts(seq, Thresholds(), step=0)[0], collapse_ratio(seq)
 
 
@@ -172,3 +175,16 @@ def test_healthy_networks_stay_far_below_the_threshold(models) -> None:  # noqa:
         alerts, ratios[name] = _judge(net, x)
         assert alerts == [], name
     assert max(ratios.values()) < th.collapse / 10, ratios  # margin measured in docs/windows_and_collapse.md
+
+
+def test_batch_spread_is_the_mean_unit_std_over_the_rms() -> None:
+    from lightning_normwatch.collect.sampling import MeasureSpec, measure
+    from lightning_normwatch.stats.figures import TensorStats, figures, figures_many
+
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(64, 4, generator=g, dtype=torch.float64) * torch.tensor([1.0, 2.0, 0.0, 0.5]) + 3.0
+    block = measure(x, MeasureSpec(), torch.Generator().manual_seed(0)).numpy()
+    st = TensorStats.from_blocks(block[None], channels=4)
+    want = float(x.std(0, unbiased=False).mean() / x.pow(2).mean().sqrt())
+    assert math.isclose(figures(st)["batch_spread"], want, rel_tol=1e-9)
+    assert math.isclose(figures_many([st])[0]["batch_spread"], want, rel_tol=1e-9)

@@ -341,14 +341,13 @@ def _figures_many(stats: list[TensorStats]) -> list[dict[str, float]]:
     )
     mean_absmax = _segment_extreme(np.abs(cmean), live, starts, np.maximum, -np.inf)
     # batch_spread: mean over live units of the unit's std across rows, over the tensor's RMS
-    live_n0 = per_tensor(live.astype(np.float64))
+    live_n = per_tensor(live.astype(np.float64))
     rms = np.hypot(grand, std)
     spread = np.where(
-        (live_n0 > 0) & (rms > 0),
-        per_tensor(np.where(live, cstd, 0.0)) / np.where(live_n0 > 0, live_n0, 1) / np.where(rms > 0, rms, 1),
+        (live_n > 0) & (rms > 0),
+        per_tensor(np.where(live, cstd, 0.0)) / np.where(live_n > 0, live_n, 1) / np.where(rms > 0, rms, 1),
         np.nan,
     )
-    live_n = per_tensor(live.astype(np.float64))
     dead = np.where(
         live_n > 0, per_tensor(((cnz == 0) & live).astype(np.float64)) / np.where(live_n > 0, live_n, 1), np.nan
     )
