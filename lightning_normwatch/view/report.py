@@ -86,7 +86,7 @@ class RunReport:
 
 
 def parse_alerts_markdown(text: str) -> list[dict[str, Any]]:
-    """Rows of the alert table written by ``panels.alerts_markdown`` (other lines are ignored).
+    """Rows of the alert table written by ``output.markdown.alerts_markdown`` (other lines are ignored).
 
     Returns dicts with ``ALERT_COLUMNS`` keys in the order they were raised (by step; the table
     lists the most severe first);
