@@ -12,7 +12,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -87,15 +86,13 @@ def _panels(trainer: pl.Trainer, config: SessionConfig) -> Panels | None:
     return None
 
 
-def _run_length(trainer: pl.Trainer) -> int | None:
-    """The run's length in optimizer steps (``max_steps``, or epochs times batches over accumulation), None
-    when unknown (an iterable without length, no limit). Lightning loads the training dataloader to count
-    its batches, as it does for ``configure_optimizers``."""
+def _run_length(trainer: pl.Trainer) -> float | None:
+    """Optimizer steps of the run (``max_steps``, or epochs x batches / accumulation; inf: unknown). Lightning
+    loads the training dataloader to count its batches, as it does for ``configure_optimizers``."""
     try:
-        total = trainer.estimated_stepping_batches
+        return trainer.estimated_stepping_batches
     except Exception:  # noqa: BLE001 - no length is not an error: the default windows apply
         return None
-    return int(total) if isinstance(total, (int, float)) and math.isfinite(total) and total > 0 else None
 
 
 class NormWatch(Callback):

@@ -132,12 +132,12 @@ class Session:
         device: torch.device | None = None,
         trainer_interval: int | None = None,
         sinks_described: str | None = None,
-        total_steps: int | None = None,
+        total_steps: float | None = None,
     ) -> None:
         """Start a run on ``model``: fresh collection and judgement (a checkpoint's state is loaded after).
 
-        ``total_steps``: the run's length in global steps when the adapter knows it (else ``config.total_steps``);
-        the warm-up and reference windows not given explicitly are fitted to it (``judge/windows.py``).
+        ``total_steps``: the run's length in global steps when the adapter knows it (else ``config.total_steps``;
+        inf or None: unknown); the windows not given explicitly are fitted to it (``judge/windows.py``).
         """
         config = self.config
         self.interval = config.interval(trainer_interval)

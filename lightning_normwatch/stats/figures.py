@@ -300,6 +300,26 @@ def _segment_extreme(values: np.ndarray, mask: np.ndarray, starts: np.ndarray, f
     return np.where(np.add.reduceat(mask.astype(np.float64), starts) > 0, reduced, np.nan)
 
 
+def _hist_figures(hist: np.ndarray, n: np.ndarray, mean: np.ndarray, std: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per tensor (rows of ``hist``, ``[tensors, bins]``): distance to the fitted normal (``normal_ks``) and
+    median magnitude of the non-zero values (``abs_median``); NaN where the shared bins cannot resolve them."""
+    from scipy import special
+
+    total = hist.sum(axis=1)
+    edges = edges_numpy()
+    fitted = (n > 0) & (std >= RESOLVED_STD[0]) & (std <= RESOLVED_STD[1]) & (total > 0)
+    cdf = np.cumsum(hist, axis=1)[:, :-1] / np.where(total > 0, total, 1.0)[:, None]
+    phi = special.ndtr((edges[None, :] - mean[:, None]) / np.where(fitted, std, 1.0)[:, None])
+    ks = np.where(fitted, np.abs(cdf - phi).max(axis=1), np.nan)
+    half = len(edges) // 2
+    folded = hist[:, half + 1 :] + hist[:, :half][:, ::-1]
+    folded_total = folded.sum(axis=1)
+    above = np.cumsum(folded, axis=1) >= (folded_total / 2)[:, None]
+    magnitudes = np.append(edges[half + 1 :], np.nan)  # the median in the open top bin: unknown
+    abs_median = np.where(folded_total > 0, magnitudes[np.minimum(above.argmax(axis=1), len(magnitudes) - 1)], np.nan)
+    return ks, abs_median
+
+
 def _figures_many(stats: list[TensorStats]) -> list[dict[str, float]]:
     t = len(stats)
     sizes = np.array([st.cn.size for st in stats])
@@ -352,22 +372,7 @@ def _figures_many(stats: list[TensorStats]) -> list[dict[str, float]]:
         live_n > 0, per_tensor(((cnz == 0) & live).astype(np.float64)) / np.where(live_n > 0, live_n, 1), np.nan
     )
     nonzero = per_tensor(cnz)
-    # histograms [tensors, bins]: distance to the fitted normal, median magnitude of the non-zero values
-    hist = np.stack([st.hist for st in stats])
-    total = hist.sum(axis=1)
-    edges = edges_numpy()
-    from scipy import special
-
-    fitted = (n > 0) & (std >= RESOLVED_STD[0]) & (std <= RESOLVED_STD[1]) & (total > 0)
-    cdf = np.cumsum(hist, axis=1)[:, :-1] / np.where(total > 0, total, 1.0)[:, None]
-    phi = special.ndtr((edges[None, :] - grand[:, None]) / np.where(fitted, std, 1.0)[:, None])
-    ks = np.where(fitted, np.abs(cdf - phi).max(axis=1), np.nan)
-    half = len(edges) // 2
-    folded = hist[:, half + 1 :] + hist[:, :half][:, ::-1]
-    folded_total = folded.sum(axis=1)
-    above = np.cumsum(folded, axis=1) >= (folded_total / 2)[:, None]
-    magnitudes = np.append(edges[half + 1 :], np.nan)  # the median in the open top bin: unknown
-    abs_median = np.where(folded_total > 0, magnitudes[np.minimum(above.argmax(axis=1), len(magnitudes) - 1)], np.nan)
+    ks, abs_median = _hist_figures(np.stack([st.hist for st in stats]), n, grand, std)
 
     out = []
     for i, st in enumerate(stats):
