@@ -315,7 +315,7 @@ RUNS = [
         steps=300,
     ),
     Run(
-        "BROKEN short 200: normalization dropped (120)",
+        "BROKEN short 200: norm. dropped (step 120)",
         False,
         lambda: Classifier(mlp(64, 10), 1e-3),
         lambda: digits_unnormalized_from(120),
