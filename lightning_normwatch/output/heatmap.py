@@ -197,17 +197,23 @@ def _fmt(value: float) -> str:
     return f"{value:.3g}"
 
 
-def _labels(rows: Sequence[str], alerted_rows: Sequence[bool] | None, limit: int = 40) -> tuple[list[str], list[bool]]:
-    """Row labels (long names cut at the front) and which rows are alerted."""
+def _labels(rows: Sequence[str], alerted_rows: Sequence[bool] | None) -> tuple[np.ndarray, list[bool]]:
+    """The row labels drawn one under the other (``[rows * ROW, width]``), and which rows are alerted."""
     alerted = list(alerted_rows) if alerted_rows is not None else [False] * len(rows)
-    return [r if len(r) <= limit else ".." + r[-(limit - 2) :] for r in rows], alerted
+    return _label_column(tuple(rows), tuple(alerted)), alerted
 
 
-def _label(canvas: np.ndarray, text: str, y: int, alerted: bool) -> None:
-    """A row label: in red after a ``!`` if the row is alerted (names stay aligned)."""
-    if alerted:
-        _text(canvas, "!", MARGIN, y, RED)
-    _text(canvas, text, MARGIN + INDENT, y, RED if alerted else BLACK)
+@functools.lru_cache(maxsize=8)
+def _label_column(rows: tuple[str, ...], alerted: tuple[bool, ...], limit: int = 40) -> np.ndarray:
+    """Row labels (long names cut at the front), alerted ones in red after a ``!``; cached: the images share them."""
+    labels = [r if len(r) <= limit else ".." + r[-(limit - 2) :] for r in rows]
+    column = np.full((len(rows) * ROW, MARGIN + INDENT + max(map(text_width, labels), default=0)), WHITE, np.uint8)
+    for r, (text, bad) in enumerate(zip(labels, alerted, strict=True)):
+        if bad:
+            _text(column, "!", MARGIN, r * ROW, RED)
+        _text(column, text, MARGIN + INDENT, r * ROW, RED if bad else BLACK)
+    column.flags.writeable = False
+    return column
 
 
 def _frame(grid: np.ndarray, y0: int, x0: int, h: int, w: int, colour: int) -> None:
@@ -270,8 +276,8 @@ def heatmap(
     values = np.asarray(values, dtype=float)
     n_rows, n_cols = values.shape
     lo, hi = _range(values, vmin, vmax, signed)
-    labels, alerted = _labels(rows, alerted_rows)
-    left = MARGIN + INDENT + max((text_width(t) for t in labels), default=0) + 8
+    labels, _ = _labels(rows, alerted_rows)
+    left = labels.shape[1] + 8
     cell_w = int(max(3, min(16, GRID // max(n_cols, 1))))
     width = max(left + cell_w * n_cols + MARGIN, MIN_WIDTH)
     first, last = (steps[0], steps[-1]) if len(steps) else (0, 0)
@@ -286,8 +292,7 @@ def heatmap(
     if marked is not None:
         for r, c in zip(*np.nonzero(np.asarray(marked, dtype=bool)), strict=True):
             _frame(canvas, top + int(r) * ROW, left + int(c) * cell_w, ROW - 1, cell_w, RED)
-    for r, (text, bad) in enumerate(zip(labels, alerted, strict=True)):
-        _label(canvas, text, top + r * ROW, bad)
+    canvas[top : top + n_rows * ROW, : labels.shape[1]] = labels
     y = top + n_rows * ROW + 2  # step axis: first, middle and last step
     for c in sorted({0, n_cols // 2, n_cols - 1}) if n_cols else []:
         text = str(steps[c])
@@ -322,7 +327,7 @@ def profile(
     lo = float(shown[ok].min()) if ok.any() else 0.0
     hi = float(shown[ok].max()) if ok.any() else 1.0
     lo = min(lo, hi - 1.0) if log10 else min(lo, 0.0)
-    x0 = MARGIN + INDENT + max((text_width(t) for t in labels), default=0) + 8
+    x0 = labels.shape[1] + 8
     bar_w = 100
     numbers = [_fmt(v) if math.isfinite(v) else "-" for v in values]
     x1 = x0 + bar_w + 6 + max((text_width(t) for t in numbers), default=0)  # numbers end here, notes follow
@@ -333,9 +338,9 @@ def profile(
     canvas = np.full((top + n * ROW + MARGIN, width), WHITE, dtype=np.uint8)
     _header(canvas, head)
     span = hi - lo if hi > lo else 1.0
+    canvas[top : top + n * ROW, : labels.shape[1]] = labels
     for r in range(n):
         y = top + r * ROW
-        _label(canvas, labels[r], y, alerted[r])
         canvas[y : y + ROW - 1, x0 : x0 + bar_w] = LIGHT
         if ok[r]:
             length = int(round((shown[r] - lo) / span * (bar_w - 1))) + 1
