@@ -491,6 +491,24 @@ def test_overview_labels_are_legible_in_a_400_pixel_card(healthy) -> None:
         assert 400 / event.width * height >= 10, (tag, event.width, height)
 
 
+def test_overview_of_a_deep_model_fits_a_card() -> None:
+    """50 tensors, the later 30 with three active alerts each: images narrow enough for 11 to 15 pixel letters."""
+    from lightning_normwatch.config import Thresholds
+    from lightning_normwatch.output.heatmap import FONT_SIZE
+    from lightning_normwatch.output.overview import Overview
+
+    ov, keys = Overview(), ["input"] + [f"net.{i}" for i in range(49)]
+    kinds = {k: ("Linear", "preact") if k.endswith(("0", "2", "4", "6", "8")) else ("ReLU", "activation") for k in keys}
+    active = {(k, kind) for k in keys[20:] for kind in ("dead", "scale_drift", "vanishing")}
+    for step in range(0, 1000, 10):
+        figures = {k: {"std": 1e-3 * (i + 1), "std_log_ratio": -3.0, "dead": 0.6} for i, k in enumerate(keys)}
+        ov.add(step, figures, kinds, active)
+    images = ov.images(Thresholds())
+    assert [img.width for img in images.values()][1:] == [images["normwatch/overview/1_scale_log10_std"].width] * 5
+    assert 400 / images["normwatch/overview/1_scale_log10_std"].width * FONT_SIZE >= 14
+    assert 400 / images["normwatch/overview/0_depth_profile"].width * FONT_SIZE >= 11
+
+
 def test_overview_marks_the_alerted_layer(dead) -> None:
     from lightning_normwatch.output.heatmap import ROW
 

@@ -312,6 +312,8 @@ def profile(
 ) -> Image:
     """A depth profile: one horizontal bar per row (``log10`` of the value by default), the value and a note.
 
+    The parts of a note separated by two spaces are drawn as aligned columns.
+
     Example:
         >>> img = profile(np.array([1.0, 10.0, np.nan]), ["a", "b", "c"], "std")
         >>> img.width >= MIN_WIDTH and img.height == MARGIN + 2 * LINE + 6 + 3 * ROW + MARGIN
@@ -328,10 +330,12 @@ def profile(
     hi = float(shown[ok].max()) if ok.any() else 1.0
     lo = min(lo, hi - 1.0) if log10 else min(lo, 0.0)
     x0 = labels.shape[1] + 8
-    bar_w = 100
+    bar_w = 80
     numbers = [_fmt(v) if math.isfinite(v) else "-" for v in values]
     x1 = x0 + bar_w + 6 + max((text_width(t) for t in numbers), default=0)  # numbers end here, notes follow
-    width = max(x1 + 8 + max((text_width(t) for t in notes), default=0) + MARGIN, MIN_WIDTH)
+    cells = [note.split("  ") for note in notes]  # a note's parts, separated by two spaces, are aligned columns
+    columns = [max(text_width(c[i]) for c in cells if len(c) > i) + 8 for i in range(max(map(len, cells), default=0))]
+    width = max(x1 + 8 + sum(columns) + MARGIN, MIN_WIDTH)
     axis = f"bars: {'log scale' if log10 else 'linear scale'}, {f'1e{lo:+.0f}' if log10 else _fmt(lo)} at the left edge"
     head = [(t, BLACK) for t in _wrap(title, width - 2 * MARGIN)] + [(t, DARK) for t in _wrap(axis, width - 2 * MARGIN)]
     top = MARGIN + len(head) * LINE + 6
@@ -346,5 +350,6 @@ def profile(
             length = int(round((shown[r] - lo) / span * (bar_w - 1))) + 1
             canvas[y + 2 : y + ROW - 3, x0 : x0 + length] = RED if alerted[r] else _CMAP + _LEVELS // 4
         _text(canvas, numbers[r], x1 - text_width(numbers[r]), y, RED if alerted[r] else BLACK)
-        _text(canvas, notes[r], x1 + 8, y, RED if alerted[r] else BLACK)
+        for i, cell in enumerate(cells[r]):
+            _text(canvas, cell, x1 + 8 + sum(columns[:i]), y, RED if alerted[r] else BLACK)
     return Image(canvas, _palette(sequential()))

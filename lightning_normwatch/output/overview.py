@@ -161,15 +161,12 @@ class Overview:
         return figures, active
 
     def _notes(self, figures: dict[str, np.ndarray], latest: set[tuple[str, str]]) -> list[str]:
-        """The depth profile's note of each row: std relative to the reference, dead units, active alerts."""
-        slr, dead = figures["std_log_ratio"][:, -1], figures["dead_units"][:, -1]
+        """The depth profile's note of each row: std relative to the reference, active alerts (short, to fit a card)."""
+        slr = figures["std_log_ratio"][:, -1]
         notes = []
         for r, key in enumerate(self.rows):
-            parts = [f"x{math.exp(slr[r]):.2g} of ref"] if math.isfinite(slr[r]) else []
-            parts += [f"dead {dead[r]:.0%}"] if math.isfinite(dead[r]) else []
-            kinds = sorted(k for m, k in latest if m == key)
-            parts += ["ALERT " + ",".join(kinds)] if kinds else []
-            notes.append("  ".join(parts))
+            ratio = f"x{math.exp(slr[r]):.2g}" if math.isfinite(slr[r]) else "-"
+            notes.append(f"{ratio}  {','.join(sorted(k for m, k in latest if m == key))}".rstrip())
         return notes
 
     def images(self, th: Thresholds) -> dict[str, Image]:
@@ -180,7 +177,7 @@ class Overview:
         latest = self._active[-1]
         alerted = [any(m == k for m, _ in latest) for k in self.rows]
         figures, active = self._history()
-        title = f"std of each watched tensor at step {self.steps[-1]} (input at the top)"
+        title = f"std of each watched tensor at step {self.steps[-1]}, x its reference std, active alerts"
         notes = self._notes(figures, latest)
         out = {f"{OVERVIEW_TAG}/0_depth_profile": profile(figures["std"][:, -1], labels, title, notes, alerted)}
         none = np.zeros(figures["std"].shape, dtype=bool)
