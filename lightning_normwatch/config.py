@@ -75,7 +75,7 @@ class Thresholds:
         input_scale: effect-size floor of an input feature's std ratio (either way).
         input_psi: effect-size floor of an input feature's PSI on its anchor bins.
         input_noise_z: a feature's change must also exceed this many standard errors of what a batch
-            of that size produces by chance (``features.feature_drift``); then it must hold on two
+            of that size produces by chance (``stats.feature_drift.feature_drift``); then it must hold on two
             consecutive logging steps to raise ``input_drift``.
     """
 

@@ -7,7 +7,7 @@ view of it) arriving as a module's first positional argument is an input feature
 (a tensor batch, or element 0 of a tuple), ``input/<i>`` (other tuple elements) or ``input/<key>``
 (dict batches). When no batch tensor reaches a module directly (the training step transforms it
 first), the float input of the first module that runs is the input. When that first module receives
-integer ids (an embedding), there are no float input features: the monitor says so once (``info``)
+integer ids (an embedding), there are no float input features: NormWatch says so once (``info``)
 and the embedding outputs are the first watched tensors. Later logging steps hook only the modules
 found (``consumers``). Losses are never consumers (their arguments are predictions and targets).
 

@@ -1,7 +1,7 @@
 """Device-side measurement of one tensor into a packed float64 block.
 
 Called inside forward hooks on logging steps. It never synchronises with the host, never keeps
-a reference to the tensor, and reads only a bounded random subsample drawn with the monitor's own
+a reference to the tensor, and reads only a bounded random subsample drawn with the collector's own
 generator (the training RNG is untouched):
 
 - rows: up to ``sample_size`` values as ``[rows, channels]`` positions (all of them when the
@@ -150,7 +150,7 @@ def take_sample(x: Tensor, spec: MeasureSpec, generator: torch.Generator) -> Sam
     """The hook's part of ``measure``: draw the samples (all random draws) and the full-tensor extremes.
 
     Copies what it keeps (never a view of ``x``: a later in-place op may overwrite ``x``). Deferring
-    the arithmetic to ``measure_sampled`` lets a monitor run it for all layers in a row after the
+    the arithmetic to ``measure_sampled`` lets the collector run it for all layers in a row after the
     forward pass, with warm caches: about twice as fast on CPU as between the layers' kernels.
     """
     x = x.detach()

@@ -132,10 +132,6 @@ class Image:
         img.save(out, format="PNG", compress_level=1)
         return out.getvalue()
 
-    def rgb(self) -> np.ndarray:
-        """``[H, W, 3]`` uint8 (e.g. for ``SummaryWriter.add_image(..., dataformats="HWC")``)."""
-        return self.palette[self.pixels]
-
 
 def _palette(colours: np.ndarray) -> np.ndarray:
     palette = np.zeros((256, 3), dtype=np.uint8)

@@ -84,11 +84,6 @@ class SafeKeys:
             return self.tensor(key)
         return f"{safe_name(head)}/{self.tensor(middle)}/{safe_name(last)}"
 
-    @property
-    def renamed(self) -> dict[str, str]:
-        """Tensor names that differ in the logger: ``{name: logged name}``."""
-        return {k: v for k, v in self._names.items() if k != v}
-
 
 def _classes(name: str) -> list[type]:
     """``name`` from the loggers of ``pytorch_lightning`` and of ``lightning.pytorch``, when imported."""
@@ -144,12 +139,22 @@ def log_scalars(logger: Any, metrics: Mapping[str, float], step: int) -> None:
     write_scalars(writer, dict(zip(tags, metrics.values(), strict=True)), step)
 
 
+def write_summary(writer: Any, summary: Any, step: int) -> None:
+    """One ``Summary`` protobuf (several values in one event) through a ``SummaryWriter``.
+
+    No public method of torch's ``SummaryWriter`` writes a ``Summary`` of several values or with
+    metadata of our own; its file writer (``_get_file_writer``, which also reopens a closed writer)
+    is the one way, used here only.
+    """
+    writer._get_file_writer().add_summary(summary, step)
+
+
 def write_scalars(writer: Any, metrics: Mapping[str, float], step: int) -> None:
     """All ``metrics`` in one event of a ``torch.utils.tensorboard.SummaryWriter``."""
     from tensorboard.compat.proto.summary_pb2 import Summary
 
     values = [Summary.Value(tag=tag, simple_value=float(v)) for tag, v in metrics.items()]
-    writer._get_file_writer().add_summary(Summary(value=values), step)
+    write_summary(writer, Summary(value=values), step)
 
 
 class TensorBoardWriters:

@@ -34,6 +34,7 @@ from ..judge.evaluator import StepResult
 from ..stats.figures import TensorStats
 from ..stats.histogram import tensorboard_buckets
 from .custom_scalars import group_of, layout_for
+from .loggers import write_summary
 from .markdown import alerts_markdown, watched_markdown
 from .overview import Overview, row_label
 from .tags import ALERT_TAG, FIGURE_TAG, WATCHED_TAG
@@ -136,7 +137,7 @@ class Panels:
             )
             for tag, img in self.overview.images(self.thresholds).items()
         ]
-        self.writer._get_file_writer().add_summary(Summary(value=values), steps[-1])
+        write_summary(self.writer, Summary(value=values), steps[-1])
         self._drawn_step = steps[-1]
 
     def _histogram(self, key: str, st: TensorStats, step: int) -> None:
@@ -162,7 +163,7 @@ class Panels:
             type_name, role = self._kinds.get(key, ("?", "other"))
             meta = create_summary_metadata(display_name=tag, description=f"{row_label(key, type_name)}, {role}")
             value = Summary.Value(tag=tag, histo=HistogramProto(**args), metadata=meta)
-            self.writer._get_file_writer().add_summary(Summary(value=[value]), step)
+            write_summary(self.writer, Summary(value=[value]), step)
             return
         self.writer.add_histogram_raw(
             tag,
