@@ -6,8 +6,8 @@ around the cells where an alert on that figure was active, and the labels of ale
 with a ``!``. The canvas is a palette image (one byte per pixel): the cells, frames and bars are
 numpy slices; text is Pillow's default font (``ImageFont.load_default(size=FONT_SIZE)``, Aileron),
 anti-aliased into a few shades of its colour and cached per string; ``Image.png`` encodes with
-Pillow. The images are about 450 pixels wide with 16-pixel text, so that TensorBoard's cards,
-which scale an image down to their width, still show the labels at about 14 pixels.
+Pillow. The heatmaps are about 430 pixels wide with 16-pixel text, so that TensorBoard's cards,
+which scale an image down to their width (about 340 pixels), still show the labels at about 13.
 
 Example:
     >>> import numpy as np
@@ -93,7 +93,7 @@ def text_mask(text: str, size: int = FONT_SIZE) -> np.ndarray:
     ImageDraw.Draw(canvas).text((0, 0), text, fill=255, font=font)
     coverage = np.asarray(canvas, dtype=np.uint16)[top:]
     mask = ((coverage * _SHADES + 127) // 255).astype(np.uint8)
-    mask.flags.writeable = False
+    mask.setflags(write=False)
     return mask
 
 
@@ -208,7 +208,7 @@ def _label_column(rows: tuple[str, ...], alerted: tuple[bool, ...], limit: int =
         if bad:
             _text(column, "!", MARGIN, r * ROW, RED)
         _text(column, text, MARGIN + INDENT, r * ROW, RED if bad else BLACK)
-    column.flags.writeable = False
+    column.setflags(write=False)
     return column
 
 
