@@ -92,7 +92,8 @@ def test_one_cause_behind_many_norm_layers_and_raw_pixels_behind_a_vanishing_nor
 
 def test_caused_by_survives_a_checkpoint_and_old_checkpoints_load_as_roots(tmp_path) -> None:
     def evaluator() -> Evaluator:
-        return Evaluator(SessionConfig(), Collector(SessionConfig()))
+        config = SessionConfig(warmup_steps=100, reference_steps=200)
+        return Evaluator(config, Collector(config))
 
     mon = evaluator()
     mon.alerts = [alert(3, "net.1", "dead"), alert(3, "net.3", "dead", cause=("dead", "net.1"))]

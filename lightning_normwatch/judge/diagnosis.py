@@ -52,6 +52,7 @@ _SIGNAL = frozenset(
     {
         "vanishing",
         "exploding",
+        "collapse",
         "dead",
         "saturated",
         "scale_drift",
@@ -82,6 +83,7 @@ KIND_ORDER = (
     "scale_drift",
     "vanishing",
     "exploding",
+    "collapse",
     "dead",
     "saturated",
     "near_overflow",

@@ -37,6 +37,7 @@ from ..stats.feature_drift import FeatureStats
 from ..stats.figures import TensorStats, figures, figures_many
 from ..stats.reference import Reference, drift
 from .alerts import SEVERITY, Alert, AlertTracker
+from .collapse import collapse_alerts
 from .depth import depth_alerts, rms_of, small_growth
 from .diagnosis import diagnose
 from .input_drift import InputTracker
@@ -238,13 +239,15 @@ class Evaluator:
         step: int,
         previous: dict[str, float] | None = None,
     ) -> tuple[list[Alert], set[tuple[str, str]]]:
-        """``vanishing``/``exploding`` across the watched tensors in execution order (no reference needed)."""
+        """``vanishing``/``exploding``/``collapse`` across the watched tensors in execution order (no reference)."""
         sequence = []
         for key in stats:
             info = self._info(key)
             if info is not None and info.role != "input" and key not in prediction and not stats[key].has_nonfinite:
                 sequence.append((info, all_figures[key]))
-        return depth_alerts(sequence, self.config.thresholds, step, self.tracker.active, previous)
+        alerts, checked = depth_alerts(sequence, self.config.thresholds, step, self.tracker.active, previous)
+        more, also = collapse_alerts(sequence, self.config.thresholds, step, self.tracker.active)
+        return alerts + more, checked | also
 
     def _input_figures(
         self, key: str, st: TensorStats, step: int, firing: list[Alert], checked: set[tuple[str, str]]
