@@ -50,7 +50,7 @@ def test_start_line_and_summary_of_a_healthy_run(tmp_path, caplog) -> None:
     text = summary[0].splitlines()
     assert (
         text[0]
-        == "NormWatch summary at step 4: 6 watched tensors, 0 alerts (worst first, root alerts before those that follow them)"
+        == "NormWatch summary at step 4: 6 watched tensors, 0 alerts (worst first, roots before their followers)"
     )
     assert text[1].split() == ["tensor", "type", "std", "skew", "kurt", "drift", "dead", "alerts"]
     assert text[-1].startswith("rules: drift judged from step 2 (reference window steps 0-2); depth, collapse")

@@ -256,7 +256,7 @@ def test_alerts_markdown_round_trip() -> None:
     text = alerts_markdown(alerts)
     assert (
         text.splitlines()[0]
-        == "**2 alerts** up to step 9: 1 error, 1 warning, 0 info; 2 root alerts (below: most severe first, oldest root first)"
+        == "**2 alerts** up to step 9: 1 error, 1 warning, 0 info; 2 root alerts (most severe, then oldest first)"
     )
     assert text.splitlines()[2].startswith("- **nonfinite** (error) in net.1")  # one line per root first
     assert text.splitlines()[7].startswith("| 9 | net.1 | nonfinite | **error** |")  # errors first

@@ -223,7 +223,7 @@ def log_summary(
     n = len(alerts)
     title = (
         f"NormWatch summary at step {step}: {len(figures)} watched tensors, {n} alert{'s' if n != 1 else ''}"
-        " (worst first, root alerts before those that follow them)"
+        " (worst first, roots before their followers)"
     )
     text = summary_text(rows, folded, title, rich=_use_rich())
     log.info("%s", text + ("\n" + rules if rules else ""))

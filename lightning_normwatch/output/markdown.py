@@ -51,7 +51,7 @@ def alerts_markdown(alerts: Sequence[Alert], types: Mapping[str, str] | None = N
         >>> b = Alert(5, "net.2", "nonfinite", "error", 1.0, 0.0, "NaN")
         >>> c = Alert(3, "net.3", "dead", "warning", 0.6, 0.5, "60%", caused_by=("dead", "net.1"))
         >>> print(alerts_markdown([a, b, c], {"net.1": "ReLU"}))
-        **3 alerts** up to step 5: 1 error, 2 warning, 0 info; 2 root alerts (below: most severe first, oldest root first)
+        **3 alerts** up to step 5: 1 error, 2 warning, 0 info; 2 root alerts (most severe, then oldest first)
         <BLANKLINE>
         - **nonfinite** (error) in net.2 at 1 (threshold 0)
         - **dead** (warning) in net.1 (ReLU) at 0.8 (threshold 0.5), step 3; and 1 tensor after it: dead in net.3
@@ -68,7 +68,7 @@ def alerts_markdown(alerts: Sequence[Alert], types: Mapping[str, str] | None = N
     summary = (
         f"**{len(alerts)} alert{'s' if len(alerts) != 1 else ''}** up to step {last}: "
         f"{counts['error']} error, {counts['warning']} warning, {counts['info']} info; {len(groups)} root "
-        f"alert{'s' if len(groups) != 1 else ''} (below: most severe first, oldest root first)"
+        f"alert{'s' if len(groups) != 1 else ''} (most severe, then oldest first)"
     )
     lines, rows = [], []
     for root, followers in groups:
