@@ -27,6 +27,8 @@ from torch import nn
 from lightning_normwatch.adapters.callback import NormWatch
 from lightning_normwatch.output.guarded import Guard
 
+pytestmark = pytest.mark.filterwarnings("ignore:.*no TensorBoardLogger")
+
 STEPS = 10
 
 
