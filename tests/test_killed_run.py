@@ -53,6 +53,17 @@ def _run(root: Path, name: str, kill_step: int, checkpoint: str | None) -> None:
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     torch.set_num_threads(1)
 
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = mlp(16, 32, 1)
+            self.side = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.ReLU())  # dead: alerted at step 0
+            with torch.no_grad():
+                self.side[0].bias.fill_(-5.0)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.body(x) + self.side(x).sum(dim=1, keepdim=True)
+
     class Shifting(Regressor):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.net(x * 4 if self.global_step >= 300 else x)
@@ -82,7 +93,7 @@ def _run(root: Path, name: str, kill_step: int, checkpoint: str | None) -> None:
         logger=TensorBoardLogger(str(root), name="tb", version=name),
     )  # fmt: skip
     data = loader(regression_data(n=BATCH * PER_EPOCH), batch_size=BATCH)
-    tr.fit(Shifting(mlp(16, 32, 1), lr=0.05), data, ckpt_path=checkpoint)
+    tr.fit(Shifting(Net(), lr=0.05), data, ckpt_path=checkpoint)
     out = {
         "alerts": [a.to_dict() for a in nw.alerts],
         "references": {k: r.state() for k, r in nw.session.evaluator.references.items()},
@@ -162,6 +173,7 @@ def full_last_step(full: dict[str, Any]) -> int:
     return max(int(s) for s in full["figures"])
 
 
+@pytest.mark.slow  # about 30 s alone, minutes on a loaded machine (three 600-step runs in subprocesses)
 def test_killed_run_resumes_exactly(uninterrupted: tuple[Path, dict[str, Any]]):
     root, full = uninterrupted
     _killed_and_resumed(root, full, kill_points(5)[0])

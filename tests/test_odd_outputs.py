@@ -190,7 +190,7 @@ def _check(recipe: Any, data: tuple[int, int, list[tuple[int, float]]]) -> None:
 
 
 pytestmark = pytest.mark.filterwarnings("ignore")
-FAST = settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+FAST = settings(max_examples=5, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 MANY = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 
 
