@@ -186,5 +186,43 @@ def test_killed_run_resumes_exactly_at_five_points(uninterrupted: tuple[Path, di
         _killed_and_resumed(root, full, step)
 
 
+def test_report_reads_event_files_cut_anywhere(tmp_path: Path):
+    """A killed run's event file ends wherever the kill found it (mid-record included): ``normwatch report``
+    reads what was written before the cut; a damaged record in the middle ends the read there."""
+    import shutil
+
+    import torch
+    from models import Regressor, loader, mlp, regression_data, trainer
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    from lightning_normwatch.adapters.callback import NormWatch
+    from lightning_normwatch.view.report import load_reports
+
+    torch.manual_seed(0)
+    tb = TensorBoardLogger(str(tmp_path), name="tb", version="whole")
+    trainer(tmp_path, [NormWatch(every_n_steps=1)], max_steps=12, logger=tb).fit(
+        Regressor(mlp()), loader(regression_data(n=256))
+    )
+    (events,) = (tmp_path / "tb" / "whole").glob("events.out.tfevents.*")
+    data = events.read_bytes()
+    steps = []
+    for i, cut in enumerate([len(data) // 5, len(data) // 2 + 3, len(data) - 7, len(data)]):
+        run = tmp_path / "cut" / f"run{i}"
+        run.mkdir(parents=True)
+        (run / events.name).write_bytes(data[:cut])
+        (report,) = load_reports(run)
+        steps.append(report.step)
+        assert len(report.tensors) == 6
+    assert steps == sorted(steps) and steps[-1] == 11 and steps[0] < 11
+    damaged = bytearray(data)
+    damaged[len(data) // 2 : len(data) // 2 + 64] = bytes(64)
+    run = tmp_path / "damaged"
+    run.mkdir()
+    (run / events.name).write_bytes(bytes(damaged))
+    (report,) = load_reports(run)
+    assert 0 <= report.step < 11
+    shutil.rmtree(tmp_path / "cut")
+
+
 if __name__ == "__main__":
     _run(Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4] if len(sys.argv) > 4 else None)
