@@ -74,6 +74,36 @@ def _launch(mode: str, out: Path) -> tuple[int, str, float]:
     return proc.returncode, proc.stdout + proc.stderr, time.monotonic() - start
 
 
+def test_collective_at_every_logging_step_whatever_the_forward_ran():
+    """The exchange (the collective under DDP) is called at exactly the logging steps, also on a step where
+    this rank's forward ran no watched module at all, or raised before any hook fired."""
+    import torch
+    from torch import nn
+
+    from lightning_normwatch.config import SessionConfig
+    from lightning_normwatch.session.session import Session
+
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    session = Session(SessionConfig(every_n_steps=2), inputs=False)
+    session.start(model)
+    called: list[int] = []
+    collect = session.exchange.collect  # type: ignore[union-attr]
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        called.append(step)
+        return collect(*args, **kwargs)
+
+    session.exchange.collect = counting  # type: ignore[method-assign,union-attr]
+    for step in range(12):
+        x = torch.randn(8, 4)
+        session.begin_step(step, x)
+        skipped = step % 4 == 0  # this rank's forward skips every watched module
+        loss = x.sum() * 0 if skipped else model(x).pow(2).mean()
+        session.before_backward(loss, step)
+        session.end_step(step + 1)  # Lightning passes the advanced global step
+    assert called == [0, 2, 4, 6, 8, 10]
+
+
 @pytest.mark.slow  # two subprocesses that import Lightning and fork two ranks each
 def test_a_rank_raising_on_a_logging_step_ends_the_job(tmp_path: Path):
     code_without, out_without, s_without = _launch("without", tmp_path / "without")
