@@ -31,7 +31,6 @@ from lightning_normwatch.adapters.callback import NormWatch
 # leaf kinds: what the odd module builds from its input h ([B, 8])
 MEASURED = ("float", "scalar", "nan", "inf")
 SKIPPED = {
-    "empty": "an empty tensor",
     "complex": "a complex tensor",
     "int": "an integer tensor",
     "bool": "a boolean tensor",
@@ -39,7 +38,7 @@ SKIPPED = {
     "meta": "a meta tensor",
     "sparse": "a sparse tensor",
 }
-OTHER = ("none", "text")
+OTHER = ("empty", "none", "text")  # an empty tensor is measured as numel 0
 
 
 @dataclasses.dataclass

@@ -1,10 +1,10 @@
 """Which tensors NormWatch can measure, and why not the others.
 
 A watched module may output anything: nested tuples, dicts and dataclasses, ``None``, integer or
-boolean tensors (indices, masks), complex, quantized, sparse or meta tensors, empty tensors. Only
-dense real floating-point tensors with values on a real device are measured; ``unmeasurable`` gives
-the reason for every other tensor, which the collector reports once per tensor with one info line
-(``Skipped``) and never as an exception into training.
+boolean tensors (indices, masks), complex, quantized, sparse or meta tensors, empty tensors. Dense
+real floating-point tensors with values on a real device are measured (an empty one as ``numel`` 0);
+``unmeasurable`` gives the reason for every other tensor, which the collector reports once per tensor
+with one info line (``Skipped``) and never as an exception into training.
 
 Example:
     >>> import torch
@@ -12,8 +12,8 @@ Example:
     True
     >>> unmeasurable(torch.ones(2, 3).to_sparse()), unmeasurable(torch.ones(2, dtype=torch.int64))
     ('a sparse tensor (torch.sparse_coo)', 'an integer tensor (torch.int64): no distribution to watch')
-    >>> unmeasurable(torch.empty(0, 4)), unmeasurable(torch.empty(2, device="meta"))
-    ('an empty tensor (shape [0, 4])', 'a meta tensor (no values)')
+    >>> unmeasurable(torch.empty(2, device="meta")), unmeasurable(torch.empty(0, 4))
+    ('a meta tensor (no values)', None)
 """
 
 from __future__ import annotations
@@ -42,9 +42,7 @@ def unmeasurable(tensor: Tensor) -> str | None:
         return "a boolean tensor (a mask): no distribution to watch"
     if not tensor.is_floating_point():
         return f"an integer tensor ({tensor.dtype}): no distribution to watch"
-    if tensor.numel() == 0:
-        return f"an empty tensor (shape {list(tensor.shape)})"
-    return None
+    return None  # an empty tensor is measured: numel 0 (a branch that received no rows this step)
 
 
 class Skipped:
