@@ -331,7 +331,8 @@ class Evaluator:
         # a collector not attached yet (a state loaded before the run starts) has nothing to compare with
         plan = plan_resume(state, now) if self.collector.watched else ResumePlan()
         references = state.get("references", {})
-        self.references = {k: Reference.from_state(v) for k, v in references.items() if plan.keeps(k)}  # type: ignore[union-attr]
+        kept = {k: v for k, v in references.items() if plan.keeps_reference(k)}  # type: ignore[union-attr]
+        self.references = {k: Reference.from_state(v) for k, v in kept.items()}
         if not plan.reset_alerts:
             active = [(m, k) for m, k in state.get("active", []) if plan.keeps(m)]  # type: ignore[union-attr]
             self.tracker.load(active)

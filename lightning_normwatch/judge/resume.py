@@ -21,7 +21,7 @@ Example:
     >>> old = made_for(config, {"body": nn.Linear(4, 8), "head": nn.Linear(8, 10)}, ["body", "head"], 5)
     >>> plan = plan_resume({"format": FORMAT, "made_for": old}, made_for(
     ...     config, {"body": nn.Linear(4, 8), "head": nn.Linear(8, 3)}, [], 5))
-    >>> plan.keeps("body"), plan.keeps("head"), plan.keeps("head[0]"), plan.keeps("input")
+    >>> plan.keeps_reference("body"), plan.keeps("head"), plan.keeps("head[0]"), plan.keeps_reference("input")
     (True, False, False, True)
     >>> print(plan.message)  # doctest: +NORMALIZE_WHITESPACE
     NormWatch: the checkpoint's NormWatch state does not fully match this run. Reset: the reference, active
@@ -114,11 +114,13 @@ class ResumePlan:
     modules: tuple[str, ...] = ()
 
     def keeps(self, key: str) -> bool:
-        """Whether tensor ``key``'s reference and alert state are kept."""
-        if self.reset_references:
-            return False
+        """Whether tensor ``key``'s alert state is kept (its module is unchanged)."""
         module = module_of(key, self.modules)
         return module is None or module not in self.reset_modules
+
+    def keeps_reference(self, key: str) -> bool:
+        """Whether tensor ``key``'s reference is kept."""
+        return not self.reset_references and self.keeps(key)
 
     def keeps_module(self, name: str) -> bool:
         return name not in self.reset_modules
@@ -173,13 +175,14 @@ def plan_resume(state: Mapping[str, Any], now: dict) -> ResumePlan:
         keeps.append(f"the references despite {', '.join(sizes)} (a reference describes values, not sample sizes)")
     plan.reset_modules, notes = _changed_modules(saved.get("modules", {}), now["modules"])
     plan.modules = (*now["modules"], *(m for m in saved.get("modules", {}) if m not in now["modules"]))
-    if notes and not windows:
+    if notes:
         resets.append(f"the reference, active alerts and model-check notes of {', '.join(notes)}")
     if not resets and not keeps:
         return plan
-    if not windows:
+    parts = [name for name, reset in (("references", windows), ("alert state", thresholds)) if not reset]
+    if parts:
         left = [k for k in now["modules"] if k not in plan.reset_modules]
-        keeps.append(f"the references and alert state of the inputs and of the {len(left)} unchanged modules")
+        keeps.append(f"the {' and '.join(parts)} of the inputs and of the {len(left)} unchanged modules")
     text = "NormWatch: the checkpoint's NormWatch state does not fully match this run."
     if resets:
         fresh = "; a fresh reference is taken at the next logging step" if windows or notes else ""
