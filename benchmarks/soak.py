@@ -1,6 +1,7 @@
 """Soak: a long run of a tiny model with NormWatch every 10 steps; memory, logging-step cost, event bytes.
 
-``python benchmarks/soak.py [steps] [out.json]`` (default 20,000 steps) trains an MLP with a real
+``python benchmarks/soak.py [steps] [out.json] [--without]`` (default 20,000 steps; ``--without``: the same
+run without NormWatch, the memory baseline) trains an MLP with a real
 ``Trainer`` and a ``TensorBoardLogger`` and records, every ``BLOCK`` steps: the process's resident memory
 (``/proc/self/statm``), the event file's size (after a flush), and the time NormWatch's hooks took on
 each logging step (``on_train_batch_start`` + ``on_before_backward`` + ``on_train_batch_end``; CPU time of
@@ -82,39 +83,46 @@ class Probe(pl.Callback):
             self.rows.append({"step": step, "rss_mib": rss_mib(), "event_bytes": size})
 
 
-def soak(steps: int, root: str) -> dict[str, Any]:
+def soak(steps: int, root: str, watch: bool = True) -> dict[str, Any]:
+    """The soak's figures (see the module docstring); ``watch=False``: the same run without NormWatch
+    (memory and event-byte baseline; no cost figures)."""
     torch.manual_seed(0)
     nw = Timed(every_n_steps=EVERY)
     probe = Probe()
     tr = pl.Trainer(
         default_root_dir=root, max_steps=steps, log_every_n_steps=EVERY, enable_progress_bar=False,
         enable_model_summary=False, enable_checkpointing=False, accelerator="cpu", devices=1,
-        callbacks=[nw, probe], logger=TensorBoardLogger(root, name="soak"),
+        callbacks=[nw, probe] if watch else [probe], logger=TensorBoardLogger(root, name="soak"),
     )  # fmt: skip
     start = time.perf_counter()
     tr.fit(Regressor(mlp(16, 32, 1), lr=0.01), loader(regression_data(n=512), batch_size=32))
     wall = time.perf_counter() - start
     rows = probe.rows
+    at_warmup = next(r["rss_mib"] for r in rows if r["step"] >= min(WARMUP, steps))
+    per_block = [(b["event_bytes"] - a["event_bytes"]) / (BLOCK / EVERY) for a, b in zip(rows, rows[1:], strict=False)]
+    memory = {
+        "steps": steps,
+        "wall_s": round(wall, 1),
+        "rss_mib": [round(r["rss_mib"], 2) for r in rows],
+        "rss_growth_mib": round(rows[-1]["rss_mib"] - at_warmup, 2),
+        "bytes_per_logging_step": [round(b, 1) for b in per_block],
+        "event_bytes": rows[-1]["event_bytes"],
+    }
+    if not watch:
+        return memory
     logging_cost = {s: c for s, c in nw.cost.items() if s % EVERY == 0}
     early = [c for s, c in logging_cost.items() if 1000 <= s < 2000]
     late = [c for s, c in logging_cost.items() if s >= steps - 1000]
     wall_early = [nw.wall[s] for s in logging_cost if 1000 <= s < 2000]
     wall_late = [nw.wall[s] for s in logging_cost if s >= steps - 1000]
-    at_warmup = next(r["rss_mib"] for r in rows if r["step"] >= min(WARMUP, steps))
-    per_block = [(b["event_bytes"] - a["event_bytes"]) / (BLOCK / EVERY) for a, b in zip(rows, rows[1:], strict=False)]
     return {
-        "steps": steps,
-        "wall_s": round(wall, 1),
+        **memory,
         "alerts": len(nw.alerts),
-        "rss_mib": [round(r["rss_mib"], 2) for r in rows],
-        "rss_growth_mib": round(rows[-1]["rss_mib"] - at_warmup, 2),
         "cost_ms_early": round(1e3 * statistics.median(early), 3),
         "cost_ms_late": round(1e3 * statistics.median(late), 3),
         "cost_ratio": round(statistics.median(late) / statistics.median(early), 3),
         "wall_ms_early": round(1e3 * statistics.median(wall_early), 3),
         "wall_ms_late": round(1e3 * statistics.median(wall_late), 3),
-        "bytes_per_logging_step": [round(b, 1) for b in per_block],
-        "event_bytes": rows[-1]["event_bytes"],
     }
 
 
@@ -125,8 +133,8 @@ if __name__ == "__main__":
     torch.set_num_threads(1)
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 20_000
     with tempfile.TemporaryDirectory() as tmp:
-        figures = soak(n, tmp)
+        figures = soak(n, tmp, watch="--without" not in sys.argv)
     text = json.dumps(figures, indent=1)
     print(text)
-    if len(sys.argv) > 2:
+    if len(sys.argv) > 2 and sys.argv[2] != "--without":
         Path(sys.argv[2]).write_text(text)
