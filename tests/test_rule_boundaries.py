@@ -92,6 +92,24 @@ def test_hysteresis_holds_between_the_clearing_level_and_the_threshold(kind: str
     assert (name, kind) in checked, "below 80 % of the threshold the condition clears"
 
 
+@pytest.mark.parametrize("kind", sorted(USER))
+def test_message_names_the_tensor_its_figure_and_the_threshold(kind: str) -> None:
+    th = Thresholds()
+    (alert,), _ = _alerts(kind, getattr(th, kind) * 1.5, th)
+    name = _case(kind, 1)[0].name
+    assert f"`{name}`" in alert.message and "threshold" in alert.message
+    assert (f"`{name}` (Layer)" in alert.message) == (kind != "feature_scale")
+    shown = {"dead": "75%", "saturated": "75%", "scale_drift": "6.0x", "mean_drift": "-6.0", "shift": "3.75"}
+    if kind in shown:
+        assert shown[kind] in alert.message
+
+
+def test_scale_drift_says_grew_or_shrank() -> None:
+    up, _ = evaluate(_info("preact"), {"numel": 1e4}, {"std_log_ratio": math.log(5)}, Thresholds(), step=1)
+    down, _ = evaluate(_info("preact"), {"numel": 1e4}, {"std_log_ratio": -math.log(5)}, Thresholds(), step=1)
+    assert " grew 5.0x" in up[0].message and " shrank 5.0x" in down[0].message
+
+
 def test_scale_drift_fires_on_shrinking_too() -> None:
     th = Thresholds()
     alerts, _ = evaluate(_info("preact"), {"numel": 1e4}, {"std_log_ratio": -math.log(4.1)}, th, step=1)
