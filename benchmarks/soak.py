@@ -53,6 +53,9 @@ class Timed(NormWatch):
         self._step = 0  # the global step of the batch (Lightning advances it before on_train_batch_end)
 
     def _timed(self, step: int, hook: Any, *args: Any) -> None:
+        if step % EVERY:  # only logging steps are kept: the soak's own records must not grow its memory
+            hook(*args)
+            return
         start, cpu = time.perf_counter(), time.thread_time()
         hook(*args)
         self.cost[step] = self.cost.get(step, 0.0) + time.thread_time() - cpu
