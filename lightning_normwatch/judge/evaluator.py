@@ -42,6 +42,7 @@ from .depth import depth_alerts, rms_of, small_growth
 from .diagnosis import diagnose
 from .input_drift import InputTracker
 from .overflow import first_exploded, overflow_alert
+from .resume import FORMAT, ResumePlan, made_for, plan_resume
 from .rules import CLEAR_FRACTION, evaluate, nonfinite_alert
 
 __all__ = ["Evaluator", "StepResult"]
@@ -82,6 +83,7 @@ class Evaluator:
         # input features: per-input anchors, references and recent windows
         self.input_tracker = InputTracker(config.warmup_steps + config.reference_steps)
         self._notes: list[Alert] = []
+        self.interval = config.interval(None)  # the session sets the interval in use (part of ``made_for``)
 
     def _info(self, key: str) -> TensorInfo | None:
         return self.collector.infos.get(key)
@@ -346,8 +348,10 @@ class Evaluator:
 
     # ----------------------------------------------------------- state
     def state_dict(self) -> dict[str, object]:
-        """Plain values for a checkpoint."""
+        """Plain values for a checkpoint, with the state ``format`` and what it was ``made_for``."""
         return {
+            "format": FORMAT,
+            "made_for": made_for(self.config, dict(self.collector.watched), self.references, self.interval),
             "references": {k: r.state() for k, r in self.references.items()},
             "active": self.tracker.state(),
             "episodes": self.tracker.episode_state(),
@@ -356,10 +360,22 @@ class Evaluator:
             "inputs": self.input_tracker.state(),
         }
 
-    def load_state_dict(self, state: dict[str, object]) -> None:
-        self.references = {k: Reference.from_state(v) for k, v in state.get("references", {}).items()}  # type: ignore[union-attr]
-        self.tracker.load(state.get("active", []))  # type: ignore[arg-type]
-        self.tracker.load_episodes(state.get("episodes", {}))  # type: ignore[arg-type]
+    def load_state_dict(self, state: dict[str, object]) -> ResumePlan:
+        """Load what of ``state`` still fits this run (``judge/resume.py``); returns what was kept and reset."""
+        now = made_for(self.config, dict(self.collector.watched), (), self.interval)
+        # a collector not attached yet (a state loaded before the run starts) has nothing to compare with
+        plan = plan_resume(state, now) if self.collector.watched else ResumePlan()
+        references = state.get("references", {})
+        kept = {k: v for k, v in references.items() if plan.keeps_reference(k)}  # type: ignore[union-attr]
+        self.references = {k: Reference.from_state(v) for k, v in kept.items()}
+        if not plan.reset_alerts:
+            active = [(m, k) for m, k in state.get("active", []) if plan.keeps(m)]  # type: ignore[union-attr]
+            self.tracker.load(active)
+            episodes = dict(state.get("episodes", {}))  # type: ignore[call-overload]
+            episodes["episodes"] = [r for r in episodes.get("episodes", []) if plan.keeps(r[0])]
+            self.tracker.load_episodes(episodes)
         self.nonfinite_active = bool(state.get("nonfinite_active", False))
         self.alerts = [Alert.from_dict(a) for a in state.get("alerts", [])]  # type: ignore[union-attr]
-        self.input_tracker.load(state.get("inputs", {}))  # type: ignore[arg-type]
+        if not plan.reset_references:
+            self.input_tracker.load(state.get("inputs", {}))  # type: ignore[arg-type]
+        return plan

@@ -203,6 +203,19 @@ def _run_report(run: str, acc: Any) -> RunReport | None:
     return RunReport(run, step, tensors, alerts, active, peak, types)
 
 
+def _readable(run: str, mux: Any) -> RunReport | None:
+    """One run's report; a run that cannot be read is skipped with a warning, never the whole report.
+
+    TensorBoard's reader already stops at a truncated or damaged record (a killed run's last event
+    file): what was written before it is read.
+    """
+    try:
+        return _run_report(run, mux.GetAccumulator(run))
+    except Exception as exc:
+        logging.getLogger("lightning_normwatch").warning("normwatch report: run %s could not be read (%r)", run, exc)
+        return None
+
+
 def _last_text(acc: Any, tags: dict[str, Any], tag: str) -> str | None:
     """The latest text written to a Text-panel tag, or None."""
     from tensorboard.util import tensor_util
@@ -245,7 +258,7 @@ def load_reports(logdir: str | os.PathLike[str]) -> list[RunReport]:
         mux = event_multiplexer.EventMultiplexer(size_guidance=guidance)
         mux.AddRunsFromDirectory(path)
         mux.Reload()
-        reports = [r for run in sorted(mux.Runs()) if (r := _run_report(run, mux.GetAccumulator(run))) is not None]
+        reports = [r for run in sorted(mux.Runs()) if (r := _readable(run, mux)) is not None]
     finally:
         tb_log.setLevel(level)
     if not reports:
