@@ -99,7 +99,7 @@ def feature_scale_message(name: str, ratio: float, largest: float, th: Threshold
     return (
         f"Input features of `{name}` are {problem}: {what}; standardize them (e.g. StandardScaler, or a Normalize "
         "transform for raw 0-255 pixels) so that no feature dominates the gradients and the first layers see "
-        "values of order 1."
+        f"values of order 1 (the feature_scale threshold, {limit:g}, bounds both)."
     )
 
 
