@@ -217,6 +217,10 @@ def _rank(rank: int, port: int, out_dir: str) -> None:
                       watch.last_result.figures.items()}  # fmt: skip
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(out))
     dist.destroy_process_group()
+    # Leave without Python's teardown: freeing the DDP wrapper's reducer joins gloo's worker thread, which may
+    # wait for the GIL the freeing thread holds (a deadlock in torch seen under load, py-spy: ~ProcessGroupGloo
+    # joining runLoop in AsyncAllreduceWork's destructor); every result is written by now.
+    os._exit(0)
 
 
 def test_ddp_one_collective_per_logging_step_and_global_figures(tmp_path: Path) -> None:
