@@ -62,6 +62,13 @@ class Thresholds:
         input_noise_z: a feature's change must also exceed this many standard errors of what a batch
             of that size produces by chance (``features.feature_drift``); then it must hold on two
             consecutive logging steps to raise ``input_drift``.
+        update_large: update-to-weight ratio ||dW||/||W|| of one optimizer step above which a layer's
+            updates are too large (``update_size``; held 2 logging steps; docs/updates.md).
+        update_small: factor by which a layer's update ratio may stay below the median layer's while its
+            gradient is not that small (``update_size``: learning rate 0 in its param group).
+        vanishing_gradient: factor by which the gradient RMS of the weight matrices from some layer back
+            to the input may stay below that of a later layer (``judge/updates.py``).
+        exploding_gradient: factor by which it may stay above the smallest gradient RMS of a later layer.
     """
 
     dead: float = 0.5
@@ -80,6 +87,10 @@ class Thresholds:
     input_scale: float = 1.5
     input_psi: float = 0.2
     input_noise_z: float = 5.0
+    update_large: float = 0.1
+    update_small: float = 1000.0
+    vanishing_gradient: float = 1000.0
+    exploding_gradient: float = 1000.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -89,11 +100,12 @@ class Thresholds:
         for name in ("dead", "saturated"):
             if not 0 < getattr(self, name) <= 1:
                 raise _fail(f"thresholds.{name}", "in (0, 1]", getattr(self, name))
-        for name in ("scale_drift", "feature_scale", "outlier", "input_scale", "vanishing", "exploding"):
+        ratios = ("update_small", "vanishing_gradient", "exploding_gradient")
+        for name in ("scale_drift", "feature_scale", "outlier", "input_scale", "vanishing", "exploding", *ratios):
             if getattr(self, name) <= 1:
                 raise _fail(f"thresholds.{name}", "> 1", getattr(self, name))
         positive = ("mean_drift", "shift", "outlier_min_abs", "skew", "kurtosis")
-        for name in (*positive, "input_mean_shift", "input_psi", "input_noise_z"):
+        for name in (*positive, "input_mean_shift", "input_psi", "input_noise_z", "update_large"):
             if getattr(self, name) <= 0:
                 raise _fail(f"thresholds.{name}", "> 0", getattr(self, name))
 

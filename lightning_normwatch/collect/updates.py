@@ -1,0 +1,296 @@
+"""The parameter side of a logging step: update sizes, gradients and weights, measured on the device.
+
+On a logging step, right before an optimizer steps (Lightning's ``on_before_optimizer_step``, where
+gradients are already unscaled under AMP; a plain loop's optimizer step pre-hook), ``UpdateProbe.before_step``
+copies the parameters that optimizer holds and measures ``||W||`` and ``||g||`` with one ``_foreach_norm``
+each; right after the step (an optimizer step post-hook, which only fires when the step ran: a step
+that ``GradScaler`` skipped leaves no update, and is reported as skipped, not as a zero update),
+``after_step`` measures ``||W_new - W_old||`` and drops the copies. Nothing is read on the host before
+``collect`` at the end of the logging step: one transfer of one small tensor. Other steps cost a dict
+lookup in the post-hook.
+
+Figures per owner (a watched module, summed over its parameters; see ``owners``): ``update_ratio``
+``||dW|| / ||W||``, ``grad_rms``, ``weight_rms``, ``numel``, ``lr`` (largest learning rate of the
+param groups holding them) and ``has_grad`` (share of its parameters that received a gradient).
+Under DDP gradients are already reduced and the weights are the same on every rank, so every rank
+computes the single-process figures without any collective. FSDP shards parameters: the figures of a
+rank would be of its shard only, so the probe is not used there (see docs/updates.md).
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> torch.manual_seed(0) and None
+    >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    >>> probe = UpdateProbe()
+    >>> probe.attach(model, [opt])
+    ['0', '2']
+    >>> model(torch.randn(16, 4)).pow(2).mean().backward()
+    >>> probe.arm()
+    >>> probe.before_step(opt); opt.step(); probe.after_step(opt)
+    >>> figs = probe.collect()
+    >>> sorted(figs["0"])
+    ['grad_rms', 'has_grad', 'lr', 'numel', 'update_ratio', 'weight_rms']
+    >>> round(figs["0"]["lr"], 3), figs["0"]["numel"]
+    (0.1, 40.0)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .selection import Pattern, select_modules, user_name
+
+__all__ = ["UpdateProbe", "ParamEntry", "owners", "unheld_parameters"]
+
+#: columns of the per-parameter block: ||W||, ||g|| (NaN without gradient), ||dW|| (NaN: no step seen)
+_W, _G, _D = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class ParamEntry:
+    """One trainable parameter tensor: its qualified name, the owner its figures are summed into, its size."""
+
+    name: str
+    owner: str
+    numel: int
+
+
+def owners(
+    model: nn.Module, modules: Sequence[Pattern] | None = None, exclude: Sequence[Pattern] = ()
+) -> dict[str, str]:
+    """Owner of each trainable parameter (qualified name -> owner key), as the activations select modules.
+
+    A parameter belongs to the deepest watched module containing it (``attn.out_proj.weight`` of a
+    ``MultiheadAttention`` watched as a whole belongs to ``attn``). With the default selection a
+    parameter outside every watched module (a positional embedding held by a container) is its own
+    owner under its qualified name; with explicit ``modules`` it is not watched.
+
+    Example:
+        >>> model = nn.Sequential(nn.Linear(2, 3), nn.MultiheadAttention(3, 1))
+        >>> sorted(set(owners(model).values()))
+        ['0', '1']
+        >>> owners(model, modules=["0"])
+        {'0.weight': '0', '0.bias': '0'}
+    """
+    watched = {name for name, _ in select_modules(model, modules, exclude)}
+    out: dict[str, str] = {}
+    for qualified, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        name = user_name(qualified)
+        parts = name.split(".")
+        owner = next(
+            (".".join(parts[:i]) for i in range(len(parts) - 1, 0, -1) if ".".join(parts[:i]) in watched), None
+        )
+        if owner is None and modules is None and not (exclude and _excluded(name, exclude)):
+            owner = name
+        if owner is not None:
+            out[name] = owner
+    return out
+
+
+def _excluded(name: str, exclude: Sequence[Pattern]) -> bool:
+    import fnmatch
+
+    return any(isinstance(p, str) and fnmatch.fnmatchcase(name, p) for p in exclude)
+
+
+def unheld_parameters(model: nn.Module, optimizers: Iterable[torch.optim.Optimizer]) -> list[str]:
+    """Qualified names of trainable parameters that no optimizer holds (they never learn).
+
+    Example:
+        >>> model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1))
+        >>> unheld_parameters(model, [torch.optim.SGD(model[0].parameters(), lr=0.1)])
+        ['1.weight', '1.bias']
+    """
+    held = {id(p) for opt in optimizers for group in opt.param_groups for p in group["params"]}
+    return [user_name(n) for n, p in model.named_parameters() if p.requires_grad and id(p) not in held]
+
+
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _norms(tensors: list[Tensor]) -> Tensor:
+    """L2 norms as a float64 vector on the first tensor's device (half precision measured in float32).
+
+    Example:
+        >>> _norms([torch.tensor([3.0, 4.0]), torch.ones(4, dtype=torch.float16)]).tolist()
+        [5.0, 2.0]
+    """
+    wide = [t.float() if t.dtype in _HALF else t for t in tensors]
+    if len({t.device for t in wide}) == 1:
+        return torch.stack([n.double() for n in torch._foreach_norm(wide)])
+    device = wide[0].device
+    return torch.stack([torch.linalg.vector_norm(t).double().to(device) for t in wide])
+
+
+class UpdateProbe:
+    """Per-parameter update, gradient and weight norms of the optimizer steps of a logging step.
+
+    Use: ``attach(model, optimizers)`` once; per logging step ``arm()``, then ``before_step(opt)`` /
+    ``after_step(opt)`` around each optimizer step, then ``collect()`` (host figures per owner).
+    """
+
+    def __init__(self) -> None:
+        self.entries: list[ParamEntry] = []
+        self._params: list[nn.Parameter] = []
+        self._index: dict[int, int] = {}  # id(param) -> row
+        self._rows: dict[int, list[int]] = {}  # id(optimizer) -> rows of the watched params it holds
+        self._lr: dict[int, float] = {}  # row -> learning rate of its param group at the step
+        self._pending: dict[int, tuple[list[int], list[Tensor], Tensor]] = {}  # id(opt) -> rows, copies, [w, g]
+        self._blocks: list[tuple[list[int], Tensor]] = []  # rows, [n, 3] norms of one optimizer step
+        self._armed = False
+        self._stepped: set[int] = set()  # optimizers whose step of this logging step was measured
+        self.skipped = 0  # optimizer steps of this logging step that were skipped (AMP found inf/NaN)
+        self.unheld: list[str] = []
+
+    def attach(
+        self,
+        model: nn.Module,
+        optimizers: Iterable[torch.optim.Optimizer] = (),
+        modules: Sequence[Pattern] | None = None,
+        exclude: Sequence[Pattern] = (),
+    ) -> list[str]:
+        """Choose the parameters to watch; return the owners in parameter order."""
+        by_name = dict(owners(model, modules, exclude))
+        self.entries, self._params, self._index = [], [], {}
+        for qualified, param in model.named_parameters():
+            owner = by_name.get(user_name(qualified))
+            if owner is None or id(param) in self._index:
+                continue
+            self._index[id(param)] = len(self._params)
+            self._params.append(param)
+            self.entries.append(ParamEntry(user_name(qualified), owner, param.numel()))
+        self.set_optimizers(model, optimizers)
+        return list(dict.fromkeys(e.owner for e in self.entries))
+
+    def set_optimizers(self, model: nn.Module, optimizers: Iterable[torch.optim.Optimizer]) -> None:
+        """Which watched parameters each optimizer holds; ``unheld`` lists the trainable ones none holds."""
+        optimizers = list(optimizers)
+        self._rows = {
+            id(opt): [self._index[id(p)] for g in opt.param_groups for p in g["params"] if id(p) in self._index]
+            for opt in optimizers
+        }
+        self.unheld = unheld_parameters(model, optimizers) if optimizers else []
+
+    def owner_of(self, names: Iterable[str]) -> dict[str, list[str]]:
+        """Parameter names grouped by owner (names of unwatched parameters are their own owner)."""
+        by_name = {e.name: e.owner for e in self.entries}
+        out: dict[str, list[str]] = {}
+        for name in names:
+            out.setdefault(by_name.get(name, name), []).append(name)
+        return out
+
+    @property
+    def armed(self) -> bool:
+        return self._armed
+
+    def arm(self) -> None:
+        """Start a logging step: the next step of each optimizer is measured."""
+        self._armed = True
+        self._pending, self._blocks, self._lr, self.skipped = {}, [], {}, 0
+        self._stepped = set()
+
+    def disarm(self) -> None:
+        self._armed = False
+        self._pending = {}
+
+    @torch.no_grad()
+    def before_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Copy the parameters ``optimizer`` is about to update; measure their weights and gradients."""
+        key = id(optimizer)
+        if not self._armed or key in self._pending or key in self._stepped:
+            return  # one measured step per optimizer and logging step
+        if key not in self._rows:  # an optimizer made after attach: learn which watched params it holds
+            self._rows[key] = [
+                self._index[id(p)] for g in optimizer.param_groups for p in g["params"] if id(p) in self._index
+            ]
+        rows = self._rows[key]
+        if not rows:
+            return
+        for group in optimizer.param_groups:
+            lr = float(group.get("lr", math.nan))
+            for p in group["params"]:
+                row = self._index.get(id(p))
+                if row is not None:
+                    self._lr[row] = lr
+        params = [self._params[r].detach() for r in rows]
+        copies = [p.clone() for p in params]
+        grads = [self._params[r].grad for r in rows]
+        w = _norms(params)
+        present = [i for i, g in enumerate(grads) if g is not None]
+        g = torch.full_like(w, math.nan)
+        if present:
+            dense = [grads[i].coalesce().values() if grads[i].is_sparse else grads[i] for i in present]
+            g[present] = _norms([d.detach() for d in dense]).to(g.device)
+        self._pending[key] = (rows, copies, torch.stack([w, g.to(w.device)], 1))
+
+    @torch.no_grad()
+    def after_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """The step ran: measure ``||W_new - W_old||`` against the copies (a no-op unless ``before_step`` ran)."""
+        pending = self._pending.pop(id(optimizer), None)
+        if pending is None:
+            return
+        rows, copies, wg = pending
+        diffs = torch._foreach_sub([self._params[r].detach() for r in rows], copies)
+        d = _norms(diffs).to(wg.device)
+        self._blocks.append((rows, torch.cat([wg, d[:, None]], 1)))
+        self._stepped.add(id(optimizer))
+
+    def collect(self) -> dict[str, dict[str, float]]:
+        """Host figures per owner for the logging step; ends it (one device-to-host transfer).
+
+        Steps that were prepared but never ran (``GradScaler`` skipped them) count in ``skipped``; their
+        parameters have weight and gradient figures but no ``update_ratio``.
+        """
+        n = len(self._params)
+        table = torch.full((n, 3), math.nan, dtype=torch.float64)
+        seen = torch.zeros(n, dtype=torch.bool)
+        pending = [(rows, wg) for rows, _, wg in self._pending.values()]
+        self.skipped = len(pending)
+        parts = [(rows, block) for rows, block in self._blocks] + [(rows, wg) for rows, wg in pending]
+        if parts:
+            padded = [
+                b if b.shape[1] == 3 else torch.cat([b, torch.full_like(b[:, :1], math.nan)], 1) for _, b in parts
+            ]
+            host = torch.cat([b.to(padded[0].device) for b in padded]).cpu()
+            at = 0
+            for rows, _ in parts:
+                idx = torch.tensor(rows, dtype=torch.long)
+                table[idx] = host[at : at + len(rows)]
+                seen[idx] = True
+                at += len(rows)
+        self.disarm()
+        return self._figures(table.numpy(), seen.numpy())
+
+    def _figures(self, table, seen) -> dict[str, dict[str, float]]:  # type: ignore[no-untyped-def]
+        acc: dict[str, list[float]] = {}
+        for row, entry in enumerate(self.entries):
+            if not seen[row]:
+                continue
+            w, g, d = (float(x) for x in table[row])
+            a = acc.setdefault(entry.owner, [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -math.inf])
+            a[0] += w * w
+            a[1] += g * g if g == g else 0.0
+            a[2] += d * d
+            a[3] += entry.numel
+            a[4] += 1.0 if g == g else 0.0
+            a[5] += 1.0
+            a[6] = max(a[6], self._lr.get(row, math.nan))
+        out = {}
+        for owner, (w2, g2, d2, numel, with_grad, count, lr) in acc.items():
+            out[owner] = {
+                "update_ratio": math.sqrt(d2) / math.sqrt(w2) if w2 > 0 else (math.inf if d2 > 0 else 0.0),
+                "grad_rms": math.sqrt(g2 / numel) if with_grad else math.nan,
+                "weight_rms": math.sqrt(w2 / numel),
+                "numel": float(numel),
+                "lr": lr,
+                "has_grad": with_grad / count,
+            }
+        return out

@@ -1,0 +1,273 @@
+"""Rules on the parameter side: update sizes, gradient flow across depth, parameters that never learn.
+
+Pure functions of the figures ``collect.updates.UpdateProbe`` measures at a logging step (per owner:
+``update_ratio`` = ||dW||/||W|| of the optimizer step, ``grad_rms``, ``weight_rms``, ``lr``, ``has_grad``):
+
+- ``update_size`` (warning): a layer's update ratio stays above ``thresholds.update_large`` for
+  ``PERSIST`` logging steps in a row (the layer is thrown around: learning rate too high for it), or
+  it stays more than ``thresholds.update_small`` times below the median ratio of the layers that learn
+  while its gradient is not small (learning rate 0 or tiny in its param group);
+- ``vanishing_gradient`` / ``exploding_gradient`` (warning): going from the output back to the input
+  (the way gradients flow), the gradient RMS of every weight matrix from some layer back falls below
+  the largest RMS after it by ``thresholds.vanishing_gradient`` (grows above the smallest by
+  ``thresholds.exploding_gradient``), over at least ``MIN_GRADIENT_SPAN`` layers; named at the layer
+  where it starts (the one nearest the output); held ``PERSIST`` logging steps;
+- ``no_gradient`` (warning; info when unused parameters are expected, e.g. ``find_unused_parameters``):
+  trainable parameters an optimizer holds that had no gradient at any of the first ``NO_GRADIENT_STEPS``
+  logging steps (an unused branch);
+- ``not_in_optimizer`` (warning, at the first step): trainable parameters no optimizer holds.
+
+Example:
+    >>> from lightning_normwatch.config import Thresholds
+    >>> figs = {f"fc{i}": {"update_ratio": 1e-3, "grad_rms": 1e-2, "lr": 0.1, "has_grad": 1.0} for i in range(4)}
+    >>> figs["fc1"]["update_ratio"] = 0.0
+    >>> history = UpdateHistory()
+    >>> for step in (0, 10):
+    ...     alerts, _ = update_alerts(step, figs, list(figs), Thresholds(), history)
+    >>> [(a.module, a.kind) for a in alerts]
+    [('fc1', 'update_size')]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from ..config import Thresholds
+from .alerts import SEVERITY, Alert
+
+__all__ = [
+    "UpdateHistory",
+    "update_alerts",
+    "gradient_depth",
+    "unheld_alerts",
+    "PERSIST",
+    "MIN_GRADIENT_SPAN",
+    "NO_GRADIENT_STEPS",
+]
+
+#: logging steps in a row a size or gradient-flow condition must hold before it is raised
+PERSIST = 2
+#: weight matrices the gradient must stay out of range over (one small first layer is not vanishing)
+MIN_GRADIENT_SPAN = 2
+#: logging steps without any gradient before ``no_gradient`` is raised
+NO_GRADIENT_STEPS = 2
+#: update ratio of the median learning layer below which nothing is judged "too small" (nothing learns)
+MIN_LEARNING = 1e-7
+
+
+@dataclass
+class UpdateHistory:
+    """What the rules remember between logging steps (plain values: saved in checkpoints).
+
+    Attributes:
+        streak: (owner, condition) -> logging steps in a row the condition held.
+        without_grad: owner -> logging steps evaluated so far in which it never had a gradient
+            (-1 once it had one).
+    """
+
+    streak: dict[str, int] = field(default_factory=dict)
+    without_grad: dict[str, int] = field(default_factory=dict)
+
+    def hold(self, key: str, now: bool) -> int:
+        """Count a condition's run of logging steps; return its length (0 when it does not hold)."""
+        self.streak[key] = self.streak.get(key, 0) + 1 if now else 0
+        return self.streak[key]
+
+    def state(self) -> dict[str, object]:
+        return {"streak": dict(self.streak), "without_grad": dict(self.without_grad)}
+
+    def load(self, state: Mapping[str, object]) -> None:
+        self.streak = {str(k): int(v) for k, v in dict(state.get("streak", {})).items()}  # type: ignore[call-overload]
+        self.without_grad = {str(k): int(v) for k, v in dict(state.get("without_grad", {})).items()}  # type: ignore[call-overload]
+
+
+def _finite(x: float | None) -> bool:
+    return x is not None and math.isfinite(x)
+
+
+def _median(values: Sequence[float]) -> float:
+    s = sorted(values)
+    return s[len(s) // 2] if s else math.nan
+
+
+def _lr_text(lr: float) -> str:
+    return f" (learning rate {lr:.3g} in its param group)" if _finite(lr) else ""
+
+
+def size_alerts(
+    step: int, figures: Mapping[str, Mapping[str, float]], th: Thresholds, history: UpdateHistory
+) -> tuple[list[Alert], set[tuple[str, str]]]:
+    """``update_size`` alerts: too large for ``PERSIST`` logging steps, or too small while others learn."""
+    ratios = {k: f["update_ratio"] for k, f in figures.items() if _finite(f.get("update_ratio"))}
+    grads = [f["grad_rms"] for f in figures.values() if _finite(f.get("grad_rms")) and f["grad_rms"] > 0]
+    median = _median([r for r in ratios.values() if r > 0])
+    median_grad = _median(grads)
+    out, checked = [], set()
+    for owner, ratio in ratios.items():
+        fig = figures[owner]
+        checked.add((owner, "update_size"))
+        large = history.hold(owner + "/large", ratio > th.update_large)
+        grad = fig.get("grad_rms", math.nan)
+        learning = _finite(median) and median > MIN_LEARNING and _finite(grad) and grad > 0
+        small_now = learning and ratio * th.update_small < median and grad * th.update_small >= median_grad
+        small = history.hold(owner + "/small", bool(small_now))
+        if large >= PERSIST:
+            message = (
+                f"`{owner}`'s updates are {ratio:.3g} of its weights per step ({large} logging steps in a row above "
+                f"{th.update_large:g}; healthy layers move about 1e-3){_lr_text(fig.get('lr', math.nan))}: the layer "
+                "is thrown around; usual cause: a learning rate too high for it (lower it, warm it up, clip gradients)."
+            )
+            out.append(Alert(step, owner, "update_size", SEVERITY["update_size"], ratio, th.update_large, message))
+        elif small >= PERSIST:
+            factor = median / ratio if ratio > 0 else math.inf
+            message = (
+                f"`{owner}` barely moves: its updates are {ratio:.3g} of its weights per step, {factor:.3g}x below the "
+                f"{median:.3g} of the median layer (threshold {th.update_small:g}x), although its gradient is not "
+                f"small{_lr_text(fig.get('lr', math.nan))}; usual cause: a learning rate of 0 or far too small in its "
+                "param group (a layer frozen by accident)."
+            )
+            out.append(Alert(step, owner, "update_size", SEVERITY["update_size"], factor, th.update_small, message))
+    return out, checked
+
+
+def gradient_depth(grads: Sequence[float]) -> tuple[int | None, float, int | None, float]:
+    """Where gradient RMS vanishes / explodes going from the output back to the input.
+
+    ``grads`` are in forward (execution) order. Returns ``(vanish_at, vanish_factor, explode_at,
+    explode_factor)``: the index (forward order) of the layer nearest the output from which every
+    earlier layer's gradient is below the largest of the later layers (above the smallest) by the
+    factor, maximised over positions with at least ``MIN_GRADIENT_SPAN`` layers before; None and 1.0
+    where the sequence is too short.
+
+    Example:
+        >>> at, f, _, _ = gradient_depth([1e-6, 1e-5, 1e-4, 1e-3, 1e-2])
+        >>> at, round(f)
+        (2, 10)
+    """
+    logs = [math.log(g) for g in grads]
+    n = len(logs)
+    result: list[tuple[int | None, float]] = []
+    for sign in (-1.0, 1.0):  # -1: later layers' max above the earlier ones (vanishing)
+        best: tuple[int | None, float] = (None, 1.0)
+        for i in range(MIN_GRADIENT_SPAN - 1, n - 1):
+            earlier = [sign * x for x in logs[: i + 1]]
+            later = [sign * x for x in logs[i + 1 :]]
+            gap = min(earlier) - min(later)
+            if gap > 0 and math.exp(gap) > best[1]:
+                best = (i, math.exp(gap))
+        result.append(best)
+    return result[0][0], result[0][1], result[1][0], result[1][1]
+
+
+def flow_alerts(
+    step: int,
+    figures: Mapping[str, Mapping[str, float]],
+    order: Sequence[str],
+    th: Thresholds,
+    history: UpdateHistory,
+) -> tuple[list[Alert], set[tuple[str, str]]]:
+    """``vanishing_gradient`` / ``exploding_gradient`` over the owners in ``order`` (weight matrices, forward order)."""
+    seq = [(k, figures[k]["grad_rms"]) for k in order if k in figures and _finite(figures[k].get("grad_rms"))]
+    seq = [(k, g) for k, g in seq if g > 0]
+    out, checked = [], {(k, kind) for k, _ in seq for kind in ("vanishing_gradient", "exploding_gradient")}
+    if len(seq) < MIN_GRADIENT_SPAN + 1:
+        return out, checked
+    v_at, v_factor, e_at, e_factor = gradient_depth([g for _, g in seq])
+    for kind, at, factor, limit in (
+        ("vanishing_gradient", v_at, v_factor, th.vanishing_gradient),
+        ("exploding_gradient", e_at, e_factor, th.exploding_gradient),
+    ):
+        held = history.hold(kind, at is not None and factor > limit)
+        if held < PERSIST or at is None:
+            continue
+        owner = seq[at][0]
+        before = [k for k, _ in seq[:at]]
+        span = f" and the {len(before)} before it" if before else ""
+        if kind == "vanishing_gradient":
+            message = (
+                f"Gradients vanish toward the input from `{owner}` back: the gradient RMS of `{owner}`{span} is "
+                f"{factor:.3g}x below that of a later layer (threshold {limit:g}x), so these layers barely learn; "
+                "usual causes: saturating activations (sigmoid, tanh) in a deep stack, an RNN over long sequences, "
+                "weights initialised too small; use ReLU-like activations, normalization or residual connections."
+            )
+        else:
+            message = (
+                f"Gradients explode toward the input from `{owner}` back: the gradient RMS of `{owner}`{span} is "
+                f"{factor:.3g}x above that of a later layer (threshold {limit:g}x); usual causes: weights initialised "
+                "too large for the depth, an RNN with recurrent gain above 1; clip gradients, normalise, re-initialise."
+            )
+        out.append(Alert(step, owner, kind, SEVERITY[kind], factor, limit, message))
+    return out, checked
+
+
+def gradient_alerts(
+    step: int, figures: Mapping[str, Mapping[str, float]], history: UpdateHistory, expected_unused: bool = False
+) -> tuple[list[Alert], set[tuple[str, str]]]:
+    """``no_gradient``: owners that had no gradient at every one of the first ``NO_GRADIENT_STEPS`` logging steps."""
+    out, checked = [], set()
+    for owner, fig in figures.items():
+        has = fig.get("has_grad", 1.0)
+        count = history.without_grad.get(owner, 0)
+        if count < 0:
+            continue  # it had a gradient once: used
+        if has > 0:
+            history.without_grad[owner] = -1
+            checked.add((owner, "no_gradient"))
+            continue
+        history.without_grad[owner] = count + 1
+        if count + 1 == NO_GRADIENT_STEPS:
+            severity = "info" if expected_unused else SEVERITY["no_gradient"]
+            note = " (unused parameters are expected in this run)" if expected_unused else ""
+            message = (
+                f"`{owner}` has trainable parameters that received no gradient at any of the first {count + 1} "
+                f"logging steps{note}: it is not part of the loss (an unused branch, a detached path, an output "
+                "never used); remove it or set requires_grad=False."
+            )
+            out.append(Alert(step, owner, "no_gradient", severity, float(count + 1), float(NO_GRADIENT_STEPS), message))
+    return out, checked
+
+
+def unheld_alerts(step: int, by_owner: Mapping[str, Sequence[str]]) -> list[Alert]:
+    """``not_in_optimizer``: one alert per owner, naming its trainable parameters that no optimizer holds.
+
+    Example:
+        >>> [a.message[:40] for a in unheld_alerts(0, {"head": ["head.weight", "head.bias"]})]
+        ['`head` has trainable parameters that no ']
+    """
+    out = []
+    for owner, names in by_owner.items():
+        listed = ", ".join(names[:6]) + (f" ... ({len(names)} in all)" if len(names) > 6 else "")
+        message = (
+            f"`{owner}` has trainable parameters that no optimizer holds: {listed}; they never change. Usual causes: "
+            "a submodule created after configure_optimizers ran, or left out of the param groups (pass "
+            "self.parameters(), or set requires_grad=False if it is frozen on purpose)."
+        )
+        out.append(
+            Alert(step, owner, "not_in_optimizer", SEVERITY["not_in_optimizer"], float(len(names)), 0.0, message)
+        )
+    return out
+
+
+def update_alerts(
+    step: int,
+    figures: Mapping[str, Mapping[str, float]],
+    order: Sequence[str],
+    th: Thresholds,
+    history: UpdateHistory,
+    expected_unused: bool = False,
+) -> tuple[list[Alert], set[tuple[str, str]]]:
+    """Every parameter-side rule at one logging step: alerts that hold now and the (owner, kind) pairs evaluated.
+
+    ``order``: owners with weight matrices, in forward order (the gradient-flow rules read only these).
+    """
+    out, checked = [], set()
+    for alerts, evaluated in (
+        size_alerts(step, figures, th, history),
+        flow_alerts(step, figures, order, th, history),
+        gradient_alerts(step, figures, history, expected_unused),
+    ):
+        out += alerts
+        checked |= evaluated
+    return out, checked
