@@ -40,7 +40,8 @@ from .alerts import SEVERITY, Alert
 __all__ = [
     "UpdateHistory",
     "update_alerts",
-    "gradient_depth",
+    "gradient_gaps",
+    "gradient_factors",
     "unheld_alerts",
     "PERSIST",
     "MIN_GRADIENT_SPAN",
@@ -132,33 +133,37 @@ def size_alerts(
     return out, checked
 
 
-def gradient_depth(grads: Sequence[float]) -> tuple[int | None, float, int | None, float]:
-    """Where gradient RMS vanishes / explodes going from the output back to the input.
+def gradient_gaps(grads: Sequence[float]) -> tuple[list[float], list[float]]:
+    """Per layer *i* (forward order): how far the gradients of layers ``0..i`` stay below the largest gradient
+    RMS of the layers after *i* (vanishing), and above the smallest of them (exploding), as factors.
 
-    ``grads`` are in forward (execution) order. Returns ``(vanish_at, vanish_factor, explode_at,
-    explode_factor)``: the index (forward order) of the layer nearest the output from which every
-    earlier layer's gradient is below the largest of the later layers (above the smallest) by the
-    factor, maximised over positions with at least ``MIN_GRADIENT_SPAN`` layers before; None and 1.0
-    where the sequence is too short.
+    Gradients flow from the output back, so "before" a layer in the flow means after it in the forward
+    pass. 1.0 where the layer has fewer than ``MIN_GRADIENT_SPAN`` layers up to it or none after it.
 
     Example:
-        >>> at, f, _, _ = gradient_depth([1e-6, 1e-5, 1e-4, 1e-3, 1e-2])
-        >>> at, round(f)
-        (2, 10)
+        >>> vanish, explode = gradient_gaps([1e-6, 1e-5, 1e-4, 1e-3, 1e-2])
+        >>> [round(v) for v in vanish], max(explode)
+        ([1, 1000, 100, 10, 1], 1.0)
     """
     logs = [math.log(g) for g in grads]
     n = len(logs)
-    result: list[tuple[int | None, float]] = []
-    for sign in (-1.0, 1.0):  # -1: later layers' max above the earlier ones (vanishing)
-        best: tuple[int | None, float] = (None, 1.0)
-        for i in range(MIN_GRADIENT_SPAN - 1, n - 1):
-            earlier = [sign * x for x in logs[: i + 1]]
-            later = [sign * x for x in logs[i + 1 :]]
-            gap = min(earlier) - min(later)
-            if gap > 0 and math.exp(gap) > best[1]:
-                best = (i, math.exp(gap))
-        result.append(best)
-    return result[0][0], result[0][1], result[1][0], result[1][1]
+    vanish, explode = [1.0] * n, [1.0] * n
+    for i in range(MIN_GRADIENT_SPAN - 1, n - 1):
+        earlier, later = logs[: i + 1], logs[i + 1 :]
+        vanish[i] = max(1.0, math.exp(max(later) - max(earlier)))
+        explode[i] = max(1.0, math.exp(min(earlier) - min(later)))
+    return vanish, explode
+
+
+def gradient_factors(grads: Sequence[float]) -> tuple[float, float]:
+    """The figures the gradient-flow rules compare with their thresholds: the largest vanishing and exploding factors.
+
+    Example:
+        >>> [round(x) for x in gradient_factors([1.0, 2.0, 4.0, 1e4])]
+        [5000, 1]
+    """
+    vanish, explode = gradient_gaps(grads)
+    return max(vanish, default=1.0), max(explode, default=1.0)
 
 
 def flow_alerts(
@@ -174,15 +179,17 @@ def flow_alerts(
     out, checked = [], {(k, kind) for k, _ in seq for kind in ("vanishing_gradient", "exploding_gradient")}
     if len(seq) < MIN_GRADIENT_SPAN + 1:
         return out, checked
-    v_at, v_factor, e_at, e_factor = gradient_depth([g for _, g in seq])
-    for kind, at, factor, limit in (
-        ("vanishing_gradient", v_at, v_factor, th.vanishing_gradient),
-        ("exploding_gradient", e_at, e_factor, th.exploding_gradient),
+    vanish, explode = gradient_gaps([g for _, g in seq])
+    for kind, gaps, limit in (
+        ("vanishing_gradient", vanish, th.vanishing_gradient),
+        ("exploding_gradient", explode, th.exploding_gradient),
     ):
-        held = history.hold(kind, at is not None and factor > limit)
+        # where it starts: the layer nearest the output from which the gradients back to the input are out of range
+        at = next((i for i in range(len(gaps) - 1, -1, -1) if gaps[i] > limit), None)
+        held = history.hold(kind, at is not None)
         if held < PERSIST or at is None:
             continue
-        owner = seq[at][0]
+        owner, factor = seq[at][0], gaps[at]
         before = [k for k, _ in seq[:at]]
         span = f" and the {len(before)} before it" if before else ""
         if kind == "vanishing_gradient":
