@@ -59,6 +59,7 @@ class ParamEntry:
     name: str
     owner: str
     numel: int
+    matrix: bool = False  # a weight matrix (2+ dims, not an embedding table): read by the gradient-flow rules
 
 
 def owners(
@@ -160,13 +161,16 @@ class UpdateProbe:
         """Choose the parameters to watch; return the owners in parameter order."""
         by_name = dict(owners(model, modules, exclude))
         self.entries, self._params, self._index = [], [], {}
+        modules_by_name = dict(model.named_modules())
         for qualified, param in model.named_parameters():
             owner = by_name.get(user_name(qualified))
             if owner is None or id(param) in self._index:
                 continue
             self._index[id(param)] = len(self._params)
             self._params.append(param)
-            self.entries.append(ParamEntry(user_name(qualified), owner, param.numel()))
+            module = modules_by_name.get(qualified.rpartition(".")[0])
+            matrix = param.ndim >= 2 and not isinstance(module, (nn.Embedding, nn.EmbeddingBag))
+            self.entries.append(ParamEntry(user_name(qualified), owner, param.numel(), matrix))
         self.set_optimizers(model, optimizers)
         return list(dict.fromkeys(e.owner for e in self.entries))
 
@@ -178,6 +182,11 @@ class UpdateProbe:
             for opt in optimizers
         }
         self.unheld = unheld_parameters(model, optimizers) if optimizers else []
+
+    @property
+    def matrix_owners(self) -> list[str]:
+        """Owners holding a weight matrix, in parameter (usually forward) order: what the gradient-flow rules read."""
+        return list(dict.fromkeys(e.owner for e in self.entries if e.matrix))
 
     def owner_of(self, names: Iterable[str]) -> dict[str, list[str]]:
         """Parameter names grouped by owner (names of unwatched parameters are their own owner)."""
