@@ -327,19 +327,21 @@ class Recorder(pl.Callback):
         res = self.watch.last_result
         if res is None or res.step != trainer.global_step - 1:
             return
-        mon, keys = self.watch.monitor, list(res.figures)
-        prediction = mon._prediction_keys(res.figures)  # noqa: SLF001 - the depth rules leave these out
-        sequence = [(mon.info(k), res.figures[k]) for k in keys if mon.info(k).role != "input" and k not in prediction]
+        session, keys = self.watch.session, list(res.figures)
+        prediction = session.evaluator.prediction_keys(res.figures)  # the depth rules leave these out
+        info = session.collector.info
+        sequence = [(info(k), res.figures[k]) for k in keys if info(k).role != "input" and k not in prediction]
         for rule, value in zip(("vanishing", "exploding"), depth_ratios(sequence), strict=True):
             if value > self.maxima[rule][0]:
                 self.maxima[rule] = (value, "")
         for key, fig in res.figures.items():
-            info = self.watch.monitor.info(key)
+            info = self.watch.session.collector.info(key)
             for rule, value in rule_values(fig, info.role).items():
                 drift_rule = rule in ("scale_drift", "mean_drift", "shift")
                 if drift_rule and info.role == "input":
                     continue  # inputs are judged per feature (input_drift)
-                if drift_rule and (not self.watch.monitor.reference_ready(res.step) or key == list(res.figures)[-1]):
+                ready = self.watch.session.evaluator.reference_ready(res.step)
+                if drift_rule and (not ready or key == list(res.figures)[-1]):
                     continue  # no reference yet, or the model's output (drift alerts skip it)
                 if math.isfinite(value) and value > self.maxima[rule][0]:
                     self.maxima[rule] = (value, key)

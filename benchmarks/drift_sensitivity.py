@@ -22,8 +22,8 @@ import numpy as np
 from scipy import stats
 
 from lightning_normwatch.config import Thresholds
+from lightning_normwatch.judge.input_drift import InputTracker
 from lightning_normwatch.stats.feature_drift import FeatureStats
-from lightning_normwatch.collect.inputs import InputTracker
 
 F = 32
 REFERENCE_STEPS = 20

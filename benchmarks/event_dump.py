@@ -71,8 +71,13 @@ def _run(name: str, root: Path, steps: int) -> dict:
     model, data = _demo() if name == "demo" else _deep()
     callback = NormWatch(every_n_steps=10, warmup_steps=20, reference_steps=40, on_alert="ignore")
     trainer = pl.Trainer(
-        max_steps=steps, logger=TensorBoardLogger(root, name=name), callbacks=[callback],
-        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False, deterministic=True,
+        max_steps=steps,
+        logger=TensorBoardLogger(root, name=name),
+        callbacks=[callback],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        deterministic=True,
     )
     trainer.fit(model, data)
     return {"alerts": [repr(a) for a in callback.alerts], "events": _events(Path(trainer.logger.log_dir))}
@@ -89,13 +94,20 @@ def _events(log_dir: Path) -> dict:
         out[f"scalar:{tag}"] = [[e.step, e.value] for e in acc.Scalars(tag)]
     for tag in tags["histograms"]:
         out[f"hist:{tag}"] = [
-            [e.step, e.histogram_value.min, e.histogram_value.max, e.histogram_value.num,
-             list(e.histogram_value.bucket_limit), list(e.histogram_value.bucket)]
+            [
+                e.step,
+                e.histogram_value.min,
+                e.histogram_value.max,
+                e.histogram_value.num,
+                list(e.histogram_value.bucket_limit),
+                list(e.histogram_value.bucket),
+            ]
             for e in acc.Histograms(tag)
         ]
     for tag in tags["images"]:
         out[f"image:{tag}"] = [
-            [e.step, e.width, e.height, hashlib.sha256(e.encoded_image_string).hexdigest()[:16]] for e in acc.Images(tag)
+            [e.step, e.width, e.height, hashlib.sha256(e.encoded_image_string).hexdigest()[:16]]
+            for e in acc.Images(tag)
         ]
     for tag in tags["tensors"]:
         out[f"tensor:{tag}"] = [[e.step, str(e.tensor_proto.string_val)] for e in acc.Tensors(tag)]
@@ -140,7 +152,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         dump = {name: _run(name, Path(tmp), steps) for name, steps in (("demo", 300), ("deep", 300))}
     Path(args.out).write_text(json.dumps(dump, sort_keys=True))
-    print(f"wrote {args.out}: " + ", ".join(f"{k} {len(v['events'])} tags {len(v['alerts'])} alerts" for k, v in dump.items()))
+    print(
+        f"wrote {args.out}: "
+        + ", ".join(f"{k} {len(v['events'])} tags {len(v['alerts'])} alerts" for k, v in dump.items())
+    )
     return 0
 
 

@@ -7,8 +7,11 @@ Trains the same small classifier on scikit-learn's bundled breast-cancer data tw
 
 NormWatch warns about the first (input features on wildly different scales); the second trains
 without a warning although none of its post-activation outputs is Gaussian-shaped: networks need
-*normalized* (centred, comparable scales) values, not *normal* ones. The table at the end shows
-pre- and post-activation figures side by side.
+*normalized* (centred, comparable scales) values, not *normal* ones. The table at the end describes
+each layer's output of the second run in words.
+
+The runs are written to ``<logdir>/raw_features`` and ``<logdir>/standardized_batchnorm``; running
+the demo again replaces them (only those two directories).
 
 Run: ``make demo`` (or ``.venv/bin/python examples/quickstart.py``), then
 ``.venv/bin/tensorboard --logdir logs/quickstart`` and open http://127.0.0.1:6006.
@@ -19,8 +22,10 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import shutil
 import time
 import warnings
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
@@ -67,12 +72,14 @@ def dataset(standardize: bool) -> TensorDataset:
 
 
 def train(name: str, standardize: bool, batchnorm: bool, steps: int, logdir: str) -> NormWatch:
+    """Train one run into ``<logdir>/<name>``, replacing that run's logs from an earlier demo."""
+    shutil.rmtree(Path(logdir) / name, ignore_errors=True)  # a second `make demo` shows two runs, not four
     pl.seed_everything(0, verbose=False)
     watch = NormWatch(every_n_steps=10, warmup_steps=50, reference_steps=100)
     trainer = pl.Trainer(
         max_steps=steps,
         callbacks=[watch],
-        logger=TensorBoardLogger(logdir, name=name, default_hp_metric=False),
+        logger=TensorBoardLogger(logdir, name="", version=name, default_hp_metric=False),
         log_every_n_steps=10,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -85,38 +92,57 @@ def train(name: str, standardize: bool, batchnorm: bool, steps: int, logdir: str
     return watch
 
 
-def show_alerts(title: str, watch: NormWatch) -> None:
-    """Warnings and errors in full; shape information (``non_normal``) summarized per module."""
-    serious = [a for a in watch.alerts if a.severity != "info"]
-    info = [a for a in watch.alerts if a.severity == "info"]
-    print(f"\n== {title}: {len(serious)} warning(s)/error(s), {len(info)} information alert(s)")
-    for a in serious:
-        print(f"  step {a.step:4d}  {a.severity:7s} {a.kind:13s} {a.module:8s} {a.message}")
-    if info:
-        modules = ", ".join(dict.fromkeys(a.module for a in info))
-        print(f"  info: non-Gaussian shape (non_normal) at {modules}: information, not a fault")
-    if not watch.alerts:
-        print("  none")
+def shape_in_words(skew: float, kurtosis: float) -> str:
+    """Skewness and excess kurtosis in words (rough bands, for reading; the alert rules use their own thresholds).
+
+    Example:
+        >>> shape_in_words(0.1, 0.2), shape_in_words(2.6, 9.7), shape_in_words(0.0, -1.6)
+        ('close to Gaussian', 'skewed right, heavy tails', 'flat or two-humped')
+    """
+    if not (math.isfinite(skew) and math.isfinite(kurtosis)):
+        return "-"
+    words = []
+    if abs(skew) >= 0.5:
+        words.append("skewed right" if skew > 0 else "skewed left")
+    if kurtosis >= 1:
+        words.append("heavy tails")
+    elif kurtosis <= -1:
+        words.append("flat or two-humped")
+    return ", ".join(words) or "close to Gaussian"
 
 
 def show_layers(watch: NormWatch) -> None:
-    """Pre- vs post-activation figures of the last logging step."""
+    """What each layer's output looks like at the last logging step, in words."""
     assert watch.last_result is not None
-    print(f"\n== Figures at step {watch.last_result.step} (standardized + BatchNorm run)")
-    print(
-        f"  {'tensor':8s} {'module':12s} {'mean':>7s} {'std':>7s} {'skew':>7s} {'kurt':>7s} {'zeros':>6s} {'p(K2)':>8s}"
-    )
+    print(f"\nWhat the standardized + BatchNorm run's layers look like at step {watch.last_result.step}:")
+    print(f"  {'tensor':7s} {'layer':12s} {'mean':>6s} {'std':>5s} {'zeros':>6s}  shape")
     for key, fig in watch.last_result.figures.items():
-        info = watch.monitor.info(key)
-        p = fig["normaltest_p"]
-        cells = [fig["mean"], fig["std"], fig["skew"], fig["kurtosis"]]
-        row = " ".join(f"{v:7.2f}" for v in cells)
-        p_text = f"{p:8.1e}" if math.isfinite(p) else "     nan"
-        print(f"  {key:8s} {info.type_name:12s} {row} {fig['zeros']:6.0%} {p_text}")
+        layer = watch.session.collector.info(key).type_name
+        shape = shape_in_words(fig["skew"], fig["kurtosis"])
+        print(f"  {key:7s} {layer:12s} {fig['mean']:6.2f} {fig['std']:5.2f} {fig['zeros']:6.0%}  {shape}")
+
+
+def verdict(raw: NormWatch, norm: NormWatch) -> str:
+    """One line per run: how many warnings, on what (the messages themselves were printed live, above)."""
+    lines = []
+    for title, watch in (("raw features", raw), ("standardized + BatchNorm", norm)):
+        serious = [a for a in watch.alerts if a.severity != "info"]
+        kinds = ", ".join(dict.fromkeys(f"{a.kind} on {a.module}" for a in serious))
+        info = len(watch.alerts) - len(serious)
+        found = f"{len(serious)} warning(s): {kinds}" if serious else "no warning"
+        lines.append(f"  {title}: {found}; {info} information alert(s)")
+    return "\n".join(lines)
+
+
+def show_next(logdir: str) -> None:
+    """Where to look next."""
     print(
-        "\n  BatchNorm outputs (pre-activation) are centred with unit scale and roughly symmetric; ReLU outputs\n"
-        "  are skewed with many exact zeros. Not Gaussian, and that is fine: NormWatch reports shape as\n"
-        "  information and warns only about scale (different feature scales, drift, dead or saturated units)."
+        "\nNext:\n"
+        f"  1. The panels: .venv/bin/tensorboard --logdir {logdir}, then open http://127.0.0.1:6006\n"
+        "     (Images tab: normwatch/overview, one row per layer; Text tab: normwatch/alerts)\n"
+        f"  2. The same findings in the terminal: .venv/bin/normwatch report {logdir}\n"
+        "  3. Read on: docs/alerts.md (every alert kind), docs/panels.md (the panels),\n"
+        "     docs/science.md (why normalized matters and normal does not)"
     )
 
 
@@ -132,12 +158,16 @@ def main() -> None:
     start = time.perf_counter()
     raw = train("raw_features", standardize=False, batchnorm=False, steps=args.steps, logdir=args.logdir)
     norm = train("standardized_batchnorm", standardize=True, batchnorm=True, steps=args.steps, logdir=args.logdir)
-    show_alerts("Raw features, no batch norm", raw)
-    show_alerts("Standardized features, BatchNorm before ReLU", norm)
-    show_layers(norm)
     print(f"\nTrained both runs in {time.perf_counter() - start:.0f} s.")
-    print(f"Open the panels: .venv/bin/tensorboard --logdir {args.logdir}  (then http://127.0.0.1:6006)")
-    print(f"Or a text report: .venv/bin/normwatch report {args.logdir}")
+    print("\nWhat NormWatch found (each alert's message is printed above, once):")
+    print(verdict(raw, norm))
+    show_layers(norm)
+    print(
+        "\n  BatchNorm outputs are centred with a std of about 1; ReLU outputs are skewed, about half exact zeros.\n"
+        "  Not Gaussian, and that is fine: networks need *normalized* values (centred, comparable scales), not\n"
+        "  *normal* ones. NormWatch warns about scale, and reports a non-Gaussian shape as information only."
+    )
+    show_next(args.logdir)
 
 
 if __name__ == "__main__":

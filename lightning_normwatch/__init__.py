@@ -3,6 +3,8 @@
 Example:
     >>> from lightning_normwatch import NormWatch
     >>> callback = NormWatch()          # add to pl.Trainer(callbacks=[callback])
+    >>> callback.config.every_n_steps is None   # None: the trainer's log_every_n_steps
+    True
 """
 
 from __future__ import annotations
@@ -10,21 +12,21 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from .config import SessionConfig, Thresholds
 from .judge.alerts import KINDS, Alert, NormWatchAlertError
-from .config import Thresholds
 
 if TYPE_CHECKING:
-    from .adapters.loop import LoopWatch
     from .adapters.callback import NormWatch
-    from .session.monitor import Monitor, MonitorConfig, StepResult
+    from .adapters.loop import LoopWatch
+    from .judge.evaluator import StepResult
+    from .session.session import Session
 
 # torch and Lightning are imported on first use, so that `normwatch report` starts quickly.
 _LAZY = {
     "NormWatch": ".adapters.callback",
-    "Monitor": ".session.monitor",
-    "MonitorConfig": ".session.monitor",
-    "StepResult": ".session.monitor",
     "LoopWatch": ".adapters.loop",
+    "Session": ".session.session",
+    "StepResult": ".judge.evaluator",
 }
 
 
@@ -36,13 +38,13 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "NormWatch",
+    "LoopWatch",
+    "Session",
+    "SessionConfig",
+    "StepResult",
     "Alert",
     "NormWatchAlertError",
     "Thresholds",
     "KINDS",
-    "Monitor",
-    "MonitorConfig",
-    "StepResult",
-    "LoopWatch",
 ]
-__version__ = "0.1.0"
+__version__ = "0.2.0"

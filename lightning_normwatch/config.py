@@ -1,4 +1,7 @@
-"""Thresholds and validation of user configuration (errors name the parameter and the value).
+"""Every setting and threshold, defined once, validated at construction (errors name the parameter and the value).
+
+``SessionConfig`` holds the settings of a session (the arguments of ``NormWatch`` and ``LoopWatch``),
+``Thresholds`` the alert thresholds; both are passed down with each step, never looked up elsewhere.
 
 Example:
     >>> Thresholds(dead=0.6).dead
@@ -7,14 +10,26 @@ Example:
     Traceback (most recent call last):
     ...
     ValueError: NormWatch: thresholds.dead must be in (0, 1], got 2
+    >>> SessionConfig(sample_size=8)
+    Traceback (most recent call last):
+    ...
+    ValueError: NormWatch: sample_size must be an integer >= 16, got 8
+    >>> SessionConfig().interval(None), SessionConfig().interval(10), SessionConfig(every_n_steps=5).interval(10)
+    (50, 10, 5)
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
 
-__all__ = ["Thresholds", "check_positive_int", "check_choice"]
+__all__ = ["SessionConfig", "Thresholds", "DEFAULT_INTERVAL", "SCALAR_SETS", "check_positive_int", "check_choice"]
+
+#: logging interval (global steps) when neither ``every_n_steps`` nor the trainer gives one
+DEFAULT_INTERVAL = 50
+#: ``scalars=``: per tensor the figures a person reads (by role), or every figure
+SCALAR_SETS = ("default", "all")
 
 
 def _fail(name: str, rule: str, value: object) -> ValueError:
@@ -36,7 +51,7 @@ def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Alert thresholds. Defaults were calibrated on healthy and broken runs (README, "Calibration").
+    """Alert thresholds. Defaults were calibrated on healthy and broken runs (docs/alerts.md, "Calibration").
 
     Attributes:
         dead: share of a layer's units that are zero on the whole sampled batch.
@@ -60,7 +75,7 @@ class Thresholds:
         input_scale: effect-size floor of an input feature's std ratio (either way).
         input_psi: effect-size floor of an input feature's PSI on its anchor bins.
         input_noise_z: a feature's change must also exceed this many standard errors of what a batch
-            of that size produces by chance (``features.feature_drift``); then it must hold on two
+            of that size produces by chance (``stats.feature_drift.feature_drift``); then it must hold on two
             consecutive logging steps to raise ``input_drift``.
         update_large: update-to-weight ratio ||dW||/||W|| of one optimizer step above which a layer's
             updates are too large (``update_size``; held 2 logging steps; docs/updates.md).
@@ -123,3 +138,77 @@ class Thresholds:
                 raise _fail("thresholds", "a dict with keys among " + ", ".join(sorted(known)), unknown)
             return cls(**value)
         raise _fail("thresholds", "a Thresholds, a dict or None", value)
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """The settings of a session: the arguments of ``NormWatch``/``LoopWatch`` and a few internal bounds.
+
+    Attributes:
+        every_n_steps: logging interval in global steps; None: the trainer's ``log_every_n_steps``, else 50.
+        sample_size: values sampled per watched tensor per logging step (the bound on the cost per layer).
+        pvalue_size: values the normality p-values are computed on (fixed, whatever the layer size).
+        warmup_steps: global steps before the reference window opens.
+        reference_steps: length of the reference window in global steps; drift is measured after it.
+        thresholds: alert thresholds (``Thresholds``, or a dict of overrides, coerced).
+        on_alert: ``"warn"`` (log), ``"raise"`` (``NormWatchAlertError`` on a warning or error) or ``"ignore"``.
+        check_nonfinite: check the loss every step and name the first module producing NaN/Inf.
+        seed: seed of the session's own sampling generator.
+        tensorboard: write histograms, the custom-scalars layout and the alert table to TensorBoard.
+        plot_every_n_steps: write Q-Q/histogram figures every this many steps (None: never).
+        input_drift: severity of ``input_drift`` alerts: ``"warn"``, ``"info"`` or ``"off"`` (figures only).
+        feature_names: names of the input features (columns/channels), used in ``input_drift`` messages.
+        scalars: ``"default"`` (per tensor the figures for its role) or ``"all"``.
+        min_rows: rows (batch positions) sampled at least per tensor.
+        max_channels: channels measured at most per tensor.
+        world_size: number of processes whose samples are merged (the p-value subsample is split).
+        input_sample_size: values sampled at most per input tensor (inputs are few and drift needs rows).
+        input_rows: rows of an input sampled at most per feature and logging step (the per-feature drift
+            tests' sample; 1,024 rows of a 256-feature input cost 3.4 ms of a 20 ms MLP logging step).
+    """
+
+    every_n_steps: int | None = None
+    sample_size: int = 8192
+    pvalue_size: int = 5000
+    warmup_steps: int = 100
+    reference_steps: int = 200
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    on_alert: str = "warn"
+    check_nonfinite: bool = True
+    seed: int = 0
+    tensorboard: bool = True
+    plot_every_n_steps: int | None = None
+    input_drift: str = "warn"
+    feature_names: tuple[str, ...] | None = None
+    scalars: str = "default"
+    min_rows: int = 16
+    max_channels: int = 2048
+    world_size: int = 1
+    input_sample_size: int = 1 << 18
+    input_rows: int = 256
+
+    def __post_init__(self) -> None:
+        check_positive_int("every_n_steps", self.every_n_steps, allow_none=True)
+        check_positive_int("sample_size", self.sample_size, minimum=16)
+        check_positive_int("pvalue_size", self.pvalue_size, minimum=8)
+        check_positive_int("warmup_steps", self.warmup_steps, minimum=0)
+        check_positive_int("reference_steps", self.reference_steps)
+        check_choice("on_alert", self.on_alert, ("warn", "raise", "ignore"))
+        check_positive_int("plot_every_n_steps", self.plot_every_n_steps, allow_none=True)
+        check_choice("input_drift", self.input_drift, ("warn", "info", "off"))
+        check_choice("scalars", self.scalars, SCALAR_SETS)
+        names = self.feature_names
+        if names is not None:
+            if isinstance(names, str) or not isinstance(names, Sequence) or not all(isinstance(n, str) for n in names):
+                raise _fail("feature_names", "a sequence of strings or None", names)
+            object.__setattr__(self, "feature_names", tuple(names))
+        for name in ("check_nonfinite", "tensorboard"):
+            if not isinstance(getattr(self, name), bool):
+                raise _fail(name, "a bool", getattr(self, name))
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise _fail("seed", "an int", self.seed)
+        object.__setattr__(self, "thresholds", Thresholds.coerce(self.thresholds))
+
+    def interval(self, trainer_default: int | None) -> int:
+        """The logging interval: ``every_n_steps``, else the trainer's, else ``DEFAULT_INTERVAL``."""
+        return self.every_n_steps or trainer_default or DEFAULT_INTERVAL

@@ -2,7 +2,7 @@
 
 Use it with ``import lightning as L`` / ``lightning.pytorch.cli.LightningCLI``
 (``class_path: lightning_normwatch.lightning.NormWatch``); with ``pytorch_lightning`` use
-``lightning_normwatch.NormWatch``. Both are one implementation (``adapters/lightning.py``).
+``lightning_normwatch.NormWatch``. Both are one implementation (``adapters/callback.py``).
 """
 
 from __future__ import annotations

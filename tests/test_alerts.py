@@ -109,7 +109,7 @@ def test_saturated_sigmoid_from_large_init(tmp_path):
 def test_scale_change_mid_training_moves_drift_and_keeps_reference(tmp_path):
     data = changed_after(regression_data(n=1024), 32, 20, lambda x: x * 10)
     watch = fit(tmp_path, Regressor(mlp(), lr=1e-4), data, steps=28)
-    ref = watch.monitor.references["input"]
+    ref = watch.session.evaluator.references["input"]
     assert ref.steps == FAST["reference_steps"]  # accumulated over the window only, not after
     fig = watch.last_result.figures["input"]
     assert fig["std_log_ratio"] == pytest.approx(math.log(10), abs=0.15)
@@ -210,7 +210,7 @@ def test_healthy_run_raises_no_warning(tmp_path, caplog):
         trainer(tmp_path, [watch], max_steps=200).fit(
             Regressor(mlp(), lr=0.05), loader(regression_data(n=2048), shuffle=True)
         )
-    assert watch.monitor.reference_ready(watch.last_result.step)
+    assert watch.session.evaluator.reference_ready(watch.last_result.step)
     assert [a for a in watch.alerts if a.severity != "info"] == []
     assert not [r for r in caplog.records if r.name == "lightning_normwatch"]
 

@@ -77,7 +77,7 @@ def test_channels_last_mlp_block_is_measured_per_real_channel(tmp_path) -> None:
     net = ConvNeXtNet(dead_share=0.75)
     cb = watch(inputs=False)
     trainer(tmp_path, [cb], max_steps=2).fit(Regressor(net), loader(regression_data(n=64)))
-    mon, figs = cb.monitor, cb.last_result.figures  # type: ignore[union-attr]
+    mon, figs = cb.session.collector, cb.last_result.figures  # type: ignore[union-attr]
     # a Linear / LayerNorm / ReLU on [B, H, W, C]: channels are the last dimension (4 would be H = W)
     layers = ("net.block.norm", "net.block.pwconv1", "net.block.act", "net.block.pwconv2")
     assert [mon.info(k).channels for k in layers] == [16, 64, 64, 16]

@@ -8,7 +8,13 @@ import torch
 from torch import nn
 
 from lightning_normwatch.collect.batched import measure_all
-from lightning_normwatch.collect.sampling import MeasureSpec, Sampled, measure_sampled, saturation_bounds_for, take_sample
+from lightning_normwatch.collect.sampling import (
+    MeasureSpec,
+    Sampled,
+    measure_sampled,
+    saturation_bounds_for,
+    take_sample,
+)
 from lightning_normwatch.stats.figures import TensorStats, figures, figures_many
 
 # Tolerance of the batched path against the per-tensor one: the column reductions are the same
@@ -73,7 +79,7 @@ def test_batched_blocks_count_what_they_should() -> None:
     for s, block in zip(items, measure_all(items), strict=True):
         values = s.sample.double().numpy().ravel()
         finite = values[np.isfinite(values)]
-        from lightning_normwatch.collect.sampling import BlockLayout
+        from lightning_normwatch.stats.block import BlockLayout
 
         f = BlockLayout(s.sample.shape[1]).unpack(block.numpy())
         assert f["sampled"] == values.size

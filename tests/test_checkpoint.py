@@ -86,7 +86,7 @@ class Recorder(pl.Callback):
         result = self.nw.last_result
         assert result is not None
         self.figures[result.step] = result.figures
-        self.reference_steps[result.step] = self.nw.monitor.references["net.body.0"].steps
+        self.reference_steps[result.step] = self.nw.session.evaluator.references["net.body.0"].steps
 
 
 def _fit(root: Path, ckpt_path: str | None = None, forget_generator: bool = False) -> tuple[OrderedNormWatch, Recorder]:
@@ -142,7 +142,7 @@ def test_resume_continues_reference_drift_and_alerts(
 
     # Lightning 2.x restores callbacks after setup, into the monitor the exchange uses
     assert nw.calls == ["setup", "load_state_dict"]
-    assert nw._exchange is not None and nw._exchange.monitor is nw.monitor
+    assert nw.exchange is not None and nw.exchange.collector is nw.session.collector
 
     # the resumed run picks up at the checkpoint's step with the reference half full: no new warm-up
     assert sorted(rec.figures) == list(range(RESUME_AT, STEPS))
@@ -161,9 +161,9 @@ def test_resume_continues_reference_drift_and_alerts(
     assert "psi" not in rec.figures[WARMUP + REFERENCE - 1]["net.body.0"]
 
     # the reference itself (moments, histogram, steps) is the uninterrupted run's
-    assert nw.monitor.references.keys() == nw_full.monitor.references.keys()
-    for key, ref in nw.monitor.references.items():
-        assert ref.state() == nw_full.monitor.references[key].state(), key
+    assert nw.session.evaluator.references.keys() == nw_full.session.evaluator.references.keys()
+    for key, ref in nw.session.evaluator.references.items():
+        assert ref.state() == nw_full.session.evaluator.references[key].state(), key
 
     # the dead branch was alerted once, before the checkpoint, and is not alerted again
     assert [a.to_dict() for a in nw.alerts] == [a.to_dict() for a in nw_full.alerts]

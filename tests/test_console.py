@@ -54,7 +54,7 @@ def test_start_line_and_summary_of_a_healthy_run(tmp_path, caplog) -> None:
     figures = cb.last_result.figures
     assert set(rows) == set(figures)
     for key, cells in rows.items():
-        assert cells[1] == cb.monitor.info(key).type_name
+        assert cells[1] == cb.session.collector.info(key).type_name
         assert float(cells[2]) == pytest.approx(figures[key]["std"], rel=5e-3)
     assert rows["net.1"][6].endswith("%") and rows["net.0"][6] == "-"  # dead only for activations
     assert "\x1b[" not in summary[0]  # not a terminal: plain text

@@ -50,8 +50,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from models import Regressor, mlp, regression_data  # noqa: E402
 
 from lightning_normwatch.adapters.callback import NormWatch  # noqa: E402
+from lightning_normwatch.collect.collector import Collector
 from lightning_normwatch.collect.exchange import Exchange  # noqa: E402
-from lightning_normwatch.session.monitor import Monitor, MonitorConfig  # noqa: E402
+from lightning_normwatch.config import SessionConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 WORLD = 2
@@ -156,7 +157,7 @@ class Recorder(pl.Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        ex, result = self.nw._exchange, self.nw.last_result
+        ex, result = self.nw.exchange, self.nw.last_result
         assert ex is not None and result is not None
         self.steps.append(
             {
@@ -353,7 +354,7 @@ def test_ddp_one_collective_per_logging_step(ddp_same: list[dict[str, Any]]):
         assert len(steady) == 1
     layout = ddp_same[0]["steps"][-1]["layout"]
     assert layout == ddp_same[1]["steps"][-1]["layout"]
-    # bytes per rank per step: a head of 2 floats plus one block per tensor (see the README, "Multi-GPU / multi-node");
+    # bytes per rank per step: a head of 2 floats plus one block per tensor (see docs/distributed.md);
     # input features add batch items and 18 anchor-bin counts per feature
     tails = sum(1 + 18 * c for name, c in layout if name == "input" or name.startswith("input/"))
     assert ddp_same[0]["steps"][-1]["bytes"] == 8 * (2 + sum(12 + 583 + 6 * c for _, c in layout) + tails)
@@ -390,10 +391,10 @@ def test_ddp_rank_skipping_a_module_does_not_hang(ddp_runs: dict[str, list[dict[
 
 
 def _exchange_worker(rank: int, port: int, out: str) -> None:
-    """One rank of a bare gloo group driving ``Monitor`` + ``Exchange`` by hand (no Lightning)."""
+    """One rank of a bare gloo group driving ``Collector`` + ``Exchange`` by hand (no Lightning)."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=60))
-    monitor = Monitor(MonitorConfig(world_size=WORLD))
+    monitor = Collector(SessionConfig(world_size=WORLD))
     exchange = Exchange(monitor, distributed=True)
     gen = torch.Generator().manual_seed(rank)
     plan = {  # step -> widths this rank calls module "m" with, in order

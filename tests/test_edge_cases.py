@@ -9,7 +9,8 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from lightning_normwatch import NormWatch
-from lightning_normwatch.session.monitor import Monitor, MonitorConfig
+from lightning_normwatch.collect.collector import Collector
+from lightning_normwatch.config import SessionConfig
 from tests.models import Regressor, loader, mlp, regression_data, trainer
 
 
@@ -49,7 +50,7 @@ def test_a_second_fit_starts_fresh(tmp_path):
         trainer(tmp_path, [watch], max_steps=3).fit(Regressor(net), loader(regression_data()))
         assert [a.module for a in watch.alerts if a.kind == "dead"][:1] == ["net.1"]
         assert not [k for k in watch.last_result.figures if "@" in k]
-        assert watch.monitor.references["input"].steps == 2
+        assert watch.session.evaluator.references["input"].steps == 2
 
 
 def test_dead_channels_after_a_conv1d_are_found(tmp_path):
@@ -61,7 +62,7 @@ def test_dead_channels_after_a_conv1d_are_found(tmp_path):
     data = TensorDataset(torch.randn(128, 4, 20, generator=g), torch.zeros(128, 1))
     watch = NormWatch(warmup_steps=0, reference_steps=2)
     trainer(tmp_path, [watch], max_steps=2).fit(Regressor(net, lr=1e-6), loader(data))
-    assert watch.monitor.info("net.1").channels == 16  # the ReLU keeps the conv's [B, C, L] layout
+    assert watch.session.collector.info("net.1").channels == 16  # the ReLU keeps the conv's [B, C, L] layout
     assert watch.last_result.figures["net.1"]["dead"] == 12 / 16
     dead = [a.module for a in watch.alerts if a.kind == "dead"]
     assert dead[0] == "net.1" and "net.0" not in dead  # the Flatten after it may repeat it
@@ -80,7 +81,7 @@ def test_no_dead_alert_for_zero_init_projections_or_single_rows(tmp_path):
 
 
 def test_pvalues_rest_on_one_fixed_size_sample_however_often_a_module_runs():
-    mon = Monitor(MonitorConfig(pvalue_size=500))
+    mon = Collector(SessionConfig(pvalue_size=500))
     g = torch.Generator().manual_seed(0)
     mon.arm()
     for _ in range(4):  # a module called 4 times (or 4 accumulated batches) in one logging step
@@ -97,8 +98,8 @@ def test_reference_taken_when_no_logging_step_falls_in_the_window(tmp_path):
     x[10 * 32 :] *= 10
     watch = NormWatch(every_n_steps=7, warmup_steps=3, reference_steps=2)
     trainer(tmp_path, [watch], max_steps=15).fit(Regressor(mlp(), lr=1e-4), loader(TensorDataset(x, y)))
-    assert watch.monitor.references["input"].steps == 1  # step 7, the first logging step after warm-up
-    assert watch.monitor.references["net.0"].steps == 1
+    assert watch.session.evaluator.references["input"].steps == 1  # step 7, the first logging step after warm-up
+    assert watch.session.evaluator.references["net.0"].steps == 1
     assert "scale_drift" in {a.kind for a in watch.alerts if a.module == "net.0"}
 
 

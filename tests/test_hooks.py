@@ -81,7 +81,7 @@ def test_hooks_exist_only_on_logging_steps_and_are_removed_after_fit(tmp_path) -
     assert counter.seen == [1 if step % 5 == 0 else 0 for step in range(12)]
     assert_no_hooks(model)
     assert cb.last_result is not None and cb.last_result.step == 10
-    assert not cb.monitor.armed
+    assert not cb.session.collector.armed
 
 
 def test_every_n_steps_none_follows_the_trainer(tmp_path) -> None:
@@ -176,7 +176,7 @@ def test_module_selection(tmp_path, modules: Any, exclude: Any, keys: list[str])
     net = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Dropout(0.1), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 1))
     cb = watch(modules=modules, exclude=exclude, inputs=False)
     fit(Regressor(net), cb, tmp_path=tmp_path)
-    assert [name for name, _ in cb.monitor.watched] == keys
+    assert [name for name, _ in cb.session.collector.watched] == keys
     assert figure_keys(cb) == keys  # in execution order
 
 
@@ -199,7 +199,7 @@ def test_lstm_tuple_outputs_are_named_by_position(tmp_path) -> None:
     assert list(figs) == ["lstm[0]", "lstm[1][0]", "lstm[1][1]", "head"]
     assert figs["lstm[0]"]["numel"] == 32 * 4 * 6  # [B, T, H]
     assert figs["lstm[1][0]"]["numel"] == 32 * 6  # h_n [1, B, H]
-    assert cb.monitor.info("lstm[0]").channels == 6
+    assert cb.session.collector.info("lstm[0]").channels == 6
     assert figs["lstm[1][0]"]["min"] >= -1 and figs["lstm[1][0]"]["max"] <= 1  # h = o * tanh(c)
 
 
@@ -325,7 +325,7 @@ def test_empty_outputs_do_not_break_training_or_raise_nonfinite(tmp_path) -> Non
     fit(EmptyBranch(), cb, steps=2, tmp_path=tmp_path)
     figs = cb.last_result.figures  # type: ignore[union-attr]
     assert figs["conv"]["numel"] == 0 and figs["net"]["numel"] == 32
-    assert not [a for a in cb.alerts if a.kind == "nonfinite"] and not cb.monitor.nonfinite_active
+    assert not [a for a in cb.alerts if a.kind == "nonfinite"] and not cb.session.evaluator.nonfinite_active
 
 
 # --------------------------------------------------------------------------- inputs
@@ -374,7 +374,7 @@ def test_inputs_on_tuple_batches(tmp_path, inputs: Any, expected: dict[str, Call
     x, y = first_batch()
     for key, make in expected.items():
         assert_figures_describe(figs[key], make(x, y).numpy())
-        assert cb.monitor.info(key).role == "input"
+        assert cb.session.collector.info(key).role == "input"
 
 
 @pytest.mark.parametrize(

@@ -298,9 +298,9 @@ class TokenRegressor(pl.LightningModule):
 def test_masks_and_targets_are_not_watched_as_inputs(tmp_path):
     cb = NormWatch(every_n_steps=1, warmup_steps=2, reference_steps=3)
     trainer(tmp_path, [cb], max_steps=8).fit(TokenRegressor(), DataLoader(Tokens(), batch_size=32))
-    inputs = [k for k in cb.last_result.figures if cb.monitor.info(k).role == "input"]
+    inputs = [k for k in cb.last_result.figures if cb.session.collector.info(k).role == "input"]
     assert inputs == ["input/features"]  # not the mask (the first float tensor), not the target in the thousands
-    assert cb.monitor.consumers == {"proj": "input/features"}
+    assert cb.session.collector.discovery.consumers == {"proj": "input/features"}
     fig = cb.last_result.figures["input/features"]
     assert fig["std"] == pytest.approx(1.0, abs=0.3)
     assert not [a for a in cb.alerts if a.kind == "feature_scale"]
@@ -339,6 +339,6 @@ def test_features_transformed_in_the_step_are_watched_as_the_model_sees_them(tmp
     x = 100 + 50 * torch.randn(256, 30)
     cb = NormWatch(every_n_steps=1, warmup_steps=2, reference_steps=3, modules=NOTHING)
     trainer(tmp_path, [cb], max_steps=6).fit(Normalizing(), DataLoader(TensorDataset(x, torch.zeros(256).long()), 32))
-    assert cb.monitor.consumers == {"net.0": "input"}
+    assert cb.session.collector.discovery.consumers == {"net.0": "input"}
     fig = cb.last_result.figures["input"]
     assert fig["mean"] == pytest.approx(0.0, abs=0.2) and fig["std"] == pytest.approx(1.0, abs=0.2)

@@ -212,7 +212,7 @@ def _rank(rank: int, port: int, out_dir: str) -> None:
     out: dict[str, Any] = {}
     ddp = nn.parallel.DistributedDataParallel(_model())
     watch = _train(ddp, lambda step: _data(step, rank), out)
-    out |= {"collectives": watch.callback.exchange.collectives, "watched": watch.watched, "hooks": hooks(ddp)}
+    out |= {"collectives": watch.session.exchange.collectives, "watched": watch.watched, "hooks": hooks(ddp)}
     out["figures"] = {k: {s: v for s, v in f.items() if s in ("mean", "std", "min", "max")} for k, f in
                       watch.last_result.figures.items()}  # fmt: skip
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(out))

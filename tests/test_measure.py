@@ -12,12 +12,12 @@ from torch import nn
 
 from lightning_normwatch.collect.layout import module_layout
 from lightning_normwatch.collect.sampling import (
-    BlockLayout,
     MeasureSpec,
     measure,
     measured_channels,
     saturation_bounds_for,
 )
+from lightning_normwatch.stats.block import BlockLayout
 from lightning_normwatch.stats.figures import TensorStats, figures
 
 

@@ -83,7 +83,7 @@ def test_public_imports_from_the_installed_wheel(installed: tuple[Path, Path], t
 @pytest.mark.slow  # 200 training steps in a fresh interpreter: 15-40 s
 def test_the_readme_install_snippet_runs_and_warns(tmp_path: Path) -> None:
     readme = (ROOT / "README.md").read_text()
-    section = readme.split("## Install and use it in your own project", 1)[1].split("\n## ", 1)[0]
+    section = readme.split("\n## Quick start\n", 1)[1].split("\n## ", 1)[0]
     snippet = section.split("```python\n", 1)[1].split("```", 1)[0]
     (tmp_path / "snippet.py").write_text(snippet)
     env = os.environ | {"PYTHONPATH": str(ROOT)}

@@ -21,9 +21,10 @@ from tensorboard.util import tensor_util
 from torch import nn
 
 from lightning_normwatch import NormWatch
-from lightning_normwatch.stats.histogram import bin_counts, bin_edges
-from lightning_normwatch.output.panels import alerts_markdown, group_of, layout_for
+from lightning_normwatch.output.custom_scalars import group_of, layout_for
+from lightning_normwatch.output.markdown import alerts_markdown
 from lightning_normwatch.output.plots import PlotData, density, pair_rows, qq_points, quantiles, zero_share
+from lightning_normwatch.stats.histogram import bin_counts, bin_edges
 from lightning_normwatch.view.report import parse_alerts_markdown
 
 BATCH, D_IN, WIDTH = 32, 16, 32

@@ -63,7 +63,7 @@ def test_table_of_a_healthy_run(runs, capsys: pytest.CaptureFixture[str]) -> Non
     assert set(rows) == {"input", "net.0", "net.1", "net.2", "net.3", "net.4"}
     figs = cb.last_result.figures
     for key, cells in rows.items():
-        assert cells[1] == cb.monitor.info(key).type_name  # the layer type, read back from the event files
+        assert cells[1] == cb.session.collector.info(key).type_name  # the layer type, read back from the event files
         assert cells[2] == "6"
         values = dict(zip(TABLE_FIGURES, cells[3:], strict=True))
         for name in ("mean", "std", "shape_psi"):
@@ -179,3 +179,12 @@ def test_missing_dir_and_non_normwatch_events(tmp_path: Path, capsys: pytest.Cap
         writer.add_scalar("loss", 1.0, 0)
     assert main(["report", str(tmp_path)]) == 2
     assert "no NormWatch data" in capsys.readouterr().err
+
+
+def test_help_names_the_columns_the_table_has(capsys: pytest.CaptureFixture[str]) -> None:
+    """``report --help`` promises the table's real columns (it once promised skew and kurtosis)."""
+    with pytest.raises(SystemExit):
+        main(["report", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"columns: {', '.join(TABLE_FIGURES)};" in text
+    assert not {"skew", "kurtosis"} & set(TABLE_FIGURES) and "kurtosis" not in text

@@ -94,7 +94,7 @@ def test_bert_classifier_trains_300_steps_without_warning(tmp_path) -> None:
     model = bert()
     cb = run(tmp_path, model, steps=300)
     assert [(a.module, a.kind) for a in cb.alerts if a.severity != "info"] == []
-    mon = cb.monitor
+    mon = cb.session.collector
     prefix = "model.bert.encoder.layer.0."
     # the attention's output projection (its input is the attention output), the MLP and the norms are watched
     for name, role, channels in [
@@ -117,7 +117,7 @@ def test_gpt2_lm_trains_300_steps_without_warning(tmp_path) -> None:
     cb = run(tmp_path, model, steps=300)
     assert model.losses[-1] < 0.7 * model.losses[0]  # it learns
     assert [(a.module, a.kind) for a in cb.alerts if a.severity != "info"] == []
-    mon = cb.monitor
+    mon = cb.session.collector
     prefix = "model.transformer.h.0."
     # transformers' Conv1D keeps its output features last and is a pre-activation; NewGELUActivation an activation
     for name, role, channels in [

@@ -1,10 +1,8 @@
-"""Adapters: NormWatch for each way of training, over one implementation.
+"""Adapters: NormWatch for each way of training, each a thin layer over one ``Session``.
 
-- ``lightning``: the callback for the unified ``lightning`` package (``lightning.pytorch``);
-  the ``pytorch_lightning`` one is ``lightning_normwatch.NormWatch`` (``callback.py``).
-- ``loop``: ``LoopWatch`` for a hand-written PyTorch loop or Lightning Fabric.
-- ``loggers``: scalars to any Lightning logger (keys an MLflow store keeps distinct) and the
-  TensorBoard writers of every ``TensorBoardLogger``.
-
-Each adapter drives the same ``NormWatch`` hooks and ``Monitor``; none re-implements the logic.
+- ``callback``: ``NormWatch``, the ``pytorch_lightning`` callback (``lightning_normwatch.NormWatch``);
+- ``lightning_pytorch``: the same callback for the unified ``lightning`` package
+  (``lightning_normwatch.lightning.NormWatch``);
+- ``loop``: ``LoopWatch`` for a hand-written PyTorch loop or Lightning Fabric (needs no Lightning);
+- ``guard``: a clear error when a callback hook is called without a Trainer (Fabric).
 """

@@ -39,7 +39,7 @@ def _guarded(name: str, hook: Callable[..., Any]) -> Callable[..., Any]:
                 f"NormWatch.{name} was called without a Lightning Trainer (got {type(trainer).__name__}). "
                 "NormWatch is a Trainer callback: with Fabric or a hand-written loop use "
                 "`lightning_normwatch.LoopWatch(model, sink=...)` and `with watch.step(batch):` around each "
-                'forward pass (README: "Plain PyTorch and Fabric").'
+                'forward pass (docs/usage.md, "Plain PyTorch and Fabric").'
             )
         return hook(self, *args, **kwargs)
 

@@ -1,8 +1,9 @@
 """``LoopWatch``: NormWatch in a hand-written PyTorch loop or with Lightning Fabric.
 
-It drives the very hooks of the ``NormWatch`` callback (same sampling, figures, drift, alerts and
-TensorBoard panels) through a minimal stand-in for the trainer: you mark each training step,
-alerts go to the ``lightning_normwatch`` logger (and ``.alerts``), figures and panels to a sink.
+A thin adapter over the same ``Session`` the Lightning callback uses (same sampling, figures, drift,
+alerts and TensorBoard panels): you mark each training step, alerts go to the ``lightning_normwatch``
+logger (and ``.alerts``), figures and panels to a sink. It imports neither ``pytorch_lightning`` nor
+``lightning``.
 
 Sinks: a ``torch.utils.tensorboard.SummaryWriter`` (scalars in one event per step, histograms,
 custom-scalars layout, alert table, figures); a logger with ``log_metrics(metrics, step)`` (any
@@ -10,7 +11,7 @@ Lightning or Fabric logger; a ``TensorBoardLogger``'s writer also gets the panel
 ``sink(metrics: dict[str, float], step: int)``; or ``None`` (alerts only).
 
 Under ``torch.distributed`` (DDP, Fabric's ``ddp``) every rank calls ``step`` at the same steps;
-statistics are merged with one collective per logging step (``distributed.Exchange``) and rank 0
+statistics are merged with one collective per logging step (``collect.exchange.Exchange``) and rank 0
 writes. Wrappers (Fabric's ``_FabricModule``, ``DistributedDataParallel``, ``torch.compile``) are
 looked through, so names are the model's own (``net.0``, never ``_forward_module.net.0``).
 
@@ -32,20 +33,22 @@ Example:
 
 from __future__ import annotations
 
-import math
-import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from ..collect.inputs import InputSpec
+from ..collect.selection import Pattern
+from ..config import SessionConfig
 from ..judge.alerts import Alert
-from ..session.monitor import StepResult
+from ..judge.evaluator import StepResult
 from ..output.loggers import is_tensorboard_logger, write_scalars
+from ..output.panels import Panels
+from ..session.session import Session
 
 __all__ = ["LoopWatch", "unwrap"]
 
@@ -85,21 +88,25 @@ class _CallableLogger:
             self.sink(dict(metrics), int(step or 0))
 
 
-@dataclass
-class _Strategy:
-    root_device: torch.device
+def _sinks(sink: Sink) -> tuple[list[Any], Any]:
+    """The loggers figures go to, and the ``SummaryWriter`` the panels go to (or None)."""
+    from torch.utils.tensorboard import SummaryWriter
 
-
-@dataclass
-class _Loop:
-    """What the callback reads from a Lightning ``Trainer``, for a hand-written loop."""
-
-    strategy: _Strategy
-    world_size: int = 1
-    is_global_zero: bool = True
-    global_step: int = 0
-    log_every_n_steps: int = 50
-    loggers: list[Any] = field(default_factory=list)
+    writer = sink if isinstance(sink, SummaryWriter) else None
+    if sink is None:
+        return [], None
+    if writer is not None or (callable(sink) and not hasattr(sink, "log_metrics")):
+        return [_CallableLogger(sink, writer)], writer
+    if hasattr(sink, "log_metrics"):
+        if type(sink).__name__ == "TensorBoardLogger" and isinstance(sink.experiment, SummaryWriter):
+            writer = sink.experiment  # Lightning's or Fabric's TensorBoardLogger: panels too
+            if not is_tensorboard_logger(sink):  # Fabric's: its scalars in one event too
+                return [_CallableLogger(sink, writer)], writer
+        return [sink], writer
+    raise ValueError(
+        "LoopWatch: sink must be a SummaryWriter, a logger with log_metrics, a callable (metrics, step) "
+        f"or None, got {sink!r}"
+    )
 
 
 class LoopWatch:
@@ -109,8 +116,9 @@ class LoopWatch:
         model: the model (Fabric/DDP/compile wrappers are looked through).
         sink: where figures and panels go: a ``SummaryWriter``, a logger with ``log_metrics``, a callable
             ``sink(metrics, step)``, or ``None`` (alerts only: ``.alerts`` and the ``lightning_normwatch`` logger).
-        **options: the ``NormWatch`` arguments (``modules``, ``exclude``, ``inputs``, ``every_n_steps``
-            (default 50), ``thresholds``, ``on_alert``, ``warmup_steps``, ``plot_every_n_steps`` ...).
+        modules, exclude, inputs: as ``NormWatch``.
+        **options: the settings of ``SessionConfig`` (``every_n_steps`` (default 50), ``thresholds``,
+            ``on_alert``, ``warmup_steps``, ``plot_every_n_steps`` ...).
 
     Raises:
         ValueError: a bad option (as ``NormWatch``), or ``sink`` of an unsupported kind.
@@ -120,68 +128,51 @@ class LoopWatch:
     the ``with LoopWatch(...)`` block (or ``close()``) removes every hook and flushes the sink.
     """
 
-    def __init__(self, model: nn.Module, sink: Sink = None, **options: Any) -> None:
-        from torch.utils.tensorboard import SummaryWriter
-
-        from .callback import NormWatch
-
-        self.callback = NormWatch(**options)
+    def __init__(
+        self,
+        model: nn.Module,
+        sink: Sink = None,
+        modules: Pattern | list[Pattern] | None = None,
+        exclude: Pattern | list[Pattern] = (),
+        inputs: InputSpec = True,
+        **options: Any,
+    ) -> None:
+        config = SessionConfig(**options)
+        self.session = Session(config, modules, exclude, inputs)
         self.model = unwrap(model)
         self.sink = sink
-        writer = sink if isinstance(sink, SummaryWriter) else None
-        if sink is None:
-            loggers: list[Any] = []
-        elif writer is not None or (callable(sink) and not hasattr(sink, "log_metrics")):
-            loggers = [_CallableLogger(sink, writer)]
-        elif hasattr(sink, "log_metrics"):
-            loggers = [sink]
-            if type(sink).__name__ == "TensorBoardLogger" and isinstance(sink.experiment, SummaryWriter):
-                writer = sink.experiment  # Lightning's or Fabric's TensorBoardLogger: panels too
-                if not is_tensorboard_logger(sink):  # Fabric's: its scalars in one event too
-                    loggers = [_CallableLogger(sink, writer)]
-        else:
-            raise ValueError(
-                "LoopWatch: sink must be a SummaryWriter, a logger with log_metrics, a callable (metrics, step) "
-                f"or None, got {sink!r}"
-            )
+        loggers, writer = _sinks(sink)
         distributed = dist.is_available() and dist.is_initialized()
         parameter = next(self.model.parameters(), None)
-        self._loop = _Loop(
-            strategy=_Strategy(parameter.device if parameter is not None else torch.device("cpu")),
-            world_size=dist.get_world_size() if distributed else 1,
-            is_global_zero=not distributed or dist.get_rank() == 0,
-            log_every_n_steps=self.callback.every_n_steps or 50,
+        self._global_zero = not distributed or dist.get_rank() == 0
+        panels = None
+        if config.tensorboard and writer is not None and self._global_zero:
+            panels = Panels(writer, config.plot_every_n_steps, config.thresholds)
+        self.session.start(
+            self.model,
             loggers=loggers,
+            panels=panels,
+            world_size=dist.get_world_size() if distributed else 1,
+            is_global_zero=self._global_zero,
+            device=parameter.device if parameter is not None else torch.device("cpu"),
         )
-        cb, tensorboard = self.callback, self.callback.tensorboard
-        cb.tensorboard = False  # the callback looks for a TensorBoardLogger; the panels are set here
-        try:
-            with warnings.catch_warnings():  # without a sink, alerts only is what was asked for
-                warnings.filterwarnings("ignore", "NormWatch: the trainer has no logger")
-                cb.setup(self._loop, self.model, "fit")  # type: ignore[arg-type]
-        finally:
-            cb.tensorboard = tensorboard
-        if tensorboard and writer is not None and self._loop.is_global_zero:
-            from ..output.panels import Panels
-
-            cb._panels = Panels(writer, cb.plot_every_n_steps)
         self._next = 0
         self._closed = False
 
     @property
     def watched(self) -> list[str]:
         """Names of the watched modules."""
-        return [name for name, _ in self.callback.monitor.watched]
+        return [name for name, _ in self.session.collector.watched]
 
     @property
     def alerts(self) -> list[Alert]:
         """Every alert raised so far, in order."""
-        return self.callback.alerts
+        return self.session.alerts
 
     @property
     def last_result(self) -> StepResult | None:
         """Figures and alerts of the latest logging step."""
-        return self.callback.last_result
+        return self.session.last_result
 
     @contextmanager
     def step(self, inputs: Any = None, step: int | None = None) -> Iterator[None]:
@@ -194,38 +185,34 @@ class LoopWatch:
         if self._closed:
             raise RuntimeError("LoopWatch: step() after close(); create a new LoopWatch")
         current = self._next if step is None else int(step)
-        loop, cb = self._loop, self.callback
-        loop.global_step = current
-        cb.on_train_batch_start(loop, self.model, inputs, current)  # type: ignore[arg-type]
+        self.session.begin_step(current, inputs, current)
         try:
             yield
-        except BaseException as exc:
-            cb.on_exception(loop, self.model, exc)  # type: ignore[arg-type]
+        except BaseException:
+            self.session.stop()
             raise
         finally:
-            loop.global_step = self._next = current + 1
-        cb.on_train_batch_end(loop, self.model, None, inputs, current)  # type: ignore[arg-type]
+            self._next = current + 1
+        self.session.end_step(current + 1)
 
     def check_loss(self, loss: Tensor) -> None:
         """Raise the ``nonfinite`` alert when ``loss`` is NaN/Inf (CUDA: read at the next logging step)."""
-        cb, loop = self.callback, self._loop
         loss = loss.detach()
         if loss.device.type != "cpu":  # no host sync: as the callback, OR-ed over ranks at the next logging step
-            bad = ~torch.isfinite(loss).all()
-            cb._bad_loss = bad if cb._bad_loss is None else cb._bad_loss | bad
+            self.session.flag_loss(loss)
             return
         if not bool(torch.isfinite(loss).all()):
-            step = max(loop.global_step - 1, 0)
-            cb._emit(loop, cb.monitor.raise_nonfinite(step, "loss", math.nan, 0, "the loss check"))  # type: ignore[arg-type]
+            step = max(self._next - 1, 0)
+            self.session.emit(self.session.evaluator.raise_nonfinite(step, "loss", float("nan"), 0, "the loss check"))
 
     def close(self) -> None:
         """Remove every hook and flush the sink (idempotent)."""
         if self._closed:
             return
         self._closed = True
-        self.callback.teardown(self._loop, self.model, "fit")  # type: ignore[arg-type]
+        self.session.close()
         flush = getattr(self.sink, "flush", None)  # a SummaryWriter; a logger is finalized by its owner
-        if callable(flush) and self._loop.is_global_zero:
+        if callable(flush) and self._global_zero:
             flush()
 
     def __enter__(self) -> LoopWatch:
@@ -235,8 +222,8 @@ class LoopWatch:
         self.close()
 
     def state_dict(self) -> dict[str, Any]:
-        """The monitor's state (references, active alerts, generators), to save with your checkpoint."""
-        return self.callback.state_dict()
+        """The session's state (references, active alerts, generators), to save with your checkpoint."""
+        return self.session.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.callback.load_state_dict(state)
+        self.session.load_state_dict(state)

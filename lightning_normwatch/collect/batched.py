@@ -1,6 +1,6 @@
 """The arithmetic of a logging step for all sampled tensors at once: one set of operations, not one per tensor.
 
-``measure.measure_sampled`` turns one ``Sampled`` into a block with some 45 small tensor operations,
+``sampling.measure_sampled`` turns one ``Sampled`` into a block with some 45 small tensor operations,
 each paying PyTorch's per-operation dispatch cost (tens of microseconds on CPU, a kernel launch on
 a GPU) on only a few thousand values. ``measure_all`` computes the same blocks for every tensor of a
 step together:
@@ -43,9 +43,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..stats.block import CHANNEL_FIELDS, HEAD
 from ..stats.histogram import _bin_index, bin_edges, num_bins
-from .sampling import CHANNEL_FIELDS, HEAD, Sampled, measure_sampled
 from ..stats.moments import channel_moments
+from .sampling import Sampled, measure_sampled
 
 __all__ = ["measure_all"]
 

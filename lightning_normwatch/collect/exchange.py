@@ -1,6 +1,6 @@
 """Merging every rank's statistics into global figures with one collective per logging step.
 
-Each rank merges its own calls on the host (``Monitor.collect``), packs one fixed-size block per
+Each rank merges its own calls on the host (``Collector.collect``), packs one fixed-size block per
 watched tensor in an agreed layout (the same tensor names, channel counts and order on every
 rank), and a single ``all_gather`` moves all tensors of all layers at once. Blocks merge exactly
 (moments by the Pébay formulas, histograms by adding counts over shared edges, extremes by
@@ -21,8 +21,8 @@ different widths on different ranks (``name`` on one rank is ``name@2`` on anoth
 width gets a name ``base@k`` agreed by all ranks instead of being merged with the wrong layout.
 
 Example:
-    >>> from lightning_normwatch.session.monitor import Monitor, MonitorConfig
-    >>> ex = Exchange(Monitor(MonitorConfig()))   # single process: no collective
+    >>> from lightning_normwatch.config import SessionConfig
+    >>> ex = Exchange(Collector(SessionConfig()))   # single process: no collective
     >>> ex.collect(flags=[True])
     {}
     >>> ex.flags, ex.collectives
@@ -40,9 +40,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .sampling import BlockLayout
-from ..session.monitor import Monitor
+from ..stats.block import BlockLayout
 from ..stats.figures import TensorStats
+from .collector import Collector
 
 __all__ = ["Exchange", "to_block"]
 
@@ -79,13 +79,13 @@ def to_block(stats: TensorStats, channels: int) -> np.ndarray:
 
 
 class Exchange:
-    """Collects the monitor's per-step statistics, merged over ranks when training is distributed.
+    """Collects the collector's per-step statistics, merged over ranks when training is distributed.
 
-    Every rank must call ``collect`` at the same logging steps (the callback does so at the end of
+    Every rank must call ``collect`` at the same logging steps (the session does so at the end of
     each logging step); the result is the same on every rank.
 
     Args:
-        monitor: the monitor whose blocks are collected.
+        collector: the collector whose blocks are merged.
         device: where the gathered vector lives (the rank's device for NCCL, CPU for gloo).
         distributed: merge over the default process group (else: local statistics, no collective).
 
@@ -97,8 +97,8 @@ class Exchange:
         bytes_sent: bytes this rank contributed to the collectives of the last ``collect``.
     """
 
-    def __init__(self, monitor: Monitor, device: torch.device | None = None, distributed: bool = False) -> None:
-        self.monitor = monitor
+    def __init__(self, collector: Collector, device: torch.device | None = None, distributed: bool = False) -> None:
+        self.collector = collector
         self.device = device or torch.device("cpu")
         self.distributed = distributed
         self.layout: list[tuple[str, int]] = []
@@ -108,13 +108,13 @@ class Exchange:
         self._names: dict[tuple[str, int], str] = {}  # (local key, channels) -> agreed name
 
     @classmethod
-    def for_trainer(cls, trainer: Any, monitor: Monitor) -> Exchange:
-        """An exchange over the trainer's process group (local when it runs a single process)."""
-        distributed = trainer.world_size > 1 and dist.is_available() and dist.is_initialized()
-        device = trainer.strategy.root_device if distributed else None
+    def for_process_group(cls, collector: Collector, world_size: int, device: torch.device | None) -> Exchange:
+        """An exchange over the default process group when ``world_size > 1`` (else local, no collective);
+        ``device`` is the rank's device (the gathered vector stays on the CPU under gloo)."""
+        distributed = world_size > 1 and dist.is_available() and dist.is_initialized()
         if distributed and dist.get_backend() == "gloo":
             device = torch.device("cpu")
-        return cls(monitor, device, distributed)
+        return cls(collector, device if distributed else None, distributed)
 
     def collect(self, flags: Sequence[bool] = ()) -> dict[str, TensorStats]:
         """This step's statistics: local, or merged over all ranks (same result on every rank).
@@ -126,7 +126,7 @@ class Exchange:
         Returns:
             ``{name: TensorStats}`` of the tensors some rank measured at this step, in layout order.
         """
-        local = self.monitor.collect()
+        local = self.collector.collect()
         if not self.distributed:
             self.flags = tuple(bool(f) for f in flags)
             self.bytes_sent = 0
@@ -160,7 +160,7 @@ class Exchange:
         parts = [head]
         for name, channels in self.layout:
             st = mine.get(name)
-            empty = np.zeros(self.monitor.block_layout(name, channels).size)
+            empty = np.zeros(self.collector.block_layout(name, channels).size)
             parts.append(to_block(st, channels) if st is not None else empty)
         vector = torch.from_numpy(np.concatenate(parts)).to(self.device)
         out = [torch.empty_like(vector) for _ in range(dist.get_world_size())]
@@ -171,7 +171,7 @@ class Exchange:
         result: dict[str, TensorStats] = {}
         start = len(head)
         for name, channels in self.layout:
-            layout = self.monitor.block_layout(name, channels)
+            layout = self.collector.block_layout(name, channels)
             result[name] = TensorStats.from_blocks(table[:, start : start + layout.size], channels, layout.feature_bins)
             start += layout.size
         ored = table[:, : len(head)].max(axis=0) > 0
@@ -189,7 +189,7 @@ class Exchange:
         """
         payload = (
             [bool(f) for f in flags],
-            [(key, self.monitor.info(key), to_block(st, len(st.cn)), prev) for key, st, prev in new],
+            [(key, self.collector.info(key), to_block(st, len(st.cn)), prev) for key, st, prev in new],
         )
         everyone: list[Any] = [None] * dist.get_world_size()
         dist.all_gather_object(everyone, payload)
@@ -207,12 +207,12 @@ class Exchange:
                     after = self._names.get(prev) if prev is not None else None
                     at = next((i + 1 for i, (n, _) in enumerate(self.layout) if n == after), 0)
                     self.layout.insert(at, (name, channels))
-                    self.monitor.register(replace(info, name=name))
+                    self.collector.register(replace(info, name=name))
                 blocks.setdefault(name, []).append(block)
         channels_of = dict(self.layout)
         merged = {
             name: TensorStats.from_blocks(
-                np.stack(bs), channels_of[name], self.monitor.block_layout(name, channels_of[name]).feature_bins
+                np.stack(bs), channels_of[name], self.collector.block_layout(name, channels_of[name]).feature_bins
             )
             for name, bs in blocks.items()
         }

@@ -1,4 +1,4 @@
-"""Which tensors are the model's input features, and their per-feature scale and drift over training.
+"""Which tensors are the model's input features: the batch tensors its modules consume.
 
 **Which tensors.** Not "the first float tensor of the batch" (that may be an attention mask or a
 regression target): the input features are the batch tensors that the model's modules actually
@@ -7,15 +7,11 @@ view of it) arriving as a module's first positional argument is an input feature
 (a tensor batch, or element 0 of a tuple), ``input/<i>`` (other tuple elements) or ``input/<key>``
 (dict batches). When no batch tensor reaches a module directly (the training step transforms it
 first), the float input of the first module that runs is the input. When that first module receives
-integer ids (an embedding), there are no float input features: the monitor says so once (``info``)
+integer ids (an embedding), there are no float input features: NormWatch says so once (``info``)
 and the embedding outputs are the first watched tensors. Later logging steps hook only the modules
 found (``consumers``). Losses are never consumers (their arguments are predictions and targets).
 
-**Per-feature figures** (``InputTracker.figures``): feature scales on a *recent* window of batches
-(``feature_scale``: at least ``min_rows`` rows from the latest logging steps, so that a unit change
-mid-run is seen within a few logging steps), and per-feature drift against the input reference
-(``features.feature_drift``): inputs need no warm-up, so their reference holds every logging step
-before ``warmup_steps + reference_steps``.
+Their per-feature scale and drift over training are judged in ``judge/input_drift.py``.
 
 Example:
     >>> import torch
@@ -27,19 +23,17 @@ Example:
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-import numpy as np
 from torch import Tensor, nn
 
-from ..stats.feature_drift import Anchor, FeatureDrift, FeatureReference, FeatureStats, describe_drift, feature_drift
-from ..stats.moments import merge_groups
-from ..stats.figures import feature_figures
+from .selection import named_tensors
 
-__all__ = ["batch_tensors", "storage_key", "is_consumer_candidate", "InputTracker", "DriftVerdict"]
+__all__ = ["InputSpec", "batch_tensors", "find_inputs", "storage_key", "is_consumer_candidate"]
+
+#: ``inputs=``: automatic (True), off (False), a dict key, a tuple index, or a callable ``batch -> tensor | dict``
+InputSpec = bool | str | int | Callable[[Any], Any]
 
 
 def batch_tensors(batch: Any, prefix: str = "input", depth: int = 2) -> Iterator[tuple[str, Tensor]]:
@@ -68,138 +62,47 @@ def storage_key(tensor: Tensor) -> tuple[str, int]:
 
 def is_consumer_candidate(module: nn.Module) -> bool:
     """Leaf modules other than losses (their first argument is a prediction, not a feature)."""
+    # torch has no public base class of its losses (``_Loss``)
     return not any(True for _ in module.children()) and not isinstance(module, nn.modules.loss._Loss)
 
 
-@dataclass
-class DriftVerdict:
-    """The per-feature drift of one input at one step, with the features persistently drifted."""
-
-    drift: FeatureDrift
-    flagged: np.ndarray
-    message: str
-    score: float
+_NOT_FEATURES = ("mask", "label", "target", "weight", "ids")
 
 
-@dataclass
-class _Input:
-    anchor: Anchor | None = None
-    reference: FeatureReference = field(default_factory=FeatureReference)
-    persist: np.ndarray | None = None
-    recent: list[tuple[np.ndarray, ...]] = field(default_factory=list)
+def find_inputs(batch: Any, spec: InputSpec) -> list[tuple[str, Tensor]]:
+    """The batch's input features to watch when they are named explicitly: ``[(name, tensor)]``.
 
-
-class InputTracker:
-    """Per-input state over training: anchors, references, persistence counters, recent moments.
-
-    Args:
-        reference_end: logging steps before this global step form the input reference.
-        persistence: consecutive logging steps a feature must have changed to count as drifted.
-        min_rows: rows the recent window for feature scales holds at least.
-        window: logging steps the recent window holds at most.
+    A string: that key of a dict batch; an int: that position of a tuple/list batch; a callable:
+    called with the batch, returning a tensor or a dict of tensors. ``True`` (automatic) is resolved
+    by the collector from what the model's modules consume (``collect/discovery.py``); only where that
+    is impossible (no module ran through its hooks, e.g. a compiled model) does it fall back to the
+    batch: the first floating-point tensor (of a tuple: its first element) whose key does not name a
+    mask, label, target, weight or ids.
     """
-
-    def __init__(self, reference_end: int, persistence: int = 2, min_rows: int = 256, window: int = 8) -> None:
-        self.reference_end = reference_end
-        self.persistence = persistence
-        self.min_rows = min_rows
-        self.window = window
-        self.inputs: dict[str, _Input] = {}
-
-    def anchor(self, key: str) -> Anchor | None:
-        state = self.inputs.get(key)
-        return state.anchor if state is not None else None
-
-    def scale_figures(self, key: str, n: np.ndarray, mean: np.ndarray, m2, m3, m4) -> dict[str, float]:  # noqa: ANN001
-        """Feature scales and within-feature shape on the recent window of batches."""
-        state = self.inputs.setdefault(key, _Input())
-        if state.recent and len(state.recent[-1][0]) != len(n):
-            state.recent = []
-        state.recent.append(tuple(np.asarray(a, dtype=np.float64) for a in (n, mean, m2, m3, m4)))
-        # keep the latest steps that hold min_rows rows (at most `window` steps)
-        rows, keep = 0.0, 0
-        for moments in reversed(state.recent):
-            keep += 1
-            rows += float(moments[0].max()) if len(moments[0]) else 0.0
-            if rows >= self.min_rows or keep >= self.window:
-                break
-        state.recent = state.recent[-keep:]
-        merged = merge_groups(*(np.stack(parts) for parts in zip(*state.recent, strict=True)))
-        # a full window of small batches is judged on what it holds
-        return feature_figures(*merged, min_rows=min(self.min_rows, rows) if keep >= self.window else self.min_rows)
-
-    def update(
-        self,
-        key: str,
-        step: int,
-        current: FeatureStats,
-        floors: tuple[float, float, float],
-        noise_z: float,
-        names: list[str] | None = None,
-    ) -> tuple[dict[str, float], DriftVerdict | None]:
-        """Anchor, reference and drift for one input at one logging step.
-
-        Returns the drift figures (empty before the reference is complete) and, once some features
-        have changed on ``persistence`` consecutive logging steps, the verdict naming them.
-        """
-        state = self.inputs.setdefault(key, _Input())
-        if state.anchor is None or len(state.anchor.center) != len(current.n):
-            with np.errstate(invalid="ignore", divide="ignore"):
-                state.anchor = Anchor.of(current.mean, np.sqrt(current.m2 / np.maximum(current.n, 1)))
-            state.reference, state.persist = FeatureReference(), None
-        if step < self.reference_end:
-            state.reference.add(current)
-            return {}, None
-        if state.reference.stats is None or state.reference.steps == 0:
-            state.reference.add(current)  # no logging step fell before the end: the first one is the reference
-            return {}, None
-        d = feature_drift(state.reference, current, *floors, noise_z=noise_z)
-        persist = state.persist if state.persist is not None and len(state.persist) == len(d.changed) else None
-        persist = np.where(d.changed, (persist if persist is not None else 0) + 1, 0)
-        state.persist = persist
-        flagged = persist >= self.persistence
-        figures = _drift_figures(d, flagged)
-        if not flagged.any():
-            return figures, None
-        message = describe_drift(d, flagged, current.mean, names)
-        return figures, DriftVerdict(d, flagged, message, float(d.score[flagged].max()))
-
-    def state(self) -> dict[str, object]:
-        out: dict[str, object] = {}
-        for key, s in self.inputs.items():
-            out[key] = {
-                "anchor": None if s.anchor is None else [s.anchor.center.tolist(), s.anchor.scale.tolist()],
-                "reference": s.reference.state(),
-                "persist": None if s.persist is None else s.persist.tolist(),
-                "recent": [[a.tolist() for a in moments] for moments in s.recent],
-            }
-        return out
-
-    def load(self, state: dict[str, Any]) -> None:
-        self.inputs = {}
-        for key, s in state.items():
-            anchor = None if s["anchor"] is None else Anchor(*(np.asarray(a, dtype=np.float64) for a in s["anchor"]))
-            self.inputs[key] = _Input(
-                anchor,
-                FeatureReference.from_state(s["reference"]),
-                None if s["persist"] is None else np.asarray(s["persist"], dtype=np.int64),
-                [tuple(np.asarray(a, dtype=np.float64) for a in moments) for moments in s["recent"]],
-            )
+    if spec is False:
+        return []
+    if callable(spec) and not isinstance(spec, bool):
+        chosen = spec(batch)
+        if isinstance(chosen, Mapping):
+            return [(f"input/{k}", v) for k, v in chosen.items() if isinstance(v, Tensor) and v.is_floating_point()]
+        return [("input", chosen)] if isinstance(chosen, Tensor) and chosen.is_floating_point() else []
+    if isinstance(spec, str):
+        value = batch.get(spec) if isinstance(batch, Mapping) else None
+        return [(f"input/{spec}", value)] if isinstance(value, Tensor) and value.is_floating_point() else []
+    if isinstance(spec, int) and not isinstance(spec, bool):
+        value = batch[spec] if isinstance(batch, (tuple, list)) and -len(batch) <= spec < len(batch) else None
+        return [("input", value)] if isinstance(value, Tensor) and value.is_floating_point() else []
+    if isinstance(batch, Mapping):
+        for key, value in batch.items():
+            if isinstance(value, Tensor) and value.is_floating_point() and not _names_no_feature(str(key)):
+                return [(f"input/{key}", value)]
+        return []
+    first = batch[0] if isinstance(batch, (tuple, list)) and batch else batch
+    for _, tensor in named_tensors(first, "input"):
+        return [("input", tensor)]
+    return []
 
 
-def _drift_figures(d: FeatureDrift, flagged: np.ndarray) -> dict[str, float]:
-    """Scalars of one input's per-feature drift: share drifted, worst feature and its figures."""
-    with np.errstate(invalid="ignore"):
-        abs_shift = np.where(np.isfinite(d.mean_shift), np.abs(d.mean_shift), 0.0)
-        abs_log = np.where(np.isfinite(d.std_log_ratio), np.abs(d.std_log_ratio), 0.0)
-    worst = int(np.argmax(d.score)) if d.score.max() > 0 else int(np.argmax(abs_shift))
-    out = {
-        "feature_drift_share": float(flagged.mean()) if len(flagged) else math.nan,
-        "feature_changed_share": float(d.changed.mean()) if len(flagged) else math.nan,
-        "feature_drift_worst": float(worst),
-        "feature_mean_shift_max": float(abs_shift.max()) if len(abs_shift) else math.nan,
-        "feature_std_log_ratio_max": float(abs_log.max()) if len(abs_log) else math.nan,
-    }
-    if np.isfinite(d.psi).any():
-        out["feature_psi_max"] = float(np.nanmax(d.psi))
-    return out
+def _names_no_feature(key: str) -> bool:
+    key = key.lower()
+    return any(word in key for word in _NOT_FEATURES)

@@ -21,7 +21,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.modules.conv import _ConvNd
 from torch.nn.modules.pooling import (
     _AdaptiveAvgPoolNd,
@@ -35,9 +34,26 @@ from torch.nn.modules.pooling import (
 __all__ = ["module_layout", "Flow"]
 
 #: channels in dimension 1 (``[B, C, *spatial]``) whatever the number of dimensions
+#: norm layers with running statistics (BatchNorm*, SyncBatchNorm, InstanceNorm*); torch's common base class
+#: of these (``_NormBase``) is private, so the public classes are listed
+RUNNING_NORMS: tuple[type[nn.Module], ...] = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.SyncBatchNorm,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.InstanceNorm3d,
+    nn.LazyBatchNorm1d,
+    nn.LazyBatchNorm2d,
+    nn.LazyBatchNorm3d,
+    nn.LazyInstanceNorm1d,
+    nn.LazyInstanceNorm2d,
+    nn.LazyInstanceNorm3d,
+)
 _CHANNEL_FIRST = (
     _ConvNd,
-    _NormBase,  # BatchNorm*, InstanceNorm*, SyncBatchNorm
+    *RUNNING_NORMS,
     nn.GroupNorm,
     nn.LocalResponseNorm,
     _MaxPoolNd,

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["RngState", "preserved"]
+__all__ = ["RngState", "preserved", "is_compiled"]
 
 
 @dataclass
@@ -83,3 +83,25 @@ def preserved(model: nn.Module, replay_rng: RngState | None = None) -> Iterator[
         for module, name, buf in owners:
             module._buffers[name] = buf
         current.restore()
+
+
+def is_compiled(model: nn.Module) -> bool:
+    """Whether ``torch.compile`` wraps the model or one of its submodules (its layers are then measured by
+    an eager replay of the batch, see ``session/session.py``).
+
+    ``trainer.fit(torch.compile(model))`` unwraps the module and compiles its ``forward`` and
+    ``training_step``, recorded in ``_compiler_ctx`` (Lightning has no public attribute for it);
+    ``self.net = torch.compile(net)`` leaves an ``OptimizedModule`` in the tree.
+
+    Example:
+        >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2))
+        >>> is_compiled(net), is_compiled(torch.nn.Sequential(torch.compile(net)))
+        (False, True)
+    """
+    if getattr(model, "_compiler_ctx", None):
+        return True
+    try:
+        from torch._dynamo.eval_frame import OptimizedModule  # torch exports no public name for the class
+    except ImportError:  # pragma: no cover - torch without dynamo
+        return False
+    return any(isinstance(m, OptimizedModule) for m in model.modules())

@@ -1,7 +1,7 @@
 """Device-side measurement of one tensor into a packed float64 block.
 
 Called inside forward hooks on logging steps. It never synchronises with the host, never keeps
-a reference to the tensor, and reads only a bounded random subsample drawn with the monitor's own
+a reference to the tensor, and reads only a bounded random subsample drawn with the collector's own
 generator (the training RNG is untouched):
 
 - rows: up to ``sample_size`` values as ``[rows, channels]`` positions (all of them when the
@@ -15,6 +15,7 @@ Example:
     >>> import torch
     >>> spec = MeasureSpec(sample_size=64, pvalue_size=64)
     >>> block = measure(torch.randn(4, 3), spec, torch.Generator().manual_seed(0))
+    >>> from lightning_normwatch.stats.block import BlockLayout
     >>> layout = BlockLayout(channels=3)
     >>> float(layout.unpack(block.numpy())["numel"])
     12.0
@@ -25,26 +26,20 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..stats.histogram import bin_counts, bin_edges, num_bins
+from ..stats.histogram import bin_counts, bin_edges
 from ..stats.moments import channel_moments
 
 __all__ = [
     "MeasureSpec",
-    "BlockLayout",
     "Sampled",
     "measure",
     "take_sample",
     "measure_sampled",
     "saturation_bounds_for",
 ]
-
-HEAD = ("numel", "sampled", "fmin", "fmax", "smin", "smax", "saturated", "pn", "pmean", "pm2", "pm3", "pm4")
-CHANNEL_FIELDS = ("cn", "cmean", "cm2", "cm3", "cm4", "cnz")
-
 
 # (lower, upper) limits at which a bounded activation's gradient vanishes; None: not counted.
 # ReLU6's lower limit is plain ReLU sparsity, not saturation.
@@ -88,42 +83,6 @@ class MeasureSpec:
     channel_first: bool = False
     bounds: tuple[float | None, float | None] | None = None
     saturation_tolerance: float = 0.01
-
-
-@dataclass(frozen=True)
-class BlockLayout:
-    """Offsets of the fields in a packed block for a tensor with ``channels`` measured channels.
-
-    Input features carry a tail (``feature_bins > 0``): the batch items sampled, then per-feature
-    counts on the anchor bins (``features.feature_histogram``), ``channels * feature_bins`` values.
-    """
-
-    channels: int
-    feature_bins: int = 0
-
-    @property
-    def tail(self) -> int:
-        return 1 + self.channels * self.feature_bins if self.feature_bins else 0
-
-    @property
-    def size(self) -> int:
-        return len(HEAD) + num_bins() + len(CHANNEL_FIELDS) * self.channels + self.tail
-
-    def unpack(self, block: np.ndarray) -> dict[str, np.ndarray]:
-        """Split a block (numpy, any leading dims) into named fields (views)."""
-        out: dict[str, np.ndarray] = {name: block[..., i] for i, name in enumerate(HEAD)}
-        start = len(HEAD)
-        out["hist"] = block[..., start : start + num_bins()]
-        start += num_bins()
-        for name in CHANNEL_FIELDS:
-            out[name] = block[..., start : start + self.channels]
-            start += self.channels
-        if self.feature_bins:
-            out["fitems"] = block[..., start]
-            out["fhist"] = block[..., start + 1 : start + self.tail].reshape(
-                *block.shape[:-1], self.channels, self.feature_bins
-            )
-        return out
 
 
 def _as_channel_rows(x: Tensor, spec: MeasureSpec, generator: torch.Generator) -> Tensor:
@@ -191,7 +150,7 @@ def take_sample(x: Tensor, spec: MeasureSpec, generator: torch.Generator) -> Sam
     """The hook's part of ``measure``: draw the samples (all random draws) and the full-tensor extremes.
 
     Copies what it keeps (never a view of ``x``: a later in-place op may overwrite ``x``). Deferring
-    the arithmetic to ``measure_sampled`` lets a monitor run it for all layers in a row after the
+    the arithmetic to ``measure_sampled`` lets the collector run it for all layers in a row after the
     forward pass, with warm caches: about twice as fast on CPU as between the layers' kernels.
     """
     x = x.detach()

@@ -18,8 +18,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _NormBase
 
+from .layout import RUNNING_NORMS
 from .sampling import saturation_bounds_for
 
 __all__ = ["select_modules", "named_tensors", "role_of", "validate_patterns", "user_name", "Pattern"]
@@ -50,7 +50,7 @@ _PREACT = (
     nn.ConvTranspose1d,
     nn.ConvTranspose2d,
     nn.ConvTranspose3d,
-    _NormBase,
+    *RUNNING_NORMS,
     nn.LayerNorm,
     nn.GroupNorm,
     nn.RMSNorm,

@@ -17,7 +17,7 @@ a scale and all-zero tensors (a zero-initialised projection is deliberate).
 
 Example:
     >>> import math
-    >>> from lightning_normwatch.judge.rules import TensorInfo
+    >>> from lightning_normwatch.collect.info import TensorInfo
     >>> from lightning_normwatch.config import Thresholds
     >>> seq = [(TensorInfo(f"fc{i}", "preact", "Linear", 32), {"mean": 0.0, "std": 0.7**i, "numel": 512})
     ...        for i in range(20)]
@@ -31,9 +31,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from .alerts import SEVERITY, Alert
+from ..collect.info import TensorInfo
 from ..config import Thresholds
-from .rules import CLEAR_FRACTION, MIN_DISTRIBUTION_VALUES, TensorInfo, who
+from .alerts import SEVERITY, Alert
+from .rules import CLEAR_FRACTION, MIN_DISTRIBUTION_VALUES, who
 
 __all__ = ["depth_alerts", "depth_ratios", "rms_of", "small_growth", "MIN_SPAN"]
 
@@ -88,7 +89,7 @@ def depth_ratios(sequence: Sequence[tuple[TensorInfo, dict[str, float]]]) -> tup
     the largest over the sequence (1.0 when the sequence is too short to judge).
 
     Example:
-        >>> from lightning_normwatch.judge.rules import TensorInfo
+        >>> from lightning_normwatch.collect.info import TensorInfo
         >>> seq = [(TensorInfo(str(i), "preact", "Linear", 8), {"mean": 0.0, "std": 2.0**-i}) for i in range(8)]
         >>> [round(x, 6) for x in depth_ratios(seq)]
         [16.0, 1.0]

@@ -23,8 +23,8 @@ import re
 from collections.abc import Mapping
 
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _NormBase
 
+from ..collect.layout import RUNNING_NORMS
 from .alerts import SEVERITY, Alert
 
 __all__ = ["ModelChecks", "frozen_norm_alerts", "placement_alerts", "not_run_alerts", "base_name", "is_norm"]
@@ -32,7 +32,7 @@ __all__ = ["ModelChecks", "frozen_norm_alerts", "placement_alerts", "not_run_ale
 #: logging steps evaluated before a watched module that never ran is reported
 NOT_RUN_AFTER = 3
 
-_NORMS = (_NormBase, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.LocalResponseNorm)
+_NORMS = (*RUNNING_NORMS, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.LocalResponseNorm)
 _NORM_NAME = re.compile(r"norm$", re.IGNORECASE)
 
 
@@ -60,7 +60,7 @@ def frozen_norm_alerts(model: nn.Module, modules: Mapping[str, nn.Module], step:
         return []
     out = []
     for name, module in modules.items():
-        if isinstance(module, _NormBase) and module.track_running_stats and not module.training:
+        if isinstance(module, RUNNING_NORMS) and module.track_running_stats and not module.training:
             out.append(
                 _alert(
                     step,
@@ -148,7 +148,7 @@ def placement_alerts(
             )
         )
         source = modules.get(base_name(producer)) if producer is not None else None
-        if isinstance(module, _NormBase) and isinstance(getattr(source, "bias", None), Tensor):
+        if isinstance(module, RUNNING_NORMS) and isinstance(getattr(source, "bias", None), Tensor):
             out.append(
                 _alert(
                     step,
@@ -172,7 +172,7 @@ class ModelChecks:
 
     def __init__(self, watched: Mapping[str, nn.Module], modules: Mapping[str, nn.Module]) -> None:
         self.watched = dict(watched)
-        self.norms = {name: m for name, m in modules.items() if isinstance(m, _NormBase)}
+        self.norms = {name: m for name, m in modules.items() if isinstance(m, RUNNING_NORMS)}
         self.modules = dict(modules)
         self.reported: set[tuple[str, str]] = set()
         self.ran: set[str] = set()

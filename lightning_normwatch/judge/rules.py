@@ -14,14 +14,13 @@ Example:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
-from .alerts import SEVERITY, Alert
+from ..collect.info import TensorInfo
 from ..config import Thresholds
+from .alerts import SEVERITY, Alert
 
-__all__ = ["TensorInfo", "evaluate", "nonfinite_alert"]
+__all__ = ["evaluate", "nonfinite_alert", "Checks"]
 
-ROLES = ("input", "preact", "activation", "bounded", "other")
 #: an active alert clears when its figure falls below this fraction of the threshold
 CLEAR_FRACTION = 0.8
 #: rows per unit below which `dead` is not judged (a healthy ReLU unit is zero on 16 rows with p ~ 2e-5)
@@ -35,26 +34,6 @@ MIN_DISTRIBUTION_VALUES = 32
 #: a sum or one more layer overflows); float16's range is small enough that 10 % (6,550) is the mark
 NEAR_OVERFLOW_SHARE = {"float16": 0.1}
 NEAR_OVERFLOW_DEFAULT = 1e-2
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    """What is known about a watched tensor besides its figures.
-
-    Attributes:
-        name: alert/tag name (qualified module name, ``input``, ``name[0]`` ...).
-        role: ``input``, ``preact`` (linear/conv/norm output), ``activation``, ``bounded``
-            (sigmoid, tanh ...) or ``other``.
-        type_name: module class name (``"batch"`` for inputs).
-        channels: measured channels (features).
-        dtype: the tensor's dtype (``float32``, ``float16`` ...), for the limits of its range.
-    """
-
-    name: str
-    role: str
-    type_name: str
-    channels: int
-    dtype: str = "float32"
 
 
 def who(info: TensorInfo) -> str:
@@ -82,10 +61,6 @@ def _alert(step: int, info: TensorInfo, kind: str, value: float, threshold: floa
     return Alert(step, info.name, kind, SEVERITY[kind], float(value), float(threshold), message)
 
 
-def _gt(value: float | None, threshold: float) -> bool:
-    return value is not None and math.isfinite(value) and value > threshold
-
-
 def nonfinite_alert(step: int, origin: str, share: float, downstream: int, source: str) -> Alert:
     """The ``nonfinite`` alert naming the first module (in execution order) that produced NaN/Inf."""
     rest = f"; {downstream} later watched tensor(s) are non-finite too" if downstream else ""
@@ -102,6 +77,25 @@ def nonfinite_alert(step: int, origin: str, share: float, downstream: int, sourc
     )
 
 
+class Checks:
+    """The alerts that hold for one tensor now, and the (module, kind) pairs evaluated (for the tracker)."""
+
+    def __init__(self, info: TensorInfo, step: int) -> None:
+        self.info, self.step = info, step
+        self.label = who(info)
+        self.out: list[Alert] = []
+        self.checked: set[tuple[str, str]] = set()
+
+    def check(self, kind: str, condition: bool, value: float, threshold: float, message: str) -> None:
+        """Hysteresis: an active alert clears only once the figure is clearly back (below 80 % of the
+        threshold), so a figure hovering around its threshold does not raise the alert again and again."""
+        if condition:
+            self.out.append(_alert(self.step, self.info, kind, value, threshold, message))
+            self.checked.add((self.info.name, kind))
+        elif value < CLEAR_FRACTION * threshold:
+            self.checked.add((self.info.name, kind))
+
+
 def evaluate(
     info: TensorInfo,
     fig: dict[str, float],
@@ -112,15 +106,12 @@ def evaluate(
 ) -> tuple[list[Alert], set[tuple[str, str]]]:
     """Alerts whose condition holds for this tensor now, and the (module, kind) pairs evaluated.
 
-    ``nonfinite`` is handled across tensors by the monitor (it names the first one), and the
+    ``nonfinite`` is handled across tensors by the evaluator (it names the first one), and the
     depth rules (``vanishing``, ``exploding``) by ``depth.py``, not here. ``alive_before``: the
     tensor's units were alive at an earlier logging step (the ``dead`` message names the causes
     of units dying during training rather than at initialization).
     """
-    out: list[Alert] = []
-    checked: set[tuple[str, str]] = set()
-    name = info.name
-    label = who(info)
+    c = Checks(info, step)
     if fig.get("numel", math.inf) < MIN_DISTRIBUTION_VALUES:
         drift = None  # a scalar (e.g. a mixture-of-experts balance loss) has no distribution to drift
     # every row identical (a broadcast embedding: BERT's token types when all are 0): the values are
@@ -128,16 +119,18 @@ def evaluate(
     constant_rows = fig.get("channel_std_max", math.nan) <= 1e-6 * fig.get("max_abs", math.nan)
     if drift is not None and constant_rows:
         drift = {"std_log_ratio": drift.get("std_log_ratio", math.nan)}
+    unit_rules(c, fig, th, alive_before)
+    scale_rules(c, fig, th)
+    if not constant_rows:
+        shape_rules(c, fig, th)
+    if drift is not None:
+        drift_rules(c, drift, th)
+    return c.out, c.checked
 
-    def check(kind: str, condition: bool, value: float, threshold: float, message: str) -> None:
-        # Hysteresis: an active alert clears only once the figure is clearly back (below 80 % of the
-        # threshold), so a figure hovering around its threshold does not raise the alert again and again.
-        if condition:
-            out.append(_alert(step, info, kind, value, threshold, message))
-            checked.add((name, kind))
-        elif value < CLEAR_FRACTION * threshold:
-            checked.add((name, kind))
 
+def unit_rules(c: Checks, fig: dict[str, float], th: Thresholds, alive_before: bool) -> None:
+    """``dead`` units of an activation, ``saturated`` outputs of a bounded one."""
+    info, label = c.info, c.label
     dead = fig.get("dead")
     # Units of activations (not of linear/conv outputs: a zero-initialised projection is deliberate),
     # judged on enough rows that a healthy ReLU unit is practically never zero on all of them.
@@ -163,7 +156,7 @@ def evaluate(
                 "or unnormalized inputs; try He (Kaiming) initialization, a zero bias, or a normalization before "
                 "the activation"
             )
-        check(
+        c.check(
             "dead",
             dead >= th.dead,
             dead,
@@ -173,7 +166,7 @@ def evaluate(
         )
     sat = fig.get("saturated")
     if info.role == "bounded" and sat is not None and math.isfinite(sat):
-        check(
+        c.check(
             "saturated",
             sat >= th.saturated,
             sat,
@@ -182,10 +175,15 @@ def evaluate(
             f"{th.saturated:.0%}), where its gradient vanishes; usual cause: large weights or initialization, "
             "or unnormalized inputs.",
         )
+
+
+def scale_rules(c: Checks, fig: dict[str, float], th: Thresholds) -> None:
+    """``outlier`` (massive values), ``feature_scale`` (inputs), ``near_overflow`` (the dtype's range)."""
+    info, label, name = c.info, c.label, c.info.name
     typical, max_abs = fig.get("abs_median", math.nan), fig.get("max_abs", math.nan)
     if math.isfinite(typical) and math.isfinite(max_abs) and typical > 0 and fig.get("sampled", 0) >= 100:
         ratio = max_abs / typical
-        check(
+        c.check(
             "outlier",
             ratio > th.outlier and max_abs >= th.outlier_min_abs,
             ratio,
@@ -197,7 +195,7 @@ def evaluate(
     ratio, largest = fig.get("feature_rms_ratio", math.nan), fig.get("feature_rms_max", math.nan)
     if info.role == "input" and math.isfinite(ratio) and math.isfinite(largest):
         value = max(ratio, largest)
-        check(
+        c.check(
             "feature_scale",
             value > th.feature_scale,
             value,
@@ -209,7 +207,7 @@ def evaluate(
         )
     limit = near_overflow_limit(info.dtype)
     if math.isfinite(max_abs):
-        check(
+        c.check(
             "near_overflow",
             max_abs > limit,
             max_abs,
@@ -218,11 +216,16 @@ def evaluate(
             "one more layer, a square or a sum overflows to inf; usual causes: exploding activations from a "
             "learning rate too high, or half precision without loss scaling / normalization.",
         )
+
+
+def shape_rules(c: Checks, fig: dict[str, float], th: Thresholds) -> None:
+    """``non_normal`` (information) where a Gaussian shape is usually expected: inputs and pre-activations."""
+    info, label = c.info, c.label
     shaped = info.role == "input" or (info.role == "preact" and fig.get("channel_rows", 0) >= MIN_SHAPE_ROWS)
-    if shaped and fig.get("numel", math.inf) >= MIN_DISTRIBUTION_VALUES and not constant_rows:
+    if shaped and fig.get("numel", math.inf) >= MIN_DISTRIBUTION_VALUES:
         g1, g2 = fig.get("channel_skew", math.nan), fig.get("channel_kurtosis", math.nan)
         value = max(abs(g1) / th.skew if math.isfinite(g1) else 0.0, g2 / th.kurtosis if math.isfinite(g2) else 0.0)
-        check(
+        c.check(
             "non_normal",
             value > 1.0,
             value,
@@ -231,39 +234,42 @@ def evaluate(
             f"{g2:.2f}; thresholds |{th.skew:g}| and {th.kurtosis:g}). Information, not a fault: networks "
             "do not need Gaussian values, only comparable, stable scales.",
         )
-    if drift is not None:
-        slr = drift.get("std_log_ratio", math.nan)
-        if math.isfinite(slr):
-            factor = math.exp(abs(slr))
-            direction = "grew" if slr > 0 else "shrank"
-            check(
-                "scale_drift",
-                factor > th.scale_drift,
-                factor,
-                th.scale_drift,
-                f"The std of {label} {direction} {factor:.1f}x from its reference (threshold "
-                f"{th.scale_drift:g}x); usual causes: a learning rate too high (exploding) or a vanishing "
-                "signal, or input data whose scale changed.",
-            )
-        shift = drift.get("mean_shift", math.nan)
-        if math.isfinite(shift):
-            check(
-                "mean_drift",
-                abs(shift) > th.mean_drift,
-                abs(shift),
-                th.mean_drift,
-                f"The mean of {label} moved {shift:+.1f} reference stds from its reference (threshold "
-                f"{th.mean_drift:g}); usual causes: a shifted input distribution or a bias running away.",
-            )
-        value = drift.get("shape_psi", math.nan)
-        if math.isfinite(value):
-            check(
-                "shift",
-                value > th.shift,
-                value,
-                th.shift,
-                f"The shape of {label}'s distribution moved away from its reference: PSI {value:.2f} after "
-                f"standardizing both (threshold {th.shift:g}); usual causes: changed input data, units dying "
-                "or saturating, or unstable training.",
-            )
-    return out, checked
+
+
+def drift_rules(c: Checks, drift: dict[str, float], th: Thresholds) -> None:
+    """``scale_drift``, ``mean_drift`` and ``shift`` against the tensor's reference."""
+    label = c.label
+    slr = drift.get("std_log_ratio", math.nan)
+    if math.isfinite(slr):
+        factor = math.exp(abs(slr))
+        direction = "grew" if slr > 0 else "shrank"
+        c.check(
+            "scale_drift",
+            factor > th.scale_drift,
+            factor,
+            th.scale_drift,
+            f"The std of {label} {direction} {factor:.1f}x from its reference (threshold "
+            f"{th.scale_drift:g}x); usual causes: a learning rate too high (exploding) or a vanishing "
+            "signal, or input data whose scale changed.",
+        )
+    shift = drift.get("mean_shift", math.nan)
+    if math.isfinite(shift):
+        c.check(
+            "mean_drift",
+            abs(shift) > th.mean_drift,
+            abs(shift),
+            th.mean_drift,
+            f"The mean of {label} moved {shift:+.1f} reference stds from its reference (threshold "
+            f"{th.mean_drift:g}); usual causes: a shifted input distribution or a bias running away.",
+        )
+    value = drift.get("shape_psi", math.nan)
+    if math.isfinite(value):
+        c.check(
+            "shift",
+            value > th.shift,
+            value,
+            th.shift,
+            f"The shape of {label}'s distribution moved away from its reference: PSI {value:.2f} after "
+            f"standardizing both (threshold {th.shift:g}); usual causes: changed input data, units dying "
+            "or saturating, or unstable training.",
+        )

@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 
 from ..judge.alerts import Alert
 from ..judge.grouping import group_alerts, group_line, named
+from .loggers import is_tensorboard_logger
 
 __all__ = ["log", "start_line", "alert_lines", "summary_rows", "summary_text", "SUMMARY_COLUMNS"]
 
@@ -191,19 +192,11 @@ def log_summary(
     log.info("%s", summary_text(rows, folded, title, rich=_use_rich()))
 
 
-def log_start(callback: object, trainer: object, modules: int) -> None:
-    """Log the start line for a ``NormWatch`` callback in a trainer (rank zero calls it)."""
-    from .panels import _is_tensorboard_logger
-
-    loggers = list(getattr(trainer, "loggers", []))
-    tb = next((lg for lg in loggers if _is_tensorboard_logger(lg)), None)
-    if tb is not None and getattr(callback, "tensorboard", False):
-        where = f"TensorBoard at {tb.log_dir} (Images: normwatch/overview, Custom Scalars, Text: normwatch/alerts)"
-    elif loggers:
-        where = "scalars normwatch/<tensor>/<figure> to " + ", ".join(type(lg).__name__ for lg in loggers)
-    else:
-        where = "none (no logger; alerts are still logged here)"
-    config = callback.config  # type: ignore[attr-defined]
-    interval = callback._interval  # type: ignore[attr-defined]
-    inputs = callback.inputs is not False  # type: ignore[attr-defined]
-    log.info("%s", start_line(modules, inputs, interval, config.warmup_steps, config.reference_steps, where))
+def describe_sinks(loggers: Sequence[object], panels: bool) -> str:
+    """Where figures go, for the start line: TensorBoard (with panels), other loggers, or nowhere."""
+    tb = next((lg for lg in loggers if is_tensorboard_logger(lg)), None)
+    if tb is not None and panels:
+        return f"TensorBoard at {tb.log_dir} (Images: normwatch/overview, Custom Scalars, Text: normwatch/alerts)"
+    if loggers:
+        return "scalars normwatch/<tensor>/<figure> to " + ", ".join(type(lg).__name__ for lg in loggers)
+    return "none (no logger; alerts are still logged here)"

@@ -105,10 +105,6 @@ class Image:
     def png(self) -> bytes:
         return png_bytes(self.pixels, self.palette)
 
-    def rgb(self) -> np.ndarray:
-        """``[H, W, 3]`` uint8 (e.g. for ``SummaryWriter.add_image(..., dataformats="HWC")``)."""
-        return self.palette[self.pixels]
-
 
 def _palette(colours: np.ndarray) -> np.ndarray:
     palette = np.zeros((256, 3), dtype=np.uint8)

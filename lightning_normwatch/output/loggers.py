@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 __all__ = [
+    "Recorder",
     "SafeKeys",
     "safe_name",
     "log_scalars",
@@ -82,11 +83,6 @@ class SafeKeys:
         if not sep or not sep2:
             return self.tensor(key)
         return f"{safe_name(head)}/{self.tensor(middle)}/{safe_name(last)}"
-
-    @property
-    def renamed(self) -> dict[str, str]:
-        """Tensor names that differ in the logger: ``{name: logged name}``."""
-        return {k: v for k, v in self._names.items() if k != v}
 
 
 def _classes(name: str) -> list[type]:
@@ -143,12 +139,22 @@ def log_scalars(logger: Any, metrics: Mapping[str, float], step: int) -> None:
     write_scalars(writer, dict(zip(tags, metrics.values(), strict=True)), step)
 
 
+def write_summary(writer: Any, summary: Any, step: int) -> None:
+    """One ``Summary`` protobuf (several values in one event) through a ``SummaryWriter``.
+
+    No public method of torch's ``SummaryWriter`` writes a ``Summary`` of several values or with
+    metadata of our own; its file writer (``_get_file_writer``, which also reopens a closed writer)
+    is the one way, used here only.
+    """
+    writer._get_file_writer().add_summary(summary, step)
+
+
 def write_scalars(writer: Any, metrics: Mapping[str, float], step: int) -> None:
     """All ``metrics`` in one event of a ``torch.utils.tensorboard.SummaryWriter``."""
     from tensorboard.compat.proto.summary_pb2 import Summary
 
     values = [Summary.Value(tag=tag, simple_value=float(v)) for tag, v in metrics.items()]
-    writer._get_file_writer().add_summary(Summary(value=values), step)
+    write_summary(writer, Summary(value=values), step)
 
 
 class TensorBoardWriters:
@@ -209,3 +215,20 @@ def tensorboard_writer(loggers: Sequence[Any]) -> Any:
     if not writers:
         return None
     return writers[0] if len(writers) == 1 else TensorBoardWriters(writers)
+
+
+class Recorder:
+    """A sink that keeps ``(step, metrics)`` in a list: for tests, examples, or your own handling.
+
+    Example:
+        >>> seen = []
+        >>> Recorder(seen).log_metrics({"normwatch/x/std": 1.0}, step=3)
+        >>> seen
+        [(3, {'normwatch/x/std': 1.0})]
+    """
+
+    def __init__(self, into: list[tuple[int, dict[str, float]]]) -> None:
+        self.into = into
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        self.into.append((int(step or 0), dict(metrics)))

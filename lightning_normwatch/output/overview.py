@@ -25,14 +25,13 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from ..judge.alerts import SEVERITY
 from ..config import Thresholds
+from ..judge.alerts import SEVERITY
 from .heatmap import Image, heatmap, profile
+from .tags import OVERVIEW_TAG
 
 __all__ = ["Overview", "OVERVIEW_TAG", "row_label"]
 
-#: images are written as ``normwatch/overview/<n>_<name>``
-OVERVIEW_TAG = "normwatch/overview"
 _FIGURES = ("std", "std_log_ratio", "shape_psi", "zeros", "dead")
 #: alert kinds whose active state frames the cells of each figure
 _MARKS = {

@@ -23,10 +23,9 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["SCALAR_SETS", "ALL_SCALARS", "scalar_names", "scalar_metrics", "threshold_metrics"]
+from ..config import SCALAR_SETS
 
-#: the values accepted by ``NormWatch(scalars=...)``
-SCALAR_SETS = ("default", "all")
+__all__ = ["SCALAR_SETS", "ALL_SCALARS", "scalar_names", "scalar_metrics", "threshold_metrics"]
 
 #: every figure that can be logged as a scalar (``scalars="all"``)
 ALL_SCALARS = (

@@ -18,8 +18,8 @@ from functools import cached_property
 
 import numpy as np
 
+from .block import BlockLayout
 from .histogram import _GROWTH, abs_median_nonzero, edges_numpy, normal_ks
-from ..collect.sampling import BlockLayout
 from .moments import Moments, merge_groups, standardized_shape
 from .normality import normality
 

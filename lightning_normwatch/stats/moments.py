@@ -1,6 +1,6 @@
 """Central moments: computed per channel on the device, merged exactly on the host.
 
-Everything the monitor reports about scale and shape (mean, std, skewness, excess kurtosis,
+Everything NormWatch reports about scale and shape (mean, std, skewness, excess kurtosis,
 normality tests) depends only on ``(n, mean, M2, M3, M4)`` with ``M_k = sum((x - mean) ** k)``.
 These merge exactly across channels, logging steps and DDP ranks (Chan et al.; Pébay 2008),
 so the device computes them per channel on centred values (never raw power sums, see

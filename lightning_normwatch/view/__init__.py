@@ -1,1 +1,2 @@
-"""TODO"""
+"""Reading back what a run logged: ``normwatch report`` (the text and JSON report of event files, and its
+command line). Depends on ``output.tags`` only, so it starts without torch or Lightning."""

@@ -20,7 +20,15 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
-from .report import NoNormWatchData, exit_code, exit_reason, format_reports, load_reports, reports_json
+from .report import (
+    TABLE_FIGURES,
+    NoNormWatchData,
+    exit_code,
+    exit_reason,
+    format_reports,
+    load_reports,
+    reports_json,
+)
 
 __all__ = ["main", "build_parser"]
 
@@ -38,9 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="latest figures per watched tensor and the alerts of every run under LOGDIR",
         description=(
             "Read the TensorBoard event files under LOGDIR (with TensorBoard's reader) and print, per run, "
-            "each watched tensor's latest mean, std, skew, excess kurtosis, share of zeros and drift figures, "
-            "and the alerts. Exit status: 0 healthy, 1 if an alert of severity --fail-on or worse was raised, "
-            "2 if LOGDIR holds no NormWatch data."
+            "a table of each watched tensor's layer type and latest figures (columns: "
+            f"{', '.join(TABLE_FIGURES)}; --json has every logged figure), then the warnings and errors "
+            "with their messages. Exit status: 0 healthy, 1 if an alert of severity --fail-on or worse was "
+            "raised, 2 if LOGDIR holds no NormWatch data."
         ),
     )
     report.add_argument("logdir", metavar="LOGDIR", help="a TensorBoardLogger save_dir or log_dir")

@@ -25,6 +25,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..output.tags import ALERT_COLUMNS, ALERT_TAG, WATCHED_TAG
+
 __all__ = [
     "ALERT_TAG",
     "WATCHED_TAG",
@@ -41,11 +43,8 @@ __all__ = [
 ]
 
 #: Text-panel tag of the alert table (``SummaryWriter.add_text`` stores it as ``<tag>/text_summary``)
-ALERT_TAG = "normwatch/alerts"
 #: Text-panel tag of the watched-tensors table (tensor, layer type, role)
-WATCHED_TAG = "normwatch/watched"
 #: columns of the alert table, in order
-ALERT_COLUMNS = ("step", "module", "kind", "severity", "value", "threshold", "message")
 #: figures shown in the printed table (``--json`` has every logged figure)
 TABLE_FIGURES = ("mean", "std", "zeros", "dead", "std_log_ratio", "mean_shift", "shape_psi")
 #: ``normwatch/<name>/...`` scalars that are not watched tensors
@@ -87,7 +86,7 @@ class RunReport:
 
 
 def parse_alerts_markdown(text: str) -> list[dict[str, Any]]:
-    """Rows of the alert table written by ``panels.alerts_markdown`` (other lines are ignored).
+    """Rows of the alert table written by ``output.markdown.alerts_markdown`` (other lines are ignored).
 
     Returns dicts with ``ALERT_COLUMNS`` keys in the order they were raised (by step; the table
     lists the most severe first);

@@ -1,0 +1,395 @@
+"""``Session``: one training run watched by NormWatch, whatever drives it (a Lightning ``Trainer``, a plain
+loop, Fabric). The adapters translate their hooks into these calls and pass what they know as plain values.
+
+Per step: ``begin_step(step, batch)`` before the forward pass, ``before_backward(loss)`` with the loss,
+``end_step(step)`` after the optimizer stepped. Around a run: ``start(model, ...)`` and ``close()``;
+``state_dict``/``load_state_dict`` for checkpoints. A ``Session`` owns input discovery, the compiled
+model's replay, locating NaN/Inf, the hand-off to the ``Evaluator``, and emitting alerts and figures.
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    >>> from lightning_normwatch.output.loggers import Recorder
+    >>> seen = []
+    >>> session = Session(SessionConfig(every_n_steps=2))
+    >>> session.start(model, loggers=[Recorder(seen)])
+    >>> for step in range(4):
+    ...     x = torch.randn(16, 4)
+    ...     session.begin_step(step, x)
+    ...     loss = model(x).pow(2).mean()
+    ...     session.before_backward(loss, step)
+    ...     session.end_step(step)
+    >>> session.close()
+    >>> [step for step, _ in seen], "normwatch/0/std" in seen[0][1]
+    ([0, 2], True)
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import replace
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..collect.collector import Collector
+from ..collect.exchange import Exchange
+from ..collect.inputs import InputSpec, find_inputs
+from ..collect.replay import RngState, is_compiled, preserved
+from ..collect.selection import Pattern, validate_patterns
+from ..config import SessionConfig
+from ..judge.alerts import Alert, NormWatchAlertError
+from ..judge.evaluator import Evaluator, StepResult
+from ..judge.model_checks import ModelChecks
+from ..output import console
+from ..output.loggers import log_scalars
+from ..output.scalars import scalar_metrics, threshold_metrics
+
+__all__ = ["Session"]
+
+log = console.log
+
+
+class Session:
+    """One watched training run (see the module docstring).
+
+    Args:
+        config: the settings (``SessionConfig``).
+        modules: ``None`` watches every leaf module (except identity/dropout); otherwise glob patterns of
+            qualified names and/or ``nn.Module`` classes.
+        exclude: patterns/classes to skip.
+        inputs: the batch's input features: ``True`` (what the modules consume), ``False``, a key, an index
+            or a callable ``batch -> tensor | dict``.
+
+    Raises:
+        ValueError: a bad ``modules``, ``exclude`` or ``inputs`` (the message names it).
+    """
+
+    def __init__(
+        self,
+        config: SessionConfig,
+        modules: Sequence[Pattern] | Pattern | None = None,
+        exclude: Sequence[Pattern] | Pattern = (),
+        inputs: InputSpec = True,
+    ) -> None:
+        self.modules = None if modules is None else validate_patterns("modules", modules)
+        self.exclude = validate_patterns("exclude", exclude)
+        if not (isinstance(inputs, (bool, str, int)) or callable(inputs)):
+            raise ValueError(f"NormWatch: inputs must be a bool, a key, an index or a callable, got {inputs!r}")
+        self.inputs = inputs
+        self.config = config
+        self.interval = config.interval(None)
+        self._fresh(config)
+        self.earlier_alerts: list[Alert] = []
+        self.checks_state: dict[str, Any] | None = None  # loaded before ``start`` made the checks
+        self.is_global_zero = True
+        self.loggers: list[Any] = []
+        self.panels: Any = None
+        self.exchange: Exchange | None = None
+
+    def _fresh(self, config: SessionConfig) -> None:
+        self.collector = Collector(config)
+        self.evaluator = Evaluator(config, self.collector)
+        self.collector.anchors = self.evaluator.input_tracker.anchor
+        self.last_result: StepResult | None = None
+        self.checks: ModelChecks | None = None
+        self.model: nn.Module | None = None
+        self.compiled = False
+        self._collecting = False
+        self._step_at_start = -1
+        self._batch: Any = None
+        self._batch_idx = 0
+        self._rng: RngState | None = None
+        self._bad_loss: Tensor | None = None
+        self._replayed = False  # this batch's forward was already replayed for measurement (compiled model)
+        self._warned_manual = False
+
+    @property
+    def alerts(self) -> list[Alert]:
+        """Every alert raised so far, in order, over every run this session took part in."""
+        return self.earlier_alerts + self.evaluator.alerts
+
+    # ------------------------------------------------------------------ a run
+    def start(
+        self,
+        model: nn.Module,
+        *,
+        loggers: Sequence[Any] = (),
+        panels: Any = None,
+        world_size: int = 1,
+        is_global_zero: bool = True,
+        device: torch.device | None = None,
+        trainer_interval: int | None = None,
+        sinks_described: str | None = None,
+    ) -> None:
+        """Start a run on ``model``: fresh collection and judgement (a checkpoint's state is loaded after)."""
+        self.interval = self.config.interval(trainer_interval)
+        self.earlier_alerts += self.evaluator.alerts
+        self._fresh(replace(self.config, world_size=max(1, world_size)))
+        self.loggers, self.panels, self.is_global_zero = list(loggers), panels, is_global_zero
+        self.exchange = Exchange.for_process_group(self.collector, world_size, device)
+        names = self.collector.attach(model, self.modules, self.exclude)
+        self.checks = ModelChecks(dict(self.collector.watched), dict(model.named_modules()))
+        self.model = model
+        self.compiled = is_compiled(model)
+        if not names and self.inputs is False:
+            self._warn("NormWatch: no module matches `modules`/`exclude` and inputs=False: nothing to watch.")
+        if is_global_zero:
+            where = sinks_described or console.describe_sinks(self.loggers, panels is not None)
+            line = console.start_line(
+                len(names), self.inputs is not False, self.interval, self.config.warmup_steps,
+                self.config.reference_steps, where,
+            )  # fmt: skip
+            log.info("%s", line)
+
+    def _warn(self, message: str) -> None:
+        if self.is_global_zero:
+            warnings.warn(message, UserWarning, stacklevel=3)
+
+    def training_starts(self, model: nn.Module, step: int) -> None:
+        """Model checks that need the model in its training state (frozen norm layers)."""
+        if self.checks is not None:
+            self.record(self.checks.frozen(model, step))
+
+    def record(self, alerts: list[Alert]) -> None:
+        """Alerts raised outside the rules (model checks): kept with the others, then emitted."""
+        self.evaluator.alerts.extend(alerts)
+        self.emit(alerts)
+
+    def stop(self) -> None:
+        """Remove every hook and forget the current batch (idempotent)."""
+        self.collector.disarm()
+        self._collecting = False
+        self._batch = None
+        self._rng = None
+
+    def finish(self) -> None:
+        """The run ended normally: hooks removed, the end-of-fit summary logged."""
+        self.stop()
+        if self.is_global_zero and self.last_result is not None:
+            figures = self.last_result.figures
+            roles = {key: self.role(key) for key in figures}
+            console.log_summary(figures, self.types(), self.alerts, self.last_result.step, roles=roles)
+
+    def close(self) -> None:
+        """Hooks removed, the last overview drawn and the panels flushed (idempotent)."""
+        self.stop()
+        if self.panels is not None:
+            self.panels.flush()
+
+    def pause(self) -> bool:
+        """Hooks off (e.g. validation inside a logging step); returns whether they were on."""
+        was = self.collector.armed
+        self.collector.pause()
+        return was
+
+    def resume(self) -> None:
+        self.collector.resume()
+
+    # ------------------------------------------------------------------ per step
+    def is_logging_step(self, step: int) -> bool:
+        return step % self.interval == 0
+
+    def begin_step(self, step: int, batch: Any, batch_idx: int = 0) -> None:
+        """Before the forward pass of global step ``step`` (every batch, accumulated ones too)."""
+        logging_step = self.is_logging_step(step)
+        self._replayed = False
+        if self.config.check_nonfinite or (logging_step and self.compiled):
+            self._batch, self._batch_idx = batch, batch_idx
+            self._rng = RngState.capture(torch_only=True)
+        if not logging_step:
+            return
+        automatic = self._automatic_inputs()
+        if automatic:  # the collector's hooks find the features the modules consume during the forward
+            self.collector.expect_inputs(batch)
+        if not self._collecting or step != self._step_at_start:
+            self.collector.arm()
+            if self.compiled:
+                # No hook may be seen by compiled code (dynamo would trace it into the graph, recompile,
+                # and under fullgraph=True fail): the layers are measured by an eager replay of the batch.
+                self.collector.pause()
+            self._collecting = True
+            self._step_at_start = step
+        self.collector.next_pass()  # call sites (act, act#2) counted per batch: accumulated batches merge
+        if not automatic:
+            for name, tensor in find_inputs(batch, self.inputs):
+                self.collector.observe(name, tensor, role="input")
+
+    def _automatic_inputs(self) -> bool:
+        return self.inputs is True and not self.collector.discovery.failed
+
+    def before_backward(self, loss: Tensor, step: int, replay: Callable[[Any, int], Any] | None = None) -> None:
+        """With the step's loss, before backward: measure a compiled model's layers on a logging step, and
+        check the loss. ``replay(batch, batch_idx)`` re-runs the step's forward (None: it cannot be replayed)."""
+        if self.compiled and self._collecting and not self._replayed and self._batch is not None:
+            self._measure_compiled(replay)
+        if not self.config.check_nonfinite or self.evaluator.nonfinite_active or self._batch is None:
+            return
+        loss = loss.detach()
+        if loss.device.type != "cpu":  # no host sync on CUDA: accumulate, read at the next logging step
+            self.flag_loss(loss)
+            return
+        # a 1-element loss is read directly: 1 us, where isfinite().all() costs 20-100 us every step
+        if math.isfinite(loss.item()) if loss.numel() == 1 else bool(torch.isfinite(loss).all()):
+            return
+        if replay is not None:
+            self._locate_nonfinite(step, replay)
+            return
+        # Without a replay (manual optimization would repeat its optimizer toggling and backward calls):
+        # report the loss without locating the origin.
+        source = "the loss check; no replay under manual optimization"
+        self.emit(self.evaluator.raise_nonfinite(step, "loss", math.nan, 0, source))
+
+    def flag_loss(self, loss: Tensor) -> None:
+        """Note a non-finite loss without a host sync: read (OR-ed over ranks) at the next logging step."""
+        bad = ~torch.isfinite(loss.detach()).all()
+        self._bad_loss = bad if self._bad_loss is None else self._bad_loss | bad
+
+    def _eager(self) -> Any:
+        """Compiled code runs eagerly inside (hooks fire normally; nothing is traced or recompiled)."""
+        return torch.compiler.set_stance("force_eager") if self.compiled else nullcontext()
+
+    def _measure_compiled(self, replay: Callable[[Any, int], Any] | None) -> None:
+        """Measure the layers of a compiled model on a logging step: replay the batch's forward eagerly,
+        without gradient, from the batch-start RNG state and on copies of the buffers, with hooks.
+
+        The compiled training step itself never meets a hook, so it runs the same graphs (no graph break,
+        no recompilation) and trains exactly as without NormWatch; the cost is one eager forward pass per
+        logging step. Without a replay (manual optimization) the layers are not measured.
+        """
+        self._replayed = True
+        if replay is None:
+            if not self._warned_manual:
+                self._warn("NormWatch: compiled model under manual optimization: layers are not measured.")
+                self._warned_manual = True
+            return
+        self.collector.resume()
+        try:
+            with self._eager(), preserved(self.model, self._rng):
+                replay(self._batch, self._batch_idx)
+        except Exception as exc:  # best effort: never break training for it
+            log.debug("NormWatch: replay of a compiled model's batch failed: %r", exc)
+        finally:
+            self.collector.pause()
+
+    def _locate_nonfinite(self, step: int, replay: Callable[[Any, int], Any]) -> None:
+        """Replay this batch's forward with hooks armed to name the first module with NaN/Inf."""
+        batch, self._batch = self._batch, None  # a backward inside the replay must not replay again
+        try:
+            automatic = self._automatic_inputs()
+            if automatic:
+                self.collector.expect_inputs(batch)
+            with self._eager(), self.collector.separate_collection():
+                try:
+                    with preserved(self.model, self._rng):
+                        if not automatic:
+                            for name, tensor in find_inputs(batch, self.inputs):
+                                self.collector.observe(name, tensor, role="input")
+                        replay(batch, self._batch_idx)
+                except Exception as exc:  # the replay is best effort: never break training for it
+                    # what the forward measured before the failure (e.g. manual_backward under no_grad) still counts
+                    log.debug("NormWatch: replay for non-finite values failed: %r", exc)
+                stats = self.collector.collect()
+        finally:
+            self._batch = batch
+        first = self.collector.first_nonfinite(stats)
+        if first is None:  # a finite forward and a non-finite loss: the loss overflowed; name where it grew
+            overflowed = self.evaluator.raise_overflow(step, stats)
+            if overflowed is not None:
+                self.emit(overflowed)
+                return
+        origin, share, downstream = first if first is not None else ("loss", math.nan, 0)
+        self.emit(self.evaluator.raise_nonfinite(step, origin, share, downstream, "replaying the batch"))
+
+    def end_step(self, step: int) -> None:
+        """After the optimizer stepped at global step ``step`` (or after an accumulated batch)."""
+        self._batch = None
+        if not self._collecting or step == self._step_at_start:
+            return  # not a logging step, or still accumulating gradients for it
+        self.collector.disarm()
+        self._collecting = False
+        self._finish_step(self._step_at_start)
+
+    def _finish_step(self, step: int) -> None:
+        assert self.exchange is not None
+        bad_loss = self._bad_loss is not None and bool(self._bad_loss)
+        stats = self.exchange.collect(flags=(bad_loss,))  # OR-ed over ranks: every rank raises the same alert
+        result = self.evaluator.evaluate(step, stats)
+        if self.exchange.flags[0] and not self.evaluator.nonfinite_active:
+            result.alerts[:0] = self.evaluator.raise_nonfinite(step, "loss", math.nan, 0, "the loss check")
+        self._bad_loss = None
+        if self.checks is not None and self.model is not None:
+            infos = {key: self.collector.infos[key].role for key in stats if key in self.collector.infos}
+            c = self.collector
+            checks = self.checks.at_logging_step(self.model, step, list(stats), c.called, c.edges, infos)
+            self.evaluator.alerts.extend(checks)
+            result.alerts += checks
+        self.last_result = result
+        if self.is_global_zero:
+            self._log_figures(result)
+            if self.panels is not None:
+                self.panels.write(result, stats, self.collector.infos, self.evaluator.tracker.active)
+        self.emit(result.alerts)
+
+    def _log_figures(self, result: StepResult) -> None:
+        metrics: dict[str, float] = {}
+        for key, fig in result.figures.items():
+            metrics.update(scalar_metrics(key, self.role(key), fig, self.config.scalars))
+        metrics.update(threshold_metrics(self.config.thresholds, metrics))
+        for severity, count in result.active.items():
+            metrics[f"normwatch/alerts/{severity}"] = float(count)
+        for logger in self.loggers:
+            log_scalars(logger, metrics, result.step)
+
+    def types(self) -> dict[str, str]:
+        """Layer type by watched tensor (``net.1`` -> ``ReLU``), for what is printed."""
+        infos = self.collector.infos  # a tensor only another rank observed has no type here
+        return {
+            key: infos[key].type_name for key in (self.last_result.figures if self.last_result else ()) if key in infos
+        }
+
+    def role(self, key: str) -> str:
+        info = self.collector.infos.get(key)
+        return info.role if info is not None else "other"  # a tensor only another rank observed
+
+    def emit(self, alerts: list[Alert]) -> None:
+        """New alerts to the panels and the console (rank zero); ``on_alert="raise"`` raises on a warning."""
+        if not alerts:
+            return
+        if self.panels is not None and self.is_global_zero:
+            self.panels.write_alerts(self.evaluator.alerts, alerts[-1].step)
+        if self.config.on_alert != "ignore" and self.is_global_zero:
+            for level, line in console.alert_lines(alerts, self.types()):
+                log.log(level, "%s", line)
+        if self.config.on_alert == "raise":
+            for alert in alerts:
+                if alert.severity != "info":
+                    raise NormWatchAlertError(alert)
+
+    # ------------------------------------------------------------------ checkpoint
+    def state_dict(self) -> dict[str, Any]:
+        """Plain values and CPU tensors: loads with ``torch.load(..., weights_only=True)``."""
+        state = self.evaluator.state_dict()
+        state["generators"] = self.collector.generator_state()
+        d = self.collector.discovery
+        state["consumers"] = None if d.consumers is None else dict(d.consumers)
+        checks = self.checks.state() if self.checks is not None else self.checks_state
+        if checks is not None:
+            state["model_checks"] = checks
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.evaluator.load_state_dict(state)
+        self.collector.load_generator_state(state.get("generators", {}))
+        consumers = state.get("consumers")
+        self.collector.discovery.consumers = None if consumers is None else dict(consumers)
+        loaded = set(self.evaluator.alerts)  # resuming this session's own earlier run: no alert twice
+        self.earlier_alerts = [a for a in self.earlier_alerts if a not in loaded]
+        self.checks_state = state.get("model_checks")
+        if self.checks is not None and self.checks_state is not None:
+            self.checks.load(self.checks_state)
