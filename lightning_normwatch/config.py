@@ -159,6 +159,8 @@ class SessionConfig:
         input_drift: severity of ``input_drift`` alerts: ``"warn"``, ``"info"`` or ``"off"`` (figures only).
         feature_names: names of the input features (columns/channels), used in ``input_drift`` messages.
         scalars: ``"default"`` (per tensor the figures for its role) or ``"all"``.
+        updates: measure update sizes, gradients and weights of the watched modules' parameters around the
+            optimizer step of each logging step, and judge them (``docs/updates.md``); False turns it off.
         min_rows: rows (batch positions) sampled at least per tensor.
         max_channels: channels measured at most per tensor.
         world_size: number of processes whose samples are merged (the p-value subsample is split).
@@ -181,6 +183,7 @@ class SessionConfig:
     input_drift: str = "warn"
     feature_names: tuple[str, ...] | None = None
     scalars: str = "default"
+    updates: bool = True
     min_rows: int = 16
     max_channels: int = 2048
     world_size: int = 1
@@ -202,7 +205,7 @@ class SessionConfig:
             if isinstance(names, str) or not isinstance(names, Sequence) or not all(isinstance(n, str) for n in names):
                 raise _fail("feature_names", "a sequence of strings or None", names)
             object.__setattr__(self, "feature_names", tuple(names))
-        for name in ("check_nonfinite", "tensorboard"):
+        for name in ("check_nonfinite", "tensorboard", "updates"):
             if not isinstance(getattr(self, name), bool):
                 raise _fail(name, "a bool", getattr(self, name))
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):

@@ -20,7 +20,7 @@ Pure functions of the figures ``collect.updates.UpdateProbe`` measures at a logg
 Example:
     >>> from lightning_normwatch.config import Thresholds
     >>> figs = {f"fc{i}": {"update_ratio": 1e-3, "grad_rms": 1e-2, "lr": 0.1, "has_grad": 1.0} for i in range(4)}
-    >>> figs["fc1"]["update_ratio"] = 0.0
+    >>> figs["fc1"].update(update_ratio=0.0, lr=0.0)
     >>> history = UpdateHistory()
     >>> for step in (0, 10):
     ...     alerts, _ = update_alerts(step, figs, list(figs), Thresholds(), history)
@@ -31,11 +31,12 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ..config import Thresholds
 from .alerts import SEVERITY, Alert
+from .rules import CLEAR_FRACTION
 
 __all__ = [
     "UpdateHistory",
@@ -54,6 +55,8 @@ PERSIST = 2
 MIN_GRADIENT_SPAN = 2
 #: logging steps without any gradient before ``no_gradient`` is raised
 NO_GRADIENT_STEPS = 2
+#: factor by which a layer's learning rate must be below the median layer's for its updates to be "too small"
+LOW_LR = 10.0
 #: update ratio of the median learning layer below which nothing is judged "too small" (nothing learns)
 MIN_LEARNING = 1e-7
 
@@ -105,6 +108,7 @@ def size_alerts(
     grads = [f["grad_rms"] for f in figures.values() if _finite(f.get("grad_rms")) and f["grad_rms"] > 0]
     median = _median([r for r in ratios.values() if r > 0])
     median_grad = _median(grads)
+    median_lr = _median([f["lr"] for f in figures.values() if _finite(f.get("lr")) and f["lr"] > 0])
     out, checked = [], set()
     for owner, ratio in ratios.items():
         fig = figures[owner]
@@ -112,7 +116,11 @@ def size_alerts(
         large = history.hold(owner + "/large", ratio > th.update_large)
         grad = fig.get("grad_rms", math.nan)
         learning = _finite(median) and median > MIN_LEARNING and _finite(grad) and grad > 0
-        small_now = learning and ratio * th.update_small < median and grad * th.update_small >= median_grad
+        # the learning rate is the cause: its group's is 0 or far below the others' (vanishing gradients, which
+        # also make updates small, are the gradient-flow rules' business)
+        lr = fig.get("lr", math.nan)
+        low_lr = _finite(lr) and _finite(median_lr) and lr * LOW_LR < median_lr
+        small_now = learning and low_lr and ratio * th.update_small < median and grad * th.update_small >= median_grad
         small = history.hold(owner + "/small", bool(small_now))
         if large >= PERSIST:
             message = (
@@ -172,8 +180,13 @@ def flow_alerts(
     order: Sequence[str],
     th: Thresholds,
     history: UpdateHistory,
+    active: Collection[tuple[str, str]] = (),
 ) -> tuple[list[Alert], set[tuple[str, str]]]:
-    """``vanishing_gradient`` / ``exploding_gradient`` over the owners in ``order`` (weight matrices, forward order)."""
+    """``vanishing_gradient`` / ``exploding_gradient`` over the owners in ``order`` (weight matrices, forward order).
+
+    An alert already ``active`` on a layer stays there while the factor at that layer is still beyond
+    ``CLEAR_FRACTION`` of the threshold (where it starts may move by a layer from step to step).
+    """
     seq = [(k, figures[k]["grad_rms"]) for k in order if k in figures and _finite(figures[k].get("grad_rms"))]
     seq = [(k, g) for k, g in seq if g > 0]
     out, checked = [], {(k, kind) for k, _ in seq for kind in ("vanishing_gradient", "exploding_gradient")}
@@ -186,6 +199,9 @@ def flow_alerts(
     ):
         # where it starts: the layer nearest the output from which the gradients back to the input are out of range
         at = next((i for i in range(len(gaps) - 1, -1, -1) if gaps[i] > limit), None)
+        if at is not None:
+            held_at = [i for i, (k, _) in enumerate(seq) if (k, kind) in active and gaps[i] > CLEAR_FRACTION * limit]
+            at = held_at[0] if held_at else at
         held = history.hold(kind, at is not None)
         if held < PERSIST or at is None:
             continue
@@ -264,6 +280,7 @@ def update_alerts(
     th: Thresholds,
     history: UpdateHistory,
     expected_unused: bool = False,
+    active: Collection[tuple[str, str]] = (),
 ) -> tuple[list[Alert], set[tuple[str, str]]]:
     """Every parameter-side rule at one logging step: alerts that hold now and the (owner, kind) pairs evaluated.
 
@@ -272,7 +289,7 @@ def update_alerts(
     out, checked = [], set()
     for alerts, evaluated in (
         size_alerts(step, figures, th, history),
-        flow_alerts(step, figures, order, th, history),
+        flow_alerts(step, figures, order, th, history, active),
         gradient_alerts(step, figures, history, expected_unused),
     ):
         out += alerts

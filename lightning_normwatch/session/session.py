@@ -49,6 +49,7 @@ from ..judge.model_checks import ModelChecks
 from ..output import console
 from ..output.loggers import log_scalars
 from ..output.scalars import scalar_metrics, threshold_metrics
+from .updates import UpdateWatch
 
 __all__ = ["Session"]
 
@@ -108,6 +109,9 @@ class Session:
         self._bad_loss: Tensor | None = None
         self._replayed = False  # this batch's forward was already replayed for measurement (compiled model)
         self._warned_manual = False
+        self.updates: UpdateWatch | None = None
+        if config.updates:
+            self.updates = UpdateWatch(config.warmup_steps, config.reference_steps, config.thresholds)
 
     @property
     def alerts(self) -> list[Alert]:
@@ -147,6 +151,30 @@ class Session:
             )  # fmt: skip
             log.info("%s", line)
 
+    def watch_optimizers(
+        self, optimizers: Sequence[torch.optim.Optimizer], step: int, pre_hooks: bool = False, unused_ok: bool = False
+    ) -> None:
+        """The run's optimizers are known (Lightning: at train start): parameters no optimizer holds are
+        alerted (``not_in_optimizer``), and step hooks let the update sizes be measured on logging steps.
+
+        ``pre_hooks``: measure gradients in the optimizer's step pre-hook (plain loops, where ``backward``
+        ran before ``step``); otherwise the adapter calls ``before_optimizer_step``. ``unused_ok``: parameters
+        without gradient are expected (``find_unused_parameters``): ``no_gradient`` is info.
+        """
+        if self.updates is None or self.model is None:
+            return
+        self.updates.expected_unused = unused_ok
+        self.updates.close()
+        self.updates.hook_optimizers(optimizers, pre=pre_hooks)
+        new = self.updates.attach(self.model, optimizers, step, self.modules, self.exclude)
+        self.record(new)
+
+    def before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Gradients are final (unscaled under AMP) and ``optimizer`` is about to step: on a logging step, the
+        parameters it holds are copied and their weight and gradient norms measured (on the device)."""
+        if self.updates is not None and self.updates.armed:
+            self.updates.before_step(optimizer)
+
     def _warn(self, message: str) -> None:
         if self.is_global_zero:
             warnings.warn(message, UserWarning, stacklevel=3)
@@ -167,6 +195,8 @@ class Session:
         self._collecting = False
         self._batch = None
         self._rng = None
+        if self.updates is not None:
+            self.updates.close()
 
     def finish(self) -> None:
         """The run ended normally: hooks removed, the end-of-fit summary logged."""
@@ -209,6 +239,8 @@ class Session:
             self.collector.expect_inputs(batch)
         if not self._collecting or step != self._step_at_start:
             self.collector.arm()
+            if self.updates is not None:
+                self.updates.arm()
             if self.compiled:
                 # No hook may be seen by compiled code (dynamo would trace it into the graph, recompile,
                 # and under fullgraph=True fail): the layers are measured by an eager replay of the batch.
@@ -329,12 +361,26 @@ class Session:
             checks = self.checks.at_logging_step(self.model, step, list(stats), c.called, c.edges, infos)
             self.evaluator.alerts.extend(checks)
             result.alerts += checks
+        if self.updates is not None:
+            self._add_updates(step, result)
         self.last_result = result
         if self.is_global_zero:
             self._log_figures(result)
             if self.panels is not None:
                 self.panels.write(result, stats, self.collector.infos, self.evaluator.tracker.active)
         self.emit(result.alerts)
+
+    def _add_updates(self, step: int, result: StepResult) -> None:
+        """The parameter side of the step: figures merged per module, alerts added (same on every rank:
+        gradients are reduced and weights equal under DDP, so no collective is needed)."""
+        assert self.updates is not None
+        figures, new = self.updates.finish(step)
+        for owner, fig in figures.items():
+            result.figures.setdefault(owner, {}).update(fig)
+        self.evaluator.alerts.extend(new)
+        result.alerts += new
+        for severity, count in self.updates.active_counts().items():
+            result.active[severity] = result.active.get(severity, 0) + count
 
     def _log_figures(self, result: StepResult) -> None:
         metrics: dict[str, float] = {}
@@ -381,6 +427,8 @@ class Session:
         checks = self.checks.state() if self.checks is not None else self.checks_state
         if checks is not None:
             state["model_checks"] = checks
+        if self.updates is not None:
+            state["updates"] = self.updates.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -390,6 +438,8 @@ class Session:
         self.collector.discovery.consumers = None if consumers is None else dict(consumers)
         loaded = set(self.evaluator.alerts)  # resuming this session's own earlier run: no alert twice
         self.earlier_alerts = [a for a in self.earlier_alerts if a not in loaded]
+        if self.updates is not None and "updates" in state:
+            self.updates.load_state_dict(state["updates"])
         self.checks_state = state.get("model_checks")
         if self.checks is not None and self.checks_state is not None:
             self.checks.load(self.checks_state)

@@ -136,8 +136,9 @@ class UpdateWatch:
             return {}, []
         self._drift(step, figures)
         firing, evaluated = update_alerts(
-            step, figures, self.probe.matrix_owners, self.thresholds, self.history, self.expected_unused
-        )
+            step, figures, self.probe.matrix_owners, self.thresholds, self.history, self.expected_unused,
+            self.tracker.active,
+        )  # fmt: skip
         new = self.tracker.update(firing, evaluated, step)
         self.alerts += new
         return figures, new
