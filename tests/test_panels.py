@@ -421,6 +421,7 @@ def test_overview_heatmaps_one_labelled_row_per_tensor_in_execution_order(health
         "normwatch/overview/3_shape_psi",
         "normwatch/overview/4_zeros",
         "normwatch/overview/5_dead_units",
+        "normwatch/overview/6_update_ratio",
     ]
     for tag in tags[1:]:
         events = acc.Images(tag)

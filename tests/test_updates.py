@@ -296,3 +296,31 @@ def test_a_step_gradscaler_skipped_is_not_a_zero_update() -> None:
     nan = {"0": {"update_ratio": math.nan, "grad_rms": 1.0, "lr": 0.1, "has_grad": 1.0}}
     for step in range(PERSIST + 1):
         assert update_alerts(step, nan, ["0"], Thresholds(), history)[0] == []
+
+
+class Losses(pl.Callback):
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, *args: Any) -> None:
+        self.losses.append(float(outputs["loss"]))
+
+
+def test_learning_rate_x30_on_a_transformer_raises_update_size_before_the_loss_suffers(tmp_path) -> None:
+    """Post-norm TransformerEncoder, AdamW with 20 warm-up steps: 3e-3 (healthy) against 9e-2 (x30)."""
+    runs = {}
+    for lr in (3e-3, 9e-2):
+        pl.seed_everything(0)
+        model = Classifier(TinyLM(vocab=64, d=64, layers=4, norm_first=False), "adamw", lr, warmup=20, steps=60)
+        cb, losses = watch(every_n_steps=2), Losses()
+        trainer(tmp_path / str(lr), [cb, losses], max_steps=12).fit(model, tokens(n=1024, length=32, vocab=64))
+        runs[lr] = (cb, losses.losses)
+    healthy, broken = runs[3e-3], runs[9e-2]
+    assert [a for a in healthy[0].alerts if a.kind in PARAM_KINDS] == []
+    found = [a for a in broken[0].alerts if a.kind == "update_size"]
+    first = min(a.step for a in found)
+    assert first <= 4 and all(a.value > 0.1 for a in found)
+    assert {a.module for a in found if a.step == first} >= {f"net.encoder.layers.{i}.linear2" for i in range(4)}
+    assert "learning rate" in found[0].message
+    worse = [s for s in range(12) if broken[1][s] > 1.1 * healthy[1][s]]
+    assert worse and first < worse[0]  # raised before the loss is 10 % worse than the healthy run's

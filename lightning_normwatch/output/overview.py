@@ -32,7 +32,7 @@ from .tags import OVERVIEW_TAG
 
 __all__ = ["Overview", "OVERVIEW_TAG", "row_label"]
 
-_FIGURES = ("std", "std_log_ratio", "shape_psi", "zeros", "dead")
+_FIGURES = ("std", "std_log_ratio", "shape_psi", "zeros", "dead", "update_ratio")
 #: alert kinds whose active state frames the cells of each figure
 _MARKS = {
     "std": ("scale_drift", "outlier"),
@@ -40,6 +40,7 @@ _MARKS = {
     "shape_psi": ("shift",),
     "zeros": ("dead",),
     "dead": ("dead",),
+    "update_ratio": ("update_size", "vanishing_gradient", "exploding_gradient"),
 }
 
 
@@ -114,6 +115,23 @@ class Overview:
         with np.errstate(divide="ignore", invalid="ignore"):
             log_std = np.where(std >= 0, np.log10(std), np.nan)  # a std of 0 is -inf: the lowest colour
         slr, psi, zeros, dead = (self._matrix(f) for f in ("std_log_ratio", "shape_psi", "zeros", "dead"))
+        images = {}
+        updates = self._matrix("update_ratio")
+        if np.isfinite(updates).any():  # the parameter side was measured (modules with parameters only)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                log_updates = np.where(updates >= 0, np.log10(updates), np.nan)
+            images[f"{OVERVIEW_TAG}/6_update_ratio"] = heatmap(
+                log_updates,
+                labels,
+                steps,
+                f"log10 update/weight ratio per step: alert above {th.update_large:g} (red frame: update_size, "
+                "vanishing/exploding gradient); ~1e-3 is usual",
+                vmin=-6.0,
+                vmax=0.0,
+                marked=self._marks("update_ratio"),
+                alerted_rows=alerted,
+                legend=lambda v: f"1e{v:+.1f}",
+            )
         roles = [self.kinds[k][1] for k in self.rows]
         applies = np.array([r in ("activation", "bounded", "other") for r in roles])[:, None]
         dead = np.where(applies, dead, np.nan)
@@ -130,7 +148,7 @@ class Overview:
                 parts.append("ALERT " + ",".join(kinds))
             notes.append("  ".join(parts))
         tag = OVERVIEW_TAG
-        return {
+        return images | {
             f"{tag}/0_depth_profile": profile(
                 std[:, -1], labels, f"std of each watched tensor at step {steps[-1]} (input at the top)", notes, alerted
             ),
