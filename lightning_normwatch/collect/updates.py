@@ -10,7 +10,7 @@ that ``GradScaler`` skipped leaves no update, and is reported as skipped, not as
 lookup in the post-hook.
 
 Figures per owner (a watched module, summed over its parameters; see ``owners``): ``update_ratio``
-``||dW|| / ||W||``, ``grad_rms``, ``weight_rms``, ``numel``, ``lr`` (largest learning rate of the
+``||dW|| / ||W||``, ``grad_rms``, ``weight_rms``, ``param_numel``, ``lr`` (largest learning rate of the
 param groups holding them) and ``has_grad`` (share of its parameters that received a gradient).
 Under DDP gradients are already reduced and the weights are the same on every rank, so every rank
 computes the single-process figures without any collective. FSDP shards parameters: the figures of a
@@ -30,8 +30,8 @@ Example:
     >>> probe.before_step(opt); opt.step(); probe.after_step(opt)
     >>> figs = probe.collect()
     >>> sorted(figs["0"])
-    ['grad_rms', 'has_grad', 'lr', 'numel', 'update_ratio', 'weight_rms']
-    >>> round(figs["0"]["lr"], 3), figs["0"]["numel"]
+    ['grad_rms', 'has_grad', 'lr', 'param_numel', 'update_ratio', 'weight_rms']
+    >>> round(figs["0"]["lr"], 3), figs["0"]["param_numel"]
     (0.1, 40.0)
 """
 
@@ -298,7 +298,7 @@ class UpdateProbe:
                 "update_ratio": math.sqrt(d2) / math.sqrt(w2) if w2 > 0 else (math.inf if d2 > 0 else 0.0),
                 "grad_rms": math.sqrt(g2 / numel) if with_grad else math.nan,
                 "weight_rms": math.sqrt(w2 / numel),
-                "numel": float(numel),
+                "param_numel": float(numel),
                 "lr": lr,
                 "has_grad": with_grad / count,
             }
