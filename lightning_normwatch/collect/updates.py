@@ -125,8 +125,8 @@ def _norms(tensors: list[Tensor]) -> Tensor:
         [5.0, 2.0]
     """
     wide = [t.float() if t.dtype in _HALF else t for t in tensors]
-    if len({t.device for t in wide}) == 1:
-        return torch.stack([n.double() for n in torch._foreach_norm(wide)])
+    if len({(t.device, t.dtype) for t in wide}) == 1:
+        return torch.stack(torch._foreach_norm(wide)).double()
     device = wide[0].device
     return torch.stack([torch.linalg.vector_norm(t).double().to(device) for t in wide])
 
@@ -230,7 +230,7 @@ class UpdateProbe:
                 if row is not None:
                     self._lr[row] = lr
         params = [self._params[r].detach() for r in rows]
-        copies = [p.clone() for p in params]
+        copies = torch._foreach_mul(params, 1.0)  # one copy of each, in one call
         grads = [self._params[r].grad for r in rows]
         w = _norms(params)
         present = [i for i, g in enumerate(grads) if g is not None]
