@@ -39,6 +39,7 @@ class Case:
     warmup: int = 0  # linear warm-up steps, then cosine decay to 0 at the end (0: constant)
     steps: int = 300
     expect: str = ""  # the alert a broken case must raise
+    known_miss: bool = False  # a broken case the rules do not catch yet (documented in docs/updates.md)
 
 
 # ------------------------------------------------------------------ data
@@ -153,6 +154,15 @@ def gpt2(vocab: int = 64, length: int = 32) -> nn.Module:
     return Logits()
 
 
+class PostNormLM(TinyLM):
+    """``TinyLM`` with 4 post-norm blocks (``norm_first=False``, the original transformer): fragile at high lr."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        layer = nn.TransformerEncoderLayer(64, 4, 256, dropout=0.0, batch_first=True, norm_first=False)
+        self.encoder = nn.TransformerEncoder(layer, 4, enable_nested_tensor=False)
+
+
 class LSTMClassifier(nn.Module):
     def __init__(self, d: int = 8, hidden: int = 32) -> None:
         super().__init__()
@@ -189,8 +199,6 @@ CASES = [
     Case("cnn_bn_adam", True, cnn_bn, digits(image=True), adam(1e-3)),
     Case("transformer_adamw_cosine", True, TinyLM, markov_tokens(), adam(1e-3, torch.optim.AdamW), "lm", warmup=50),
     Case("transformer_sgd_cosine", True, TinyLM, markov_tokens(), sgd(0.1), "lm", warmup=50),
-    Case("gpt2_adamw_cosine", True, gpt2, markov_tokens(), adam(6e-4, torch.optim.AdamW), "lm", warmup=30),
-    Case("gpt2_adam_nowarmup", True, gpt2, markov_tokens(), adam(6e-4), "lm"),
     Case("lstm_short_adam", True, LSTMClassifier, first_token_class(length=10), adam(1e-3)),
     Case(
         "transformer_lr_x30", False, TinyLM, markov_tokens(), adam(3e-2, torch.optim.AdamW), "lm", expect="update_size"
@@ -198,7 +206,22 @@ CASES = [
     Case("gpt2_lr_x30", False, gpt2, markov_tokens(), adam(1.8e-2, torch.optim.AdamW), "lm", expect="update_size"),
     Case("mlp_lr0_group", False, mlp, digits(), frozen_group, expect="update_size"),
     Case("sigmoid_mlp_sgd", False, lambda: mlp(10, 64, nn.Sigmoid), digits(), sgd(0.1), expect="vanishing_gradient"),
-    Case("lstm_long_sgd", False, LSTMClassifier, first_token_class(), sgd(0.1), expect="vanishing_gradient"),
+    Case(
+        "lstm_long_sgd",
+        False,
+        LSTMClassifier,
+        first_token_class(),
+        sgd(0.1),
+        expect="vanishing_gradient",
+        known_miss=True,
+    ),
+]
+
+
+#: GPT-2 from a config (``transformers``, random init): slow on CPU, run with ``--gpt2``
+GPT2_CASES = [
+    Case("gpt2_adamw_cosine", True, gpt2, markov_tokens(), adam(6e-4, torch.optim.AdamW), "lm", warmup=30),
+    Case("gpt2_adam_nowarmup", True, gpt2, markov_tokens(), adam(6e-4), "lm"),
 ]
 
 
@@ -267,18 +290,14 @@ def figure_summary(figs: dict[str, dict[str, float]], order: list[str], th: Thre
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--only", default="", help="comma-separated substrings of case names")
-    parser.add_argument("--steps", type=int, default=300)
-    args = parser.parse_args()
-    steps, every = (100, 10) if args.quick else (args.steps, 10)
+def calibrate(steps: int, every: int = 10, only: str = "", gpt2_too: bool = False) -> list[str]:
+    """Run the cases, print the table; return the names of the cases that failed (healthy warned, broken missed)."""
     figures = ("update_large", "update_small", "vanishing_gradient", "exploding_gradient")
     print(f"{'case':28s} " + " ".join(f"{f:>19s}" for f in figures) + "  alerts (first step, module, kind)")
     healthy_max = dict.fromkeys(figures, 0.0)
-    for case in CASES:
-        if args.only and not any(part in case.name for part in args.only.split(",")):
+    failures = []
+    for case in CASES + (GPT2_CASES if gpt2_too else []):
+        if only and not any(part in case.name for part in only.split(",")):
             continue
         start = time.perf_counter()
         result = run(case, steps, every)
@@ -287,16 +306,37 @@ def main() -> None:
             for f in figures:
                 healthy_max[f] = max(healthy_max[f], worst[f])
         losses = result["losses"]
-        first = sorted({(m, k): s for s, m, k in reversed(result["alerts"])}.items(), key=lambda x: x[1])[:4]  # type: ignore[union-attr]
+        kinds = {k for _, _, k in result["alerts"]}  # type: ignore[union-attr]
+        ok = not kinds if case.healthy else case.expect in kinds
+        if not ok and not case.known_miss:
+            failures.append(case.name)
+        first = sorted({(m, k): s for s, m, k in reversed(result["alerts"])}.items(), key=lambda x: x[1])[:3]  # type: ignore[union-attr]
+        verdict = "ok" if ok else ("KNOWN MISS" if case.known_miss else "FAIL")
         print(
             f"{case.name:28s} "
             + " ".join(f"{worst[f]:19.3g}" for f in figures)
-            + f"  loss {sum(losses[:10]) / 10:.2f}->{sum(losses[-10:]) / 10:.2f} "  # type: ignore[arg-type]
-            + f"{[(s, m, k) for (m, k), s in first]} ({time.perf_counter() - start:.0f} s)"
+            + f"  {verdict}; loss {sum(losses[:10]) / 10:.2f}->{sum(losses[-10:]) / 10:.2f} "  # type: ignore[arg-type]
+            + f"{[(s, m, k) for (m, k), s in first]} ({time.perf_counter() - start:.0f} s)",
+            flush=True,
         )
     print(f"{'healthy max':28s} " + " ".join(f"{healthy_max[f]:19.3g}" for f in figures))
     th = Thresholds()
     print(f"{'threshold':28s} " + " ".join(f"{getattr(th, f):19.3g}" for f in figures))
+    return failures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--only", default="", help="comma-separated substrings of case names")
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--every", type=int, default=10, help="logging interval")
+    parser.add_argument("--gpt2", action="store_true", help="also the GPT-2 cases (slow on CPU)")
+    args = parser.parse_args()
+    failures = calibrate(100 if args.quick else args.steps, args.every, args.only, args.gpt2)
+    if failures:
+        raise SystemExit(f"calibration of the parameter-side rules FAILED: {failures}")
+    print("parameter-side calibration passed")
 
 
 if __name__ == "__main__":
