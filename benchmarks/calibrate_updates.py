@@ -23,6 +23,7 @@ from torch import nn
 
 from lightning_normwatch.collect.updates import UpdateProbe
 from lightning_normwatch.config import Thresholds
+from lightning_normwatch.judge.alerts import AlertTracker
 from lightning_normwatch.judge.updates import UpdateHistory, gradient_factors, update_alerts
 
 Batches = Callable[[int], Iterator[tuple[torch.Tensor, torch.Tensor]]]
@@ -190,6 +191,8 @@ def adam(lr: float, cls: type = torch.optim.Adam, **kw: float) -> Callable[[nn.M
     return lambda m: cls(m.parameters(), lr=lr, **kw)
 
 
+X30_POST, X30_PRE = adam(9e-2, torch.optim.AdamW), adam(3e-2, torch.optim.AdamW)  # x30 of 3e-3 and 1e-3
+VANISHING = "vanishing_gradient"
 CASES = [
     Case("mlp_sgd", True, mlp, digits(), sgd(0.05)),
     Case("mlp_adam", True, mlp, digits(), adam(1e-3)),
@@ -199,29 +202,24 @@ CASES = [
     Case("cnn_bn_adam", True, cnn_bn, digits(image=True), adam(1e-3)),
     Case("transformer_adamw_cosine", True, TinyLM, markov_tokens(), adam(1e-3, torch.optim.AdamW), "lm", warmup=50),
     Case("transformer_sgd_cosine", True, TinyLM, markov_tokens(), sgd(0.1), "lm", warmup=50),
+    Case("postnorm_adamw_warmup", True, PostNormLM, markov_tokens(), adam(3e-3, torch.optim.AdamW), "lm", warmup=20),
+    Case("postnorm_adamw_nowarmup", True, PostNormLM, markov_tokens(), adam(3e-3, torch.optim.AdamW), "lm"),
     Case("lstm_short_adam", True, LSTMClassifier, first_token_class(length=10), adam(1e-3)),
-    Case(
-        "transformer_lr_x30", False, TinyLM, markov_tokens(), adam(3e-2, torch.optim.AdamW), "lm", expect="update_size"
-    ),
-    Case("gpt2_lr_x30", False, gpt2, markov_tokens(), adam(1.8e-2, torch.optim.AdamW), "lm", expect="update_size"),
+    # learning rate x30: the post-norm stack breaks (loss stuck near 3.9 against 1.9); the tiny pre-norm
+    # transformer and GPT-2 still train (their updates are x30 all the same, and the rule says so)
+    Case("postnorm_lr_x30_warmup", False, PostNormLM, markov_tokens(), X30_POST, "lm", 20, 150, "update_size"),
+    Case("transformer_lr_x30", False, TinyLM, markov_tokens(), X30_PRE, "lm", expect="update_size"),
     Case("mlp_lr0_group", False, mlp, digits(), frozen_group, expect="update_size"),
     Case("sigmoid_mlp_sgd", False, lambda: mlp(10, 64, nn.Sigmoid), digits(), sgd(0.1), expect="vanishing_gradient"),
-    Case(
-        "lstm_long_sgd",
-        False,
-        LSTMClassifier,
-        first_token_class(),
-        sgd(0.1),
-        expect="vanishing_gradient",
-        known_miss=True,
-    ),
-]
+    Case("lstm_long_sgd", False, LSTMClassifier, first_token_class(), sgd(0.1), "ce", 0, 300, VANISHING, True),
+]  # fmt: skip
 
 
 #: GPT-2 from a config (``transformers``, random init): slow on CPU, run with ``--gpt2``
 GPT2_CASES = [
     Case("gpt2_adamw_cosine", True, gpt2, markov_tokens(), adam(6e-4, torch.optim.AdamW), "lm", warmup=30),
     Case("gpt2_adam_nowarmup", True, gpt2, markov_tokens(), adam(6e-4), "lm"),
+    Case("gpt2_lr_x30", False, gpt2, markov_tokens(), adam(1.8e-2, torch.optim.AdamW), "lm", expect="update_size"),
 ]
 
 
@@ -244,7 +242,7 @@ def run(case: Case, steps: int, every: int, seed: int = 0) -> dict[str, object]:
     sched = scheduler(opt, case.warmup, steps)
     probe = UpdateProbe()
     probe.attach(model, [opt])
-    history, th = UpdateHistory(), Thresholds()
+    history, th, tracker = UpdateHistory(), Thresholds(), AlertTracker()
     rows, losses, alerts = [], [], []
     batches = case.data(seed)
     for step in range(steps):
@@ -262,8 +260,8 @@ def run(case: Case, steps: int, every: int, seed: int = 0) -> dict[str, object]:
         if step % every == 0:
             probe.after_step(opt)
             figs = probe.collect()
-            new, _ = update_alerts(step, figs, probe.matrix_owners, th, history)
-            alerts += [(a.step, a.module, a.kind) for a in new]
+            firing, evaluated = update_alerts(step, figs, probe.matrix_owners, th, history, active=tracker.active)
+            alerts += [(a.step, a.module, a.kind) for a in tracker.update(firing, evaluated, step)]
             rows.append((step, figs, figure_summary(figs, probe.matrix_owners, th)))
     return {"losses": losses, "rows": rows, "alerts": alerts}
 
