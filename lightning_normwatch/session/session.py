@@ -154,25 +154,15 @@ class Session:
     def watch_optimizers(
         self, optimizers: Sequence[torch.optim.Optimizer], step: int, pre_hooks: bool = False, unused_ok: bool = False
     ) -> None:
-        """The run's optimizers are known (Lightning: at train start): parameters no optimizer holds are
-        alerted (``not_in_optimizer``), and step hooks let the update sizes be measured on logging steps.
-
-        ``pre_hooks``: measure gradients in the optimizer's step pre-hook (plain loops, where ``backward``
-        ran before ``step``); otherwise the adapter calls ``before_optimizer_step``. ``unused_ok``: parameters
-        without gradient are expected (``find_unused_parameters``): ``no_gradient`` is info.
-        """
-        if self.updates is None or self.model is None:
-            return
-        self.updates.expected_unused = unused_ok
-        self.updates.close()
-        self.updates.hook_optimizers(optimizers, pre=pre_hooks)
-        new = self.updates.attach(self.model, optimizers, step, self.modules, self.exclude)
-        self.record(new)
+        """The run's optimizers are known (Lightning: at train start): see ``UpdateWatch.start``."""
+        if self.updates is not None and self.model is not None:
+            self.record(
+                self.updates.start(self.model, optimizers, step, pre_hooks, unused_ok, self.modules, self.exclude)
+            )
 
     def before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Gradients are final (unscaled under AMP) and ``optimizer`` is about to step: on a logging step, the
-        parameters it holds are copied and their weight and gradient norms measured (on the device)."""
-        if self.updates is not None and self.updates.armed:
+        """Gradients are final (unscaled under AMP) and ``optimizer`` is about to step (``UpdateWatch.before_step``)."""
+        if self.updates is not None:
             self.updates.before_step(optimizer)
 
     def _warn(self, message: str) -> None:
@@ -361,26 +351,14 @@ class Session:
             checks = self.checks.at_logging_step(self.model, step, list(stats), c.called, c.edges, infos)
             self.evaluator.alerts.extend(checks)
             result.alerts += checks
-        if self.updates is not None:
-            self._add_updates(step, result)
+        if self.updates is not None:  # the parameter side: same on every rank, no collective (docs/updates.md)
+            self.evaluator.alerts.extend(self.updates.add_to(step, result.figures, result.active, result.alerts))
         self.last_result = result
         if self.is_global_zero:
             self._log_figures(result)
             if self.panels is not None:
                 self.panels.write(result, stats, self.collector.infos, self.evaluator.tracker.active)
         self.emit(result.alerts)
-
-    def _add_updates(self, step: int, result: StepResult) -> None:
-        """The parameter side of the step: figures merged per module, alerts added (same on every rank:
-        gradients are reduced and weights equal under DDP, so no collective is needed)."""
-        assert self.updates is not None
-        figures, new = self.updates.finish(step)
-        for owner, fig in figures.items():
-            result.figures.setdefault(owner, {}).update(fig)
-        self.evaluator.alerts.extend(new)
-        result.alerts += new
-        for severity, count in self.updates.active_counts().items():
-            result.active[severity] = result.active.get(severity, 0) + count
 
     def _log_figures(self, result: StepResult) -> None:
         metrics: dict[str, float] = {}

@@ -98,6 +98,27 @@ class UpdateWatch:
         self.alerts += new
         return new
 
+    def start(
+        self,
+        model: nn.Module,
+        optimizers: Sequence[torch.optim.Optimizer],
+        step: int,
+        pre_hooks: bool = False,
+        unused_ok: bool = False,
+        modules: Sequence[Pattern] | None = None,
+        exclude: Sequence[Pattern] = (),
+    ) -> list[Alert]:
+        """Hook ``optimizers`` (again, when more are added) and attach; return the ``not_in_optimizer`` alerts.
+
+        ``pre_hooks``: measure gradients in the optimizer's step pre-hook (plain loops, where ``backward`` ran
+        before ``step``); otherwise the adapter calls ``before_step``. ``unused_ok``: parameters without
+        gradient are expected (``find_unused_parameters``): ``no_gradient`` is info.
+        """
+        self.expected_unused = unused_ok
+        self.close()
+        self.hook_optimizers(optimizers, pre=pre_hooks)
+        return self.attach(model, optimizers, step, modules, exclude)
+
     def hook_optimizers(self, optimizers: Iterable[torch.optim.Optimizer], pre: bool = False) -> None:
         """Register step post-hooks (the step ran: compare) and, with ``pre``, pre-hooks (snapshot).
 
@@ -124,7 +145,8 @@ class UpdateWatch:
         self.probe.arm()
 
     def before_step(self, optimizer: torch.optim.Optimizer) -> None:
-        self.probe.before_step(optimizer)
+        if self.probe.armed:
+            self.probe.before_step(optimizer)
 
     def after_step(self, optimizer: torch.optim.Optimizer) -> None:
         self.probe.after_step(optimizer)
@@ -142,6 +164,23 @@ class UpdateWatch:
         new = self.tracker.update(firing, evaluated, step)
         self.alerts += new
         return figures, new
+
+    def add_to(
+        self,
+        step: int,
+        figures: dict[str, dict[str, float]],
+        active: dict[str, int],
+        alerts: list[Alert],
+    ) -> list[Alert]:
+        """``finish`` the logging step into a step's results: figures merged per module, active counts and
+        alerts added; returns the new alerts."""
+        mine, new = self.finish(step)
+        for owner, fig in mine.items():
+            figures.setdefault(owner, {}).update(fig)
+        for severity, count in self.active_counts().items():
+            active[severity] = active.get(severity, 0) + count
+        alerts += new
+        return new
 
     def _drift(self, step: int, figures: dict[str, dict[str, float]]) -> None:
         start = self.warmup_steps
