@@ -324,3 +324,72 @@ def test_learning_rate_x30_on_a_transformer_raises_update_size_before_the_loss_s
     assert "learning rate" in found[0].message
     worse = [s for s in range(12) if broken[1][s] > 1.1 * healthy[1][s]]
     assert worse and first < worse[0]  # raised before the loss is 10 % worse than the healthy run's
+
+
+# ------------------------------------------------------------------ the rules at their thresholds (pure functions)
+ABOVE, BELOW = 1.0001, 0.9999
+
+
+def _held(figs: dict[str, dict[str, float]], th: Thresholds, order: list[str] | None = None) -> list[Any]:
+    """The alerts at the logging step where a condition has held PERSIST steps."""
+    history, alerts = UpdateHistory(), []
+    for step in range(PERSIST):
+        alerts, _ = update_alerts(step, figs, order or list(figs), th, history)
+    return alerts
+
+
+def _layers(n: int = 5, ratio: float = 1e-3, lr: float = 1e-3) -> dict[str, dict[str, float]]:
+    return {f"fc{i}": {"update_ratio": ratio, "grad_rms": 1e-2, "lr": lr, "has_grad": 1.0} for i in range(n)}
+
+
+@pytest.mark.parametrize("limit", [None, 0.02])
+def test_update_size_large_at_its_threshold(limit: float | None) -> None:
+    th = Thresholds() if limit is None else Thresholds(update_large=limit)
+    for factor, fires in ((ABOVE, True), (BELOW, False)):
+        figs = _layers()
+        figs["fc3"]["update_ratio"] = th.update_large * factor
+        found = [(a.module, a.kind, a.threshold) for a in _held(figs, th)]
+        assert found == ([("fc3", "update_size", th.update_large)] if fires else [])
+    figs["fc3"]["update_ratio"] = th.update_large * 2  # one logging step alone is not enough (Adam's first step)
+    assert update_alerts(0, figs, list(figs), th, UpdateHistory())[0] == []
+
+
+@pytest.mark.parametrize("limit", [None, 50.0])
+def test_update_size_small_at_its_threshold_and_only_for_a_low_learning_rate(limit: float | None) -> None:
+    th = Thresholds() if limit is None else Thresholds(update_small=limit)
+    for factor, fires in ((ABOVE, True), (BELOW, False)):
+        figs = _layers()
+        figs["fc1"].update(update_ratio=1e-3 / (th.update_small * factor), lr=1e-5)
+        found = [(a.module, a.kind) for a in _held(figs, th)]
+        assert found == ([("fc1", "update_size")] if fires else [])
+    figs["fc1"].update(update_ratio=0.0, lr=1e-3)  # same learning rate as the others: not the optimizer's fault
+    assert _held(figs, th) == []
+    figs["fc1"].update(lr=0.0)
+    alert = _held(figs, th)[0]
+    assert alert.value == math.inf and "learning rate 0 in its param group" in alert.message
+
+
+@pytest.mark.parametrize("kind", ["vanishing_gradient", "exploding_gradient"])
+def test_gradient_flow_at_its_threshold_named_where_it_starts(kind: str) -> None:
+    th = Thresholds()
+    limit = getattr(th, kind)
+    for factor, fires in ((ABOVE, True), (BELOW, False)):
+        figs = _layers(6)
+        for i in range(3):  # the three layers nearest the input are out of range
+            scale = limit * factor
+            figs[f"fc{i}"]["grad_rms"] = 1e-2 / scale if kind == "vanishing_gradient" else 1e-2 * scale
+        found = [(a.module, a.kind) for a in _held(figs, th)]
+        assert found == ([("fc2", kind)] if fires else [])
+
+
+def test_a_module_without_gradient_at_two_logging_steps_raises_no_gradient_once() -> None:
+    figs = _layers()
+    figs["fc2"].update(has_grad=0.0, grad_rms=math.nan)
+    history, raised = UpdateHistory(), []
+    for step in range(4):
+        raised += [
+            (a.step, a.module, a.severity) for a in update_alerts(step, figs, list(figs), Thresholds(), history)[0]
+        ]
+    assert raised == [(1, "fc2", "warning")]
+    info = update_alerts(1, figs, [], Thresholds(), UpdateHistory(without_grad={"fc2": 1}), expected_unused=True)[0]
+    assert [(a.kind, a.severity) for a in info] == [("no_gradient", "info")]
