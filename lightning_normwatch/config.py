@@ -161,6 +161,8 @@ class SessionConfig:
         scalars: ``"default"`` (per tensor the figures for its role) or ``"all"``.
         updates: measure update sizes, gradients and weights of the watched modules' parameters around the
             optimizer step of each logging step, and judge them (``docs/updates.md``); False turns it off.
+        params: ``"default"``, or ``"histograms"``: also weight and gradient histograms per module in
+            TensorBoard (``normwatch/params/<module>/weight`` and ``.../grad``), binned on the device.
         min_rows: rows (batch positions) sampled at least per tensor.
         max_channels: channels measured at most per tensor.
         world_size: number of processes whose samples are merged (the p-value subsample is split).
@@ -184,6 +186,7 @@ class SessionConfig:
     feature_names: tuple[str, ...] | None = None
     scalars: str = "default"
     updates: bool = True
+    params: str = "default"
     min_rows: int = 16
     max_channels: int = 2048
     world_size: int = 1
@@ -200,6 +203,7 @@ class SessionConfig:
         check_positive_int("plot_every_n_steps", self.plot_every_n_steps, allow_none=True)
         check_choice("input_drift", self.input_drift, ("warn", "info", "off"))
         check_choice("scalars", self.scalars, SCALAR_SETS)
+        check_choice("params", self.params, ("default", "histograms"))
         names = self.feature_names
         if names is not None:
             if isinstance(names, str) or not isinstance(names, Sequence) or not all(isinstance(n, str) for n in names):

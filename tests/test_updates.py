@@ -393,3 +393,23 @@ def test_a_module_without_gradient_at_two_logging_steps_raises_no_gradient_once(
     assert raised == [(1, "fc2", "warning")]
     info = update_alerts(1, figs, [], Thresholds(), UpdateHistory(without_grad={"fc2": 1}), expected_unused=True)[0]
     assert [(a.kind, a.severity) for a in info] == [("no_gradient", "info")]
+
+
+def test_params_histograms_writes_weight_and_gradient_histograms(tmp_path) -> None:
+    from pytorch_lightning.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    pl.seed_everything(0)
+    cb = NormWatch(every_n_steps=2, on_alert="ignore", params="histograms")
+    logger = TensorBoardLogger(str(tmp_path), name="run")
+    trainer(tmp_path, [cb], max_steps=4, logger=logger).fit(Regressor(mlp()), loader(regression_data()))
+    acc = EventAccumulator(logger.log_dir, size_guidance={"histograms": 0})
+    acc.Reload()
+    tags = set(acc.Tags()["histograms"])
+    assert {f"normwatch/params/net.{i}/{w}" for i in (0, 2, 4) for w in ("weight", "grad")} <= tags
+    weight = acc.Histograms("normwatch/params/net.0/weight")
+    assert [e.step for e in weight] == [0, 2]
+    assert weight[0].histogram_value.num == 16 * 32 + 32  # every weight and bias of net.0, binned on the device
+    with pytest.raises(ValueError, match="params"):
+        NormWatch(params="all")
+    assert not any(t.startswith("normwatch/params/") for t in tags if "net.1" in t)  # a ReLU has no parameters

@@ -97,7 +97,7 @@ class NormWatch(Callback):
             not masks or targets), ``False``, a dict key, a tuple index, or a callable ``batch -> tensor | dict``.
         every_n_steps: logging interval in global steps; ``None`` uses the trainer's ``log_every_n_steps``.
         sample_size, pvalue_size, warmup_steps, reference_steps, thresholds, on_alert, check_nonfinite, seed,
-            tensorboard, plot_every_n_steps, input_drift, feature_names, scalars, updates: see ``SessionConfig``
+            tensorboard, plot_every_n_steps, input_drift, feature_names, scalars, updates, params: see ``SessionConfig``
             (``lightning_normwatch.config``), where each is documented and its default defined.
 
     Raises:
@@ -130,13 +130,14 @@ class NormWatch(Callback):
         feature_names: Sequence[str] | None = None,
         scalars: str = _D.scalars,
         updates: bool = _D.updates,
+        params: str = _D.params,
     ) -> None:
         config = SessionConfig(
             every_n_steps=every_n_steps, sample_size=sample_size, pvalue_size=pvalue_size,
             warmup_steps=warmup_steps, reference_steps=reference_steps, thresholds=thresholds,  # type: ignore[arg-type]
             on_alert=on_alert, check_nonfinite=check_nonfinite, seed=seed, tensorboard=tensorboard,
             plot_every_n_steps=plot_every_n_steps, input_drift=input_drift, feature_names=feature_names,  # type: ignore[arg-type]
-            scalars=scalars, updates=updates,
+            scalars=scalars, updates=updates, params=params,
         )  # fmt: skip
         self.session = Session(config, modules, exclude, inputs)
         self._resume_after_validation = False

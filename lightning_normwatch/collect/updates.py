@@ -40,13 +40,15 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from ..stats.histogram import bin_counts, bin_edges
 from .selection import Pattern, select_modules, user_name
 
-__all__ = ["UpdateProbe", "ParamEntry", "owners", "unheld_parameters"]
+__all__ = ["UpdateProbe", "ParamEntry", "owners", "unheld_parameters", "histograms_by_owner"]
 
 #: columns of the per-parameter block: ||W||, ||g|| (NaN without gradient), ||dW|| (NaN: no step seen)
 _W, _G, _D = 0, 1, 2
@@ -131,6 +133,47 @@ def _norms(tensors: list[Tensor]) -> Tensor:
     return torch.stack([torch.linalg.vector_norm(t).double().to(device) for t in wide])
 
 
+def _binned(weight: Tensor, grad: Tensor | None) -> Tensor:
+    """``[2, bins + 4]`` float64 on the device: shared-bin counts, min, max, sum, sum of squares of the weight
+    and of its gradient (zeros without one); no host sync."""
+    out = []
+    for t in (weight, grad if grad is not None and not grad.is_sparse else None):
+        if t is None:
+            out.append(torch.zeros(len(bin_edges()) + 5, dtype=torch.float64, device=weight.device))
+            continue
+        flat = t.detach().reshape(-1).float()
+        counts = bin_counts(flat, bin_edges(flat.device, flat.dtype)).double()
+        lo, hi = torch.aminmax(flat)
+        out.append(torch.cat([counts, torch.stack([lo, hi, flat.sum(), flat.pow(2).sum()]).double()]))
+    return torch.stack(out)
+
+
+def histograms_by_owner(
+    entries: Sequence[ParamEntry], parts: Iterable[tuple[list[int], Tensor]]
+) -> dict[str, dict[str, tuple[Any, float, float, float, float, float]]]:
+    """Host: per owner, ``{"weight" | "grad": (counts, min, max, n, sum, sum of squares)}`` summed over its tensors."""
+    out: dict[str, dict[str, list[Any]]] = {}
+    for rows, block in parts:
+        host = block.cpu().numpy()
+        for i, row in enumerate(rows):
+            entry = entries[row]
+            for j, which in enumerate(("weight", "grad")):
+                v = host[i, j]
+                counts, (lo, hi, total, squares) = v[:-4], v[-4:]
+                if counts.sum() == 0:
+                    continue
+                acc = out.setdefault(entry.owner, {}).get(which)
+                if acc is None:
+                    out[entry.owner][which] = [counts.copy(), lo, hi, counts.sum(), total, squares]
+                else:
+                    acc[0] += counts
+                    acc[1], acc[2] = min(acc[1], lo), max(acc[2], hi)
+                    acc[3] += counts.sum()
+                    acc[4] += total
+                    acc[5] += squares
+    return {o: {w: tuple(v) for w, v in d.items()} for o, d in out.items()}  # type: ignore[misc]
+
+
 class UpdateProbe:
     """Per-parameter update, gradient and weight norms of the optimizer steps of a logging step.
 
@@ -138,7 +181,9 @@ class UpdateProbe:
     ``after_step(opt)`` around each optimizer step, then ``collect()`` (host figures per owner).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, histograms: bool = False) -> None:
+        self.histograms = histograms  # also bin weights and gradients on the shared edges (opt-in)
+        self.hist_parts: dict[int, tuple[list[int], Tensor]] = {}  # id(opt) -> rows, [n, 2, bins + 4]
         self.entries: list[ParamEntry] = []
         self._params: list[nn.Parameter] = []
         self._index: dict[int, int] = {}  # id(param) -> row
@@ -205,6 +250,7 @@ class UpdateProbe:
         self._armed = True
         self._pending, self._blocks, self._lr, self.skipped = {}, [], {}, 0
         self._stepped = set()
+        self.hist_parts = {}
 
     def disarm(self) -> None:
         self._armed = False
@@ -239,6 +285,11 @@ class UpdateProbe:
             dense = [grads[i].coalesce().values() if grads[i].is_sparse else grads[i] for i in present]
             g[present] = _norms([d.detach() for d in dense]).to(g.device)
         self._pending[key] = (rows, copies, torch.stack([w, g.to(w.device)], 1))
+        if self.histograms:
+            self.hist_parts[key] = (
+                rows,
+                torch.stack([_binned(p, self._params[r].grad) for p, r in zip(params, rows, strict=True)]),
+            )
 
     @torch.no_grad()
     def after_step(self, optimizer: torch.optim.Optimizer) -> None:

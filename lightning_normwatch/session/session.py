@@ -111,7 +111,10 @@ class Session:
         self._warned_manual = False
         self.updates: UpdateWatch | None = None
         if config.updates:
-            self.updates = UpdateWatch(config.warmup_steps, config.reference_steps, config.thresholds)
+            histograms = config.params == "histograms"
+            self.updates = UpdateWatch(
+                config.warmup_steps, config.reference_steps, config.thresholds, False, histograms
+            )
 
     @property
     def alerts(self) -> list[Alert]:
@@ -353,6 +356,8 @@ class Session:
             result.alerts += checks
         if self.updates is not None:  # the parameter side: same on every rank, no collective (docs/updates.md)
             self.evaluator.alerts.extend(self.updates.add_to(step, result.figures, result.active, result.alerts))
+            if self.panels is not None and self.is_global_zero and self.updates.histograms:
+                self.panels.write_param_histograms(self.updates.histograms, step)
         self.last_result = result
         if self.is_global_zero:
             self._log_figures(result)

@@ -37,7 +37,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from ..collect.selection import Pattern
-from ..collect.updates import UpdateProbe
+from ..collect.updates import UpdateProbe, histograms_by_owner
 from ..config import Thresholds
 from ..judge.alerts import Alert, AlertTracker
 from ..judge.updates import UpdateHistory, unheld_alerts, update_alerts
@@ -58,6 +58,7 @@ class UpdateWatch:
             ``exploding_gradient``).
         expected_unused: parameters without gradient are expected (``find_unused_parameters``):
             ``no_gradient`` is info.
+        histograms: also bin weights and gradients on the device (``params="histograms"``).
     """
 
     def __init__(
@@ -66,11 +67,14 @@ class UpdateWatch:
         reference_steps: int = 200,
         thresholds: Thresholds | None = None,
         expected_unused: bool = False,
+        histograms: bool = False,
     ) -> None:
         self.warmup_steps, self.reference_steps = warmup_steps, reference_steps
         self.thresholds = thresholds or Thresholds()
         self.expected_unused = expected_unused
-        self.probe = UpdateProbe()
+        self.probe = UpdateProbe(histograms)
+        #: with ``histograms``: per module, weight and gradient histograms of the last logging step
+        self.histograms: dict[str, dict[str, tuple[Any, ...]]] = {}
         self.history = UpdateHistory()
         self.tracker = AlertTracker()
         self.alerts: list[Alert] = []
@@ -153,6 +157,8 @@ class UpdateWatch:
 
     def finish(self, step: int) -> tuple[dict[str, dict[str, float]], list[Alert]]:
         """Figures per owner of this logging step and the alerts newly raised (nothing when no step ran)."""
+        if self.probe.histograms:
+            self.histograms = histograms_by_owner(self.probe.entries, self.probe.hist_parts.values())
         figures = self.probe.collect()
         if not figures:
             return {}, []
