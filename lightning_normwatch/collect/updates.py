@@ -46,7 +46,7 @@ import torch
 from torch import Tensor, nn
 
 from ..stats.histogram import bin_counts, bin_edges
-from .selection import Pattern, select_modules, user_name
+from .selection import Pattern, _matches, select_modules, user_name
 
 __all__ = ["UpdateProbe", "ParamEntry", "owners", "unheld_parameters", "histograms_by_owner"]
 
@@ -80,8 +80,11 @@ def owners(
         ['0', '1']
         >>> owners(model, modules=["0"])
         {'0.weight': '0', '0.bias': '0'}
+        >>> sorted(set(owners(model, exclude=["1"]).values()))
+        ['0']
     """
     watched = {name for name, _ in select_modules(model, modules, exclude)}
+    excluded = {user_name(n) for n, m in model.named_modules() if n and exclude and _matches(user_name(n), m, exclude)}
     out: dict[str, str] = {}
     for qualified, param in model.named_parameters():
         if not param.requires_grad:
@@ -91,17 +94,12 @@ def owners(
         owner = next(
             (".".join(parts[:i]) for i in range(len(parts) - 1, 0, -1) if ".".join(parts[:i]) in watched), None
         )
-        if owner is None and modules is None and not (exclude and _excluded(name, exclude)):
+        inside_excluded = any(".".join(parts[:i]) in excluded for i in range(1, len(parts)))
+        if owner is None and modules is None and not inside_excluded:
             owner = name
         if owner is not None:
             out[name] = owner
     return out
-
-
-def _excluded(name: str, exclude: Sequence[Pattern]) -> bool:
-    import fnmatch
-
-    return any(isinstance(p, str) and fnmatch.fnmatchcase(name, p) for p in exclude)
 
 
 def unheld_parameters(model: nn.Module, optimizers: Iterable[torch.optim.Optimizer]) -> list[str]:
