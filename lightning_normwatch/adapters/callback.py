@@ -213,8 +213,7 @@ class NormWatch(Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.session.training_starts(pl_module, trainer.global_step)
         strategy = type(trainer.strategy).__name__
-        if self.config.updates and ("FSDP" in strategy or "DeepSpeed" in strategy):
-            # sharded parameters: a rank's figures would be of its shard (docs/updates.md)
+        if self.config.updates and ("FSDP" in strategy or "DeepSpeed" in strategy):  # a rank holds a shard
             rank_zero_warn(f"NormWatch: update sizes are not measured under {strategy} (sharded parameters).")
             return
         unused_ok = bool(getattr(trainer.strategy.model, "find_unused_parameters", False))  # DDP's own flag

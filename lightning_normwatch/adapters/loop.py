@@ -184,7 +184,7 @@ class LoopWatch:
         """
         fabric = [getattr(o, "optimizer", o) for o in optimizers]  # Fabric's _FabricOptimizer wraps one
         self._optimizers += [o for o in fabric if all(o is not p for p in self._optimizers)]
-        self.session.watch_optimizers(self._optimizers, self._next, pre_hooks=True, unused_ok=self._unused_ok)
+        self.session.watch_optimizers(self._optimizers, self._next, pre=True, unused_ok=self._unused_ok)
 
     @property
     def watched(self) -> list[str]:

@@ -103,6 +103,25 @@ class Overview:
                 out[r, c] = any((key, k) in active for k in kinds)
         return out
 
+    def _update_image(
+        self, labels: list[str], steps: list[int], alerted: list[bool], th: Thresholds
+    ) -> dict[str, Image]:
+        """The update-ratio heatmap, when the parameter side was measured (modules with parameters only)."""
+        updates = self._matrix("update_ratio")
+        if not np.isfinite(updates).any():
+            return {}
+        with np.errstate(divide="ignore", invalid="ignore"):
+            log_updates = np.where(updates >= 0, np.log10(updates), np.nan)
+        title = (
+            f"log10 update/weight ratio per step: alert above {th.update_large:g} (red frame: update_size, "
+            "vanishing/exploding gradient); ~1e-3 is usual"
+        )
+        image = heatmap(
+            log_updates, labels, steps, title, vmin=-6.0, vmax=0.0, marked=self._marks("update_ratio"),
+            alerted_rows=alerted, legend=lambda v: f"1e{v:+.1f}",
+        )  # fmt: skip
+        return {f"{OVERVIEW_TAG}/6_update_ratio": image}
+
     def images(self, th: Thresholds) -> dict[str, Image]:
         """The overview images by tag (empty before the first ``add``)."""
         if not self._steps:
@@ -115,26 +134,7 @@ class Overview:
         with np.errstate(divide="ignore", invalid="ignore"):
             log_std = np.where(std >= 0, np.log10(std), np.nan)  # a std of 0 is -inf: the lowest colour
         slr, psi, zeros, dead = (self._matrix(f) for f in ("std_log_ratio", "shape_psi", "zeros", "dead"))
-        images = {}
-        updates = self._matrix("update_ratio")
-        if np.isfinite(updates).any():  # the parameter side was measured (modules with parameters only)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                log_updates = np.where(updates >= 0, np.log10(updates), np.nan)
-            images[f"{OVERVIEW_TAG}/6_update_ratio"] = heatmap(
-                log_updates,
-                labels,
-                steps,
-                f"log10 update/weight ratio per step: alert above {th.update_large:g} (red frame: update_size, "
-                "vanishing/exploding gradient); ~1e-3 is usual",
-                vmin=-6.0,
-                vmax=0.0,
-                marked=self._marks("update_ratio"),
-                alerted_rows=alerted,
-                legend=lambda v: f"1e{v:+.1f}",
-            )
-        roles = [self.kinds[k][1] for k in self.rows]
-        applies = np.array([r in ("activation", "bounded", "other") for r in roles])[:, None]
-        dead = np.where(applies, dead, np.nan)
+        images = self._update_image(labels, steps, alerted, th)
         bound = 2 * math.log(th.scale_drift)
         notes = []
         for r in range(len(self.rows)):

@@ -109,12 +109,7 @@ class Session:
         self._bad_loss: Tensor | None = None
         self._replayed = False  # this batch's forward was already replayed for measurement (compiled model)
         self._warned_manual = False
-        self.updates: UpdateWatch | None = None
-        if config.updates:
-            histograms = config.params == "histograms"
-            self.updates = UpdateWatch(
-                config.warmup_steps, config.reference_steps, config.thresholds, False, histograms
-            )
+        self.updates = UpdateWatch.for_config(config)  # the parameter side (None: updates=False)
 
     @property
     def alerts(self) -> list[Alert]:
@@ -155,13 +150,11 @@ class Session:
             log.info("%s", line)
 
     def watch_optimizers(
-        self, optimizers: Sequence[torch.optim.Optimizer], step: int, pre_hooks: bool = False, unused_ok: bool = False
+        self, optimizers: Sequence[Any], step: int, pre: bool = False, unused_ok: bool = False
     ) -> None:
         """The run's optimizers are known (Lightning: at train start): see ``UpdateWatch.start``."""
         if self.updates is not None and self.model is not None:
-            self.record(
-                self.updates.start(self.model, optimizers, step, pre_hooks, unused_ok, self.modules, self.exclude)
-            )
+            self.record(self.updates.start(self.model, optimizers, step, pre, unused_ok, self.modules, self.exclude))
 
     def before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Gradients are final (unscaled under AMP) and ``optimizer`` is about to step (``UpdateWatch.before_step``)."""
@@ -355,9 +348,8 @@ class Session:
             self.evaluator.alerts.extend(checks)
             result.alerts += checks
         if self.updates is not None:  # the parameter side: same on every rank, no collective (docs/updates.md)
-            self.evaluator.alerts.extend(self.updates.add_to(step, result.figures, result.active, result.alerts))
-            if self.panels is not None and self.is_global_zero and self.updates.histograms:
-                self.panels.write_param_histograms(self.updates.histograms, step)
+            new = self.updates.add_to(step, result, self.panels if self.is_global_zero else None)
+            self.evaluator.alerts.extend(new)
         self.last_result = result
         if self.is_global_zero:
             self._log_figures(result)
@@ -410,8 +402,7 @@ class Session:
         checks = self.checks.state() if self.checks is not None else self.checks_state
         if checks is not None:
             state["model_checks"] = checks
-        if self.updates is not None:
-            state["updates"] = self.updates.state_dict()
+        state["updates"] = self.updates.state_dict() if self.updates is not None else {}
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -102,6 +102,15 @@ class UpdateWatch:
         self.alerts += new
         return new
 
+    @classmethod
+    def for_config(cls, config: Any) -> UpdateWatch | None:
+        """The parameter side of a session with these settings (``SessionConfig``), or None with ``updates=False``."""
+        if not config.updates:
+            return None
+        return cls(
+            config.warmup_steps, config.reference_steps, config.thresholds, histograms=config.params == "histograms"
+        )
+
     def start(
         self,
         model: nn.Module,
@@ -171,21 +180,17 @@ class UpdateWatch:
         self.alerts += new
         return figures, new
 
-    def add_to(
-        self,
-        step: int,
-        figures: dict[str, dict[str, float]],
-        active: dict[str, int],
-        alerts: list[Alert],
-    ) -> list[Alert]:
-        """``finish`` the logging step into a step's results: figures merged per module, active counts and
-        alerts added; returns the new alerts."""
+    def add_to(self, step: int, result: Any, panels: Any = None) -> list[Alert]:
+        """``finish`` the logging step into a ``StepResult``: figures merged per module, active counts and
+        alerts added, histograms to ``panels`` (``params="histograms"``); returns the new alerts."""
         mine, new = self.finish(step)
+        if panels is not None and self.histograms:
+            panels.write_param_histograms(self.histograms, step)
         for owner, fig in mine.items():
-            figures.setdefault(owner, {}).update(fig)
+            result.figures.setdefault(owner, {}).update(fig)
         for severity, count in self.active_counts().items():
-            active[severity] = active.get(severity, 0) + count
-        alerts += new
+            result.active[severity] = result.active.get(severity, 0) + count
+        result.alerts += new
         return new
 
     def _drift(self, step: int, figures: dict[str, dict[str, float]]) -> None:
