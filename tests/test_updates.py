@@ -14,7 +14,7 @@ from torch import nn
 from lightning_normwatch import NormWatch
 from lightning_normwatch.collect.updates import UpdateProbe
 from lightning_normwatch.config import Thresholds
-from lightning_normwatch.judge.updates import PERSIST, UpdateHistory, update_alerts
+from lightning_normwatch.judge.updates import MIN_LARGE_STEPS, PERSIST, UpdateHistory, update_alerts
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:.*the trainer has no logger.*"),
@@ -333,7 +333,7 @@ ABOVE, BELOW = 1.0001, 0.9999
 def _held(figs: dict[str, dict[str, float]], th: Thresholds, order: list[str] | None = None) -> list[Any]:
     """The alerts at the logging step where a condition has held PERSIST steps."""
     history, alerts = UpdateHistory(), []
-    for step in range(PERSIST):
+    for step in range(0, 5 * PERSIST, 5):  # logging every 5 steps
         alerts, _ = update_alerts(step, figs, order or list(figs), th, history)
     return alerts
 
@@ -352,6 +352,9 @@ def test_update_size_large_at_its_threshold(limit: float | None) -> None:
         assert found == ([("fc3", "update_size", th.update_large)] if fires else [])
     figs["fc3"]["update_ratio"] = th.update_large * 2  # one logging step alone is not enough (Adam's first step)
     assert update_alerts(0, figs, list(figs), th, UpdateHistory())[0] == []
+    history = UpdateHistory()  # nor two logging steps one global step apart (a transient)
+    assert [update_alerts(s, figs, list(figs), th, history)[0] for s in range(MIN_LARGE_STEPS)] == [[]] * 4
+    assert [a.module for a in update_alerts(MIN_LARGE_STEPS, figs, list(figs), th, history)[0]] == ["fc3"]
 
 
 @pytest.mark.parametrize("limit", [None, 50.0])
@@ -387,7 +390,7 @@ def test_a_module_without_gradient_at_two_logging_steps_raises_no_gradient_once(
     figs["fc2"].update(has_grad=0.0, grad_rms=math.nan)
     history, raised = UpdateHistory(), []
     for step in range(4):
-        raised += [
+        raised += [  # (logging steps 0..3)
             (a.step, a.module, a.severity) for a in update_alerts(step, figs, list(figs), Thresholds(), history)[0]
         ]
     assert raised == [(1, "fc2", "warning")]

@@ -4,7 +4,8 @@ Pure functions of the figures ``collect.updates.UpdateProbe`` measures at a logg
 ``update_ratio`` = ||dW||/||W|| of the optimizer step, ``grad_rms``, ``weight_rms``, ``lr``, ``has_grad``):
 
 - ``update_size`` (warning): a layer's update ratio stays above ``thresholds.update_large`` for
-  ``PERSIST`` logging steps in a row (the layer is thrown around: learning rate too high for it), or
+  ``PERSIST`` logging steps in a row spanning ``MIN_LARGE_STEPS`` global steps (the layer is thrown
+  around: learning rate too high for it), or
   it stays more than ``thresholds.update_small`` times below the median ratio of the layers that learn
   while its gradient is not small (learning rate 0 or tiny in its param group);
 - ``vanishing_gradient`` / ``exploding_gradient`` (warning): going from the output back to the input
@@ -51,8 +52,12 @@ __all__ = [
 
 #: logging steps in a row a size or gradient-flow condition must hold before it is raised
 PERSIST = 2
-#: weight matrices the gradient must stay out of range over (one small first layer is not vanishing)
-MIN_GRADIENT_SPAN = 2
+#: weight matrices the gradient must stay out of range over: one small first layer is not vanishing, nor
+#: are an attention's query and key projections (their gradients are ~1e-3 of the value's at init, BERT)
+MIN_GRADIENT_SPAN = 3
+#: global steps a too-large update must last (first to last logging step of the streak): with logging at
+#: every step, two steps are a transient (a tiny head's first SGD steps), not a learning rate too high
+MIN_LARGE_STEPS = 4
 #: logging steps without any gradient before ``no_gradient`` is raised
 NO_GRADIENT_STEPS = 2
 #: factor by which a layer's learning rate must be below the median layer's for its updates to be "too small"
@@ -73,6 +78,7 @@ class UpdateHistory:
 
     streak: dict[str, int] = field(default_factory=dict)
     without_grad: dict[str, int] = field(default_factory=dict)
+    since: dict[str, int] = field(default_factory=dict)  # owner -> step its too-large streak started
 
     def hold(self, key: str, now: bool) -> int:
         """Count a condition's run of logging steps; return its length (0 when it does not hold)."""
@@ -80,11 +86,12 @@ class UpdateHistory:
         return self.streak[key]
 
     def state(self) -> dict[str, object]:
-        return {"streak": dict(self.streak), "without_grad": dict(self.without_grad)}
+        return {"streak": dict(self.streak), "without_grad": dict(self.without_grad), "since": dict(self.since)}
 
     def load(self, state: Mapping[str, object]) -> None:
         self.streak = {str(k): int(v) for k, v in dict(state.get("streak", {})).items()}  # type: ignore[call-overload]
         self.without_grad = {str(k): int(v) for k, v in dict(state.get("without_grad", {})).items()}  # type: ignore[call-overload]
+        self.since = {str(k): int(v) for k, v in dict(state.get("since", {})).items()}  # type: ignore[call-overload]
 
 
 def _finite(x: float | None) -> bool:
@@ -114,6 +121,7 @@ def size_alerts(
         fig = figures[owner]
         checked.add((owner, "update_size"))
         large = history.hold(owner + "/large", ratio > th.update_large)
+        started = history.since.setdefault(owner, step) if large else history.since.pop(owner, step)
         grad = fig.get("grad_rms", math.nan)
         learning = _finite(median) and median > MIN_LEARNING and _finite(grad) and grad > 0
         # the learning rate is the cause: its group's is 0 or far below the others' (vanishing gradients, which
@@ -122,7 +130,7 @@ def size_alerts(
         low_lr = _finite(lr) and _finite(median_lr) and lr * LOW_LR < median_lr
         small_now = learning and low_lr and ratio * th.update_small < median and grad * th.update_small >= median_grad
         small = history.hold(owner + "/small", bool(small_now))
-        if large >= PERSIST:
+        if large >= PERSIST and step - started >= MIN_LARGE_STEPS:
             message = (
                 f"`{owner}`'s updates are {ratio:.3g} of its weights per step ({large} logging steps in a row above "
                 f"{th.update_large:g}; healthy layers move about 1e-3){_lr_text(fig.get('lr', math.nan))}: the layer "
@@ -151,7 +159,7 @@ def gradient_gaps(grads: Sequence[float]) -> tuple[list[float], list[float]]:
     Example:
         >>> vanish, explode = gradient_gaps([1e-6, 1e-5, 1e-4, 1e-3, 1e-2])
         >>> [round(v) for v in vanish], max(explode)
-        ([1, 1000, 100, 10, 1], 1.0)
+        ([1, 1, 100, 10, 1], 1.0)
     """
     logs = [math.log(g) for g in grads]
     n = len(logs)
@@ -168,7 +176,7 @@ def gradient_factors(grads: Sequence[float]) -> tuple[float, float]:
 
     Example:
         >>> [round(x) for x in gradient_factors([1.0, 2.0, 4.0, 1e4])]
-        [5000, 1]
+        [2500, 1]
     """
     vanish, explode = gradient_gaps(grads)
     return max(vanish, default=1.0), max(explode, default=1.0)
