@@ -150,5 +150,8 @@ def test_alert_text_and_figures(server: str) -> None:
     images = get(server, "/data/plugin/images/tags")["demo/version_0"]
     assert set(images) == {"normwatch/figures/inputs", "normwatch/figures/net"} | {
         f"normwatch/overview/{name}"
-        for name in ("0_depth_profile", "1_scale_log10_std", "2_scale_drift", "3_shape_psi", "4_zeros", "5_dead_units")
-    }
+        for name in (
+            "0_depth_profile", "1_scale_log10_std", "2_scale_drift", "3_shape_psi", "4_zeros", "5_dead_units",
+            "6_update_ratio",
+        )
+    }  # fmt: skip
