@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from lightning_normwatch import NormWatch
+from lightning_normwatch.judge.collapse import collapse_ratio
 from lightning_normwatch.judge.depth import depth_ratios
 
 RULES = (
@@ -38,6 +39,7 @@ RULES = (
     "non_normal",
     "vanishing",
     "exploding",
+    "collapse",
     "input_changed",
     "input_drift",
 )
@@ -243,6 +245,18 @@ def dead_mlp() -> nn.Sequential:
     return net
 
 
+def collapsing_tanh(depth: int = 20, width: int = 64, gain: float = 0.35) -> nn.Sequential:
+    """``shared/STATISTICS.md`` §8: default-initialised weights times ``gain``; the biases carry each layer's
+    RMS while the spread across the batch's examples falls by orders of magnitude (batch-signal collapse)."""
+    layers: list[nn.Module] = []
+    for i in range(depth):
+        lin = nn.Linear(64 if i == 0 else width, width)
+        with torch.no_grad():
+            lin.weight.mul_(gain)
+        layers += [lin, nn.Tanh()]
+    return nn.Sequential(*layers, nn.Linear(width, 10))
+
+
 def saturated_mlp() -> nn.Sequential:
     net = mlp(64, 10, act=nn.Sigmoid)
     with torch.no_grad():
@@ -258,6 +272,7 @@ class Run:
     data: Callable[[], Dataset]
     batch: int = 64
     shuffle: bool = True
+    steps: int | None = None  # a short run: this many steps with NormWatch's default (fitted) windows
 
 
 RUNS = [
@@ -286,6 +301,26 @@ RUNS = [
         lambda: Classifier(mlp(64, 10), 1e-3),
         lambda: digits_unnormalized_from(500),
         shuffle=False,
+    ),
+    Run("BROKEN collapse tanh 20 layers (w x0.35)", False, lambda: Classifier(collapsing_tanh(), 1e-3), digits),
+    Run("short 200: mlp-relu-adam digits", True, lambda: Classifier(mlp(64, 10), 1e-3), digits, steps=200),
+    Run("short 200: cnn-bn-adam digits", True, lambda: Classifier(cnn(), 1e-3), lambda: digits(image=True), steps=200),
+    Run("short 300: resnet-mlp prenorm digits", True, lambda: Classifier(ResidualMLP(), 1e-3), digits, steps=300),
+    Run(
+        "short 300: prenorm-transformer seq",
+        True,
+        lambda: Classifier(PreNormTransformer(), 1e-3),
+        sequences,
+        32,
+        steps=300,
+    ),
+    Run(
+        "BROKEN short 200: norm. dropped (step 120)",
+        False,
+        lambda: Classifier(mlp(64, 10), 1e-3),
+        lambda: digits_unnormalized_from(120),
+        shuffle=False,
+        steps=200,
     ),
     Run(
         "BROKEN NaN layer",
@@ -331,7 +366,8 @@ class Recorder(pl.Callback):
         prediction = session.evaluator.prediction_keys(res.figures)  # the depth rules leave these out
         info = session.collector.info
         sequence = [(info(k), res.figures[k]) for k in keys if info(k).role != "input" and k not in prediction]
-        for rule, value in zip(("vanishing", "exploding"), depth_ratios(sequence), strict=True):
+        ratios = (*depth_ratios(sequence), collapse_ratio(sequence))
+        for rule, value in zip(("vanishing", "exploding", "collapse"), ratios, strict=True):
             if value > self.maxima[rule][0]:
                 self.maxima[rule] = (value, "")
         for key, fig in res.figures.items():
@@ -356,15 +392,18 @@ def main() -> None:
     torch.set_num_threads(1)
     # one table row per run: NormWatch's own start line, alert lines and end-of-fit summary are left out
     logging.getLogger("lightning_normwatch").setLevel(logging.CRITICAL)
-    print(f"{'run':38s} " + " ".join(f"{r:>13s}" for r in RULES) + "   alerts raised (kind@module)")
+    print(f"{'run':44s} " + " ".join(f"{r:>13s}" for r in RULES) + "   alerts raised (kind@module)")
     t0 = time.time()
     failures = []
     for run in RUNS:
         pl.seed_everything(0, verbose=False)
-        watch = NormWatch(every_n_steps=10, on_alert="ignore", warmup_steps=100, reference_steps=200)
+        if run.steps is None:  # the long runs keep the unfitted windows, so their rows stay comparable
+            watch = NormWatch(every_n_steps=10, on_alert="ignore", warmup_steps=100, reference_steps=200)
+        else:
+            watch = NormWatch(every_n_steps=10, on_alert="ignore")
         rec = Recorder(watch)
         trainer = pl.Trainer(
-            max_steps=steps,
+            max_steps=run.steps or steps,
             callbacks=[watch, rec],
             logger=False,
             enable_progress_bar=False,
@@ -376,7 +415,7 @@ def main() -> None:
         trainer.fit(run.model(), loader)
         cells = " ".join(f"{rec.maxima[r][0]:13.3g}" for r in RULES)
         raised = sorted({f"{a.kind}@{a.module}" for a in watch.alerts if a.severity != "info"})
-        print(f"{run.name:38s} {cells}   {', '.join(raised) or '-'}", flush=True)
+        print(f"{run.name:44s} {cells}   {', '.join(raised) or '-'}", flush=True)
         if bool(raised) == run.healthy:
             failures.append(run.name)
     print(f"thresholds (defaults): {NormWatch().thresholds}")

@@ -115,6 +115,7 @@ serve "$LOG/deep"
 images deep_images_profile.png 0_depth_profile 1250
 images deep_images_scale.png 1_scale 1300
 images deep_images_dead.png 5_dead 1300
+shoot deep_images_cards.png "$URL/?forceSVG=true#images&tagFilter=overview" 1000  # as TensorBoard scales them
 shoot deep_custom_scalars.png "$URL/?forceSVG=true#custom_scalars&_smoothingWeight=0" 1400
 shoot deep_timeseries.png "$URL/?forceSVG=true#timeseries" 1100
 shoot deep_alerts.png "$URL/?forceSVG=true#text" 900

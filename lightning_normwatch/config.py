@@ -71,6 +71,8 @@ class Thresholds:
             RMS of the layers before it (``depth.py``; no reference needed).
         exploding: factor by which the RMS of every tensor from some layer on may stay above the smallest
             RMS of the layers before it.
+        collapse: factor by which the spread across a batch's examples (mean per-unit std over the RMS) of
+            every tensor from some layer on may stay below the largest spread before it (``judge/collapse.py``).
         input_mean_shift: effect-size floor of an input feature's mean shift, in its reference stds.
         input_scale: effect-size floor of an input feature's std ratio (either way).
         input_psi: effect-size floor of an input feature's PSI on its anchor bins.
@@ -98,6 +100,7 @@ class Thresholds:
     kurtosis: float = 4.0
     vanishing: float = 8.0
     exploding: float = 30.0
+    collapse: float = 1000.0
     input_mean_shift: float = 0.5
     input_scale: float = 1.5
     input_psi: float = 0.2
@@ -115,7 +118,7 @@ class Thresholds:
         for name in ("dead", "saturated"):
             if not 0 < getattr(self, name) <= 1:
                 raise _fail(f"thresholds.{name}", "in (0, 1]", getattr(self, name))
-        ratios = ("update_small", "vanishing_gradient", "exploding_gradient")
+        ratios = ("collapse", "update_small", "vanishing_gradient", "exploding_gradient")
         for name in ("scale_drift", "feature_scale", "outlier", "input_scale", "vanishing", "exploding", *ratios):
             if getattr(self, name) <= 1:
                 raise _fail(f"thresholds.{name}", "> 1", getattr(self, name))
@@ -148,8 +151,12 @@ class SessionConfig:
         every_n_steps: logging interval in global steps; None: the trainer's ``log_every_n_steps``, else 50.
         sample_size: values sampled per watched tensor per logging step (the bound on the cost per layer).
         pvalue_size: values the normality p-values are computed on (fixed, whatever the layer size).
-        warmup_steps: global steps before the reference window opens.
-        reference_steps: length of the reference window in global steps; drift is measured after it.
+        warmup_steps: global steps before the reference window opens; None (default): fitted to the run's
+            length (``judge/windows.py``: 25 % of the run, at most 100; 100 when the length is unknown).
+        reference_steps: length of the reference window in global steps; drift is measured after it. None
+            (default): fitted (25 % of the run, at least 4 logging steps, at most 200; 200 when unknown).
+        total_steps: the run's length in global steps, a hint for the fitted windows (``LoopWatch``; the
+            Lightning adapter reads it from the trainer); None: unknown.
         thresholds: alert thresholds (``Thresholds``, or a dict of overrides, coerced).
         on_alert: ``"warn"`` (log), ``"raise"`` (``NormWatchAlertError`` on a warning or error) or ``"ignore"``.
         check_nonfinite: check the loss every step and name the first module producing NaN/Inf.
@@ -174,8 +181,9 @@ class SessionConfig:
     every_n_steps: int | None = None
     sample_size: int = 8192
     pvalue_size: int = 5000
-    warmup_steps: int = 100
-    reference_steps: int = 200
+    warmup_steps: int | None = None
+    reference_steps: int | None = None
+    total_steps: int | None = None
     thresholds: Thresholds = field(default_factory=Thresholds)
     on_alert: str = "warn"
     check_nonfinite: bool = True
@@ -197,8 +205,9 @@ class SessionConfig:
         check_positive_int("every_n_steps", self.every_n_steps, allow_none=True)
         check_positive_int("sample_size", self.sample_size, minimum=16)
         check_positive_int("pvalue_size", self.pvalue_size, minimum=8)
-        check_positive_int("warmup_steps", self.warmup_steps, minimum=0)
-        check_positive_int("reference_steps", self.reference_steps)
+        check_positive_int("warmup_steps", self.warmup_steps, allow_none=True, minimum=0)
+        check_positive_int("reference_steps", self.reference_steps, allow_none=True)
+        check_positive_int("total_steps", self.total_steps, allow_none=True)
         check_choice("on_alert", self.on_alert, ("warn", "raise", "ignore"))
         check_positive_int("plot_every_n_steps", self.plot_every_n_steps, allow_none=True)
         check_choice("input_drift", self.input_drift, ("warn", "info", "off"))

@@ -67,6 +67,7 @@ def test_every_kind_is_documented_with_a_severity():
         "outlier",
         "vanishing",
         "exploding",
+        "collapse",
         "near_overflow",
         "frozen_norm",
         "non_normal",

@@ -45,7 +45,7 @@ BAD_NORMWATCH_ARGS = [
     ("warmup_steps", -1),
     ("warmup_steps", 1.5),
     ("reference_steps", 0),
-    ("reference_steps", None),
+    ("reference_steps", 1.5),
     ("on_alert", "explode"),
     ("on_alert", None),
     ("on_alert", "WARN"),

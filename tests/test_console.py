@@ -50,7 +50,8 @@ def test_start_line_and_summary_of_a_healthy_run(tmp_path, caplog) -> None:
     text = summary[0].splitlines()
     assert text[0] == "NormWatch summary at step 4: 6 watched tensors, 0 alerts (worst first)"
     assert text[1].split() == ["tensor", "type", "std", "skew", "kurt", "drift", "dead", "alerts"]
-    rows = {line.split()[0]: line.split() for line in text[3:]}
+    assert text[-1].startswith("rules: drift judged from step 2 (reference window steps 0-2); depth, collapse")
+    rows = {line.split()[0]: line.split() for line in text[3:-1]}
     figures = cb.last_result.figures
     assert set(rows) == set(figures)
     for key, cells in rows.items():

@@ -61,6 +61,22 @@ def test_wheel_holds_license_and_py_typed(installed: tuple[Path, Path]) -> None:
     assert "License-Expression: Apache-2.0" in metadata and "Classifier: Typing :: Typed" in metadata
 
 
+def test_wheel_ships_the_tensorboard_plugin(installed: tuple[Path, Path]) -> None:
+    """The NormWatch tab: its static files (every one the plugin serves) and the entry point TensorBoard looks up."""
+    from lightning_normwatch.view.tensorboard_plugin.plugin import STATIC_FILES
+
+    _, wheel = installed
+    archive = zipfile.ZipFile(wheel)
+    names = archive.namelist()
+    static = ROOT / "lightning_normwatch/view/tensorboard_plugin/static"
+    assert {p.name for p in static.iterdir()} == set(STATIC_FILES)
+    for name in STATIC_FILES:
+        assert f"lightning_normwatch/view/tensorboard_plugin/static/{name}" in names, name
+    entry_points = archive.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    assert "[tensorboard_plugins]" in entry_points
+    assert "normwatch = lightning_normwatch.view.tensorboard_plugin.plugin:NormWatchPlugin" in entry_points
+
+
 def test_normwatch_version_from_the_installed_wheel(installed: tuple[Path, Path], tmp_path: Path) -> None:
     bin_dir, _ = installed
     assert run(bin_dir / "normwatch", "--version", cwd=tmp_path) == f"normwatch {lightning_normwatch.__version__}"

@@ -397,24 +397,70 @@ def test_qq_points_flag_heavy_tails_and_pairs() -> None:
 
 
 # ---------------------------------------------------------------------------------------- overview images
-def _label_found(rgb: np.ndarray, text: str, row: int, zoom: int = 2, prefix: str = "  ") -> bool:
-    """Whether ``text`` is drawn (in any non-white colour) as the label of heatmap row ``row``."""
-    from lightning_normwatch.output.font import text_mask
+def _decode(png: bytes) -> np.ndarray:
+    """``[H, W, 3]`` of a PNG, decoded by Pillow."""
+    import io
+
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+
+
+def _grid(rgb: np.ndarray) -> tuple[int, list[int]]:
+    """The heat grid's left edge and the top pixel row of each of its rows, found in a decoded image.
+
+    The fullest pixel column is in the grid; there each row is a run of ``ROW - 1`` non-white pixels
+    (then a white gap); the grid starts where the first row's cells stop going left.
+    """
     from lightning_normwatch.output.heatmap import ROW
 
-    top = 4 + 2 * ROW + 4
-    mask = text_mask(prefix + text)
-    y, x = (top + row * ROW + 1) * zoom, 4 * zoom
-    region = rgb[y : y + mask.shape[0] * zoom : zoom, x : x + mask.shape[1] * zoom : zoom]
-    drawn = (region < 250).any(axis=-1)
-    return region.shape[:2] == mask.shape and bool((drawn == mask).all())
+    ink = (rgb != 255).any(axis=-1)
+    xm = int(np.argmax(ink.sum(axis=0)))
+    edges = np.diff(np.concatenate([[0], ink[:, xm].astype(np.int8), [0]]))
+    starts, ends = np.nonzero(edges == 1)[0], np.nonzero(edges == -1)[0]
+    tops = [int(a) for a, b in zip(starts, ends, strict=True) if b - a == ROW - 1]
+    x0, y = xm, tops[0] + ROW // 2
+    while x0 > 0 and ink[y, x0 - 1]:
+        x0 -= 1
+    return x0, tops
+
+
+def _ink(rgb: np.ndarray) -> np.ndarray:
+    """Pixels at least half covered by black or red text (text is anti-aliased from white: green drops)."""
+    return rgb[..., 1] < 128
+
+
+def _text(text: str) -> np.ndarray:
+    """``text`` in the heatmaps' font as Pillow draws it, at least half covered, cropped to its ink."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    from lightning_normwatch.output.heatmap import FONT_SIZE
+
+    img = Image.new("L", (400, 40))
+    ImageDraw.Draw(img).text((0, 0), text, fill=255, font=ImageFont.load_default(size=FONT_SIZE))
+    return _crop(np.asarray(img) >= 128)
+
+
+def _crop(mask: np.ndarray) -> np.ndarray:
+    ys, xs = np.nonzero(mask)
+    return mask[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1] if len(ys) else mask[:0, :0]
+
+
+def _labels(rgb: np.ndarray) -> list[tuple[np.ndarray, bool, bool]]:
+    """Per heatmap row: its label's text pixels (cropped), whether they are red, and whether a ``!`` precedes it."""
+    from lightning_normwatch.output.heatmap import INDENT, MARGIN, ROW
+
+    x0, tops = _grid(rgb)
+    out = []
+    for y in tops:
+        band = rgb[y : y + ROW - 1, :x0]
+        name = _ink(band[:, MARGIN + INDENT :])
+        red = band[..., 0].astype(int) - band[..., 1] > 100
+        out.append((_crop(name), bool(red[:, MARGIN + INDENT :].any()), bool(_ink(band[:, : MARGIN + INDENT]).any())))
+    return out
 
 
 def test_overview_heatmaps_one_labelled_row_per_tensor_in_execution_order(healthy) -> None:
-    import io
-
-    Image = pytest.importorskip("PIL.Image", reason="Pillow decodes the PNGs independently of NormWatch")
-
     _, acc, _ = healthy
     tags = sorted(t for t in acc.Tags()["images"] if t.startswith("normwatch/overview/"))
     assert tags == [
@@ -426,44 +472,78 @@ def test_overview_heatmaps_one_labelled_row_per_tensor_in_execution_order(health
         "normwatch/overview/5_dead_units",
         "normwatch/overview/6_update_ratio",
     ]
+    expected = [_text(f"{key} ({type_name})") for key, type_name in TYPES.items()]
     for tag in tags[1:]:
         events = acc.Images(tag)
         assert [e.step for e in events] == [0, 8]  # the first logging step, then the end of the fit
-        rgb = np.asarray(Image.open(io.BytesIO(events[-1].encoded_image_string)).convert("RGB"))
+        rgb = _decode(events[-1].encoded_image_string)
         assert rgb.shape[:2] == (events[-1].height, events[-1].width)
-        for row, (key, type_name) in enumerate(TYPES.items()):
-            assert _label_found(rgb, f"{key} ({type_name})", row), (tag, key)
-        assert not _label_found(rgb, "net.0 (Linear)", 0)  # the check can fail: row 0 is the input
+        labels = _labels(rgb)
+        assert len(labels) == len(TYPES), tag  # one row per watched tensor
+        for (drawn, red, mark), text, key in zip(labels, expected, TYPES, strict=True):
+            assert drawn.shape == text.shape and (drawn == text).all(), (tag, key)  # its label, in its row
+            assert not red and not mark, (tag, key)  # a healthy run: no row alerted
+        assert not (labels[0][0].shape == expected[1].shape and (labels[0][0] == expected[1]).all())  # can fail
+
+
+def test_overview_labels_are_legible_in_a_400_pixel_card(healthy) -> None:
+    """TensorBoard shows an image scaled to its card's width: the labels' letters keep about 10 pixels there."""
+    _, acc, _ = healthy
+    for tag in ("normwatch/overview/0_depth_profile", "normwatch/overview/5_dead_units"):
+        event = acc.Images(tag)[-1]
+        height = _text("net.0 (Linear)").shape[0]  # ascender to descender
+        assert 400 / event.width * height >= 10, (tag, event.width, height)
+
+
+def test_overview_of_a_deep_model_fits_a_card() -> None:
+    """50 tensors, the later 30 with three active alerts each: images narrow enough for 11 to 15 pixel letters."""
+    from lightning_normwatch.config import Thresholds
+    from lightning_normwatch.output.heatmap import FONT_SIZE
+    from lightning_normwatch.output.overview import Overview
+
+    ov, keys = Overview(), ["input"] + [f"net.{i}" for i in range(49)]
+    kinds = {k: ("Linear", "preact") if k.endswith(("0", "2", "4", "6", "8")) else ("ReLU", "activation") for k in keys}
+    active = {(k, kind) for k in keys[20:] for kind in ("dead", "scale_drift", "vanishing")}
+    for step in range(0, 1000, 10):
+        figures = {k: {"std": 1e-3 * (i + 1), "std_log_ratio": -3.0, "dead": 0.6} for i, k in enumerate(keys)}
+        ov.add(step, figures, kinds, active)
+    images = ov.images(Thresholds())
+    assert [img.width for img in images.values()][1:] == [images["normwatch/overview/1_scale_log10_std"].width] * 5
+    assert 400 / images["normwatch/overview/1_scale_log10_std"].width * FONT_SIZE >= 14
+    assert 400 / images["normwatch/overview/0_depth_profile"].width * FONT_SIZE >= 11
 
 
 def test_overview_marks_the_alerted_layer(dead) -> None:
-    import io
-
-    Image = pytest.importorskip("PIL.Image", reason="Pillow decodes the PNGs independently of NormWatch")
+    from lightning_normwatch.output.heatmap import ROW
 
     cb, acc = dead
     event = acc.Images("normwatch/overview/5_dead_units")[-1]
-    rgb = np.asarray(Image.open(io.BytesIO(event.encoded_image_string)).convert("RGB"))
+    rgb = _decode(event.encoded_image_string)
     rows = ["input (batch)", "net.0 (Linear)", "net.1 (ReLU)", "net.2 (Linear)"]
-    labels = [_label_found(rgb, text, i) for i, text in enumerate(rows)]
-    alerted = [_label_found(rgb, text, i, prefix="! ") for i, text in enumerate(rows)]
-    assert labels == [True, True, False, True]  # net.1's label is drawn differently: "! net.1 (ReLU)" in red
-    red = (rgb[..., 0] > 200) & (rgb[..., 1] < 40) & (rgb[..., 2] < 40)
-    from lightning_normwatch.output.heatmap import ROW
-
-    top = (4 + 2 * ROW + 4) * 2
-    red_rows = {(y - top) // (ROW * 2) for y in np.nonzero(red.any(axis=1))[0] if y >= top}
-    assert 2 in red_rows and not red_rows & {0, 1, 3}  # red marks only on net.1's row
-    assert alerted == [False, False, True, False]
+    labels = _labels(rgb)
+    for (drawn, _, _), text in zip(labels, rows, strict=True):
+        assert (drawn.shape == _text(text).shape) and (drawn == _text(text)).all(), text
+    assert [red for _, red, _ in labels] == [False, False, True, False]  # net.1's label in red
+    assert [mark for _, _, mark in labels] == [False, False, True, False]  # after a "!"
+    x0, tops = _grid(rgb)
+    frame = (rgb[..., 0] > 200) & (rgb[..., 1] < 40) & (rgb[..., 2] < 40)
+    frame[:, :x0] = False  # red text is not a frame
+    assert [bool(frame[y : y + ROW - 1].any()) for y in tops] == [False, False, True, False]  # only net.1's row
+    y = tops[2]
+    cells = np.nonzero(frame[y + ROW // 2])[0]  # the frame's left and right edges, crossing the row's middle
+    assert len(cells) >= 2 and frame[y, cells[0] : cells[-1] + 1].all() and frame[y + ROW - 2, cells[-1]]
+    assert not frame[y - 1].any() and not frame[y + ROW - 1].any()  # the frame stays inside the row
 
 
 def test_heatmap_cells_take_the_colour_of_their_value() -> None:
-    from lightning_normwatch.output.heatmap import GREY, ROW, heatmap, sequential
+    from lightning_normwatch.output.heatmap import GREY, heatmap, sequential
 
-    img = heatmap(np.array([[-np.inf, 0.0, 1.0, np.nan]]), ["a (ReLU)"], [0, 10, 20, 30], "t", zoom=1)
-    cells = img.pixels[4 + 2 * ROW + 4 + 3]  # a pixel row through the only heatmap row
+    img = heatmap(np.array([[-np.inf, 0.0, 1.0, np.nan]]), ["a (ReLU)"], [0, 10, 20, 30], "t")
+    y = int(np.nonzero((img.pixels == GREY).any(axis=1))[0][0]) + 3  # a pixel row through the only heatmap row
+    cells = img.pixels[y]
     colours = [c for i, c in enumerate(cells) if i == 0 or c != cells[i - 1]]
     cmap = sequential()
-    rgb = [tuple(img.palette[c]) for c in colours if c >= 16 or c == GREY]
+    known = {tuple(c) for c in cmap} | {tuple(img.palette[GREY])}
+    rgb = [tuple(img.palette[c]) for c in colours if tuple(img.palette[c]) in known]
     # a std of 0 (log -inf) is the lowest colour like the minimum, NaN (not measured) is grey
     assert rgb == [tuple(cmap[0]), tuple(cmap[-1]), tuple(img.palette[GREY])]

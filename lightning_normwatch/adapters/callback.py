@@ -29,6 +29,7 @@ from ..collect.selection import Pattern
 from ..config import SessionConfig, Thresholds
 from ..judge.alerts import Alert
 from ..judge.evaluator import StepResult
+from ..judge.windows import Windows
 from ..output.loggers import is_tensorboard_logger, tensorboard_writer
 from ..output.panels import Panels
 from ..session.session import Session
@@ -86,6 +87,15 @@ def _panels(trainer: pl.Trainer, config: SessionConfig) -> Panels | None:
     return None
 
 
+def _run_length(trainer: pl.Trainer) -> float | None:
+    """Optimizer steps of the run (``max_steps``, or epochs x batches / accumulation; inf: unknown). Lightning
+    loads the training dataloader to count its batches, as it does for ``configure_optimizers``."""
+    try:
+        return trainer.estimated_stepping_batches
+    except Exception:  # noqa: BLE001 - no length is not an error: the default windows apply
+        return None
+
+
 class NormWatch(Callback):
     """Watch the scale, shape and drift of inputs and activations; alert when something is wrong.
 
@@ -118,8 +128,8 @@ class NormWatch(Callback):
         *,
         sample_size: int = _D.sample_size,
         pvalue_size: int = _D.pvalue_size,
-        warmup_steps: int = _D.warmup_steps,
-        reference_steps: int = _D.reference_steps,
+        warmup_steps: int | None = _D.warmup_steps,
+        reference_steps: int | None = _D.reference_steps,
         thresholds: Thresholds | dict[str, float] | None = None,
         on_alert: str = _D.on_alert,
         check_nonfinite: bool = _D.check_nonfinite,
@@ -207,7 +217,13 @@ class NormWatch(Callback):
             is_global_zero=trainer.is_global_zero,
             device=trainer.strategy.root_device,
             trainer_interval=trainer.log_every_n_steps,
+            total_steps=_run_length(trainer),
         )
+
+    @property
+    def windows(self) -> Windows:
+        """The warm-up and reference windows of this run (fitted to its length unless given explicitly)."""
+        return self.session.windows
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

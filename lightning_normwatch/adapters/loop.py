@@ -46,6 +46,7 @@ from ..collect.selection import Pattern
 from ..config import SessionConfig
 from ..judge.alerts import Alert
 from ..judge.evaluator import StepResult
+from ..judge.windows import Windows
 from ..output.loggers import is_tensorboard_logger, write_scalars
 from ..output.panels import Panels
 from ..session.session import Session
@@ -122,7 +123,8 @@ class LoopWatch:
             trainable parameters that none holds are alerted (``not_in_optimizer``). More can be added later
             with ``watch_optimizers``. Without them the parameter side is not watched.
         **options: the settings of ``SessionConfig`` (``every_n_steps`` (default 50), ``thresholds``,
-            ``on_alert``, ``warmup_steps``, ``plot_every_n_steps`` ...).
+            ``on_alert``, ``warmup_steps``, ``plot_every_n_steps`` ...); ``total_steps=`` (the run's length)
+            fits the drift windows to the run, as the Lightning adapter does from the trainer.
 
     Raises:
         ValueError: a bad option (as ``NormWatch``), or ``sink`` of an unsupported kind.
@@ -190,6 +192,11 @@ class LoopWatch:
     def watched(self) -> list[str]:
         """Names of the watched modules."""
         return [name for name, _ in self.session.collector.watched]
+
+    @property
+    def windows(self) -> Windows:
+        """The warm-up and reference windows of this run (fitted to ``total_steps`` unless given explicitly)."""
+        return self.session.windows
 
     @property
     def alerts(self) -> list[Alert]:

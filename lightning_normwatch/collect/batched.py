@@ -45,7 +45,7 @@ from torch import Tensor
 
 from ..stats.block import CHANNEL_FIELDS, HEAD
 from ..stats.histogram import _bin_index, bin_edges, num_bins
-from ..stats.moments import channel_moments
+from ..stats.moments import channel_moments, pow2_scale, rescale
 from .sampling import Sampled, measure_sampled
 
 __all__ = ["measure_all"]
@@ -158,9 +158,12 @@ def _segments(values: Tensor, counts: Tensor, reduce: str) -> Tensor:
     return torch.segment_reduce(values, reduce, lengths=counts, unsafe=True)
 
 
-def _finite_moments(sample: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+def _finite_moments(sample: Tensor, absmax: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``channel_moments`` for a sample known to hold only finite values: the same arithmetic without the
-    masks (``f`` is 1 everywhere, ``z`` is the sample), so the same figures in 11 passes instead of 17."""
+    masks (``f`` is 1 everywhere, ``z`` is the sample), so the same figures in 12 passes instead of 18.
+    Columns are divided by a power of two before the powers and scaled back in float64, as there."""
+    scale = pow2_scale(absmax)
+    sample = sample / scale
     rows = sample.shape[0]
     n = torch.full((sample.shape[1],), float(rows), dtype=sample.dtype, device=sample.device)
     count = max(rows, 1)
@@ -168,7 +171,8 @@ def _finite_moments(sample: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Ten
     mean = mean + (sample - mean).sum(0) / count
     d = sample - mean
     d2 = d * d
-    return n, mean, d2.sum(0), (d2 * d).sum(0), (d2 * d2).sum(0), (sample != 0).sum(0, dtype=sample.dtype)
+    nonzero = (sample != 0).sum(0, dtype=sample.dtype)
+    return rescale(n, mean, d2.sum(0), (d2 * d).sum(0), (d2 * d2).sum(0), nonzero, scale)
 
 
 @torch.no_grad()
@@ -197,10 +201,10 @@ def _measure_group(items: Sequence[Sampled]) -> list[Tensor]:
     for g, (rows, positions) in enumerate(plan.row_groups):
         parts = [items[i].sample for i in positions]
         matrix = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
-        for acc, value in zip(moments, moments_of(matrix), strict=True):
-            acc.append(value)
         if rows == 0:
             inf = torch.full((matrix.shape[1],), math.inf, dtype=dtype, device=device)
+            for acc, value in zip(moments, channel_moments(matrix), strict=True):
+                acc.append(value)
             cmin.append(inf)
             cmax.append(-inf)
             csat.append(torch.zeros_like(inf))
@@ -210,6 +214,9 @@ def _measure_group(items: Sequence[Sampled]) -> list[Tensor]:
         else:
             low = matrix.nan_to_num(math.inf, math.inf, math.inf).amin(0)
             high = matrix.nan_to_num(-math.inf, -math.inf, -math.inf).amax(0)
+        absmax = torch.maximum(low.neg(), high)  # largest finite |x| per column (-inf: none): the moments' scale
+        for acc, value in zip(moments, moments_of(matrix, absmax), strict=True):
+            acc.append(value)
         cmin.append(low)
         cmax.append(high)
         lo, hi = plan.lo[g], plan.hi[g]
@@ -234,16 +241,15 @@ def _measure_group(items: Sequence[Sampled]) -> list[Tensor]:
     smax = torch.where(has_values, _segments(item_order(cmax), counts, "max"), fmax)
     saturated = _segments(item_order(csat), counts, "sum")
 
-    pmoments = torch.zeros(5, t, dtype=dtype, device=device)
+    pmoments = torch.zeros(5, t, dtype=torch.float64, device=device)
     for _, positions in plan.p_groups:
         columns = torch.stack([items[i].pvalues for i in positions], dim=1)  # [length, items]
         pn, pmean, pm2, pm3, pm4, _ = channel_moments(columns)
         pmoments[:, positions] = torch.stack([pn, pmean, pm2, pm3, pm4])
     sizes = torch.tensor([[float(s.numel), v] for s, v in zip(items, sampled, strict=True)], dtype=dtype, device=device)
-    head = torch.cat(
-        [sizes, torch.stack([fmin, fmax, smin, smax, saturated], dim=1), pmoments.T], dim=1
-    )  # [items, len(HEAD)]
-    source = torch.cat([head.reshape(-1), hist, channel.reshape(-1)]).to(torch.float64)
+    head = torch.cat([sizes, torch.stack([fmin, fmax, smin, smax, saturated], dim=1)], dim=1).to(torch.float64)
+    head = torch.cat([head, pmoments.T], dim=1)  # [items, len(HEAD)]: the moments are float64 already
+    source = torch.cat([head.reshape(-1), hist.to(torch.float64), channel.reshape(-1)])
     return list(source.index_select(0, plan.gather).split(plan.sizes))
 
 

@@ -197,16 +197,12 @@ def measure_sampled(taken: Sampled) -> Tensor:
             smin.to(work_dtype),
             smax.to(work_dtype),
             saturated.to(work_dtype),
-            pn[0],
-            pmean[0],
-            pm2[0],
-            pm3[0],
-            pm4[0],
         ]
-    )
+    ).to(torch.float64)
+    head = torch.cat([head, torch.stack([pn[0], pmean[0], pm2[0], pm3[0], pm4[0]])])  # moments: float64 already
     hist = bin_counts(sample, bin_edges(device, work_dtype))
     per_channel = channel_moments(sample)
-    return torch.cat([head, hist, *per_channel]).to(torch.float64)
+    return torch.cat([head, hist.to(torch.float64), *per_channel])
 
 
 def measure(x: Tensor, spec: MeasureSpec, generator: torch.Generator) -> Tensor:

@@ -28,6 +28,7 @@ SEVERITY: dict[str, str] = {
     "outlier": "warning",
     "vanishing": "warning",
     "exploding": "warning",
+    "collapse": "warning",
     "near_overflow": "warning",
     "frozen_norm": "warning",
     "non_normal": "info",

@@ -35,6 +35,7 @@ from ..stats.feature_drift import FeatureStats
 from ..stats.figures import TensorStats, figures, figures_many
 from ..stats.reference import Reference, drift
 from .alerts import SEVERITY, Alert, AlertTracker
+from .collapse import collapse_alerts
 from .depth import depth_alerts, rms_of, small_growth
 from .input_drift import InputTracker
 from .overflow import first_exploded, overflow_alert
@@ -206,13 +207,15 @@ class Evaluator:
     def _depth_alerts(
         self, stats: dict[str, TensorStats], all_figures: dict[str, dict[str, float]], prediction: set[str], step: int
     ) -> tuple[list[Alert], set[tuple[str, str]]]:
-        """``vanishing``/``exploding`` across the watched tensors in execution order (no reference needed)."""
+        """``vanishing``/``exploding``/``collapse`` across the watched tensors in execution order (no reference)."""
         sequence = []
         for key in stats:
             info = self._info(key)
             if info is not None and info.role != "input" and key not in prediction and not stats[key].has_nonfinite:
                 sequence.append((info, all_figures[key]))
-        return depth_alerts(sequence, self.config.thresholds, step, self.tracker.active)
+        alerts, checked = depth_alerts(sequence, self.config.thresholds, step, self.tracker.active)
+        more, also = collapse_alerts(sequence, self.config.thresholds, step, self.tracker.active)
+        return alerts + more, checked | also
 
     def _input_figures(
         self, key: str, st: TensorStats, step: int, firing: list[Alert], checked: set[tuple[str, str]]

@@ -7,9 +7,10 @@ The summary is a ``rich`` table when ``rich`` is installed and the log goes to a
 text otherwise.
 
 Example:
-    >>> print(start_line(49, True, 10, 100, 200, "TensorBoard at logs/version_0"))  # doctest: +NORMALIZE_WHITESPACE
-    NormWatch: watching 49 modules and the batch input every 10 steps; reference window steps 100-300
-    (drift after it); panels: TensorBoard at logs/version_0
+    >>> when = "drift judged from step 300 (reference window steps 100-300)"
+    >>> print(start_line(49, True, 10, when, "TensorBoard at logs/version_0"))  # doctest: +NORMALIZE_WHITESPACE
+    NormWatch: watching 49 modules and the batch input every 10 steps; drift judged from step 300 (reference
+    window steps 100-300); panels: TensorBoard at logs/version_0
 """
 
 from __future__ import annotations
@@ -39,13 +40,10 @@ SUMMARY_COLUMNS = ("tensor", "type", "std", "skew", "kurt", "drift", "dead", "al
 _RANK = {"error": 100, "warning": 10, "info": 1}
 
 
-def start_line(modules: int, inputs: bool, interval: int, warmup: int, reference: int, panels: str) -> str:
-    """The line logged when a fit starts."""
+def start_line(modules: int, inputs: bool, interval: int, drift: str, panels: str) -> str:
+    """The line logged when a fit starts; ``drift`` says when drift is judged, or why not (``Windows.describe``)."""
     what = f"{modules} module{'s' if modules != 1 else ''}" + (" and the batch input" if inputs else "")
-    return (
-        f"NormWatch: watching {what} every {interval} steps; reference window steps {warmup}-{warmup + reference} "
-        f"(drift after it); panels: {panels}"
-    )
+    return f"NormWatch: watching {what} every {interval} steps; {drift}; panels: {panels}"
 
 
 def alert_lines(alerts: Sequence[Alert], types: Mapping[str, str] | None = None) -> list[tuple[int, str]]:
@@ -179,8 +177,10 @@ def log_summary(
     step: int,
     max_rows: int = 15,
     roles: Mapping[str, str] | None = None,
+    rules: str | None = None,
 ) -> None:
-    """Log the end-of-fit summary (INFO) through the ``lightning_normwatch`` logger."""
+    """Log the end-of-fit summary (INFO) through the ``lightning_normwatch`` logger; ``rules`` (which rules
+    ran, ``windows.rules_ran``) ends it."""
     if not figures or not log.isEnabledFor(logging.INFO):
         return
     rows, folded = summary_rows(figures, types, alerts, max_rows, roles)
@@ -189,7 +189,8 @@ def log_summary(
         f"NormWatch summary at step {step}: {len(figures)} watched tensors, {n} alert{'s' if n != 1 else ''}"
         " (worst first)"
     )
-    log.info("%s", summary_text(rows, folded, title, rich=_use_rich()))
+    text = summary_text(rows, folded, title, rich=_use_rich())
+    log.info("%s", text + ("\n" + rules if rules else ""))
 
 
 def describe_sinks(loggers: Sequence[object], panels: bool) -> str:

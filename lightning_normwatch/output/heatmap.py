@@ -1,10 +1,13 @@
-"""Depth x step heatmaps and depth profiles as PNG, in pure numpy (no matplotlib, no Pillow).
+"""Depth x step heatmaps and depth profiles: cells coloured with numpy, text and PNG by Pillow.
 
 An overview that scales with depth: one row per watched tensor (execution order, input at the
 top, labelled ``net.1 (ReLU)``), one column per logging step, a colour per value, a red frame
 around the cells where an alert on that figure was active, and the labels of alerted rows in red
-with a ``!``. Images are palette PNGs (one byte per pixel, written with ``zlib``), drawn at one
-pixel per font pixel and enlarged ``zoom`` times, so they stay sharp when TensorBoard scales them.
+with a ``!``. The canvas is a palette image (one byte per pixel): the cells, frames and bars are
+numpy slices; text is Pillow's default font (``ImageFont.load_default(size=FONT_SIZE)``, Aileron),
+anti-aliased into a few shades of its colour and cached per string; ``Image.png`` encodes with
+Pillow. The heatmaps are about 430 pixels wide with 16-pixel text, so that TensorBoard's cards,
+which scale an image down to their width (about 340 pixels), still show the labels at about 13.
 
 Example:
     >>> import numpy as np
@@ -19,29 +22,36 @@ Example:
 
 from __future__ import annotations
 
+import functools
+import io
 import math
-import struct
-import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image as PILImage
+from PIL import ImageDraw, ImageFont
 
-from .font import GLYPH_HEIGHT, text_mask, text_width
+__all__ = ["FONT_SIZE", "Image", "heatmap", "profile", "sequential", "diverging", "text_mask"]
 
-__all__ = ["Image", "heatmap", "profile", "png_bytes", "sequential", "diverging"]
-
-# palette indices of the fixed colours; the colour map fills indices _CMAP.._CMAP + _LEVELS - 1
+#: text size in pixels (the images are drawn at this size and shown scaled to the card width)
+FONT_SIZE = 16
+# palette indices of the fixed colours; text shades from _SHADE on; the colour map fills _CMAP..255
 WHITE, BLACK, GREY, RED, LIGHT, DARK = range(6)
 _FIXED = np.array(
     [[255, 255, 255], [20, 20, 20], [200, 200, 200], [220, 0, 0], [235, 235, 235], [110, 110, 110]], dtype=np.uint8
 )
-_CMAP, _LEVELS = 16, 240
+_SHADES = 7  # anti-aliased text: 7 shades from white to the text colour
+_SHADE = {BLACK: 8, DARK: 8 + (_SHADES + 1), RED: 8 + 2 * (_SHADES + 1)}  # index of each text colour's shade 0
+_CMAP = 32
+_LEVELS = 256 - _CMAP
 #: viridis-like anchors (dark blue -> green -> yellow): perceptually ordered, readable in grey
 _SEQUENTIAL = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], dtype=float)
 #: blue -> white -> orange-brown, for signed figures (log ratio of std to its reference)
 _DIVERGING = np.array([[33, 102, 172], [146, 197, 222], [247, 247, 247], [244, 165, 130], [178, 24, 43]], dtype=float)
-ROW = GLYPH_HEIGHT + 2
+MARGIN = 6  # margin
+GRID = 320  # the heat grid's width in pixels (cells 3 to 16 pixels wide)
+MIN_WIDTH = 400
 
 
 def _ramp(anchors: np.ndarray, n: int) -> np.ndarray:
@@ -61,30 +71,41 @@ def diverging(n: int = _LEVELS) -> np.ndarray:
     return _ramp(_DIVERGING, n)
 
 
-def png_bytes(pixels: np.ndarray, palette: np.ndarray | None = None) -> bytes:
-    """PNG file bytes of a ``[H, W]`` palette-index image (with ``palette``) or a ``[H, W, 3]`` RGB image.
+@functools.cache
+def _font(size: int) -> tuple[ImageFont.FreeTypeFont | ImageFont.ImageFont, int, int]:
+    """Pillow's default font at ``size`` pixels (Pillow >= 10.1), the top and bottom of its ink."""
+    font = ImageFont.load_default(size=size)
+    _, top, _, bottom = font.getbbox("Hg|()")
+    return font, int(top), int(bottom)
+
+
+@functools.lru_cache(maxsize=1024)
+def text_mask(text: str, size: int = FONT_SIZE) -> np.ndarray:
+    """Shades ``0`` (none) to ``7`` (full) of ``text`` drawn in Pillow's default font: ``[line height, width]``.
 
     Example:
-        >>> import zlib
-        >>> data = png_bytes(np.zeros((2, 3, 3), dtype=np.uint8))
-        >>> data[12:16], int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-        (b'IHDR', 3, 2)
+        >>> m = text_mask("net.1 (ReLU)")
+        >>> m.shape[0] == text_mask("x").shape[0], int(m.max()), m.shape[1] > text_mask("net.1").shape[1]
+        (True, 7, True)
     """
-    pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
-    height, width = pixels.shape[:2]
+    font, top, bottom = _font(size)
+    canvas = PILImage.new("L", (max(1, math.ceil(font.getlength(text))) + 1, bottom))
+    ImageDraw.Draw(canvas).text((0, 0), text, fill=255, font=font)
+    coverage = np.asarray(canvas, dtype=np.uint16)[top:]
+    mask = ((coverage * _SHADES + 127) // 255).astype(np.uint8)
+    mask.setflags(write=False)
+    return mask
 
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
-    color_type = 3 if palette is not None else 2
-    header = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)
-    rows = pixels.reshape(height, -1)
-    raw = np.zeros((height, rows.shape[1] + 1), dtype=np.uint8)  # filter byte 0 (none) before each row
-    raw[:, 1:] = rows
-    out = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-    if palette is not None:
-        out += chunk(b"PLTE", np.ascontiguousarray(palette, dtype=np.uint8).tobytes())
-    return out + chunk(b"IDAT", zlib.compress(raw.tobytes(), 1)) + chunk(b"IEND", b"")
+def text_width(text: str) -> int:
+    return int(text_mask(text).shape[1])
+
+
+#: height of one line of text, and of one heatmap row (a 1-pixel gap below)
+LINE = int(text_mask("Hg").shape[0])
+ROW = LINE + 2
+#: where the row labels start (after the ``!`` of alerted rows)
+INDENT = text_width("! ")
 
 
 @dataclass
@@ -103,22 +124,48 @@ class Image:
         return int(self.pixels.shape[1])
 
     def png(self) -> bytes:
-        return png_bytes(self.pixels, self.palette)
+        """PNG file bytes (palette PNG, written by Pillow)."""
+        pixels = np.ascontiguousarray(self.pixels, dtype=np.uint8)
+        img = PILImage.frombytes("P", (self.width, self.height), pixels.tobytes())
+        img.putpalette(np.ascontiguousarray(self.palette, dtype=np.uint8).tobytes())
+        out = io.BytesIO()
+        img.save(out, format="PNG", compress_level=1)
+        return out.getvalue()
 
 
 def _palette(colours: np.ndarray) -> np.ndarray:
     palette = np.zeros((256, 3), dtype=np.uint8)
     palette[: len(_FIXED)] = _FIXED
-    palette[_CMAP : _CMAP + _LEVELS] = colours
+    t = np.arange(_SHADES + 1)[:, None] / _SHADES
+    for colour, start in _SHADE.items():  # shade 0 is white, shade 7 the colour
+        palette[start : start + _SHADES + 1] = np.round(255 * (1 - t) + _FIXED[colour] * t)
+    palette[_CMAP:] = colours
     return palette
 
 
 def _text(canvas: np.ndarray, text: str, x: int, y: int, colour: int = BLACK) -> None:
+    """Draw ``text`` (on white) with its top-left corner at ``(x, y)``, clipped to the canvas."""
     mask = text_mask(text)
-    h, w = mask.shape
-    w = max(0, min(w, canvas.shape[1] - x))
-    if w and y + h <= canvas.shape[0]:
-        canvas[y : y + h, x : x + w][mask[:, :w]] = colour
+    h, w = min(mask.shape[0], canvas.shape[0] - y), min(mask.shape[1], canvas.shape[1] - x)
+    if h > 0 and w > 0:
+        shades = mask[:h, :w]
+        np.copyto(canvas[y : y + h, x : x + w], shades + np.uint8(_SHADE[colour]), where=shades > 0)
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    """Greedy word wrap of ``text`` into lines at most ``width`` pixels wide (a longer word keeps its line)."""
+    lines: list[str] = []
+    for word in text.split(" "):
+        if lines and text_width(f"{lines[-1]} {word}") <= width:
+            lines[-1] += f" {word}"
+        else:
+            lines.append(word)
+    return lines
+
+
+def _header(canvas: np.ndarray, lines: Sequence[tuple[str, int]]) -> None:
+    for i, (line, colour) in enumerate(lines):
+        _text(canvas, line, MARGIN, MARGIN + i * LINE, colour)
 
 
 def _levels(values: np.ndarray, vmin: float, vmax: float) -> np.ndarray:
@@ -130,12 +177,39 @@ def _levels(values: np.ndarray, vmin: float, vmax: float) -> np.ndarray:
     return np.where(np.isnan(values), GREY, idx).astype(np.uint8)
 
 
+def _range(values: np.ndarray, vmin: float | None, vmax: float | None, signed: bool) -> tuple[float, float]:
+    """The colour range: given ends, else the finite values' range (``signed``: symmetric around 0)."""
+    finite = values[np.isfinite(values)]
+    if signed:
+        bound = float(np.abs(finite).max()) if finite.size else 1.0
+        bound = bound if bound > 0 else 1.0
+        return (-bound if vmin is None else vmin), (bound if vmax is None else vmax)
+    lo = float(finite.min()) if vmin is None and finite.size else (0.0 if vmin is None else vmin)
+    hi = float(finite.max()) if vmax is None and finite.size else (1.0 if vmax is None else vmax)
+    return lo, hi
+
+
 def _fmt(value: float) -> str:
     return f"{value:.3g}"
 
 
-def _label(text: str, limit: int = 40) -> str:
-    return text if len(text) <= limit else ".." + text[-(limit - 2) :]
+def _labels(rows: Sequence[str], alerted_rows: Sequence[bool] | None) -> tuple[np.ndarray, list[bool]]:
+    """The row labels drawn one under the other (``[rows * ROW, width]``), and which rows are alerted."""
+    alerted = list(alerted_rows) if alerted_rows is not None else [False] * len(rows)
+    return _label_column(tuple(rows), tuple(alerted)), alerted
+
+
+@functools.lru_cache(maxsize=8)
+def _label_column(rows: tuple[str, ...], alerted: tuple[bool, ...], limit: int = 40) -> np.ndarray:
+    """Row labels (long names cut at the front), alerted ones in red after a ``!``; cached: the images share them."""
+    labels = [r if len(r) <= limit else ".." + r[-(limit - 2) :] for r in rows]
+    column = np.full((len(rows) * ROW, MARGIN + INDENT + max(map(text_width, labels), default=0)), WHITE, np.uint8)
+    for r, (text, bad) in enumerate(zip(labels, alerted, strict=True)):
+        if bad:
+            _text(column, "!", MARGIN, r * ROW, RED)
+        _text(column, text, MARGIN + INDENT, r * ROW, RED if bad else BLACK)
+    column.setflags(write=False)
+    return column
 
 
 def _frame(grid: np.ndarray, y0: int, x0: int, h: int, w: int, colour: int) -> None:
@@ -143,6 +217,24 @@ def _frame(grid: np.ndarray, y0: int, x0: int, h: int, w: int, colour: int) -> N
     grid[y0 + h - 1, x0 : x0 + w] = colour
     grid[y0 : y0 + h, x0] = colour
     grid[y0 : y0 + h, x0 + w - 1] = colour
+
+
+def _legend(canvas: np.ndarray, y: int, lo: str, hi: str) -> None:
+    """The colour bar between its end values, and what grey means (on the next line if it does not fit)."""
+    width = canvas.shape[1]
+    bar_x = MARGIN + text_width(lo) + 4
+    note = "grey: not measured"
+    room = width - bar_x - text_width(hi) - 4 - MARGIN  # for the bar, and the note if the bar keeps 96 pixels
+    beside = room - text_width(note) - 8
+    bar_w = max(48, min(200, beside if beside >= 96 else room))
+    canvas[y + 4 : y + LINE - 4, bar_x : bar_x + bar_w] = (
+        _CMAP + np.round(np.linspace(0, _LEVELS - 1, bar_w)).astype(np.uint8)
+    )[None, :]
+    _text(canvas, lo, MARGIN, y)
+    _text(canvas, hi, bar_x + bar_w + 4, y)
+    x = bar_x + bar_w + 12 + text_width(hi)
+    fits = x + text_width(note) <= width - MARGIN
+    _text(canvas, note, x if fits else MARGIN, y if fits else y + LINE, DARK)
 
 
 def heatmap(
@@ -157,7 +249,6 @@ def heatmap(
     marked: np.ndarray | None = None,
     alerted_rows: Sequence[bool] | None = None,
     legend: Callable[[float], str] = _fmt,
-    zoom: int = 2,
 ) -> Image:
     """A depth x step heatmap: ``values[row, column]`` (NaN: not measured, drawn grey).
 
@@ -165,76 +256,46 @@ def heatmap(
         values: ``[len(rows), len(steps)]``.
         rows: row labels (``"net.1 (ReLU)"``), top to bottom.
         steps: the logging step of each column.
-        title: drawn above the map.
+        title: drawn above the map (wrapped to the image width).
         vmin, vmax: colour range (default: the finite values' range; ``signed``: symmetric around 0).
         signed: a diverging colour map centred on 0.
         marked: ``[rows, steps]`` booleans: cells framed in red (an alert on this figure was active).
         alerted_rows: rows whose label is drawn in red with a leading ``!``.
         legend: formats the colour bar's end values.
-        zoom: each pixel is drawn ``zoom`` x ``zoom``.
 
     Example:
-        >>> img = heatmap(np.ones((3, 4)), ["a", "b", "c"], [0, 1, 2, 3], "t", zoom=1)
-        >>> cells = img.pixels[img.pixels >= 16]
+        >>> img = heatmap(np.ones((3, 4)), ["a", "b", "c"], [0, 1, 2, 3], "t")
+        >>> cells = img.pixels[img.pixels >= _CMAP]
         >>> len(cells) >= 3 * 4   # every cell is coloured
         True
     """
     values = np.asarray(values, dtype=float)
     n_rows, n_cols = values.shape
-    finite = values[np.isfinite(values)]
-    if signed:
-        bound = float(np.abs(finite).max()) if finite.size else 1.0
-        bound = bound if bound > 0 else 1.0
-        lo = -bound if vmin is None else vmin
-        hi = bound if vmax is None else vmax
-    else:
-        lo = float(finite.min()) if vmin is None and finite.size else (0.0 if vmin is None else vmin)
-        hi = float(finite.max()) if vmax is None and finite.size else (1.0 if vmax is None else vmax)
-    alerted = list(alerted_rows) if alerted_rows is not None else [False] * n_rows
-    labels = [("! " if a else "  ") + _label(r) for r, a in zip(rows, alerted, strict=True)]
-    label_w = max((text_width(t) for t in labels), default=0) + 6
-    cell_w = int(max(3, min(16, 360 // max(n_cols, 1))))
-    grid_w = cell_w * n_cols
-    left, top = 4 + label_w, 4 + 2 * ROW + 4
-    bar_h = 8
-    width = max(left + grid_w + 8, text_width(title) + 8, 260)
-    height = top + n_rows * ROW + 2 * ROW + bar_h + 8
-    canvas = np.full((height, width), WHITE, dtype=np.uint8)
-    _text(canvas, title, 4, 4)
+    lo, hi = _range(values, vmin, vmax, signed)
+    labels, _ = _labels(rows, alerted_rows)
+    left = labels.shape[1] + 8
+    cell_w = int(max(3, min(16, GRID // max(n_cols, 1))))
+    width = max(left + cell_w * n_cols + MARGIN, MIN_WIDTH)
     first, last = (steps[0], steps[-1]) if len(steps) else (0, 0)
-    _text(canvas, f"rows: watched tensors, input first; columns: steps {first}-{last}", 4, 4 + ROW, DARK)
-    # cells
-    idx = _levels(values, lo, hi)
-    block = np.repeat(np.repeat(idx, ROW, axis=0), cell_w, axis=1)
+    axis = f"rows: watched tensors, input first; columns: steps {first}-{last}"
+    head = [(t, BLACK) for t in _wrap(title, width - 2 * MARGIN)] + [(t, DARK) for t in _wrap(axis, width - 2 * MARGIN)]
+    top = MARGIN + len(head) * LINE + 6
+    canvas = np.full((top + n_rows * ROW + 3 * LINE + 2 * MARGIN, width), WHITE, dtype=np.uint8)
+    _header(canvas, head)
+    block = np.repeat(np.repeat(_levels(values, lo, hi), ROW, axis=0), cell_w, axis=1)
     block[ROW - 1 :: ROW, :] = WHITE  # a 1-pixel gap between rows
-    canvas[top : top + n_rows * ROW, left : left + grid_w] = block
+    canvas[top : top + n_rows * ROW, left : left + cell_w * n_cols] = block
     if marked is not None:
         for r, c in zip(*np.nonzero(np.asarray(marked, dtype=bool)), strict=True):
             _frame(canvas, top + int(r) * ROW, left + int(c) * cell_w, ROW - 1, cell_w, RED)
-    for r, (text, bad) in enumerate(zip(labels, alerted, strict=True)):
-        _text(canvas, text, 4, top + r * ROW + 1, RED if bad else BLACK)
-    # step axis: first, middle and last step
-    y = top + n_rows * ROW + 2
-    if n_cols:
-        ticks = sorted({0, n_cols // 2, n_cols - 1})
-        for c in ticks:
-            text = str(steps[c])
-            x = left + c * cell_w + cell_w // 2 - text_width(text) // 2
-            x = min(max(x, left), width - text_width(text) - 2)
-            _text(canvas, text, x, y, DARK)
-    # colour bar with its end values
-    y += ROW + 2
-    lo_text, hi_text = legend(lo), legend(hi)
-    bar_x = 4 + text_width(lo_text) + 4
-    bar_w = max(64, min(240, width - bar_x - text_width(hi_text) - 12))
-    canvas[y : y + bar_h, bar_x : bar_x + bar_w] = (
-        _CMAP + np.round(np.linspace(0, _LEVELS - 1, bar_w)).astype(np.uint8)
-    )[None, :]
-    _text(canvas, lo_text, 4, y)
-    _text(canvas, hi_text, bar_x + bar_w + 4, y)
-    _text(canvas, "grey: not measured", bar_x + bar_w + 8 + text_width(hi_text), y, DARK)
-    pixels = canvas.repeat(zoom, axis=0).repeat(zoom, axis=1) if zoom > 1 else canvas
-    return Image(pixels, _palette(diverging() if signed else sequential()))
+    canvas[top : top + n_rows * ROW, : labels.shape[1]] = labels
+    y = top + n_rows * ROW + 2  # step axis: first, middle and last step
+    for c in sorted({0, n_cols // 2, n_cols - 1}) if n_cols else []:
+        text = str(steps[c])
+        x = left + c * cell_w + cell_w // 2 - text_width(text) // 2
+        _text(canvas, text, min(max(x, left), width - text_width(text) - 2), y, DARK)
+    _legend(canvas, y + LINE + 4, legend(lo), legend(hi))
+    return Image(canvas, _palette(diverging() if signed else sequential()))
 
 
 def profile(
@@ -244,46 +305,47 @@ def profile(
     notes: Sequence[str] | None = None,
     alerted_rows: Sequence[bool] | None = None,
     log10: bool = True,
-    zoom: int = 2,
 ) -> Image:
     """A depth profile: one horizontal bar per row (``log10`` of the value by default), the value and a note.
 
+    The parts of a note separated by two spaces are drawn as aligned columns.
+
     Example:
-        >>> img = profile(np.array([1.0, 10.0, np.nan]), ["a", "b", "c"], "std", zoom=1)
-        >>> img.width > 0 and img.height == 4 + 2 * ROW + 3 * ROW + 4
+        >>> img = profile(np.array([1.0, 10.0, np.nan]), ["a", "b", "c"], "std")
+        >>> img.width >= MIN_WIDTH and img.height == MARGIN + 2 * LINE + 6 + 3 * ROW + MARGIN
         True
     """
     values = np.asarray(values, dtype=float)
     n = len(values)
-    alerted = list(alerted_rows) if alerted_rows is not None else [False] * n
+    labels, alerted = _labels(rows, alerted_rows)
     notes = list(notes) if notes is not None else [""] * n
-    labels = [("! " if a else "  ") + _label(r) for r, a in zip(rows, alerted, strict=True)]
     with np.errstate(divide="ignore", invalid="ignore"):
         shown = np.log10(values) if log10 else values
     ok = np.isfinite(shown)
     lo = float(shown[ok].min()) if ok.any() else 0.0
     hi = float(shown[ok].max()) if ok.any() else 1.0
     lo = min(lo, hi - 1.0) if log10 else min(lo, 0.0)
-    label_w = max((text_width(t) for t in labels), default=0) + 6
-    bar_w = 120
-    texts = [f"{_fmt(v) if math.isfinite(v) else '-':>9} {note}" for v, note in zip(values, notes, strict=True)]
-    width = 4 + label_w + bar_w + 6 + max((text_width(t) for t in texts), default=0) + 8
-    width = max(width, text_width(title) + 8)
-    top = 4 + 2 * ROW
-    height = top + n * ROW + 4
-    canvas = np.full((height, width), WHITE, dtype=np.uint8)
-    _text(canvas, title, 4, 4)
-    axis = "log scale" if log10 else "linear scale"
-    _text(canvas, f"bars: {axis}, {f'1e{lo:+.0f}' if log10 else _fmt(lo)} at the left edge", 4, 4 + ROW, DARK)
-    x0 = 4 + label_w
+    x0 = labels.shape[1] + 8
+    bar_w = 80
+    numbers = [_fmt(v) if math.isfinite(v) else "-" for v in values]
+    x1 = x0 + bar_w + 6 + max((text_width(t) for t in numbers), default=0)  # numbers end here, notes follow
+    cells = [note.split("  ") for note in notes]  # a note's parts, separated by two spaces, are aligned columns
+    columns = [max(text_width(c[i]) for c in cells if len(c) > i) + 8 for i in range(max(map(len, cells), default=0))]
+    width = max(x1 + 8 + sum(columns) + MARGIN, MIN_WIDTH)
+    axis = f"bars: {'log scale' if log10 else 'linear scale'}, {f'1e{lo:+.0f}' if log10 else _fmt(lo)} at the left edge"
+    head = [(t, BLACK) for t in _wrap(title, width - 2 * MARGIN)] + [(t, DARK) for t in _wrap(axis, width - 2 * MARGIN)]
+    top = MARGIN + len(head) * LINE + 6
+    canvas = np.full((top + n * ROW + MARGIN, width), WHITE, dtype=np.uint8)
+    _header(canvas, head)
     span = hi - lo if hi > lo else 1.0
+    canvas[top : top + n * ROW, : labels.shape[1]] = labels
     for r in range(n):
         y = top + r * ROW
-        _text(canvas, labels[r], 4, y + 1, RED if alerted[r] else BLACK)
         canvas[y : y + ROW - 1, x0 : x0 + bar_w] = LIGHT
         if ok[r]:
             length = int(round((shown[r] - lo) / span * (bar_w - 1))) + 1
-            canvas[y + 1 : y + ROW - 2, x0 : x0 + length] = RED if alerted[r] else _CMAP + _LEVELS // 4
-        _text(canvas, texts[r], x0 + bar_w + 6, y + 1, RED if alerted[r] else BLACK)
-    pixels = canvas.repeat(zoom, axis=0).repeat(zoom, axis=1) if zoom > 1 else canvas
-    return Image(pixels, _palette(sequential()))
+            canvas[y + 2 : y + ROW - 3, x0 : x0 + length] = RED if alerted[r] else _CMAP + _LEVELS // 4
+        _text(canvas, numbers[r], x1 - text_width(numbers[r]), y, RED if alerted[r] else BLACK)
+        for i, cell in enumerate(cells[r]):
+            _text(canvas, cell, x1 + 8 + sum(columns[:i]), y, RED if alerted[r] else BLACK)
+    return Image(canvas, _palette(sequential()))

@@ -4,7 +4,7 @@ tensors with their layer types. ``view/report.py`` parses the alert table back.
 Example:
     >>> from lightning_normwatch.judge.alerts import Alert
     >>> text = alerts_markdown([Alert(3, "net.1", "dead", "warning", 0.9, 0.5, "90% of units output zero")])
-    >>> "| 3 | `net.1` | dead | warning |" in text
+    >>> "| 3 | net.1 | dead | warning | 0.9 | 0.5 |" in text
     True
 """
 

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -33,15 +34,77 @@ from .tags import OVERVIEW_TAG
 __all__ = ["Overview", "OVERVIEW_TAG", "row_label"]
 
 _FIGURES = ("std", "std_log_ratio", "shape_psi", "zeros", "dead", "update_ratio")
-#: alert kinds whose active state frames the cells of each figure
-_MARKS = {
-    "std": ("scale_drift", "outlier"),
-    "std_log_ratio": ("scale_drift",),
-    "shape_psi": ("shift",),
-    "zeros": ("dead",),
-    "dead": ("dead",),
-    "update_ratio": ("update_size", "vanishing_gradient", "exploding_gradient"),
-}
+
+
+def _pct(v: float) -> str:
+    return f"{v:.0%}"
+
+
+@dataclass(frozen=True)
+class _Map:
+    """One heatmap of the overview: its tag, figure, title, colour range and the alert kinds framing its cells."""
+
+    tag: str
+    figure: str  # a name in _FIGURES, or "log_std", "dead_units" (activations only), "log_update" (log10 update_ratio)
+    title: Callable[[Thresholds], str]
+    marks: tuple[str, ...]
+    scale: Callable[[Thresholds], tuple[float | None, float | None]] = lambda th: (None, None)
+    signed: bool = False
+    legend: Callable[[float], str] = lambda v: f"{v:.3g}"
+
+
+#: the heatmaps after the depth profile, in tag order (one more heatmap: one more entry)
+MAPS = (
+    _Map(
+        "1_scale_log10_std",
+        "log_std",
+        lambda th: "scale: log10 std (red frame: scale_drift or outlier alert)",
+        ("scale_drift", "outlier"),
+        legend=lambda v: f"1e{v:+.1f}",
+    ),
+    _Map(
+        "2_scale_drift",
+        "std_log_ratio",
+        lambda th: (
+            f"log(std / reference std): alert beyond +-{math.log(th.scale_drift):.2f} (x{th.scale_drift:g}); "
+            "grey before the reference"
+        ),
+        ("scale_drift",),
+        scale=lambda th: (-2 * math.log(th.scale_drift), 2 * math.log(th.scale_drift)),
+        signed=True,
+    ),
+    _Map(
+        "3_shape_psi",
+        "shape_psi",
+        lambda th: f"shape PSI vs reference: alert above {th.shift:g} (colour bar ends at twice that)",
+        ("shift",),
+        scale=lambda th: (0.0, 2 * th.shift),
+    ),
+    _Map(
+        "4_zeros",
+        "zeros",
+        lambda th: "share of exact zeros (red frame: dead alert)",
+        ("dead",),
+        scale=lambda th: (0.0, 1.0),
+        legend=_pct,
+    ),
+    _Map(
+        "5_dead_units",
+        "dead_units",
+        lambda th: f"share of dead units, activations only: alert at {th.dead:.0%}",
+        ("dead",),
+        scale=lambda th: (0.0, 1.0),
+        legend=_pct,
+    ),
+    _Map(  # the parameter side (docs/updates.md): modules with parameters only, drawn when it was measured
+        "6_update_ratio",
+        "log_update",
+        lambda th: f"log10 update/weight ratio per step: alert above {th.update_large:g}; ~1e-3 is usual",
+        ("update_size", "vanishing_gradient", "exploding_gradient"),
+        scale=lambda th: (-6.0, 0.0),
+        legend=lambda v: f"1e{v:+.1f}",
+    ),
+)
 
 
 def row_label(key: str, type_name: str) -> str:
@@ -86,123 +149,62 @@ class Overview:
         # information (a non-Gaussian shape) is not a fault: only warnings and errors are marked
         self._active.append({(m, k) for m, k in active if SEVERITY.get(k, "warning") != "info"})
 
-    def _matrix(self, figure: str) -> np.ndarray:
-        i = _FIGURES.index(figure)
-        out = np.full((len(self.rows), len(self._steps)), np.nan)
+    def _history(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Each figure ``[rows, steps]`` (with ``log_std`` and ``dead_units``) and where each alert kind was active."""
         index = {k: r for r, k in enumerate(self.rows)}
-        for c, values in enumerate(self._values):
-            for key, v in values.items():
-                out[index[key], c] = v[i]
-        return out
+        cube = np.full((len(_FIGURES), len(self.rows), len(self._steps)), np.nan)
+        active: dict[str, np.ndarray] = {}
+        for c, (values, alerts) in enumerate(zip(self._values, self._active, strict=True)):
+            if values:
+                cube[:, [index[k] for k in values], c] = np.array(list(values.values())).T
+            for key, kind in alerts:
+                if key in index:
+                    active.setdefault(kind, np.zeros(cube.shape[1:], dtype=bool))[index[key], c] = True
+        figures = dict(zip(_FIGURES, cube, strict=True))
+        with np.errstate(divide="ignore", invalid="ignore"):  # a std of 0 is -inf: the lowest colour
+            figures["log_std"] = np.where(figures["std"] >= 0, np.log10(figures["std"]), np.nan)
+        roles = [self.kinds[k][1] for k in self.rows]
+        applies = np.array([r in ("activation", "bounded", "other") for r in roles], dtype=bool)[:, None]
+        figures["dead_units"] = np.where(applies, figures["dead"], np.nan)
+        with np.errstate(divide="ignore", invalid="ignore"):  # an update of 0 (learning rate 0): the lowest colour
+            figures["log_update"] = np.where(figures["update_ratio"] >= 0, np.log10(figures["update_ratio"]), np.nan)
+        return figures, active
 
-    def _marks(self, figure: str) -> np.ndarray:
-        kinds = _MARKS[figure]
-        out = np.zeros((len(self.rows), len(self._steps)), dtype=bool)
+    def _notes(self, figures: dict[str, np.ndarray], latest: set[tuple[str, str]]) -> list[str]:
+        """The depth profile's note of each row: std relative to the reference, active alerts (short, to fit a card)."""
+        slr = figures["std_log_ratio"][:, -1]
+        notes = []
         for r, key in enumerate(self.rows):
-            for c, active in enumerate(self._active):
-                out[r, c] = any((key, k) in active for k in kinds)
-        return out
-
-    def _update_image(
-        self, labels: list[str], steps: list[int], alerted: list[bool], th: Thresholds
-    ) -> dict[str, Image]:
-        """The update-ratio heatmap, when the parameter side was measured (modules with parameters only)."""
-        updates = self._matrix("update_ratio")
-        if not np.isfinite(updates).any():
-            return {}
-        with np.errstate(divide="ignore", invalid="ignore"):
-            log_updates = np.where(updates >= 0, np.log10(updates), np.nan)
-        title = (
-            f"log10 update/weight ratio per step: alert above {th.update_large:g} (red frame: update_size, "
-            "vanishing/exploding gradient); ~1e-3 is usual"
-        )
-        image = heatmap(
-            log_updates, labels, steps, title, vmin=-6.0, vmax=0.0, marked=self._marks("update_ratio"),
-            alerted_rows=alerted, legend=lambda v: f"1e{v:+.1f}",
-        )  # fmt: skip
-        return {f"{OVERVIEW_TAG}/6_update_ratio": image}
+            ratio = f"x{math.exp(slr[r]):.2g}" if math.isfinite(slr[r]) else "-"
+            notes.append(f"{ratio}  {','.join(sorted(k for m, k in latest if m == key))}".rstrip())
+        return notes
 
     def images(self, th: Thresholds) -> dict[str, Image]:
-        """The overview images by tag (empty before the first ``add``)."""
+        """The overview images by tag (empty before the first ``add``): the depth profile, then ``MAPS``."""
         if not self._steps:
             return {}
         labels = [row_label(k, self.kinds[k][0]) for k in self.rows]
         latest = self._active[-1]
         alerted = [any(m == k for m, _ in latest) for k in self.rows]
-        steps = self.steps
-        std = self._matrix("std")
-        with np.errstate(divide="ignore", invalid="ignore"):
-            log_std = np.where(std >= 0, np.log10(std), np.nan)  # a std of 0 is -inf: the lowest colour
-        slr, psi, zeros, dead = (self._matrix(f) for f in ("std_log_ratio", "shape_psi", "zeros", "dead"))
-        images = self._update_image(labels, steps, alerted, th)
-        bound = 2 * math.log(th.scale_drift)
-        notes = []
-        for r in range(len(self.rows)):
-            parts = []
-            if math.isfinite(slr[r, -1]):
-                parts.append(f"x{math.exp(slr[r, -1]):.2g} of ref")
-            if math.isfinite(dead[r, -1]):
-                parts.append(f"dead {dead[r, -1]:.0%}")
-            kinds = sorted(k for m, k in latest if m == self.rows[r])
-            if kinds:
-                parts.append("ALERT " + ",".join(kinds))
-            notes.append("  ".join(parts))
-        tag = OVERVIEW_TAG
-        return images | {
-            f"{tag}/0_depth_profile": profile(
-                std[:, -1], labels, f"std of each watched tensor at step {steps[-1]} (input at the top)", notes, alerted
-            ),
-            f"{tag}/1_scale_log10_std": heatmap(
-                log_std,
+        figures, active = self._history()
+        title = f"std of each watched tensor at step {self.steps[-1]}, x its reference std, active alerts"
+        notes = self._notes(figures, latest)
+        out = {f"{OVERVIEW_TAG}/0_depth_profile": profile(figures["std"][:, -1], labels, title, notes, alerted)}
+        none = np.zeros(figures["std"].shape, dtype=bool)
+        for m in MAPS:
+            if m.figure == "log_update" and not np.isfinite(figures["update_ratio"]).any():
+                continue  # updates=False, or no optimizer step measured
+            vmin, vmax = m.scale(th)
+            out[f"{OVERVIEW_TAG}/{m.tag}"] = heatmap(
+                figures[m.figure],
                 labels,
-                steps,
-                "scale: log10 std (red frame: scale_drift or outlier alert)",
-                marked=self._marks("std"),
+                self.steps,
+                m.title(th),
+                vmin=vmin,
+                vmax=vmax,
+                signed=m.signed,
+                marked=np.logical_or.reduce([active.get(k, none) for k in m.marks]),
                 alerted_rows=alerted,
-                legend=lambda v: f"1e{v:+.1f}",
-            ),
-            f"{tag}/2_scale_drift": heatmap(
-                slr,
-                labels,
-                steps,
-                f"log(std / reference std): alert beyond +-{bound / 2:.2f} (x{th.scale_drift:g}); "
-                "grey before the reference",
-                vmin=-bound,
-                vmax=bound,
-                signed=True,
-                marked=self._marks("std_log_ratio"),
-                alerted_rows=alerted,
-            ),
-            f"{tag}/3_shape_psi": heatmap(
-                psi,
-                labels,
-                steps,
-                f"shape PSI vs reference: alert above {th.shift:g} (colour bar ends at twice that)",
-                vmin=0.0,
-                vmax=2 * th.shift,
-                marked=self._marks("shape_psi"),
-                alerted_rows=alerted,
-            ),
-            f"{tag}/4_zeros": heatmap(
-                zeros,
-                labels,
-                steps,
-                "share of exact zeros (red frame: dead alert)",
-                vmin=0.0,
-                vmax=1.0,
-                marked=self._marks("zeros"),
-                alerted_rows=alerted,
-                legend=lambda v: f"{v:.0%}",
-            ),
-            f"{tag}/5_dead_units": heatmap(
-                dead,
-                labels,
-                steps,
-                f"share of dead units, activations only: alert at {th.dead:.0%}",
-                vmin=0.0,
-                vmax=1.0,
-                marked=self._marks("dead"),
-                alerted_rows=alerted,
-                legend=lambda v: f"{v:.0%}",
-            ),
-        }
+                legend=m.legend,
+            )
+        return out

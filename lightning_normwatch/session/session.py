@@ -46,6 +46,7 @@ from ..config import SessionConfig
 from ..judge.alerts import Alert, NormWatchAlertError
 from ..judge.evaluator import Evaluator, StepResult
 from ..judge.model_checks import ModelChecks
+from ..judge.windows import plan_windows, rules_ran
 from ..output import console
 from ..output.loggers import log_scalars
 from ..output.scalars import scalar_metrics, threshold_metrics
@@ -85,13 +86,18 @@ class Session:
         self.inputs = inputs
         self.config = config
         self.interval = config.interval(None)
-        self._fresh(config)
+        self.windows = plan_windows(config.total_steps, self.interval, config.warmup_steps, config.reference_steps)
+        self._fresh(self._resolved(config))
         self.earlier_alerts: list[Alert] = []
         self.checks_state: dict[str, Any] | None = None  # loaded before ``start`` made the checks
         self.is_global_zero = True
         self.loggers: list[Any] = []
         self.panels: Any = None
         self.exchange: Exchange | None = None
+
+    def _resolved(self, config: SessionConfig) -> SessionConfig:
+        """``config`` with the windows this run uses (the user's explicit values, else the fitted ones)."""
+        return replace(config, warmup_steps=self.windows.warmup, reference_steps=self.windows.reference)
 
     def _fresh(self, config: SessionConfig) -> None:
         self.collector = Collector(config)
@@ -128,11 +134,19 @@ class Session:
         device: torch.device | None = None,
         trainer_interval: int | None = None,
         sinks_described: str | None = None,
+        total_steps: float | None = None,
     ) -> None:
-        """Start a run on ``model``: fresh collection and judgement (a checkpoint's state is loaded after)."""
-        self.interval = self.config.interval(trainer_interval)
+        """Start a run on ``model``: fresh collection and judgement (a checkpoint's state is loaded after).
+
+        ``total_steps``: the run's length in global steps when the adapter knows it (else ``config.total_steps``;
+        inf or None: unknown); the windows not given explicitly are fitted to it (``judge/windows.py``).
+        """
+        config = self.config
+        self.interval = config.interval(trainer_interval)
+        total = total_steps if total_steps is not None else config.total_steps
+        self.windows = plan_windows(total, self.interval, config.warmup_steps, config.reference_steps)
         self.earlier_alerts += self.evaluator.alerts
-        self._fresh(replace(self.config, world_size=max(1, world_size)))
+        self._fresh(replace(self._resolved(config), world_size=max(1, world_size)))
         self.loggers, self.panels, self.is_global_zero = list(loggers), panels, is_global_zero
         self.exchange = Exchange.for_process_group(self.collector, world_size, device)
         names = self.collector.attach(model, self.modules, self.exclude)
@@ -144,9 +158,8 @@ class Session:
         if is_global_zero:
             where = sinks_described or console.describe_sinks(self.loggers, panels is not None)
             line = console.start_line(
-                len(names), self.inputs is not False, self.interval, self.config.warmup_steps,
-                self.config.reference_steps, where,
-            )  # fmt: skip
+                len(names), self.inputs is not False, self.interval, self.windows.describe(), where
+            )
             log.info("%s", line)
 
     def watch_optimizers(
@@ -190,7 +203,9 @@ class Session:
         if self.is_global_zero and self.last_result is not None:
             figures = self.last_result.figures
             roles = {key: self.role(key) for key in figures}
-            console.log_summary(figures, self.types(), self.alerts, self.last_result.step, roles=roles)
+            step = self.last_result.step
+            rules = rules_ran(self.windows, step)
+            console.log_summary(figures, self.types(), self.alerts, step, roles=roles, rules=rules)
 
     def close(self) -> None:
         """Hooks removed, the last overview drawn and the panels flushed (idempotent)."""

@@ -19,7 +19,7 @@ from functools import cached_property
 import numpy as np
 
 from .block import BlockLayout
-from .histogram import _GROWTH, abs_median_nonzero, edges_numpy, normal_ks
+from .histogram import RESOLVED_STD, abs_median_nonzero, edges_numpy, normal_ks
 from .moments import Moments, merge_groups, standardized_shape
 from .normality import normality
 
@@ -136,7 +136,7 @@ def figures(stats: TensorStats) -> dict[str, float]:
     """All figures for one tensor at one step, by name.
 
     Names: ``mean std min max max_abs zeros nonfinite skew kurtosis channel_skew channel_kurtosis
-    channel_std_min channel_std_max channel_scale_ratio channel_mean_absmax dead saturated
+    channel_std_min channel_std_max channel_scale_ratio channel_mean_absmax batch_spread dead saturated
     normal_ks normaltest_p jarque_bera_p abs_median channel_rows numel sampled p15 p50 p85``. Non-finite
     statistics (an exploding layer) give NaN/inf figures, not numpy warnings.
     """
@@ -206,6 +206,7 @@ def _figures(stats: TensorStats) -> dict[str, float]:
         "channel_std_max": float(cstd[live].max()) if live.any() else math.nan,
         "channel_scale_ratio": float(crms[scaled].max() / crms[scaled].min()) if scaled.any() else math.nan,
         "channel_mean_absmax": float(np.abs(stats.cmean[live]).max()) if live.any() else math.nan,
+        "batch_spread": _safe_div(float(cstd[live].mean()), math.hypot(m.mean, m.std)) if live.any() else math.nan,
         "dead": float(((stats.cnz == 0) & live).sum() / live.sum()) if live.any() else math.nan,
         "saturated": _safe_div(stats.saturated, stats.sampled),
         "normal_ks": normal_ks(stats.hist, m.mean, m.std) if m.n else math.nan,
@@ -299,6 +300,26 @@ def _segment_extreme(values: np.ndarray, mask: np.ndarray, starts: np.ndarray, f
     return np.where(np.add.reduceat(mask.astype(np.float64), starts) > 0, reduced, np.nan)
 
 
+def _hist_figures(hist: np.ndarray, n: np.ndarray, mean: np.ndarray, std: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per tensor (rows of ``hist``, ``[tensors, bins]``): distance to the fitted normal (``normal_ks``) and
+    median magnitude of the non-zero values (``abs_median``); NaN where the shared bins cannot resolve them."""
+    from scipy import special
+
+    total = hist.sum(axis=1)
+    edges = edges_numpy()
+    fitted = (n > 0) & (std >= RESOLVED_STD[0]) & (std <= RESOLVED_STD[1]) & (total > 0)
+    cdf = np.cumsum(hist, axis=1)[:, :-1] / np.where(total > 0, total, 1.0)[:, None]
+    phi = special.ndtr((edges[None, :] - mean[:, None]) / np.where(fitted, std, 1.0)[:, None])
+    ks = np.where(fitted, np.abs(cdf - phi).max(axis=1), np.nan)
+    half = len(edges) // 2
+    folded = hist[:, half + 1 :] + hist[:, :half][:, ::-1]
+    folded_total = folded.sum(axis=1)
+    above = np.cumsum(folded, axis=1) >= (folded_total / 2)[:, None]
+    magnitudes = np.append(edges[half + 1 :], np.nan)  # the median in the open top bin: unknown
+    abs_median = np.where(folded_total > 0, magnitudes[np.minimum(above.argmax(axis=1), len(magnitudes) - 1)], np.nan)
+    return ks, abs_median
+
+
 def _figures_many(stats: list[TensorStats]) -> list[dict[str, float]]:
     t = len(stats)
     sizes = np.array([st.cn.size for st in stats])
@@ -339,27 +360,19 @@ def _figures_many(stats: list[TensorStats]) -> list[dict[str, float]]:
         crms, scaled, starts, np.minimum, np.inf
     )
     mean_absmax = _segment_extreme(np.abs(cmean), live, starts, np.maximum, -np.inf)
+    # batch_spread: mean over live units of the unit's std across rows, over the tensor's RMS
     live_n = per_tensor(live.astype(np.float64))
+    rms = np.hypot(grand, std)
+    spread = np.where(
+        (live_n > 0) & (rms > 0),
+        per_tensor(np.where(live, cstd, 0.0)) / np.where(live_n > 0, live_n, 1) / np.where(rms > 0, rms, 1),
+        np.nan,
+    )
     dead = np.where(
         live_n > 0, per_tensor(((cnz == 0) & live).astype(np.float64)) / np.where(live_n > 0, live_n, 1), np.nan
     )
     nonzero = per_tensor(cnz)
-    # histograms [tensors, bins]: distance to the fitted normal, median magnitude of the non-zero values
-    hist = np.stack([st.hist for st in stats])
-    total = hist.sum(axis=1)
-    edges = edges_numpy()
-    from scipy import special
-
-    fitted = (n > 0) & (std > 0) & np.isfinite(std) & (total > 0)
-    cdf = np.cumsum(hist, axis=1)[:, :-1] / np.where(total > 0, total, 1.0)[:, None]
-    phi = special.ndtr((edges[None, :] - grand[:, None]) / np.where(fitted, std, 1.0)[:, None])
-    ks = np.where(fitted, np.abs(cdf - phi).max(axis=1), np.nan)
-    half = len(edges) // 2
-    folded = hist[:, half + 1 :] + hist[:, :half][:, ::-1]
-    folded_total = folded.sum(axis=1)
-    above = np.cumsum(folded, axis=1) >= (folded_total / 2)[:, None]
-    magnitudes = np.append(edges[half + 1 :], edges[-1] * _GROWTH)
-    abs_median = np.where(folded_total > 0, magnitudes[np.minimum(above.argmax(axis=1), len(magnitudes) - 1)], np.nan)
+    ks, abs_median = _hist_figures(np.stack([st.hist for st in stats]), n, grand, std)
 
     out = []
     for i, st in enumerate(stats):
@@ -384,6 +397,7 @@ def _figures_many(stats: list[TensorStats]) -> list[dict[str, float]]:
                 "channel_std_max": float(std_max[i]),
                 "channel_scale_ratio": float(rms_ratio[i]),
                 "channel_mean_absmax": float(mean_absmax[i]),
+                "batch_spread": float(spread[i]),
                 "dead": float(dead[i]),
                 "saturated": _safe_div(st.saturated, st.sampled),
                 "normal_ks": float(ks[i]) if m.n else math.nan,

@@ -36,6 +36,9 @@ __all__ = [
 ]
 
 _LOW, _HIGH, _GROWTH = 1e-6, 1e6, 1.1
+#: stds whose shape the shared bins resolve (at least 10 bins inside 1 std on each side of the mean);
+#: outside, shape figures read from the bins (``normal_ks``) are NaN rather than wrong
+RESOLVED_STD = (_LOW * 10, _HIGH / 10)
 
 
 @lru_cache(maxsize=1)
@@ -186,7 +189,7 @@ def normal_ks(counts: np.ndarray, mean: float, std: float) -> float:
     from scipy import special
 
     total = counts.sum()
-    if total <= 0 or not (std > 0) or not math.isfinite(std):
+    if total <= 0 or not (RESOLVED_STD[0] <= std <= RESOLVED_STD[1]):
         return math.nan
     cdf = np.cumsum(counts)[:-1] / total
     phi = special.ndtr((edges_numpy() - mean) / std)
@@ -245,7 +248,8 @@ def abs_median_nonzero(counts: np.ndarray) -> float:
 
     The typical magnitude against which "massive" values are judged (Sun et al. 2024 compare with
     the median |x|); exact zeros (ReLU) are left out so that sparse layers have a typical magnitude.
-    Returns the upper edge of the magnitude bin holding the median; NaN when there is no non-zero value.
+    Returns the upper edge of the magnitude bin holding the median; NaN when there is no non-zero value
+    or the median lies in the open top bin (above 1e6: the bins cannot tell how far above).
 
     Example:
         >>> import torch
@@ -262,5 +266,5 @@ def abs_median_nonzero(counts: np.ndarray) -> float:
     if total <= 0:
         return math.nan
     i = int(np.searchsorted(np.cumsum(folded), total / 2))
-    magnitudes = np.append(edges[half + 1 :], edges[-1] * _GROWTH)
-    return float(magnitudes[min(i, len(magnitudes) - 1)])
+    magnitudes = edges[half + 1 :]
+    return float(magnitudes[i]) if i < len(magnitudes) else math.nan

@@ -24,20 +24,53 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["Moments", "channel_moments", "merge_groups", "standardized_shape"]
+__all__ = ["Moments", "channel_moments", "merge_groups", "pow2_scale", "rescale", "standardized_shape"]
 
 
-def channel_moments(sample: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+def pow2_scale(absmax: Tensor) -> Tensor:
+    """Per column, the power of two just above ``absmax`` (1 where it is 0 or not finite).
+
+    Dividing by a power of two is exact in floating point, so values divided by it keep every digit
+    and lie in ``[-1, 1]``: their squares and fourth powers neither overflow (float32 ``x**4``
+    overflows from ``|x|`` about 4e9) nor underflow (below about 1e-10), whatever the unit.
+
+    Example:
+        >>> pow2_scale(torch.tensor([3.0, 0.0, 1e30, 1e-30])).tolist()
+        [4.0, 1.0, 1.2676506002282294e+30, 1.5777218104420236e-30]
+    """
+    ok = absmax.isfinite() & (absmax > 0)
+    _, exponent = torch.frexp(torch.where(ok, absmax, torch.ones_like(absmax)))
+    limit = 127 if absmax.dtype == torch.float32 else 1023
+    exponent = exponent.clamp(-limit + 1, limit)  # the scale and its inverse stay finite and normal
+    ones = torch.ones_like(absmax)
+    return torch.where(ok, torch.ldexp(ones, exponent), ones)
+
+
+def channel_moments(
+    sample: Tensor, absmax: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Per-column count, mean, M2, M3, M4 and non-zero count of a 2-D sample, ignoring non-finite values.
 
     Runs on the sample's device without host synchronisation. ``sample`` is ``[rows, channels]``
-    in float32 or float64.
+    in float32 or float64; the results are float64. Each column is divided by the power of two just
+    above its largest finite ``|x|`` (``absmax``, computed when not given) before any power is taken,
+    and the moments are scaled back exactly in float64 (``M_k * s**k``): the figures of ``c * x`` are
+    those of ``x`` for any ``c`` that keeps ``c * x`` finite (1e-30 or 1e30 in float32).
 
     Example:
         >>> n, mean, m2, m3, m4, nz = channel_moments(torch.tensor([[1.0, 0.0], [3.0, 0.0]]))
         >>> mean.tolist(), m2.tolist(), nz.tolist()
         ([2.0, 0.0], [2.0, 0.0], [2.0, 0.0])
+        >>> _, _, m2, _, m4, _ = channel_moments(torch.tensor([[1e12], [-1e12]]))
+        >>> f"{float(m2):.6g} {float(m4):.6g}"   # float32 fourth powers would be inf
+        '2e+24 2e+48'
     """
+    if absmax is None:
+        absmax = (
+            sample.abs().nan_to_num_(0.0, 0.0, 0.0).amax(0) if sample.shape[0] else sample.new_zeros(sample.shape[1:])
+        )
+    scale = pow2_scale(absmax)
+    sample = sample / scale  # exact: every value keeps its digits
     # Float ops only (boolean masks cost 3-5x more per element on CPU): f is 1 where finite, else 0;
     # z is the sample with non-finite values zeroed; z - f * mean equals where(finite, sample - mean, 0).
     f = sample.mul(0).add_(1).nan_to_num_(0.0, 0.0, 0.0)
@@ -53,7 +86,29 @@ def channel_moments(sample: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Ten
     m3 = (d2 * d).sum(0)
     m4 = (d2 * d2).sum(0)
     nonzero = (sample != 0).sum(0, dtype=sample.dtype)
-    return n, mean, m2, m3, m4, nonzero
+    return rescale(n, mean, m2, m3, m4, nonzero, scale)
+
+
+def rescale(
+    n: Tensor, mean: Tensor, m2: Tensor, m3: Tensor, m4: Tensor, nonzero: Tensor, scale: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Moments of ``x / scale`` back to those of ``x``, in float64 (``mean * s``, ``M_k * s**k``).
+
+    Example:
+        >>> one = torch.ones(1)
+        >>> [float(v) for v in rescale(one, one, one, one, one, one, torch.tensor([2.0]))]
+        [1.0, 2.0, 4.0, 8.0, 16.0, 1.0]
+    """
+    s = scale.to(torch.float64)
+    s2 = s * s
+    return (
+        n.to(torch.float64),
+        mean.to(torch.float64) * s,
+        m2.to(torch.float64) * s2,
+        m3.to(torch.float64) * (s2 * s),
+        m4.to(torch.float64) * (s2 * s2),
+        nonzero.to(torch.float64),
+    )
 
 
 def merge_groups(

@@ -79,8 +79,9 @@ def drift(reference: Reference, current: Moments, hist: np.ndarray) -> dict[str,
     ref_std, cur_std = ref.std, current.std
     if ref_std > 0 and cur_std > 0:
         out["std_log_ratio"] = math.log(cur_std / ref_std)
-    # a reference std of zero (constant tensor) would make any change infinite: floor it.
-    scale = max(ref_std, 1e-6 * max(abs(ref.mean), 1e-12))
+    # a reference std of zero (constant tensor) would make any change infinite: floor it, relative to
+    # the mean (an absolute floor would hide a real shift of a tensor whose unit is tiny, std 1e-20)
+    scale = max(ref_std, 1e-6 * abs(ref.mean)) or 1e-18
     out["mean_shift"] = (current.mean - ref.mean) / scale
     out["psi"] = psi(reference.hist, hist)
     out["ks"] = ks_distance(reference.hist, hist)

@@ -36,6 +36,8 @@ __all__ = [
     "RunReport",
     "load_reports",
     "parse_alerts_markdown",
+    "parse_watched_markdown",
+    "split_tag",
     "format_reports",
     "reports_json",
     "exit_code",
@@ -124,7 +126,23 @@ def parse_alerts_markdown(text: str) -> list[dict[str, Any]]:
     return sorted(rows[::-1], key=lambda r: r["step"])
 
 
-def _split_tag(tag: str) -> tuple[str, str] | None:
+def parse_watched_markdown(text: str) -> list[tuple[str, str, str]]:
+    """Rows ``(tensor, layer type, role)`` of the watched-tensors table (``panels.watched_markdown``), in order.
+
+    Example:
+        >>> parse_watched_markdown("| # | tensor | type | role |\\n|---|---|---|---|\\n"
+        ...                        "| 0 | input | batch | input |\\n| 1 | net.0 | Linear | preact |")
+        [('input', 'batch', 'input'), ('net.0', 'Linear', 'preact')]
+    """
+    rows = []
+    for line in text.splitlines():
+        cells = [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+        if len(cells) == 4 and cells[0].isdigit():
+            rows.append((cells[1], cells[2], cells[3]))
+    return rows
+
+
+def split_tag(tag: str) -> tuple[str, str] | None:
     """``normwatch/<tensor>/<figure>`` -> ``(tensor, figure)``; None for other tags."""
     if not tag.startswith("normwatch/"):
         return None
@@ -148,7 +166,7 @@ def _run_report(run: str, acc: Any) -> RunReport | None:
             active[severity] = int(events[-1].value)
             peak[severity] = int(max(e.value for e in events))
             continue
-        parts = _split_tag(tag)
+        parts = split_tag(tag)
         if parts is not None:
             latest.setdefault(parts[0], {})[parts[1]] = (events[-1].step, events[-1].value)
     if not latest:
@@ -163,12 +181,7 @@ def _run_report(run: str, acc: Any) -> RunReport | None:
     text = _last_text(acc, tags, ALERT_TAG)
     if text is not None:
         alerts = parse_alerts_markdown(text)
-    types = {}
-    text = _last_text(acc, tags, WATCHED_TAG)
-    for line in (text or "").splitlines():
-        cells = [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
-        if len(cells) == 4 and cells[0].isdigit():
-            types[cells[1]] = cells[2]
+    types = {name: type_name for name, type_name, _ in parse_watched_markdown(_last_text(acc, tags, WATCHED_TAG) or "")}
     step = int(max(v["step"] for v in tensors.values()))  # type: ignore[type-var]
     return RunReport(run, step, tensors, alerts, active, peak, types)
 
