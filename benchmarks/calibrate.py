@@ -207,6 +207,46 @@ class PreNormTransformer(nn.Module):
         return self.head(self.norm(self.encoder(x)).mean(1))
 
 
+class BrokenBias(Classifier):
+    """A 30-block MLP whose layer-20 Linear gets bias -50 at step ``at``: its ReLU dies, the signal vanishes."""
+
+    def __init__(self, at: int = 400) -> None:
+        torch.manual_seed(0)
+        layers: list[nn.Module] = [nn.Linear(16, 32), nn.ReLU()]
+        for _ in range(29):
+            layers += [nn.Linear(32, 32), nn.ReLU()]
+        for m in layers:
+            if isinstance(m, nn.Linear):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+        super().__init__(nn.Sequential(*layers, nn.Linear(32, 2)), 1e-3)
+        self.at = at
+
+    def training_step(self, batch, batch_idx):  # noqa: D102
+        if self.global_step == self.at:
+            with torch.no_grad():
+                self.net[40].bias.fill_(-50.0)
+        return super().training_step(batch, batch_idx)
+
+
+class GRUNet(nn.Module):
+    """A GRU over the sequence, the last output to a linear head."""
+
+    def __init__(self, d: int = 32, h: int = 64) -> None:
+        super().__init__()
+        self.gru = nn.GRU(d, h, batch_first=True)
+        self.head = nn.Linear(h, 2)
+
+    def forward(self, x):  # noqa: D102
+        return self.head(self.gru(x)[0][:, -1])
+
+
+def classes(n: int = 2048, d: int = 16) -> TensorDataset:
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(n, d, generator=g)
+    return TensorDataset(x, (x[:, 0] > 0).long())
+
+
 def deep_bn_cnn(blocks: int = 8, c: int = 16) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i in range(blocks):
@@ -292,9 +332,11 @@ RUNS = [
     Run("cnn-bn 8 blocks-adam digits", True, lambda: Classifier(deep_bn_cnn(), 1e-3), lambda: digits(image=True)),
     Run("convnext channels-last digits", True, lambda: Classifier(ConvNeXtNet(), 1e-3), lambda: digits(image=True)),
     Run("prenorm-transformer 6-adam seq", True, lambda: Classifier(PreNormTransformer(), 1e-3), sequences, 32),
+    Run("gru-adam seq", True, lambda: Classifier(GRUNet(), 3e-3), sequences, 32),
     Run("BROKEN vanishing 20 layers (1 -> .04)", False, lambda: Classifier(he_stack(gain=0.04**0.05), 1e-3), digits),
     Run("BROKEN exploding 20 layers (x1.5)", False, lambda: Classifier(he_stack(gain=1.5), 1e-4), digits),
     Run("BROKEN frozen BN", False, lambda: FrozenBN(mlp(64, 10, bn=True), 1e-3), digits),
+    Run("BROKEN cascade (bias -50, layer 20/30)", False, lambda: BrokenBias(400), classes),
     Run(
         "BROKEN normalization dropped (step 500)",
         False,
@@ -392,7 +434,7 @@ def main() -> None:
     torch.set_num_threads(1)
     # one table row per run: NormWatch's own start line, alert lines and end-of-fit summary are left out
     logging.getLogger("lightning_normwatch").setLevel(logging.CRITICAL)
-    print(f"{'run':44s} " + " ".join(f"{r:>13s}" for r in RULES) + "   alerts raised (kind@module)")
+    print(f"{'run':44s} " + " ".join(f"{r:>13s}" for r in RULES) + "   root warnings (kind@module), followers")
     t0 = time.time()
     failures = []
     for run in RUNS:
@@ -414,9 +456,13 @@ def main() -> None:
         loader = DataLoader(run.data(), batch_size=run.batch, shuffle=run.shuffle)
         trainer.fit(run.model(), loader)
         cells = " ".join(f"{rec.maxima[r][0]:13.3g}" for r in RULES)
-        raised = sorted({f"{a.kind}@{a.module}" for a in watch.alerts if a.severity != "info"})
-        print(f"{run.name:44s} {cells}   {', '.join(raised) or '-'}", flush=True)
-        if bool(raised) == run.healthy:
+        warned = [a for a in watch.alerts if a.severity != "info"]
+        raised = sorted({f"{a.kind}@{a.module}" for a in warned if a.caused_by is None})
+        followers = len({(a.kind, a.module) for a in warned if a.caused_by is not None})
+        roots = f"{len(raised)} root{'s' if len(raised) != 1 else ''}: " + ", ".join(raised)
+        shown = roots + (f" (+{followers} followers)" if followers else "") if warned else "-"
+        print(f"{run.name:44s} {cells}   {shown}", flush=True)
+        if bool(warned) == run.healthy:
             failures.append(run.name)
     print(f"thresholds (defaults): {NormWatch().thresholds}")
     # the parameter side (update sizes, gradient flow): its own healthy and broken cases, in plain loops

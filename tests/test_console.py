@@ -48,7 +48,10 @@ def test_start_line_and_summary_of_a_healthy_run(tmp_path, caplog) -> None:
     summary = [m for m in lines if m.startswith("NormWatch summary")]
     assert len(summary) == 1 and lines[-1] == summary[0]  # printed once, at the end of the fit
     text = summary[0].splitlines()
-    assert text[0] == "NormWatch summary at step 4: 6 watched tensors, 0 alerts (worst first)"
+    assert (
+        text[0]
+        == "NormWatch summary at step 4: 6 watched tensors, 0 alerts (worst first, roots before their followers)"
+    )
     assert text[1].split() == ["tensor", "type", "std", "skew", "kurt", "drift", "dead", "alerts"]
     assert text[-1].startswith("rules: drift judged from step 2 (reference window steps 0-2); depth, collapse")
     rows = {line.split()[0]: line.split() for line in text[3:-1]}
@@ -71,8 +74,13 @@ def test_dead_layers_give_one_grouped_line_but_one_alert_each(tmp_path, caplog) 
     dead_lines = [m for m in messages(caplog) if m.startswith("NormWatch [dead]")]
     assert len(dead_lines) == 1, dead_lines
     line = dead_lines[0]
-    assert line.startswith("NormWatch [dead] warning at step 0 in 6 tensors: net.1 (ReLU), net.3 (ReLU), net.5 (ReLU)")
-    assert "... net.11 (ReLU); worst " in line and "usual cause" in line
+    # one root line (the first dead layer in execution order), the 5 layers after it folded into it
+    assert line.startswith("NormWatch [dead] net.1 (ReLU): 100% of `net.1` (ReLU)'s 16 units")
+    assert line.endswith("(and 5 tensors after it: dead in net.3 (ReLU), net.5 (ReLU), net.7 (ReLU) ... net.11 (ReLU))")
+    assert "usual cause" in line
+    roots = [a for a in cb.alerts if a.caused_by is None]
+    assert [(a.module, a.kind) for a in roots] == [("net.1", "dead")]
+    assert all(a.caused_by == ("dead", "net.1") for a in cb.alerts if a.module != "net.1")
     records = [r for r in caplog.records if r.getMessage() == line]
     assert records[0].levelno == logging.WARNING
     # the summary puts the alerted layers first
@@ -80,6 +88,7 @@ def test_dead_layers_give_one_grouped_line_but_one_alert_each(tmp_path, caplog) 
     firsts = [row.split()[0] for row in summary[3:9]]
     assert firsts == relus  # alerted at the same step: in execution order, the cascade's origin first
     assert all("1 warning (dead" in row for row in summary[3:9])
+    assert "after dead@net.1" in summary[4] and "after" not in summary[3]  # the root first, its followers marked
 
 
 def test_the_logger_level_is_respected(tmp_path, caplog) -> None:

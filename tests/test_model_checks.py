@@ -52,7 +52,7 @@ def test_frozen_batchnorm_named_and_setup_information(tmp_path) -> None:
     assert warnings == [("net.1", "frozen_norm", 0), ("unused", "no_gradient", 1)]
     info = {(a.module, a.kind): a for a in cb.alerts if a.severity == "info"}
     placement = info[("net.1", "norm_placement")].message
-    assert placement.startswith("`net.1` (BatchNorm1d) normalizes before its activation `net.2` (ReLU)")
+    assert placement.startswith("1 normalization layer (BatchNorm1d): 1 before their activation (linear/conv -> norm")
     assert "`net.0` (Linear)" in info[("net.1", "redundant_bias")].message  # the Linear's bias before BN
     assert ("unused", "not_run") in info and info[("unused", "not_run")].step == 2  # the third logging step
     assert not [k for k in info if k[1] == "not_run" and k[0] != "unused"]
@@ -66,7 +66,8 @@ def test_norm_after_activation_and_healthy_bn_without_bias(tmp_path) -> None:
     assert ("net.2", "norm_placement") in kinds and ("net.2", "frozen_norm") not in kinds
     assert not [k for k in kinds if k[1] == "redundant_bias"]
     (placement,) = [a for a in cb.alerts if a.kind == "norm_placement"]
-    assert "after the activation `net.1` (ReLU)" in placement.message and placement.severity == "info"
+    assert "1 after their activation (activation -> norm): `net.2` (BatchNorm1d)" in placement.message
+    assert placement.severity == "info"
 
 
 # --------------------------------------------------------------------------- blow-ups between logging steps

@@ -237,7 +237,7 @@ def test_alert_table_for_a_dead_relu(dead) -> None:
     assert acc.Tags()["tensors"].count("normwatch/alerts/text_summary") == 1
     events = acc.Tensors("normwatch/alerts/text_summary")
     text = tensor_util.make_ndarray(events[-1].tensor_proto).item().decode()
-    assert "| step | module | kind | severity | value | threshold | message |" in text
+    assert "| step | module | kind | severity | value | threshold | caused by | message |" in text
     rows = parse_alerts_markdown(text)
     assert [(r["step"], r["module"], r["kind"], r["severity"]) for r in rows] == [
         (a.step, a.module, a.kind, a.severity) for a in cb.alerts
@@ -259,9 +259,9 @@ def test_alerts_markdown_round_trip() -> None:
     text = alerts_markdown(alerts)
     assert (
         text.splitlines()[0]
-        == "**2 alerts** up to step 9: 1 error, 1 warning, 0 info (details below: most severe first, then newest first)"
+        == "**2 alerts** up to step 9: 1 error, 1 warning, 0 info; 2 root alerts (most severe, then oldest first)"
     )
-    assert text.splitlines()[2].startswith("- **nonfinite** (error) in net.1")  # one line per kind first
+    assert text.splitlines()[2].startswith("- **nonfinite** (error) in net.1")  # one line per root first
     assert text.splitlines()[7].startswith("| 9 | net.1 | nonfinite | **error** |")  # errors first
     long = Alert(1, "fc", "shift", "warning", 3.0, 2.0, " ".join(["word"] * 60))
     assert (

@@ -97,7 +97,7 @@ def test_message_names_the_tensor_its_figure_and_the_threshold(kind: str) -> Non
     th = Thresholds()
     (alert,), _ = _alerts(kind, getattr(th, kind) * 1.5, th)
     name = _case(kind, 1)[0].name
-    assert f"`{name}`" in alert.message and "threshold" in alert.message
+    assert f"`{name}`" in alert.message and ("threshold" in alert.message or "limit" in alert.message)
     assert (f"`{name}` (Layer)" in alert.message) == (kind != "feature_scale")
     shown = {"dead": "75%", "saturated": "75%", "scale_drift": "6.0x", "mean_drift": "-6.0", "shift": "3.75"}
     if kind in shown:

@@ -63,11 +63,12 @@ def test_shape_figures_of_power_of_two_multiples_are_exact(dtype: torch.dtype, e
     base, _ = _figures(x)
     scaled, _ = _figures(x * c)
     assert torch.isfinite(x * c).all()
+    rel = 1e-4 if dtype == torch.float16 else 1e-9  # float16: the smallest values of c * x may be subnormal
     for name in SHAPE:
         want = base[name] * (-1 if sign < 0 and name in ("skew", "channel_skew") else 1)
-        assert _close(scaled[name], want, 1e-4 if dtype == torch.float16 else 1e-9), (name, c, scaled[name], want)
-    assert math.isclose(scaled["std"], base["std"] * abs(c), rel_tol=1e-9)
-    assert math.isclose(scaled["mean"], base["mean"] * c, rel_tol=1e-9)
+        assert _close(scaled[name], want, rel), (name, c, scaled[name], want)
+    assert math.isclose(scaled["std"], base["std"] * abs(c), rel_tol=rel)
+    assert math.isclose(scaled["mean"], base["mean"] * c, rel_tol=rel)
 
 
 @settings(max_examples=40, deadline=None)

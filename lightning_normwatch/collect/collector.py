@@ -37,6 +37,7 @@ from .batched import measure_all
 from .discovery import InputDiscovery
 from .info import TensorInfo
 from .layout import Flow, module_layout
+from .measurable import Skipped, unmeasurable
 from .sampling import MeasureSpec, Sampled, measured_channels, saturation_bounds_for, take_sample
 from .selection import Pattern, named_tensors, role_of, select_modules
 
@@ -81,7 +82,7 @@ class Collector:
         self._model: nn.Module | None = None
         self._flow = Flow()  # layout and producer of the tensors output in the current forward pass
         self._calls: dict[str, int] = {}  # calls of each watched module in the current forward pass
-        self._skipped: set[str] = set()  # tensors skipped with a debug line (sparse, complex)
+        self.skipped = Skipped()  # tensors not measured, each named once with the reason (info line)
         self._anchor_tensors: dict[tuple[str, torch.device], tuple[object, Tensor, Tensor]] = {}
 
     # ----------------------------------------------------------------- hooks
@@ -172,8 +173,11 @@ class Collector:
             producer = self._flow.lookup(source)
             if producer is not None:
                 self.edges.setdefault(base, producer[1])
-            for key, tensor in named_tensors(output, base, complex_too=True):
-                self.observe(key, tensor, module, source=source)
+            for key, tensor in named_tensors(output, base, all_tensors=True):
+                try:
+                    self.observe(key, tensor, module, source=source)
+                except Exception as exc:  # whatever cannot be measured never breaks the forward pass
+                    self.skipped.note(key, f"measuring it failed ({exc!r})")
 
         return hook
 
@@ -252,17 +256,14 @@ class Collector:
         Only the random draws and the full-tensor extremes happen here; the arithmetic on the
         sample waits for ``local_blocks`` (all tensors in a row, with warm caches). ``source`` is
         the module's input (a parameter-free module's output takes its channel layout). Sparse
-        and complex tensors are skipped with one debug line.
+        and complex tensors, and others that cannot be measured, are skipped with one info line each
+        (``collect/measurable.py``).
         """
         if not isinstance(tensor, Tensor):
             return
-        if tensor.layout != torch.strided or tensor.is_complex():
-            if name not in self._skipped:
-                self._skipped.add(name)
-                what = "complex" if tensor.is_complex() else f"{tensor.layout}"
-                log.debug("NormWatch: `%s` outputs a %s tensor: not measured", name, what)
-            return
-        if not tensor.is_floating_point():
+        reason = unmeasurable(tensor)
+        if reason is not None:
+            self.skipped.note(name, reason)
             return
         key, spec = name, self._specs.get(name)
         channels = measured_channels(tensor, spec or self._spec(tensor, module, role, source))

@@ -184,14 +184,15 @@ def role_of(module: nn.Module | None) -> str:
     return "other"
 
 
-def named_tensors(output: Any, prefix: str, depth: int = 3, complex_too: bool = False) -> Iterator[tuple[str, Tensor]]:
+def named_tensors(output: Any, prefix: str, depth: int = 3, all_tensors: bool = False) -> Iterator[tuple[str, Tensor]]:
     """Floating-point tensors in a module output, named ``prefix``, ``prefix[i]`` or ``prefix.key``.
 
     Tuples, lists, dicts and dataclasses are walked (up to ``depth`` levels); ``None``, integer
-    tensors and other objects are skipped (complex tensors too, unless ``complex_too``).
+    tensors and other objects are skipped (with ``all_tensors``, every tensor is yielded: the caller
+    says why it does not measure one, ``collect/measurable.py``).
     """
     if isinstance(output, Tensor):
-        if output.is_floating_point() or (complex_too and output.is_complex()):
+        if all_tensors or output.is_floating_point():
             yield prefix, output
         return
     if depth == 0:
@@ -205,4 +206,4 @@ def named_tensors(output: Any, prefix: str, depth: int = 3, complex_too: bool = 
     else:
         return
     for name, value in items:
-        yield from named_tensors(value, name, depth - 1, complex_too)
+        yield from named_tensors(value, name, depth - 1, all_tensors)

@@ -59,6 +59,9 @@ class Alert:
         value: the measured figure.
         threshold: the threshold it crossed.
         message: one sentence naming the module, the figure, the threshold and the usual cause.
+        caused_by: ``None`` for a root alert (where a fault starts); for a follower, the ``(kind, module)``
+            of the root alert it follows (a change propagating downstream, one cause behind many norm
+            layers; see ``judge/diagnosis.py``).
     """
 
     step: int
@@ -68,9 +71,32 @@ class Alert:
     value: float
     threshold: float
     message: str
+    caused_by: tuple[str, str] | None = None
 
     def to_dict(self) -> dict[str, object]:
-        return asdict(self)
+        """Plain values (``caused_by`` as a ``[kind, module]`` list or ``None``), for checkpoints.
+
+        Example:
+            >>> a = Alert(3, "net.5", "dead", "warning", 1.0, 0.5, "m", caused_by=("vanishing", "net.3"))
+            >>> Alert.from_dict(a.to_dict()) == a, a.to_dict()["caused_by"]
+            (True, ['vanishing', 'net.3'])
+        """
+        out = asdict(self)
+        out["caused_by"] = None if self.caused_by is None else list(self.caused_by)
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict[str, object]) -> Alert:
+        """An alert from ``to_dict`` values; older checkpoints without ``caused_by`` load as roots.
+
+        Example:
+            >>> Alert.from_dict({"step": 1, "module": "fc", "kind": "dead", "severity": "warning",
+            ...                  "value": 0.9, "threshold": 0.5, "message": "m"}).caused_by is None
+            True
+        """
+        known = {k: v for k, v in values.items() if k in cls.__dataclass_fields__}
+        cause = known.pop("caused_by", None)
+        return cls(**known, caused_by=None if cause is None else (str(cause[0]), str(cause[1])))  # type: ignore[arg-type,index]
 
 
 class NormWatchAlertError(RuntimeError):

@@ -29,6 +29,7 @@ Example:
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 
 from ..collect.info import TensorInfo
@@ -36,10 +37,26 @@ from ..config import Thresholds
 from .alerts import SEVERITY, Alert
 from .rules import CLEAR_FRACTION, MIN_DISTRIBUTION_VALUES, who
 
-__all__ = ["depth_alerts", "depth_ratios", "rms_of", "small_growth", "MIN_SPAN"]
+__all__ = ["depth_alerts", "depth_ratios", "origin_hint", "origin_of", "rms_of", "small_growth", "MIN_SPAN"]
 
 #: tensors the signal must stay out of range for (a head of one or two small layers is not vanishing)
 MIN_SPAN = 4
+
+
+_ORIGIN = re.compile(r"x (?:below|above) the \S+ of `([^`]+)`")
+
+
+def origin_of(alert: Alert) -> str | None:
+    """The origin a depth alert's message names (the layer with the largest RMS before a vanishing signal,
+    the smallest before an exploding one), or None for other alerts.
+
+    Example:
+        >>> message = "... 279x below the 50 of `net.40` (Linear) ..."
+        >>> origin_of(Alert(5, "net.41", "vanishing", "warning", 279.0, 8.0, message))
+        'net.40'
+    """
+    found = _ORIGIN.search(alert.message) if alert.kind in ("vanishing", "exploding") else None
+    return found.group(1) if found else None
 
 
 def rms_of(fig: dict[str, float]) -> float:
@@ -102,20 +119,118 @@ def depth_ratios(sequence: Sequence[tuple[TensorInfo, dict[str, float]]]) -> tup
     return out[0], out[1]
 
 
+def _dead_between(sequence: Sequence[tuple[TensorInfo, dict[str, float]]], start: str, stop: str) -> TensorInfo | None:
+    """The first activation strictly between tensors ``start`` and ``stop`` whose every output is zero (a
+    layer that lost the whole signal: the depth rules leave all-zero tensors out of the profile)."""
+    names = [info.name for info, _ in sequence]
+    if start not in names or stop not in names:
+        return None
+    for info, fig in sequence[names.index(start) + 1 : names.index(stop)]:
+        if info.role in ("activation", "bounded", "other") and fig.get("max_abs", math.nan) == 0.0:
+            return info
+    return None
+
+
+def origin_hint(info: TensorInfo, fig: dict[str, float], previous_rms: float | None = None) -> str:
+    """What the figures say about the layer where the scale changed: a mean that dominates its RMS (a
+    bias or an offset, not the weights' scale), and whether its scale changed since the last logging step.
+
+    Example:
+        >>> print(origin_hint(TensorInfo("net.40", "preact", "Linear", 32), {"mean": -49.9, "std": 1.9}, 2.0))
+        ... # doctest: +NORMALIZE_WHITESPACE
+        its RMS is its mean (-49.9, std 1.9: a bias or an offset that jumped, not weights initialised too small),
+        and it was 2 at the previous logging step (the change began during training, not at initialization)
+    """
+    mean, std = fig.get("mean", math.nan), fig.get("std", math.nan)
+    parts = []
+    if math.isfinite(mean) and math.isfinite(std) and abs(mean) > 3 * std:
+        parts.append(
+            f"its RMS is its mean ({mean:.3g}, std {std:.2g}: a bias or an offset that jumped, not weights "
+            "initialised too small)"
+        )
+    elif math.isfinite(std):
+        parts.append(f"its mean is {mean:.2g} and its std {std:.3g}")
+    rms = rms_of(fig)
+    if previous_rms is not None and math.isfinite(rms) and previous_rms > 0:
+        factor = rms / previous_rms
+        if factor > 2 or factor < 0.5:
+            parts.append(
+                f"it was {previous_rms:.3g} at the previous logging step (the change began during training, "
+                "not at initialization)"
+            )
+    return ", and ".join(parts)
+
+
+def _depth_message(
+    kind: str,
+    where: str,
+    origin: str,
+    hint: str,
+    ratio: float,
+    after: float,
+    before: float,
+    n_after: int,
+    factor: float,
+    during_training: bool,
+    normalizes: bool = False,
+) -> str:
+    if kind == "vanishing":
+        if normalizes:
+            causes = (
+                f"{where} normalizes to unit scale: the layers before it are too large (inputs not standardized, "
+                "e.g. raw 0-255 pixels), not the layers after it too small"
+            )
+        elif during_training or "a bias or an offset" in hint:
+            causes = (
+                "the scale was lost during training or by a shifted mean, not at initialization: look at that "
+                "layer's bias and inputs, a learning rate too high, or a ReLU that died"
+            )
+        else:
+            causes = (
+                "weights initialised too small for this depth (use He/Xavier initialization), saturating "
+                "activations, or a deep stack without normalization or residual connections"
+            )
+        return (
+            f"The signal vanishes with depth from {where} on: the RMS of this and the {n_after - 1} watched tensors "
+            f"after it is at most {after:.3g}, {ratio:.0f}x below the {before:.3g} of {origin} (threshold "
+            f"{factor:g}x), and no later layer restores it; {origin}: {hint}. Usual causes: {causes}."
+        )
+    if during_training or "a bias or an offset" in hint:
+        causes = "the scale grew during training: a learning rate too high, or a bias or input offset that jumped"
+    else:
+        causes = (
+            "weights initialised too large for this depth, residual branches adding up without scaling, or a "
+            "learning rate too high"
+        )
+    return (
+        f"The signal explodes with depth from {where} on: the RMS of this and the {n_after - 1} watched tensors "
+        f"after it is at least {after:.3g}, {ratio:.0f}x above the {before:.3g} of {origin} (threshold {factor:g}x); "
+        f"{where}: {hint}. Usual causes: {causes}."
+    )
+
+
 def depth_alerts(
     sequence: Sequence[tuple[TensorInfo, dict[str, float]]],
     th: Thresholds,
     step: int,
     active: set[tuple[str, str]] = frozenset(),  # type: ignore[assignment]
+    previous: dict[str, float] | None = None,
 ) -> tuple[list[Alert], set[tuple[str, str]]]:
     """Depth alerts for the watched tensors in execution order (inputs and prediction left out).
 
     Returns the alerts that hold now and the (module, kind) pairs evaluated, as ``rules.evaluate``.
     An alert already ``active`` on a tensor stays on that tensor while the signal there is still out
-    of range (the first out-of-range tensor may move by one layer from step to step).
+    of range (the first out-of-range tensor may move by one layer from step to step). The message names
+    the origin (the layer with the largest RMS before a vanishing signal, the smallest before an exploding
+    one) with its figures; ``previous`` (RMS per tensor at the previous logging step) tells a change during
+    training from one present since initialization. A vanishing signal is put on the first activation
+    between the origin and the out-of-range tensors that outputs only zeros, when there is one (where the
+    signal was lost: a ReLU that died behind a broken bias).
     """
     scales = _scales(sequence)
     logs = [x for _, x in scales]
+    figs = {info.name: fig for info, fig in sequence}
+    previous = previous or {}
     out: list[Alert] = []
     checked: set[tuple[str, str]] = set()
     for kind, sign, factor in (("vanishing", -1.0, th.vanishing), ("exploding", 1.0, th.exploding)):
@@ -126,31 +241,30 @@ def depth_alerts(
             held = [i for i, (info, _) in enumerate(scales) if (info.name, kind) in active]
             held = [i for i in held if gaps[i] > math.log(CLEAR_FRACTION * factor)]
             at = held[0] if held else at
-        for i, (info, _) in enumerate(scales):
-            if i != at:
-                checked.add((info.name, kind))  # evaluated and not firing here: clears an alert held on it
         if at is None:
+            checked |= {(info.name, kind) for info, _ in sequence}
             continue
+        prefix = logs[:at]
+        j = prefix.index(max(prefix) if kind == "vanishing" else min(prefix))
+        origin_info = scales[j][0]
         info = scales[at][0]
+        if kind == "vanishing":
+            info = _dead_between(sequence, origin_info.name, info.name) or info
+        checked |= {(i.name, kind) for i, _ in sequence if i.name != info.name}
         ratio = math.exp(gaps[at])
-        before = math.exp(max(logs[:at]) if kind == "vanishing" else min(logs[:at]))
+        before = math.exp(prefix[j])
         after = math.exp(max(logs[at:]) if kind == "vanishing" else min(logs[at:]))
         n_after = len(logs) - at
-        if kind == "vanishing":
-            message = (
-                f"The signal vanishes with depth from {who(info)} on: the RMS of this and the {n_after - 1} "
-                f"watched tensors after it is at most {after:.3g}, {ratio:.0f}x below the {before:.3g} of an "
-                f"earlier layer (threshold {factor:g}x), and no later layer restores it; usual causes: weights "
-                "initialised too small for this depth (use He/Xavier initialization), saturating activations, "
-                "or a deep stack without normalization or residual connections."
-            )
-        else:
-            message = (
-                f"The signal explodes with depth from {who(info)} on: the RMS of this and the {n_after - 1} "
-                f"watched tensors after it is at least {after:.3g}, {ratio:.0f}x above the {before:.3g} of an "
-                f"earlier layer (threshold {factor:g}x); usual causes: weights initialised too large for this "
-                "depth, residual branches adding up without scaling, or a learning rate too high."
-            )
+        # where the scale changed: the origin of a vanishing signal; the first exploded tensor of an exploding one
+        changed = origin_info if kind == "vanishing" else info
+        hint = origin_hint(changed, figs[changed.name], previous.get(changed.name))
+        during = "during training" in hint
+        normalizes = bool(re.search(r"norm$", info.type_name, re.IGNORECASE))
+        message = _depth_message(
+            kind, who(info), who(origin_info), hint, ratio, after, before, n_after, factor, during, normalizes
+        )
+        if info.name != scales[at][0].name:
+            message += f" {who(info)} outputs only zeros: the signal is lost there."
         out.append(Alert(step, info.name, kind, SEVERITY[kind], float(ratio), float(factor), message))
         checked.add((info.name, kind))
     return out, checked

@@ -28,6 +28,8 @@ import math
 import re
 from dataclasses import dataclass
 
+from torch import nn
+
 from ..collect.collector import Collector
 from ..collect.info import TensorInfo
 from ..config import SessionConfig
@@ -37,8 +39,10 @@ from ..stats.reference import Reference, drift
 from .alerts import SEVERITY, Alert, AlertTracker
 from .collapse import collapse_alerts
 from .depth import depth_alerts, rms_of, small_growth
+from .diagnosis import diagnose
 from .input_drift import InputTracker
 from .overflow import first_exploded, overflow_alert
+from .resume import FORMAT, ResumePlan, made_for, plan_resume
 from .rules import CLEAR_FRACTION, evaluate, nonfinite_alert
 
 __all__ = ["Evaluator", "StepResult"]
@@ -74,9 +78,12 @@ class Evaluator:
         self.nonfinite_active = False
         self.alive: set[str] = set()  # tensors whose units were judged alive at some logging step
         self.last_rms: dict[str, float] = {}  # RMS of each tensor at the last logging step (finite ones)
+        self.order: list[str] = []  # watched tensors in execution order at the last logging step
+        self._steps: list[int] = []  # the last two logging steps evaluated (the diagnosis window)
         # input features: per-input anchors, references and recent windows
         self.input_tracker = InputTracker(config.warmup_steps + config.reference_steps)
         self._notes: list[Alert] = []
+        self.interval = config.interval(None)  # the session sets the interval in use (part of ``made_for``)
 
     def _info(self, key: str) -> TensorInfo | None:
         return self.collector.infos.get(key)
@@ -124,6 +131,13 @@ class Evaluator:
             out.add(key)
         return out
 
+    def _recurrent_keys(self, stats: dict[str, TensorStats]) -> set[str]:
+        """Outputs of recurrent modules (GRU, LSTM, RNN): their values are bounded by tanh and their shape moves
+        as the units learn to use their range, so ``shift`` does not judge them (as the head's input); their
+        scale and mean drift still do, and the tensors they feed keep every rule."""
+        modules = dict(self.collector.watched)
+        return {k for k in stats if isinstance(modules.get(re.split(r"[#@\[]", k, maxsplit=1)[0]), nn.RNNBase)}
+
     # ----------------------------------------------------------- one logging step
     def evaluate(self, step: int, stats: dict[str, TensorStats]) -> StepResult:
         """Figures, reference update, drift and alerts for one logging step (same on every rank)."""
@@ -133,7 +147,10 @@ class Evaluator:
         firing: list[Alert] = []
         checked: set[tuple[str, str]] = set()
         prediction = self.prediction_keys(stats)
-        head_inputs = self._head_inputs(stats, prediction)
+        head_inputs = self._head_inputs(stats, prediction) | self._recurrent_keys(stats)
+        previous_rms = dict(self.last_rms)
+        self.order = list(stats) or self.order
+        self._steps = [*self._steps[-1:], step]
         computed = dict(zip(stats, figures_many(list(stats.values())), strict=True))  # all tensors at once
         for key, st in stats.items():
             info = self._info(key) or TensorInfo(key, "other", "?", len(st.cn))
@@ -163,10 +180,10 @@ class Evaluator:
         }
         learning = small_growth(firing, all_figures, reference_rms)
         firing = [a for a in firing if a not in learning]
-        a, c = self._depth_alerts(stats, all_figures, prediction, step)
+        a, c = self._depth_alerts(stats, all_figures, prediction, step, previous_rms)
         firing += a
         checked |= c
-        new = self._notes + self.tracker.update(firing, checked, step)
+        new = self._notes + self.diagnose(self.tracker.update(firing, checked, step))
         self._notes = []
         first = self.collector.first_nonfinite(stats)
         if first is not None:
@@ -204,8 +221,25 @@ class Evaluator:
             )
         )
 
+    def diagnose(self, new: list[Alert], also_active: set[tuple[str, str]] = frozenset()) -> list[Alert]:  # type: ignore[assignment]
+        """``new`` alerts marked as roots or followers (``diagnosis.py``) against the active ones: execution order
+        and data flow of the last logging step, start steps from the tracker, a window of one logging interval.
+        ``also_active``: (module, kind) of alerts active outside the tracker (model checks)."""
+        if not new:
+            return new
+        latest = {(a.module, a.kind): a for a in self.alerts}
+        active = [latest[key] for key in self.tracker.active | set(also_active) if key in latest]
+        started = {key: int(episode[0]) for key, episode in self.tracker.episodes.items()}
+        window = self._steps[-1] - self._steps[-2] if len(self._steps) > 1 else 0
+        return diagnose(new, active, self.order, self.collector.edges, started, window)
+
     def _depth_alerts(
-        self, stats: dict[str, TensorStats], all_figures: dict[str, dict[str, float]], prediction: set[str], step: int
+        self,
+        stats: dict[str, TensorStats],
+        all_figures: dict[str, dict[str, float]],
+        prediction: set[str],
+        step: int,
+        previous: dict[str, float] | None = None,
     ) -> tuple[list[Alert], set[tuple[str, str]]]:
         """``vanishing``/``exploding``/``collapse`` across the watched tensors in execution order (no reference)."""
         sequence = []
@@ -213,7 +247,7 @@ class Evaluator:
             info = self._info(key)
             if info is not None and info.role != "input" and key not in prediction and not stats[key].has_nonfinite:
                 sequence.append((info, all_figures[key]))
-        alerts, checked = depth_alerts(sequence, self.config.thresholds, step, self.tracker.active)
+        alerts, checked = depth_alerts(sequence, self.config.thresholds, step, self.tracker.active, previous)
         more, also = collapse_alerts(sequence, self.config.thresholds, step, self.tracker.active)
         return alerts + more, checked | also
 
@@ -314,8 +348,10 @@ class Evaluator:
 
     # ----------------------------------------------------------- state
     def state_dict(self) -> dict[str, object]:
-        """Plain values for a checkpoint."""
+        """Plain values for a checkpoint, with the state ``format`` and what it was ``made_for``."""
         return {
+            "format": FORMAT,
+            "made_for": made_for(self.config, dict(self.collector.watched), self.references, self.interval),
             "references": {k: r.state() for k, r in self.references.items()},
             "active": self.tracker.state(),
             "episodes": self.tracker.episode_state(),
@@ -324,10 +360,22 @@ class Evaluator:
             "inputs": self.input_tracker.state(),
         }
 
-    def load_state_dict(self, state: dict[str, object]) -> None:
-        self.references = {k: Reference.from_state(v) for k, v in state.get("references", {}).items()}  # type: ignore[union-attr]
-        self.tracker.load(state.get("active", []))  # type: ignore[arg-type]
-        self.tracker.load_episodes(state.get("episodes", {}))  # type: ignore[arg-type]
+    def load_state_dict(self, state: dict[str, object]) -> ResumePlan:
+        """Load what of ``state`` still fits this run (``judge/resume.py``); returns what was kept and reset."""
+        now = made_for(self.config, dict(self.collector.watched), (), self.interval)
+        # a collector not attached yet (a state loaded before the run starts) has nothing to compare with
+        plan = plan_resume(state, now) if self.collector.watched else ResumePlan()
+        references = state.get("references", {})
+        kept = {k: v for k, v in references.items() if plan.keeps_reference(k)}  # type: ignore[union-attr]
+        self.references = {k: Reference.from_state(v) for k, v in kept.items()}
+        if not plan.reset_alerts:
+            active = [(m, k) for m, k in state.get("active", []) if plan.keeps(m)]  # type: ignore[union-attr]
+            self.tracker.load(active)
+            episodes = dict(state.get("episodes", {}))  # type: ignore[call-overload]
+            episodes["episodes"] = [r for r in episodes.get("episodes", []) if plan.keeps(r[0])]
+            self.tracker.load_episodes(episodes)
         self.nonfinite_active = bool(state.get("nonfinite_active", False))
-        self.alerts = [Alert(**a) for a in state.get("alerts", [])]  # type: ignore[union-attr]
-        self.input_tracker.load(state.get("inputs", {}))  # type: ignore[arg-type]
+        self.alerts = [Alert.from_dict(a) for a in state.get("alerts", [])]  # type: ignore[union-attr]
+        if not plan.reset_references:
+            self.input_tracker.load(state.get("inputs", {}))  # type: ignore[arg-type]
+        return plan

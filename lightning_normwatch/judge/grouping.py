@@ -18,8 +18,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from .alerts import Alert
+from .diagnosis import roots_first
 
-__all__ = ["AlertGroup", "group_alerts", "group_line", "named", "natural_key"]
+__all__ = ["AlertGroup", "folded", "group_alerts", "group_line", "named", "natural_key", "ordered_roots"]
 
 _RANK = {"error": 0, "warning": 1, "info": 2}
 
@@ -99,3 +100,41 @@ def group_line(group: AlertGroup, types: Mapping[str, str] | None = None, listed
     worst = group.worst
     where = f"in {n} tensors: {shown}; worst {named(worst.module, types)}" if n > 1 else f"in {shown}"
     return f"{group.kind} ({group.severity}) {where} at {worst.value:.3g} (threshold {worst.threshold:.3g})"
+
+
+def ordered_roots(alerts: Sequence[Alert]) -> list[tuple[Alert, list[Alert]]]:
+    """Root alerts with their followers: most severe first, then the oldest root, then execution order
+    (natural order of the names); followers in natural order. A follower whose root is not among
+    ``alerts`` is listed as a root.
+
+    Example:
+        >>> r = Alert(150, "net.41", "vanishing", "warning", 9.0, 8.0, "m")
+        >>> f = Alert(150, "net.43", "dead", "warning", 0.6, 0.5, "m", caused_by=("vanishing", "net.41"))
+        >>> old = Alert(0, "net.9", "dead", "warning", 0.5, 0.5, "m")
+        >>> [(root.module, len(followers)) for root, followers in ordered_roots([f, r, old])]
+        [('net.9', 0), ('net.41', 1)]
+    """
+    groups = [(root, sorted(followers, key=lambda a: natural_key(a.module))) for root, followers in roots_first(alerts)]
+    return sorted(groups, key=lambda g: (_RANK.get(g[0].severity, 3), g[0].step, natural_key(g[0].module)))
+
+
+def folded(followers: Sequence[Alert], types: Mapping[str, str] | None = None, listed: int = 3) -> str:
+    """The followers of a root in one phrase: how many, then by kind (first ``listed`` ... last).
+
+    Example:
+        >>> cause = ("vanishing", "net.41")
+        >>> fs = [Alert(150, f"net.{i}", "dead", "warning", 0.6, 0.5, "", cause) for i in (43, 45, 47, 49, 51)]
+        >>> folded(fs + [Alert(150, "net.42", "shift", "warning", 3.0, 2.5, "", ("vanishing", "net.41"))])
+        'and 6 tensors after it: dead in net.43, net.45, net.47 ... net.51; shift in net.42'
+    """
+    if not followers:
+        return ""
+    by_kind: dict[str, list[str]] = {}
+    for a in followers:
+        by_kind.setdefault(a.kind, []).append(named(a.module, types))
+    parts = []
+    for kind, names in by_kind.items():
+        shown = ", ".join(names[:listed]) + " ... " + names[-1] if len(names) > listed + 1 else ", ".join(names)
+        parts.append(f"{kind} in {shown}")
+    n = len({a.module for a in followers})
+    return f"and {n} tensor{'s' if n != 1 else ''} after it: " + "; ".join(parts)

@@ -4,8 +4,8 @@
   (the frozen-BN bug: it normalizes with stale running statistics and never updates them);
 - ``not_run`` (info, once): a watched module that has not run by the third logging step (an
   unused branch, or a module whose parameters are used functionally);
-- ``norm_placement`` (info, once per normalization layer): whether it sits before or after its
-  activation, from the data flow of one forward pass;
+- ``norm_placement`` (info, once per model): how the normalization layers sit (pre-norm, post-norm,
+  before or after their activation) and how many of each, from the data flow of one forward pass;
 - ``redundant_bias`` (info, once): a bias right before a BatchNorm/InstanceNorm, which subtracts
   the per-channel mean and so removes the bias exactly.
 
@@ -27,7 +27,16 @@ from torch import Tensor, nn
 from ..collect.layout import RUNNING_NORMS
 from .alerts import SEVERITY, Alert
 
-__all__ = ["ModelChecks", "frozen_norm_alerts", "placement_alerts", "not_run_alerts", "base_name", "is_norm"]
+__all__ = [
+    "ModelChecks",
+    "PATTERNS",
+    "frozen_norm_alerts",
+    "placement_alerts",
+    "placement_of",
+    "not_run_alerts",
+    "base_name",
+    "is_norm",
+]
 
 #: logging steps evaluated before a watched module that never ran is reported
 NOT_RUN_AFTER = 3
@@ -55,23 +64,51 @@ def _alert(step: int, module: str, kind: str, message: str, value: float = 1.0) 
 
 
 def frozen_norm_alerts(model: nn.Module, modules: Mapping[str, nn.Module], step: int) -> list[Alert]:
-    """A ``frozen_norm`` alert for each running-statistics norm layer in eval mode while ``model`` trains."""
-    if not model.training:
+    """A ``frozen_norm`` alert for each running-statistics norm layer in eval mode while training steps run.
+
+    Called only during training steps: a norm layer in eval mode there is frozen whether the rest of the
+    model trains (a ``.eval()`` on the layer) or not (``model.eval()`` left on for the whole loop: every norm
+    layer normalizes with the running statistics of its initialization). The first alert says how many
+    layers are frozen; ``diagnosis.py`` makes it the root and the others its followers.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 4), nn.BatchNorm1d(4), nn.BatchNorm1d(4)).eval()
+        >>> alerts = frozen_norm_alerts(net, dict(net.named_modules()), step=0)
+        >>> [a.module for a in alerts], "the whole model is in eval mode" in alerts[0].message
+        (['1', '2'], True)
+    """
+    frozen = [
+        (name, module)
+        for name, module in modules.items()
+        if isinstance(module, RUNNING_NORMS) and module.track_running_stats and not module.training
+    ]
+    if not frozen:
         return []
+    n = len(frozen)
+    if model.training:
+        cause = (
+            "it normalizes with its stored running statistics and never updates them (the frozen-BN bug: usually "
+            "a `.eval()` call, or a `train()` override, that the training loop does not undo)"
+        )
+    else:
+        cause = (
+            "the whole model is in eval mode while training steps run (`model.eval()` before the training loop "
+            "or in a hook, with no `model.train()` after it): every norm layer normalizes with the running "
+            "statistics it had at initialization and dropout is off"
+        )
     out = []
-    for name, module in modules.items():
-        if isinstance(module, RUNNING_NORMS) and module.track_running_stats and not module.training:
-            out.append(
-                _alert(
-                    step,
-                    name,
-                    "frozen_norm",
-                    f"`{name}` ({type(module).__name__}) is in eval mode while the model trains: it normalizes "
-                    "with its stored running statistics and never updates them (the frozen-BN bug: usually a "
-                    "`.eval()` call, or a `train()` override, that the training loop does not undo). If freezing "
-                    "it is deliberate (fine-tuning), exclude it from NormWatch or ignore this warning.",
-                )
+    for i, (name, module) in enumerate(frozen):
+        others = f" ({n} norm layers are frozen; this is the first)" if i == 0 and n > 1 else ""
+        out.append(
+            _alert(
+                step,
+                name,
+                "frozen_norm",
+                f"`{name}` ({type(module).__name__}) is in eval mode during training{others}: {cause}. If freezing "
+                "it is deliberate (fine-tuning), exclude it from NormWatch or ignore this warning.",
+                value=float(n),
             )
+        )
     return out
 
 
@@ -91,6 +128,65 @@ def not_run_alerts(watched: Mapping[str, nn.Module], ran: set[str], step: int) -
     ]
 
 
+#: what each placement pattern means, for the summary
+PATTERNS = {
+    "pre-norm": "pre-norm (each block normalizes its input: x + f(norm(x)))",
+    "post-norm": "post-norm (the residual sum is normalized: norm(x + f(x)))",
+    "before": "before their activation (linear/conv -> norm -> activation)",
+    "after": "after their activation (activation -> norm)",
+    "final": "final (the last norm, on a residual stream, before the head)",
+    "other": "next to no activation (e.g. before a residual sum)",
+}
+
+
+def _parent(name: str) -> str:
+    return name.rpartition(".")[0]
+
+
+def placement_of(
+    key: str,
+    order: list[str],
+    edges: Mapping[str, str],
+    consumers: Mapping[str, list[str]],
+    roles: Mapping[str, str],
+    modules: Mapping[str, nn.Module],
+    last: bool = False,
+) -> str:
+    """Where one normalization layer sits: a key of ``PATTERNS``.
+
+    A transformer layer's own ``norm_first`` decides when it has one (``nn.TransformerEncoderLayer``); then an
+    activation right before or after it; else a norm is pre-norm when it runs first among the tensors of its
+    parent module (GPT-2's ``ln_1``); on an input no watched module produced (a residual stream), it is
+    pre-norm when it feeds a module of its own block (GPT-2's ``ln_2``), final when it is the model's last
+    norm (``ln_f``), post-norm when its output leaves its block (BERT's ``output.LayerNorm``).
+    """
+    name = base_name(key)
+    parent = modules.get(_parent(name))
+    if parent is not None and isinstance(getattr(parent, "norm_first", None), bool):
+        return "pre-norm" if parent.norm_first else "post-norm"  # type: ignore[union-attr]
+    producer = edges.get(key)
+
+    def is_activation(k: str) -> bool:
+        return roles.get(k) in ("activation", "bounded")
+
+    if producer is not None and is_activation(producer):
+        return "after"
+    if any(is_activation(c) for c in consumers.get(key, [])):
+        return "before"
+    prefix = _parent(name) + "." if _parent(name) else ""
+    siblings = [k for k in order if base_name(k).startswith(prefix) and k != key] if prefix else []
+    if siblings and order.index(key) < order.index(siblings[0]):
+        return "pre-norm"  # the first thing its block does
+    if producer is None:  # its input is a residual stream (a sum no watched module produced)
+        if prefix and any(base_name(c).startswith(prefix) for c in consumers.get(key, [])):
+            return "pre-norm"  # it feeds a sublayer of its own block (GPT-2's ln_2)
+        if last:
+            return "final"
+        if consumers.get(key):
+            return "post-norm"  # the normalized sum leaves its block (BERT's output.LayerNorm)
+    return "other"
+
+
 def placement_alerts(
     order: list[str],
     edges: Mapping[str, str],
@@ -98,7 +194,7 @@ def placement_alerts(
     modules: Mapping[str, nn.Module],
     step: int,
 ) -> list[Alert]:
-    """``norm_placement`` and ``redundant_bias`` info alerts for the normalization layers in ``order``.
+    """One ``norm_placement`` summary for the model, and a ``redundant_bias`` info per norm layer concerned.
 
     Args:
         order: tensor keys in execution order.
@@ -106,8 +202,19 @@ def placement_alerts(
         roles: tensor key -> role (``activation``, ``bounded`` ...).
         modules: module name -> module.
         step: the logging step.
+
+    Example:
+        >>> block = lambda: [nn.Linear(8, 8), nn.BatchNorm1d(8), nn.ReLU()]
+        >>> net = nn.Sequential(*block(), *block())
+        >>> order = [str(i) for i in range(6)]
+        >>> edges = {str(i): str(i - 1) for i in range(1, 6)}
+        >>> roles = {"2": "activation", "5": "activation"}
+        >>> alerts = placement_alerts(order, edges, roles, dict(net.named_modules()), 0)
+        >>> [(a.kind, a.module) for a in alerts]
+        [('norm_placement', '1'), ('redundant_bias', '1'), ('redundant_bias', '4')]
+        >>> print(alerts[0].message[:84])
+        2 normalization layers (BatchNorm1d): 2 before their activation (linear/conv -> norm
     """
-    out = []
     consumers: dict[str, list[str]] = {}
     for key, producer in edges.items():
         consumers.setdefault(producer, []).append(key)
@@ -116,37 +223,19 @@ def placement_alerts(
         module = modules.get(base_name(key))
         return f"`{key}` ({type(module).__name__})" if module is not None else f"`{key}`"
 
-    def is_activation(key: str) -> bool:
-        return roles.get(key) in ("activation", "bounded")
-
     seen: set[str] = set()
+    found: dict[str, list[str]] = {}
+    out = []
+    norms = [k for k in order if is_norm(modules.get(base_name(k)))]
     for key in order:
         name = base_name(key)
         module = modules.get(name)
         if not is_norm(module) or name in seen:
             continue
         seen.add(name)
+        pattern = placement_of(key, order, edges, consumers, roles, modules, last=key == norms[-1])
+        found.setdefault(pattern, []).append(key)
         producer = edges.get(key)
-        after = [c for c in consumers.get(key, []) if is_activation(c)]
-        if producer is not None and is_activation(producer):
-            where = f"after the activation {label(producer)}"
-            if after:
-                where += f" and before {label(after[0])}"
-        elif after:
-            where = f"before its activation {label(after[0])}" + (f", after {label(producer)}" if producer else "")
-        elif producer is not None:
-            where = f"after {label(producer)}, not next to an activation"
-        else:
-            where = "on a tensor no watched module produced (e.g. a residual sum: pre-norm), not next to an activation"
-        out.append(
-            _alert(
-                step,
-                key,
-                "norm_placement",
-                f"{label(key)} normalizes {where}. Information: both orders train (BN before the activation "
-                "as in the original paper, after it as often done since); this is where yours sits.",
-            )
-        )
         source = modules.get(base_name(producer)) if producer is not None else None
         if isinstance(module, RUNNING_NORMS) and isinstance(getattr(source, "bias", None), Tensor):
             out.append(
@@ -154,12 +243,33 @@ def placement_alerts(
                     step,
                     key,
                     "redundant_bias",
-                    f"{label(producer)} has a bias and feeds {label(key)}, which subtracts the per-channel mean: "
+                    f"{label(producer)} has a bias and feeds {label(key)}, which subtracts the per-channel mean: "  # type: ignore[arg-type]
                     "the bias is removed exactly and has no effect (`bias=False` saves the parameters). "
                     "Information only.",
                 )
             )
-    return out
+    if not seen:
+        return out
+    keys = [k for pattern in PATTERNS for k in found.get(pattern, [])]
+    types = sorted({type(modules[base_name(k)]).__name__ for k in keys})
+    parts = []
+    for pattern, meaning in PATTERNS.items():
+        these = found.get(pattern, [])
+        if these:
+            example = ", ".join(label(k) for k in these[:2]) + (" ..." if len(these) > 2 else "")
+            parts.append(f"{len(these)} {meaning}: {example}")
+    n = len(seen)
+    summary = _alert(
+        step,
+        next(k for k in order if base_name(k) in seen),
+        "norm_placement",
+        f"{n} normalization layer{'s' if n != 1 else ''} ({', '.join(types)}): " + "; ".join(parts) + ". Information: "
+        "every one of these arrangements trains (BN before the activation as in the original paper, after it as "
+        "often done since; pre-norm transformers train deep stacks without warm-up, post-norm ones need it); "
+        "this is how yours sits.",
+        value=float(n),
+    )
+    return [summary, *out]
 
 
 class ModelChecks:

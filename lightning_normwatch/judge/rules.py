@@ -19,7 +19,7 @@ from ..collect.info import TensorInfo
 from ..config import Thresholds
 from .alerts import SEVERITY, Alert
 
-__all__ = ["evaluate", "nonfinite_alert", "Checks"]
+__all__ = ["evaluate", "feature_scale_message", "nonfinite_alert", "Checks"]
 
 #: an active alert clears when its figure falls below this fraction of the threshold
 CLEAR_FRACTION = 0.8
@@ -74,6 +74,32 @@ def nonfinite_alert(step: int, origin: str, share: float, downstream: int, sourc
         0.0,
         f"Non-finite values first appear in `{origin}` at step {step} ({what}, found by {source}{rest}); "
         "usual causes: a learning rate too high, log/sqrt/division of non-positive values, or fp16 overflow.",
+    )
+
+
+def feature_scale_message(name: str, ratio: float, largest: float, th: Thresholds) -> str:
+    """The ``feature_scale`` message, saying which limit was crossed: the absolute size of the largest
+    feature's RMS, the ratio of the largest to the median feature's, or both.
+
+    Example:
+        >>> feature_scale_message("input", 1.19, 183.0, Thresholds())[:99]
+        'Input features of `input` are far from unit scale: the largest feature RMS 183 exceeds the absolute'
+    """
+    limit = th.feature_scale
+    size = f"the largest feature RMS {largest:.3g} exceeds the absolute limit {limit:g}"
+    spread = f"the largest feature RMS is {ratio:.3g}x the median feature's, above the ratio limit {limit:g}x"
+    if largest > limit and ratio > limit:
+        what, problem = f"{size}, and {spread}", "far from unit scale and not on comparable scales"
+    elif largest > limit:
+        what = f"{size} (it is {ratio:.3g}x the median feature's, within the ratio limit {limit:g}x)"
+        problem = "far from unit scale"
+    else:
+        what = f"{spread} (the largest RMS {largest:.3g} is within the absolute limit {limit:g})"
+        problem = "not on comparable scales"
+    return (
+        f"Input features of `{name}` are {problem}: {what}; standardize them (e.g. StandardScaler, or a Normalize "
+        "transform for raw 0-255 pixels) so that no feature dominates the gradients and the first layers see "
+        "values of order 1."
     )
 
 
@@ -200,10 +226,7 @@ def scale_rules(c: Checks, fig: dict[str, float], th: Thresholds) -> None:
             value > th.feature_scale,
             value,
             th.feature_scale,
-            f"Input features of `{name}` are not on comparable scales: the largest feature RMS is "
-            f"{largest:.3g}, {ratio:.3g}x the median feature's (threshold {th.feature_scale:g} for both); "
-            "standardize them (e.g. StandardScaler or a Normalize transform) so that no feature dominates "
-            "the gradients.",
+            feature_scale_message(name, ratio, largest, th),
         )
     limit = near_overflow_limit(info.dtype)
     if math.isfinite(max_abs):

@@ -23,7 +23,7 @@ import sys
 from collections.abc import Mapping, Sequence
 
 from ..judge.alerts import Alert
-from ..judge.grouping import group_alerts, group_line, named
+from ..judge.grouping import folded, group_alerts, group_line, named
 from .loggers import is_tensorboard_logger
 
 __all__ = ["log", "start_line", "alert_lines", "summary_rows", "summary_text", "SUMMARY_COLUMNS"]
@@ -47,26 +47,55 @@ def start_line(modules: int, inputs: bool, interval: int, drift: str, panels: st
 
 
 def alert_lines(alerts: Sequence[Alert], types: Mapping[str, str] | None = None) -> list[tuple[int, str]]:
-    """``(logging level, line)`` per alert kind: the full message for one module, one grouped line for several.
+    """``(logging level, line)``: root alerts first, each with its followers folded; then followers of roots
+    raised earlier, one line per root. Roots of one kind share a line (the full message for one module).
 
     Example:
         >>> a = [Alert(9, f"net.{i}", "dead", "warning", 0.9, 0.5, "...") for i in (1, 3)]
         >>> print(alert_lines(a, {"net.1": "ReLU", "net.3": "ReLU"})[0][1])  # doctest: +NORMALIZE_WHITESPACE
         NormWatch [dead] warning at step 9 in 2 tensors: net.1 (ReLU), net.3 (ReLU);
         worst net.1 (ReLU) at 0.9 (threshold 0.5); ...
-        >>> alert_lines(a[:1])[0]
-        (30, 'NormWatch [dead] net.1: ...')
+        >>> root = Alert(9, "net.1", "vanishing", "warning", 40.0, 8.0, "lost at net.1")
+        >>> f = Alert(9, "net.3", "dead", "warning", 0.9, 0.5, "...", caused_by=("vanishing", "net.1"))
+        >>> alert_lines([f, root])[0]
+        (30, 'NormWatch [vanishing] net.1: lost at net.1 (and 1 tensor after it: dead in net.3)')
+        >>> alert_lines([f])[0]
+        (30, 'NormWatch [dead] warning at step 9 in net.3, after the vanishing alert on net.1: ...')
     """
+    keys = {(a.kind, a.module) for a in alerts if a.caused_by is None}
+    followers: dict[tuple[str, str], list[Alert]] = {}
+    roots, late = [], []
+    for a in alerts:
+        if a.caused_by is None:
+            roots.append(a)
+        elif a.caused_by in keys:
+            followers.setdefault(a.caused_by, []).append(a)
+        else:
+            late.append(a)
     out = []
-    for g in group_alerts(alerts):
+    for g in group_alerts(roots):
         level = _LEVELS.get(g.severity, logging.WARNING)
+        after = [f for r in g.alerts for f in followers.get((r.kind, r.module), [])]
+        tail = f" ({folded(after, types)})" if after else ""
         if len(g.alerts) == 1:
             a = g.alerts[0]
-            out.append((level, f"NormWatch [{a.kind}] {named(a.module, types)}: {a.message}"))
+            out.append((level, f"NormWatch [{a.kind}] {named(a.module, types)}: {a.message}{tail}"))
         else:
             step = max(a.step for a in g.alerts)
             line = group_line(g, types).replace(f"{g.kind} ({g.severity}) in", f"{g.severity} at step {step} in", 1)
-            out.append((level, f"NormWatch [{g.kind}] {line}; {g.worst.message}"))
+            out.append((level, f"NormWatch [{g.kind}] {line}; {g.worst.message}{tail}"))
+    by_root: dict[tuple[str, str], list[Alert]] = {}
+    for a in late:
+        by_root.setdefault(a.caused_by, []).append(a)  # type: ignore[arg-type]
+    for (kind, module), these in by_root.items():
+        for g in group_alerts(these):
+            level = _LEVELS.get(g.severity, logging.WARNING)
+            where = ", ".join(named(m, types) for m in g.modules)
+            n = len(g.alerts)
+            where = f"in {n} tensors: {where}" if n > 1 else f"in {where}"
+            step = max(a.step for a in g.alerts)
+            text = f"NormWatch [{g.kind}] {g.severity} at step {step} {where}, after the {kind} alert on {module}"
+            out.append((level, text + f": {g.worst.message.split(' (Follows the ')[0]}"))
     return out
 
 
@@ -83,8 +112,9 @@ def summary_rows(
 ) -> tuple[list[list[str]], int]:
     """Rows of the end-of-fit summary, worst first, and how many healthy rows were folded away.
 
-    Tensors with the most severe alerts come first; among them, the one alerted earliest, then the
-    first in execution order (so the origin of a cascade leads: a layer that died before the layers
+    Tensors with the most severe alerts come first; among them, tensors with a root alert before those
+    whose alerts all follow a root (shown as ``after kind@module``), then the one alerted earliest, then
+    the first in execution order (so the origin of a cascade leads: a layer that died before the layers
     after it collapsed); then tensors without alerts, the largest scale drift first. Only tensors
     without alerts are folded. With ``roles``, ``dead`` is
     shown for activations only.
@@ -103,12 +133,14 @@ def summary_rows(
         per.setdefault(a.module, []).append(a)
     order = {k: i for i, k in enumerate(figures)}
 
-    def badness(key: str) -> tuple[float, float, float, int]:
+    def badness(key: str) -> tuple[float, bool, float, float, int]:
         these = per.get(key, [])
         worst = max((_RANK.get(a.severity, 1) for a in these), default=0)
-        first = min((a.step for a in these if _RANK.get(a.severity, 1) == worst), default=0)
+        top = [a for a in these if _RANK.get(a.severity, 1) == worst]
+        root = any(a.caused_by is None for a in top) or not top
+        first = min((a.step for a in top), default=0)
         slr = figures[key].get("std_log_ratio", math.nan)
-        return (-worst, first, -abs(slr) if math.isfinite(slr) else 0.0, order[key])
+        return (-worst, not root, first, -abs(slr) if math.isfinite(slr) else 0.0, order[key])
 
     keys = sorted(figures, key=badness)
     alerted = [k for k in keys if k in per]
@@ -120,7 +152,11 @@ def summary_rows(
         these = per.get(key, [])
         dead = f.get("dead") if roles is None or roles.get(key) in ("activation", "bounded", "other") else None
         worst = min((a.severity for a in these), key=lambda s: -_RANK.get(s, 1), default="")
-        kinds = ", ".join(sorted({a.kind for a in these if a.severity == worst}))
+        top = [a for a in these if a.severity == worst]
+        kinds = ", ".join(sorted({a.kind for a in top}))
+        causes = sorted({a.caused_by for a in top if a.caused_by is not None})
+        if causes and all(a.caused_by is not None for a in top):
+            kinds += ", after " + ", ".join(f"{k}@{m}" for k, m in causes)
         rows.append(
             [
                 key,
@@ -187,7 +223,7 @@ def log_summary(
     n = len(alerts)
     title = (
         f"NormWatch summary at step {step}: {len(figures)} watched tensors, {n} alert{'s' if n != 1 else ''}"
-        " (worst first)"
+        " (worst first, roots before their followers)"
     )
     text = summary_text(rows, folded, title, rich=_use_rich())
     log.info("%s", text + ("\n" + rules if rules else ""))

@@ -1,10 +1,10 @@
-"""The Markdown text panels: the alert table (one line per alert kind, then every alert) and the watched
+"""The Markdown text panels: the alert table (one line per root alert, then every alert) and the watched
 tensors with their layer types. ``view/report.py`` parses the alert table back.
 
 Example:
     >>> from lightning_normwatch.judge.alerts import Alert
     >>> text = alerts_markdown([Alert(3, "net.1", "dead", "warning", 0.9, 0.5, "90% of units output zero")])
-    >>> "| 3 | net.1 | dead | warning | 0.9 | 0.5 |" in text
+    >>> "| 3 | net.1 | dead | warning | 0.9 | 0.5 | - |" in text
     True
 """
 
@@ -14,7 +14,7 @@ import textwrap
 from collections.abc import Mapping, Sequence
 
 from ..judge.alerts import Alert
-from ..judge.grouping import group_alerts, group_line, named
+from ..judge.grouping import folded, named, ordered_roots
 from .tags import ALERT_COLUMNS
 
 __all__ = ["alerts_markdown", "watched_markdown"]
@@ -36,48 +36,54 @@ def _message_cell(message: str) -> str:
 
 
 def alerts_markdown(alerts: Sequence[Alert], types: Mapping[str, str] | None = None) -> str:
-    """The alert Text panel: a summary line, one line per alert kind, then a Markdown table of every alert.
+    """The alert Text panel: a summary line, one line per root alert (followers folded), then the table.
 
-    The grouped lines come first so that what matters fits TensorBoard's fixed-height text box;
-    the table follows: errors first, then warnings, then information; newest first within each
-    severity. ``types`` maps module names to their layer type (``net.1 (ReLU)``).
+    The root lines come first (most severe first, then the oldest root: where a fault started), each
+    with the alerts that follow it folded ("and 11 tensors after it"), so that what matters fits
+    TensorBoard's fixed-height text box; the table follows, every alert: most severe first, then
+    each root (oldest first) followed by its followers. ``types`` maps module names to their layer
+    type (``net.1 (ReLU)``). The "caused by" column names the root alert a follower follows.
 
     Messages are wrapped with ``<br>``; ``report.parse_alerts_markdown`` reads the table back.
 
     Example:
         >>> a = Alert(3, "net.1", "dead", "warning", 0.8, 0.5, "80% of units are dead")
         >>> b = Alert(5, "net.2", "nonfinite", "error", 1.0, 0.0, "NaN")
-        >>> print(alerts_markdown([a, b], {"net.1": "ReLU"}))
-        **2 alerts** up to step 5: 1 error, 1 warning, 0 info (details below: most severe first, then newest first)
+        >>> c = Alert(3, "net.3", "dead", "warning", 0.6, 0.5, "60%", caused_by=("dead", "net.1"))
+        >>> print(alerts_markdown([a, b, c], {"net.1": "ReLU"}))
+        **3 alerts** up to step 5: 1 error, 2 warning, 0 info; 2 root alerts (most severe, then oldest first)
         <BLANKLINE>
         - **nonfinite** (error) in net.2 at 1 (threshold 0)
-        - **dead** (warning) in net.1 (ReLU) at 0.8 (threshold 0.5)
+        - **dead** (warning) in net.1 (ReLU) at 0.8 (threshold 0.5), step 3; and 1 tensor after it: dead in net.3
         <BLANKLINE>
-        | step | module | kind | severity | value | threshold | message |
-        |---|---|---|---|---|---|---|
-        | 5 | net.2 | nonfinite | **error** | 1 | 0 | NaN |
-        | 3 | net.1 (ReLU) | dead | warning | 0.8 | 0.5 | 80% of units are dead |
+        | step | module | kind | severity | value | threshold | caused by | message |
+        |---|---|---|---|---|---|---|---|
+        | 5 | net.2 | nonfinite | **error** | 1 | 0 | - | NaN |
+        | 3 | net.1 (ReLU) | dead | warning | 0.8 | 0.5 | - | 80% of units are dead |
+        | 3 | net.3 | dead | warning | 0.6 | 0.5 | dead in net.1 | 60% |
     """
     counts = {s: sum(a.severity == s for a in alerts) for s in ("error", "warning", "info")}
     last = max((a.step for a in alerts), default=0)
+    groups = ordered_roots(alerts)
     summary = (
         f"**{len(alerts)} alert{'s' if len(alerts) != 1 else ''}** up to step {last}: "
-        f"{counts['error']} error, {counts['warning']} warning, {counts['info']} info "
-        "(details below: most severe first, then newest first)"
+        f"{counts['error']} error, {counts['warning']} warning, {counts['info']} info; {len(groups)} root "
+        f"alert{'s' if len(groups) != 1 else ''} (most severe, then oldest first)"
     )
-    grouped = []
-    for g in group_alerts(alerts):
-        line = group_line(g, types)
-        grouped.append("- **" + _cell(g.kind) + "**" + _cell(line[len(g.kind) :]))
-    rank = {"error": 0, "warning": 1, "info": 2}
-    ordered = sorted(reversed(alerts), key=lambda a: (rank.get(a.severity, 3), -a.step))
+    lines, rows = [], []
+    for root, followers in groups:
+        line = f"- **{_cell(root.kind)}** ({root.severity}) in {_cell(named(root.module, types))} at {root.value:.3g} "
+        line += f"(threshold {root.threshold:.3g})" + (
+            f", step {root.step}; {_cell(folded(followers))}" if followers else ""
+        )
+        lines.append(line)
+        for a in (root, *followers):
+            severity = f"**{a.severity}**" if a.severity == "error" else a.severity
+            cause = f"{a.caused_by[0]} in {a.caused_by[1]}" if a.caused_by else "-"
+            cells = [_cell(v) for v in (a.step, named(a.module, types), a.kind, severity, a.value, a.threshold, cause)]
+            rows.append("| " + " | ".join([*cells, _message_cell(a.message)]) + " |")
     head = "| " + " | ".join(ALERT_COLUMNS) + " |\n" + "|---" * len(ALERT_COLUMNS) + "|"
-    rows = []
-    for a in ordered:
-        severity = f"**{a.severity}**" if a.severity == "error" else a.severity
-        cells = [_cell(v) for v in (a.step, named(a.module, types), a.kind, severity, a.value, a.threshold)]
-        rows.append("| " + " | ".join([*cells, _message_cell(a.message)]) + " |")
-    return "\n".join([summary, "", *grouped, "", head, *rows])
+    return "\n".join([summary, "", *lines, "", head, *rows])
 
 
 def watched_markdown(keys: Sequence[str], kinds: Mapping[str, tuple[str, str]]) -> str:

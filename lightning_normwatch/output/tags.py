@@ -8,7 +8,15 @@ Example:
 
 from __future__ import annotations
 
-__all__ = ["SCALAR_PREFIX", "ALERT_TAG", "WATCHED_TAG", "OVERVIEW_TAG", "FIGURE_TAG", "ALERT_COLUMNS"]
+__all__ = [
+    "SCALAR_PREFIX",
+    "ALERT_TAG",
+    "WATCHED_TAG",
+    "OVERVIEW_TAG",
+    "FIGURE_TAG",
+    "ALERT_COLUMNS",
+    "OLD_ALERT_COLUMNS",
+]
 
 #: scalars are ``normwatch/<tensor>/<figure>``, histograms ``normwatch/<tensor>``
 SCALAR_PREFIX = "normwatch/"
@@ -20,5 +28,8 @@ WATCHED_TAG = "normwatch/watched"
 OVERVIEW_TAG = "normwatch/overview"
 #: the group figures (images ``normwatch/figures/<group>``)
 FIGURE_TAG = "normwatch/figures"
-#: the columns of the alert table
-ALERT_COLUMNS = ("step", "module", "kind", "severity", "value", "threshold", "message")
+#: the columns of the alert table ("caused by": ``<kind> in <module>`` of the root alert a follower follows,
+#: ``-`` for a root alert)
+ALERT_COLUMNS = ("step", "module", "kind", "severity", "value", "threshold", "caused by", "message")
+#: the columns of alert tables written before root alerts existed (every alert read as a root)
+OLD_ALERT_COLUMNS = ("step", "module", "kind", "severity", "value", "threshold", "message")

@@ -48,13 +48,16 @@ from ..judge.evaluator import Evaluator, StepResult
 from ..judge.model_checks import ModelChecks
 from ..judge.windows import plan_windows, rules_ran
 from ..output import console
+from ..output.guarded import Guard
 from ..output.loggers import log_scalars
 from ..output.scalars import scalar_metrics, threshold_metrics
+from . import checkpoint
 from .updates import UpdateWatch
 
 __all__ = ["Session"]
 
 log = console.log
+_PANELS = "the TensorBoard panels"
 
 
 class Session:
@@ -94,6 +97,7 @@ class Session:
         self.loggers: list[Any] = []
         self.panels: Any = None
         self.exchange: Exchange | None = None
+        self.guard = Guard()  # sink failures: one error line (rate-limited), never an exception into training
 
     def _resolved(self, config: SessionConfig) -> SessionConfig:
         """``config`` with the windows this run uses (the user's explicit values, else the fitted ones)."""
@@ -102,6 +106,7 @@ class Session:
     def _fresh(self, config: SessionConfig) -> None:
         self.collector = Collector(config)
         self.evaluator = Evaluator(config, self.collector)
+        self.evaluator.interval = self.interval
         self.collector.anchors = self.evaluator.input_tracker.anchor
         self.last_result: StepResult | None = None
         self.checks: ModelChecks | None = None
@@ -181,7 +186,7 @@ class Session:
     def training_starts(self, model: nn.Module, step: int) -> None:
         """Model checks that need the model in its training state (frozen norm layers)."""
         if self.checks is not None:
-            self.record(self.checks.frozen(model, step))
+            self.record(self.evaluator.diagnose(self.checks.frozen(model, step)))
 
     def record(self, alerts: list[Alert]) -> None:
         """Alerts raised outside the rules (model checks): kept with the others, then emitted."""
@@ -211,7 +216,7 @@ class Session:
         """Hooks removed, the last overview drawn and the panels flushed (idempotent)."""
         self.stop()
         if self.panels is not None:
-            self.panels.flush()
+            self.guard.call(_PANELS, self.panels.flush)
 
     def pause(self) -> bool:
         """Hooks off (e.g. validation inside a logging step); returns whether they were on."""
@@ -360,6 +365,7 @@ class Session:
             infos = {key: self.collector.infos[key].role for key in stats if key in self.collector.infos}
             c = self.collector
             checks = self.checks.at_logging_step(self.model, step, list(stats), c.called, c.edges, infos)
+            checks = self.evaluator.diagnose(checks, self.checks.reported)
             self.evaluator.alerts.extend(checks)
             result.alerts += checks
         if self.updates is not None:  # the parameter side: same on every rank, no collective (docs/updates.md)
@@ -369,7 +375,8 @@ class Session:
         if self.is_global_zero:
             self._log_figures(result)
             if self.panels is not None:
-                self.panels.write(result, stats, self.collector.infos, self.evaluator.tracker.active)
+                active = self.evaluator.tracker.active
+                self.guard.call(_PANELS, self.panels.write, result, stats, self.collector.infos, active)
         self.emit(result.alerts)
 
     def _log_figures(self, result: StepResult) -> None:
@@ -380,7 +387,7 @@ class Session:
         for severity, count in result.active.items():
             metrics[f"normwatch/alerts/{severity}"] = float(count)
         for logger in self.loggers:
-            log_scalars(logger, metrics, result.step)
+            self.guard.call(f"logger {type(logger).__name__}", log_scalars, logger, metrics, result.step)
 
     def types(self) -> dict[str, str]:
         """Layer type by watched tensor (``net.1`` -> ``ReLU``), for what is printed."""
@@ -398,7 +405,7 @@ class Session:
         if not alerts:
             return
         if self.panels is not None and self.is_global_zero:
-            self.panels.write_alerts(self.evaluator.alerts, alerts[-1].step)
+            self.guard.call(_PANELS, self.panels.write_alerts, self.evaluator.alerts, alerts[-1].step)
         if self.config.on_alert != "ignore" and self.is_global_zero:
             for level, line in console.alert_lines(alerts, self.types()):
                 log.log(level, "%s", line)
@@ -410,25 +417,10 @@ class Session:
     # ------------------------------------------------------------------ checkpoint
     def state_dict(self) -> dict[str, Any]:
         """Plain values and CPU tensors: loads with ``torch.load(..., weights_only=True)``."""
-        state = self.evaluator.state_dict()
-        state["generators"] = self.collector.generator_state()
-        d = self.collector.discovery
-        state["consumers"] = None if d.consumers is None else dict(d.consumers)
-        checks = self.checks.state() if self.checks is not None else self.checks_state
-        if checks is not None:
-            state["model_checks"] = checks
-        state["updates"] = self.updates.state_dict() if self.updates is not None else {}
-        return state
+        return checkpoint.session_state(self)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.evaluator.load_state_dict(state)
-        self.collector.load_generator_state(state.get("generators", {}))
-        consumers = state.get("consumers")
-        self.collector.discovery.consumers = None if consumers is None else dict(consumers)
-        loaded = set(self.evaluator.alerts)  # resuming this session's own earlier run: no alert twice
-        self.earlier_alerts = [a for a in self.earlier_alerts if a not in loaded]
-        if self.updates is not None and "updates" in state:
-            self.updates.load_state_dict(state["updates"])
-        self.checks_state = state.get("model_checks")
-        if self.checks is not None and self.checks_state is not None:
-            self.checks.load(self.checks_state)
+        """What of ``state`` fits this run is kept, the rest reset, with one warning saying which."""
+        message = checkpoint.load_session_state(self, state)
+        if message is not None:
+            self._warn(message)

@@ -55,7 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("logdir", metavar="LOGDIR", help="a TensorBoardLogger save_dir or log_dir")
     report.add_argument("--json", action="store_true", help="print one JSON document (every figure and alert)")
     report.add_argument(
-        "--all-alerts", action="store_true", help="also list info alerts (by default they are only counted)"
+        "--all-alerts",
+        action="store_true",
+        help="list every alert: each follower under its root with its message, and info alerts (by default "
+        "followers are folded under their root and info alerts only counted)",
     )
     report.add_argument(
         "--fail-on",

@@ -25,7 +25,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..output.tags import ALERT_COLUMNS, ALERT_TAG, WATCHED_TAG
+from ..output.tags import ALERT_COLUMNS, ALERT_TAG, OLD_ALERT_COLUMNS, WATCHED_TAG
+from .report_alerts import _num, _table, alert_lines
 
 __all__ = [
     "ALERT_TAG",
@@ -92,10 +93,22 @@ def parse_alerts_markdown(text: str) -> list[dict[str, Any]]:
 
     Returns dicts with ``ALERT_COLUMNS`` keys in the order they were raised (by step; the table
     lists the most severe first);
-    ``step`` is an int, ``value`` and ``threshold`` floats, ``message`` one line.
+    ``step`` is an int, ``value`` and ``threshold`` floats, ``message`` one line, ``caused_by``
+    ``[kind, module]`` of the root alert a follower follows, or None for a root (and for every row of
+    a table written before the column existed).
+
+    Example:
+        >>> rows = parse_alerts_markdown(
+        ...     "| step | module | kind | severity | value | threshold | caused by | message |\\n"
+        ...     "|---|---|---|---|---|---|---|---|\\n"
+        ...     "| 9 | net.43 (ReLU) | dead | warning | 0.6 | 0.5 | vanishing in net.41 | m |"
+        ... )
+        >>> rows[0]["module"], rows[0]["caused_by"]
+        ('net.43', ['vanishing', 'net.41'])
     """
     rows: list[dict[str, Any]] = []
     header_seen = False
+    columns: tuple[str, ...] = ALERT_COLUMNS
     for line in text.splitlines():
         line = line.strip()
         if not line.startswith("|"):
@@ -104,11 +117,15 @@ def parse_alerts_markdown(text: str) -> list[dict[str, Any]]:
             " ".join(c.replace("\\|", "|").replace("<br>", " ").split()) for c in re.split(r"(?<!\\)\|", line)[1:-1]
         ]
         if not header_seen:
-            header_seen = tuple(cells) == ALERT_COLUMNS
+            header_seen = tuple(cells) in (ALERT_COLUMNS, OLD_ALERT_COLUMNS)
+            columns = tuple(cells)
             continue
-        if len(cells) != len(ALERT_COLUMNS) or set(line) <= set("|- :"):
+        if len(cells) != len(columns) or set(line) <= set("|- :"):
             continue
-        row: dict[str, Any] = dict(zip(ALERT_COLUMNS, cells, strict=True))
+        row: dict[str, Any] = dict(zip(columns, cells, strict=True))
+        cause = row.pop("caused by", "-")
+        kind, sep, module = cause.partition(" in ")
+        row["caused_by"] = [kind, module] if sep and kind and module else None
         row["severity"] = row["severity"].strip("*")
         row["module"] = re.sub(
             r" \(\w+\)$", "", row["module"]
@@ -186,6 +203,19 @@ def _run_report(run: str, acc: Any) -> RunReport | None:
     return RunReport(run, step, tensors, alerts, active, peak, types)
 
 
+def _readable(run: str, mux: Any) -> RunReport | None:
+    """One run's report; a run that cannot be read is skipped with a warning, never the whole report.
+
+    TensorBoard's reader already stops at a truncated or damaged record (a killed run's last event
+    file): what was written before it is read.
+    """
+    try:
+        return _run_report(run, mux.GetAccumulator(run))
+    except Exception as exc:
+        logging.getLogger("lightning_normwatch").warning("normwatch report: run %s could not be read (%r)", run, exc)
+        return None
+
+
 def _last_text(acc: Any, tags: dict[str, Any], tag: str) -> str | None:
     """The latest text written to a Text-panel tag, or None."""
     from tensorboard.util import tensor_util
@@ -228,7 +258,7 @@ def load_reports(logdir: str | os.PathLike[str]) -> list[RunReport]:
         mux = event_multiplexer.EventMultiplexer(size_guidance=guidance)
         mux.AddRunsFromDirectory(path)
         mux.Reload()
-        reports = [r for run in sorted(mux.Runs()) if (r := _run_report(run, mux.GetAccumulator(run))) is not None]
+        reports = [r for run in sorted(mux.Runs()) if (r := _readable(run, mux)) is not None]
     finally:
         tb_log.setLevel(level)
     if not reports:
@@ -239,30 +269,13 @@ def load_reports(logdir: str | os.PathLike[str]) -> list[RunReport]:
     return reports
 
 
-def _num(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.4g}"
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]], left: Sequence[int] = (0,)) -> list[str]:
-    """Aligned plain-text table lines: header, rule, rows (columns in ``left`` left-aligned)."""
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
-
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(
-            str(c).ljust(w) if i in left else str(c).rjust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        ).rstrip()
-
-    return [line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)]
-
-
 def format_reports(reports: Sequence[RunReport], all_alerts: bool = False, width: int | None = None) -> str:
     """The human-readable report: per run, a table of the latest figures, then the alerts.
 
-    Alerts of severity ``info`` are only counted unless ``all_alerts`` (``--all-alerts``). Alert
-    messages are wrapped to ``width`` columns (default: the terminal's width).
+    Alerts are listed root first (the oldest root first, most severe first), each with the alerts that
+    follow it folded into one line. ``all_alerts`` (``--all-alerts``) lists every follower with its
+    message, and the alerts of severity ``info`` (otherwise only counted). Alert messages are wrapped
+    to ``width`` columns (default: the terminal's width).
 
     Example:
         >>> r = RunReport("version_0", 9, {"net.0": {"step": 9, "mean": 0.1, "std": 1.0}}, types={"net.0": "Linear"})
@@ -273,7 +286,6 @@ def format_reports(reports: Sequence[RunReport], all_alerts: bool = False, width
         net.0   Linear     9   0.1    1      -     -              -           -          -             -
     """
     import shutil
-    import textwrap
 
     width = width or shutil.get_terminal_size((100, 24)).columns
     out: list[str] = []
@@ -292,24 +304,7 @@ def format_reports(reports: Sequence[RunReport], all_alerts: bool = False, width
         shown = [a for a in r.alerts if all_alerts or a["severity"] != "info"]
         hidden = len(r.alerts) - len(shown)
         if shown:
-            out.append("alerts:")
-            rows = [
-                [
-                    str(a["step"]),
-                    a["severity"],
-                    a["kind"],
-                    f"{a['module']} ({r.types[a['module']]})" if a["module"] in r.types else a["module"],
-                    _num(a["value"]),
-                    _num(a["threshold"]),
-                ]
-                for a in shown
-            ]
-            table = _table(["step", "severity", "kind", "module", "value", "threshold"], rows, left=(1, 2, 3))
-            out.append("  " + table[0] + "  (message below each alert)")
-            out.append("  " + table[1])
-            for line, a in zip(table[2:], shown, strict=True):
-                out.append("  " + line)
-                out += textwrap.wrap(a["message"], width, initial_indent="      ", subsequent_indent="      ")
+            out += alert_lines(shown, r.types, all_alerts, width)
         if hidden:
             out.append(f"({hidden} info alert{'s' if hidden != 1 else ''} not listed: --all-alerts lists them)")
         out.append("")
