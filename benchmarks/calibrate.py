@@ -465,6 +465,11 @@ def main() -> None:
         if bool(warned) == run.healthy:
             failures.append(run.name)
     print(f"thresholds (defaults): {NormWatch().thresholds}")
+    # the parameter side (update sizes, gradient flow): its own healthy and broken cases, in plain loops
+    import calibrate_updates
+
+    print("\nparameter side (benchmarks/calibrate_updates.py):")
+    failures += calibrate_updates.calibrate(min(steps, 300), every=5)
     print(f"({time.time() - t0:.0f} s)")
     if failures:
         raise SystemExit(f"calibration FAILED (healthy run warned, or broken run not caught): {failures}")

@@ -79,6 +79,13 @@ class Thresholds:
         input_noise_z: a feature's change must also exceed this many standard errors of what a batch
             of that size produces by chance (``stats.feature_drift.feature_drift``); then it must hold on two
             consecutive logging steps to raise ``input_drift``.
+        update_large: update-to-weight ratio ||dW||/||W|| of one optimizer step above which a layer's
+            updates are too large (``update_size``; held 2 logging steps; docs/updates.md).
+        update_small: factor by which a layer's update ratio may stay below the median layer's while its
+            gradient is not that small (``update_size``: learning rate 0 in its param group).
+        vanishing_gradient: factor by which the gradient RMS of the weight matrices from some layer back
+            to the input may stay below that of a later layer (``judge/updates.py``).
+        exploding_gradient: factor by which it may stay above the smallest gradient RMS of a later layer.
     """
 
     dead: float = 0.5
@@ -98,6 +105,10 @@ class Thresholds:
     input_scale: float = 1.5
     input_psi: float = 0.2
     input_noise_z: float = 5.0
+    update_large: float = 0.1
+    update_small: float = 1000.0
+    vanishing_gradient: float = 1000.0
+    exploding_gradient: float = 1000.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -107,11 +118,12 @@ class Thresholds:
         for name in ("dead", "saturated"):
             if not 0 < getattr(self, name) <= 1:
                 raise _fail(f"thresholds.{name}", "in (0, 1]", getattr(self, name))
-        for name in ("scale_drift", "feature_scale", "outlier", "input_scale", "vanishing", "exploding", "collapse"):
+        ratios = ("collapse", "update_small", "vanishing_gradient", "exploding_gradient")
+        for name in ("scale_drift", "feature_scale", "outlier", "input_scale", "vanishing", "exploding", *ratios):
             if getattr(self, name) <= 1:
                 raise _fail(f"thresholds.{name}", "> 1", getattr(self, name))
         positive = ("mean_drift", "shift", "outlier_min_abs", "skew", "kurtosis")
-        for name in (*positive, "input_mean_shift", "input_psi", "input_noise_z"):
+        for name in (*positive, "input_mean_shift", "input_psi", "input_noise_z", "update_large"):
             if getattr(self, name) <= 0:
                 raise _fail(f"thresholds.{name}", "> 0", getattr(self, name))
 
@@ -154,6 +166,10 @@ class SessionConfig:
         input_drift: severity of ``input_drift`` alerts: ``"warn"``, ``"info"`` or ``"off"`` (figures only).
         feature_names: names of the input features (columns/channels), used in ``input_drift`` messages.
         scalars: ``"default"`` (per tensor the figures for its role) or ``"all"``.
+        updates: measure update sizes, gradients and weights of the watched modules' parameters around the
+            optimizer step of each logging step, and judge them (``docs/updates.md``); False turns it off.
+        params: ``"default"``, or ``"histograms"``: also weight and gradient histograms per module in
+            TensorBoard (``normwatch/params/<module>/weight`` and ``.../grad``), binned on the device.
         min_rows: rows (batch positions) sampled at least per tensor.
         max_channels: channels measured at most per tensor.
         world_size: number of processes whose samples are merged (the p-value subsample is split).
@@ -177,6 +193,8 @@ class SessionConfig:
     input_drift: str = "warn"
     feature_names: tuple[str, ...] | None = None
     scalars: str = "default"
+    updates: bool = True
+    params: str = "default"
     min_rows: int = 16
     max_channels: int = 2048
     world_size: int = 1
@@ -194,12 +212,13 @@ class SessionConfig:
         check_positive_int("plot_every_n_steps", self.plot_every_n_steps, allow_none=True)
         check_choice("input_drift", self.input_drift, ("warn", "info", "off"))
         check_choice("scalars", self.scalars, SCALAR_SETS)
+        check_choice("params", self.params, ("default", "histograms"))
         names = self.feature_names
         if names is not None:
             if isinstance(names, str) or not isinstance(names, Sequence) or not all(isinstance(n, str) for n in names):
                 raise _fail("feature_names", "a sequence of strings or None", names)
             object.__setattr__(self, "feature_names", tuple(names))
-        for name in ("check_nonfinite", "tensorboard"):
+        for name in ("check_nonfinite", "tensorboard", "updates"):
             if not isinstance(getattr(self, name), bool):
                 raise _fail(name, "a bool", getattr(self, name))
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):

@@ -76,6 +76,11 @@ def test_every_kind_is_documented_with_a_severity():
         "redundant_bias",
         "input_drift",
         "integer_inputs",
+        "update_size",
+        "vanishing_gradient",
+        "exploding_gradient",
+        "no_gradient",
+        "not_in_optimizer",
     }
 
 

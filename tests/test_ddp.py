@@ -315,12 +315,15 @@ def test_ddp_figures_equal_single_process(ddp_same: list[dict[str, Any]], single
         got, want = nw_keys[step], exp_keys[step]
         assert set(got) == set(want), (step, set(got) ^ set(want))
         for layer in layers:
-            for stat in ("mean", "std", "zeros"):
+            for stat in ("mean", "std"):  # (a Linear's zeros gives way to its update_ratio)
                 assert f"normwatch/{layer}/{stat}" in got, (layer, stat)
         bad = {k: (got[k], want[k]) for k in want if not _same(got[k], want[k])}
         assert not bad, (step, bad)
     # drift figures are there (reference window: steps 1-2) and equal too
     assert "normwatch/net.body.0/shape_psi" in nw_keys[STEPS - 1]
+    # update sizes are compared above too: gradients are reduced before the step, so each rank's equal the
+    # single process's with no collective of their own (test_ddp_one_collective_per_logging_step)
+    assert all(f"normwatch/net.{m}/update_ratio" in nw_keys[s] for m in ("body.0", "head") for s in range(STEPS))
     # the merged sample is the global batch: twice one rank's values
     body0 = rank0["steps"][0]["figures"]["net.body.0"]
     assert body0["numel"] == body0["sampled"] == WORLD * BATCH * 32

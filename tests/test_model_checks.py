@@ -48,7 +48,8 @@ def test_frozen_batchnorm_named_and_setup_information(tmp_path) -> None:
     cb = watch(inputs=False)
     fit(FrozenBN(), cb, tmp_path, steps=4)
     warnings = [(a.module, a.kind, a.step) for a in cb.alerts if a.severity == "warning"]
-    assert warnings == [("net.1", "frozen_norm", 0)]  # once, naming the layer
+    # once, naming the layer; the never-called Linear's parameters never get a gradient either
+    assert warnings == [("net.1", "frozen_norm", 0), ("unused", "no_gradient", 1)]
     info = {(a.module, a.kind): a for a in cb.alerts if a.severity == "info"}
     placement = info[("net.1", "norm_placement")].message
     assert placement.startswith("1 normalization layer (BatchNorm1d): 1 before their activation (linear/conv -> norm")

@@ -117,7 +117,10 @@ def test_default_scalars_are_few_and_fit_each_layer(healthy) -> None:
             drift = {"feature_drift_share", "feature_mean_shift_max", "feature_std_log_ratio_max", "feature_psi_max"}
             assert {"mean", "std", "zeros"} | drift <= stats and "std_log_ratio" not in stats, stats
             continue
-        assert {"mean", "std", "zeros", "std_log_ratio", "mean_shift", "shape_psi"} <= stats, key
+        assert {"mean", "std", "std_log_ratio", "mean_shift", "shape_psi"} <= stats, key
+        # a layer with parameters logs its update ratio, in place of zeros for a pre-activation (8 at most)
+        assert ("update_ratio" in stats) == ("zeros" not in stats) == (TYPES[key] == "Linear"), (key, stats)
+        assert len(stats) <= 8, (key, stats)
         assert ("dead" in stats) == (TYPES[key] == "ReLU"), (key, stats)  # dead only for activations
         assert "saturated" not in stats and "jarque_bera_p" not in stats and "min" not in stats
     assert {"channel_skew", "channel_kurtosis"} <= per_tensor["input"]
@@ -467,6 +470,7 @@ def test_overview_heatmaps_one_labelled_row_per_tensor_in_execution_order(health
         "normwatch/overview/3_shape_psi",
         "normwatch/overview/4_zeros",
         "normwatch/overview/5_dead_units",
+        "normwatch/overview/6_update_ratio",
     ]
     expected = [_text(f"{key} ({type_name})") for key, type_name in TYPES.items()]
     for tag in tags[1:]:

@@ -114,7 +114,8 @@ def test_run_route_holds_the_event_files_tensors_alerts_and_thresholds(server: s
     assert summary["thresholds"]["dead"] == Thresholds().dead
     assert summary["first_drift"] == acc.Scalars("normwatch/net.0/std_log_ratio")[0].step == 60
     assert any("drift measured from step 60" in line for line in summary["not_measured"])
-    assert [f["id"] for f in summary["figures"]] == ["scale", "scale_drift", "mean_drift", "shape_psi", "zeros", "dead"]
+    figures = ["scale", "scale_drift", "mean_drift", "shape_psi", "zeros", "dead", "update"]  # update: the optimizer's
+    assert [f["id"] for f in summary["figures"]] == figures
 
 
 @pytest.mark.parametrize("figure,tag", [("dead", "dead"), ("scale", "std"), ("scale_drift", "std_log_ratio")])

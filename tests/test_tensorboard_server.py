@@ -102,7 +102,7 @@ def test_scalar_and_histogram_tags(server: str) -> None:
     assert list(runs) == ["demo/version_0"]
     scalars = set(runs["demo/version_0"])
     for module in ("input", "net.0", "net.1", "net.2"):
-        assert {f"normwatch/{module}/{s}" for s in ("mean", "std", "zeros")} <= scalars
+        assert {f"normwatch/{module}/{s}" for s in ("mean", "std")} <= scalars
     # the dead ReLU's within-channel shape is not logged (only pre-activations and inputs have one by default)
     assert "normwatch/net.0/channel_skew" in scalars and "normwatch/net.1/channel_skew" not in scalars
     assert "normwatch/net.1/dead" in scalars and "normwatch/net.0/dead" not in scalars
@@ -150,5 +150,8 @@ def test_alert_text_and_figures(server: str) -> None:
     images = get(server, "/data/plugin/images/tags")["demo/version_0"]
     assert set(images) == {"normwatch/figures/inputs", "normwatch/figures/net"} | {
         f"normwatch/overview/{name}"
-        for name in ("0_depth_profile", "1_scale_log10_std", "2_scale_drift", "3_shape_psi", "4_zeros", "5_dead_units")
-    }
+        for name in (
+            "0_depth_profile", "1_scale_log10_std", "2_scale_drift", "3_shape_psi", "4_zeros", "5_dead_units",
+            "6_update_ratio",
+        )
+    }  # fmt: skip

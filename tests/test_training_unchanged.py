@@ -94,6 +94,7 @@ def test_parameters_bit_identical_with_every_tensor_watched(tmp_path) -> None:
     assert cb.last_result is not None and cb.last_result.step == STEPS - 1
     assert {"input", "net", "net.1", "net.3"} <= set(cb.last_result.figures)  # BatchNorm, Dropout watched
     assert cb.last_result.figures["net.3"]["sampled"] < cb.last_result.figures["net.3"]["numel"]
+    assert cb.last_result.figures["net.0"]["update_ratio"] > 0  # update sizes measured at every step (default on)
     assert_identical(baseline, watched)
     # The comparison is sensitive: another seed changes the result.
     pl.seed_everything(8)

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor
@@ -106,7 +107,7 @@ class NormWatch(Callback):
             not masks or targets), ``False``, a dict key, a tuple index, or a callable ``batch -> tensor | dict``.
         every_n_steps: logging interval in global steps; ``None`` uses the trainer's ``log_every_n_steps``.
         sample_size, pvalue_size, warmup_steps, reference_steps, thresholds, on_alert, check_nonfinite, seed,
-            tensorboard, plot_every_n_steps, input_drift, feature_names, scalars: see ``SessionConfig``
+            tensorboard, plot_every_n_steps, input_drift, feature_names, scalars, updates, params: see ``SessionConfig``
             (``lightning_normwatch.config``), where each is documented and its default defined.
 
     Raises:
@@ -138,13 +139,15 @@ class NormWatch(Callback):
         input_drift: str = _D.input_drift,
         feature_names: Sequence[str] | None = None,
         scalars: str = _D.scalars,
+        updates: bool = _D.updates,
+        params: str = _D.params,
     ) -> None:
         config = SessionConfig(
             every_n_steps=every_n_steps, sample_size=sample_size, pvalue_size=pvalue_size,
             warmup_steps=warmup_steps, reference_steps=reference_steps, thresholds=thresholds,  # type: ignore[arg-type]
             on_alert=on_alert, check_nonfinite=check_nonfinite, seed=seed, tensorboard=tensorboard,
             plot_every_n_steps=plot_every_n_steps, input_drift=input_drift, feature_names=feature_names,  # type: ignore[arg-type]
-            scalars=scalars,
+            scalars=scalars, updates=updates, params=params,
         )  # fmt: skip
         self.session = Session(config, modules, exclude, inputs)
         self._resume_after_validation = False
@@ -225,6 +228,19 @@ class NormWatch(Callback):
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.session.training_starts(pl_module, trainer.global_step)
+        strategy = type(trainer.strategy).__name__
+        if self.config.updates and ("FSDP" in strategy or "DeepSpeed" in strategy):  # a rank holds a shard
+            rank_zero_warn(f"NormWatch: update sizes are not measured under {strategy} (sharded parameters).")
+            return
+        unused_ok = bool(getattr(trainer.strategy.model, "find_unused_parameters", False))  # DDP's own flag
+        self.session.watch_optimizers(trainer.optimizers, trainer.global_step, unused_ok=unused_ok)
+
+    @override
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        # gradients are final here (accumulated, reduced under DDP, unscaled under AMP); the step follows
+        self.session.before_optimizer_step(optimizer)
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -33,7 +33,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -118,6 +118,10 @@ class LoopWatch:
         sink: where figures and panels go: a ``SummaryWriter``, a logger with ``log_metrics``, a callable
             ``sink(metrics, step)``, or ``None`` (alerts only: ``.alerts`` and the ``lightning_normwatch`` logger).
         modules, exclude, inputs: as ``NormWatch``.
+        optimizers: the optimizers that train ``model``: with them, update sizes, gradients and weights are
+            measured around ``optimizer.step()`` on logging steps (call it inside ``with watch.step(...)``), and
+            trainable parameters that none holds are alerted (``not_in_optimizer``). More can be added later
+            with ``watch_optimizers``. Without them the parameter side is not watched.
         **options: the settings of ``SessionConfig`` (``every_n_steps`` (default 50), ``thresholds``,
             ``on_alert``, ``warmup_steps``, ``plot_every_n_steps`` ...); ``total_steps=`` (the run's length)
             fits the drift windows to the run, as the Lightning adapter does from the trainer.
@@ -137,6 +141,7 @@ class LoopWatch:
         modules: Pattern | list[Pattern] | None = None,
         exclude: Pattern | list[Pattern] = (),
         inputs: InputSpec = True,
+        optimizers: Sequence[torch.optim.Optimizer] = (),
         **options: Any,
     ) -> None:
         config = SessionConfig(**options)
@@ -160,6 +165,28 @@ class LoopWatch:
         )
         self._next = 0
         self._closed = False
+        self._optimizers: list[torch.optim.Optimizer] = []
+        self._unused_ok = bool(getattr(model, "find_unused_parameters", False))  # DDP's own flag
+        if optimizers:
+            self.watch_optimizers(*optimizers)
+
+    def watch_optimizers(self, *optimizers: torch.optim.Optimizer) -> None:
+        """Measure the updates of these optimizers too (``optimizer.step()`` inside ``with watch.step(...)``).
+
+        Example:
+            >>> model = nn.Sequential(nn.Linear(2, 1))
+            >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+            >>> with LoopWatch(model, every_n_steps=1) as watch:
+            ...     watch.watch_optimizers(opt)
+            ...     x = torch.randn(8, 2)
+            ...     with watch.step(x):
+            ...         model(x).sum().backward(); opt.step(); opt.zero_grad()
+            >>> watch.last_result.figures["0"]["lr"], watch.last_result.figures["0"]["update_ratio"] > 0
+            (0.1, True)
+        """
+        fabric = [getattr(o, "optimizer", o) for o in optimizers]  # Fabric's _FabricOptimizer wraps one
+        self._optimizers += [o for o in fabric if all(o is not p for p in self._optimizers)]
+        self.session.watch_optimizers(self._optimizers, self._next, pre=True, unused_ok=self._unused_ok)
 
     @property
     def watched(self) -> list[str]:

@@ -37,6 +37,11 @@ SEVERITY: dict[str, str] = {
     "redundant_bias": "info",
     "input_drift": "warning",
     "integer_inputs": "info",
+    "update_size": "warning",
+    "vanishing_gradient": "warning",
+    "exploding_gradient": "warning",
+    "no_gradient": "warning",
+    "not_in_optimizer": "warning",
 }
 KINDS: tuple[str, ...] = tuple(SEVERITY)
 

@@ -33,7 +33,7 @@ from .tags import OVERVIEW_TAG
 
 __all__ = ["Overview", "OVERVIEW_TAG", "row_label"]
 
-_FIGURES = ("std", "std_log_ratio", "shape_psi", "zeros", "dead")
+_FIGURES = ("std", "std_log_ratio", "shape_psi", "zeros", "dead", "update_ratio")
 
 
 def _pct(v: float) -> str:
@@ -45,7 +45,7 @@ class _Map:
     """One heatmap of the overview: its tag, figure, title, colour range and the alert kinds framing its cells."""
 
     tag: str
-    figure: str  # a name in _FIGURES, or "log_std" (log10 of std) or "dead_units" (dead, activations only)
+    figure: str  # a name in _FIGURES, or "log_std", "dead_units" (activations only), "log_update" (log10 update_ratio)
     title: Callable[[Thresholds], str]
     marks: tuple[str, ...]
     scale: Callable[[Thresholds], tuple[float | None, float | None]] = lambda th: (None, None)
@@ -95,6 +95,14 @@ MAPS = (
         ("dead",),
         scale=lambda th: (0.0, 1.0),
         legend=_pct,
+    ),
+    _Map(  # the parameter side (docs/updates.md): modules with parameters only, drawn when it was measured
+        "6_update_ratio",
+        "log_update",
+        lambda th: f"log10 update/weight ratio per step: alert above {th.update_large:g}; ~1e-3 is usual",
+        ("update_size", "vanishing_gradient", "exploding_gradient"),
+        scale=lambda th: (-6.0, 0.0),
+        legend=lambda v: f"1e{v:+.1f}",
     ),
 )
 
@@ -158,6 +166,8 @@ class Overview:
         roles = [self.kinds[k][1] for k in self.rows]
         applies = np.array([r in ("activation", "bounded", "other") for r in roles], dtype=bool)[:, None]
         figures["dead_units"] = np.where(applies, figures["dead"], np.nan)
+        with np.errstate(divide="ignore", invalid="ignore"):  # an update of 0 (learning rate 0): the lowest colour
+            figures["log_update"] = np.where(figures["update_ratio"] >= 0, np.log10(figures["update_ratio"]), np.nan)
         return figures, active
 
     def _notes(self, figures: dict[str, np.ndarray], latest: set[tuple[str, str]]) -> list[str]:
@@ -182,6 +192,8 @@ class Overview:
         out = {f"{OVERVIEW_TAG}/0_depth_profile": profile(figures["std"][:, -1], labels, title, notes, alerted)}
         none = np.zeros(figures["std"].shape, dtype=bool)
         for m in MAPS:
+            if m.figure == "log_update" and not np.isfinite(figures["update_ratio"]).any():
+                continue  # updates=False, or no optimizer step measured
             vmin, vmax = m.scale(th)
             out[f"{OVERVIEW_TAG}/{m.tag}"] = heatmap(
                 figures[m.figure],

@@ -140,6 +140,18 @@ class Panels:
         write_summary(self.writer, Summary(value=values), steps[-1])
         self._drawn_step = steps[-1]
 
+    def write_param_histograms(self, histograms: Mapping[str, Mapping[str, tuple[Any, ...]]], step: int) -> None:
+        """Weight and gradient histograms per module (``params="histograms"``): ``normwatch/params/<module>/<which>``,
+        from ``(counts on the shared bins, min, max, n, sum, sum of squares)`` binned on the device."""
+        for owner, kinds in histograms.items():
+            for which, (counts, lo, hi, n, total, squares) in kinds.items():
+                limits, buckets = tensorboard_buckets(counts, float(lo), float(hi))
+                if buckets and math.isfinite(lo) and math.isfinite(hi):
+                    self.writer.add_histogram_raw(
+                        f"normwatch/params/{owner}/{which}", min=float(lo), max=float(hi), num=int(n), sum=float(total),
+                        sum_squares=float(squares), bucket_limits=limits, bucket_counts=buckets, global_step=step,
+                    )  # fmt: skip
+
     def _histogram(self, key: str, st: TensorStats, step: int) -> None:
         limits, counts = tensorboard_buckets(st.hist, st.smin, st.smax)
         if not counts or not (math.isfinite(st.smin) and math.isfinite(st.smax)):

@@ -59,7 +59,15 @@ ALL_SCALARS = (
     "feature_mean_shift_max",
     "feature_std_log_ratio_max",
     "feature_psi_max",
+    "update_ratio",
+    "grad_rms",
+    "weight_rms",
+    "update_drift",
+    "grad_drift",
+    "weight_drift",
 )
+#: the parameter side (``collect/updates.py``): only for modules with parameters an optimizer steps
+_PARAMS = ("update_ratio", "grad_rms", "weight_rms", "update_drift", "grad_drift", "weight_drift")
 #: the per-feature input drift figures (inputs are judged per feature, not on the pooled tensor's drift)
 _INPUT_DRIFT = ("feature_drift_share", "feature_mean_shift_max", "feature_std_log_ratio_max", "feature_psi_max")
 #: logged even when not finite (a NaN std is news)
@@ -86,7 +94,7 @@ _ONLY_FOR = {
 def scalar_names(role: str, which: str = "default") -> tuple[str, ...]:
     """The figures logged for a tensor of this role (``input``, ``preact``, ``activation``, ``bounded``, ``other``)."""
     if which == "all":
-        return tuple(n for n in ALL_SCALARS if role in _ONLY_FOR.get(n, (role,)))
+        return tuple(n for n in ALL_SCALARS if role in _ONLY_FOR.get(n, (role,)) and n not in _PARAMS)
     if role == "input":  # the pooled tensor's drift figures are not what input_drift judges
         return _COMMON[:3] + _BY_ROLE["input"]
     return _COMMON + _BY_ROLE.get(role, ())
@@ -96,16 +104,27 @@ def scalar_metrics(key: str, role: str, fig: dict[str, float], which: str = "def
     """``{"normwatch/<key>/<figure>": value}`` for one tensor at one logging step.
 
     Figures that are not finite are left out (NaN skew of a constant tensor, drift before the
-    reference is complete), except mean/std/min/max; ``nonfinite`` is logged once it is non-zero
+    reference is complete), except mean/std/min/max; a module whose parameters an optimizer steps has
+    ``update_ratio`` too (with ``which="all"`` also ``grad_rms``, ``weight_rms`` and their drifts; a
+    pre-activation's ``zeros`` gives way to it in the default set); ``nonfinite`` is logged once it is non-zero
     (always with ``which="all"``); ``mean_minus_std`` / ``mean_plus_std`` only with ``which="all"``.
 
     Example:
         >>> scalar_metrics("net.1", "activation", {"mean": 0.5, "std": float("nan"), "dead": 0.25, "nonfinite": 0.0})
         {'normwatch/net.1/mean': 0.5, 'normwatch/net.1/std': nan, 'normwatch/net.1/dead': 0.25}
+        >>> sorted(scalar_metrics("net.0", "preact", {"mean": 0.0, "std": 1.0, "zeros": 0.0, "update_ratio": 1e-3}))
+        ['normwatch/net.0/mean', 'normwatch/net.0/std', 'normwatch/net.0/update_ratio']
     """
     out: dict[str, float] = {}
     base = f"normwatch/{key}/"
-    for stat in scalar_names(role, which):
+    names = scalar_names(role, which)
+    if which == "default" and "update_ratio" in fig:
+        # one update figure per module; a pre-activation's share of exact zeros (never judged, about 0 for a
+        # Linear/conv/norm output) gives way to it, so that the budget stays at 8 scalars per tensor
+        names = tuple(n for n in names if not (role == "preact" and n == "zeros")) + ("update_ratio",)
+    elif which == "all" and "update_ratio" in fig:
+        names = names + _PARAMS
+    for stat in names:
         value = fig.get(stat)
         if value is not None and (stat in _ALWAYS or math.isfinite(value)):
             out[base + stat] = float(value)

@@ -42,6 +42,7 @@ def session_state(session: Session) -> dict[str, Any]:
     checks = session.checks.state() if session.checks is not None else session.checks_state
     if checks is not None:
         state["model_checks"] = checks
+    state["updates"] = session.updates.state_dict() if session.updates is not None else {}  # docs/updates.md
     return state
 
 
@@ -65,6 +66,8 @@ def load_session_state(session: Session, state: dict[str, Any]) -> str | None:
     consumers = state.get("consumers")
     if consumers is not None and all(plan.keeps_module(m) for m in consumers):
         session.collector.discovery.consumers = dict(consumers)
+    if session.updates is not None and state.get("updates"):
+        session.updates.load_state_dict(state["updates"])
     loaded = set(session.evaluator.alerts)  # resuming this session's own earlier run: no alert twice
     session.earlier_alerts = [a for a in session.earlier_alerts if a not in loaded]
     checks = state.get("model_checks")

@@ -52,6 +52,7 @@ from ..output.guarded import Guard
 from ..output.loggers import log_scalars
 from ..output.scalars import scalar_metrics, threshold_metrics
 from . import checkpoint
+from .updates import UpdateWatch
 
 __all__ = ["Session"]
 
@@ -119,6 +120,7 @@ class Session:
         self._bad_loss: Tensor | None = None
         self._replayed = False  # this batch's forward was already replayed for measurement (compiled model)
         self._warned_manual = False
+        self.updates = UpdateWatch.for_config(config)  # the parameter side (None: updates=False)
 
     @property
     def alerts(self) -> list[Alert]:
@@ -165,6 +167,18 @@ class Session:
             )
             log.info("%s", line)
 
+    def watch_optimizers(
+        self, optimizers: Sequence[Any], step: int, pre: bool = False, unused_ok: bool = False
+    ) -> None:
+        """The run's optimizers are known (Lightning: at train start): see ``UpdateWatch.start``."""
+        if self.updates is not None and self.model is not None:
+            self.record(self.updates.start(self.model, optimizers, step, pre, unused_ok, self.modules, self.exclude))
+
+    def before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Gradients are final (unscaled under AMP) and ``optimizer`` is about to step (``UpdateWatch.before_step``)."""
+        if self.updates is not None:
+            self.updates.before_step(optimizer)
+
     def _warn(self, message: str) -> None:
         if self.is_global_zero:
             warnings.warn(message, UserWarning, stacklevel=3)
@@ -185,6 +199,8 @@ class Session:
         self._collecting = False
         self._batch = None
         self._rng = None
+        if self.updates is not None:
+            self.updates.close()
 
     def finish(self) -> None:
         """The run ended normally: hooks removed, the end-of-fit summary logged."""
@@ -229,6 +245,8 @@ class Session:
             self.collector.expect_inputs(batch)
         if not self._collecting or step != self._step_at_start:
             self.collector.arm()
+            if self.updates is not None:
+                self.updates.arm()
             if self.compiled:
                 # No hook may be seen by compiled code (dynamo would trace it into the graph, recompile,
                 # and under fullgraph=True fail): the layers are measured by an eager replay of the batch.
@@ -350,6 +368,9 @@ class Session:
             checks = self.evaluator.diagnose(checks, self.checks.reported)
             self.evaluator.alerts.extend(checks)
             result.alerts += checks
+        if self.updates is not None:  # the parameter side: same on every rank, no collective (docs/updates.md)
+            new = self.updates.add_to(step, result, self.panels if self.is_global_zero else None)
+            self.evaluator.alerts.extend(new)
         self.last_result = result
         if self.is_global_zero:
             self._log_figures(result)

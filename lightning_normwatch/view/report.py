@@ -49,7 +49,7 @@ __all__ = [
 #: Text-panel tag of the watched-tensors table (tensor, layer type, role)
 #: columns of the alert table, in order
 #: figures shown in the printed table (``--json`` has every logged figure)
-TABLE_FIGURES = ("mean", "std", "zeros", "dead", "std_log_ratio", "mean_shift", "shape_psi")
+TABLE_FIGURES = ("mean", "std", "zeros", "dead", "std_log_ratio", "mean_shift", "shape_psi", "update_ratio")
 #: ``normwatch/<name>/...`` scalars that are not watched tensors
 _NOT_TENSORS = ("thresholds", "alerts")
 SEVERITIES = ("error", "warning", "info")
@@ -281,9 +281,9 @@ def format_reports(reports: Sequence[RunReport], all_alerts: bool = False, width
         >>> r = RunReport("version_0", 9, {"net.0": {"step": 9, "mean": 0.1, "std": 1.0}}, types={"net.0": "Linear"})
         >>> print(format_reports([r]))  # doctest: +NORMALIZE_WHITESPACE
         run version_0: latest step 9, 1 watched tensor, no alerts
-        tensor  type    step  mean  std  zeros  dead  std_log_ratio  mean_shift  shape_psi
-        ------  ------  ----  ----  ---  -----  ----  -------------  ----------  ---------
-        net.0   Linear     9   0.1    1      -     -              -           -          -
+        tensor  type    step  mean  std  zeros  dead  std_log_ratio  mean_shift  shape_psi  update_ratio
+        ------  ------  ----  ----  ---  -----  ----  -------------  ----------  ---------  ------------
+        net.0   Linear     9   0.1    1      -     -              -           -          -             -
     """
     import shutil
 
