@@ -31,6 +31,18 @@ FLAGS = [
 ]
 
 
+def stop_process(proc: subprocess.Popen) -> None:
+    """Terminate a server or browser started by a test (kill it after 10 s) and close its output pipe."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
 class DevTools:
     """One DevTools page: ``call`` a method and wait for its answer; events are kept in ``events``."""
 
@@ -159,10 +171,5 @@ def chromium(width: int = 1600, height: int = 1000) -> Iterator[DevTools]:
         tools.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
         yield tools
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_process(proc)
         shutil.rmtree(profile, ignore_errors=True)

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import torch
+from cdp import stop_process
 from models import Regressor, loader, regression_data, trainer
 from pytorch_lightning.loggers import TensorBoardLogger
 from torch import nn
@@ -75,14 +76,7 @@ def server(logdir: Path) -> Iterator[str]:
             time.sleep(0.5)
         yield base
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        if proc.stdout is not None:
-            proc.stdout.close()
+        stop_process(proc)
 
 
 def get(base: str, path: str, **params: str) -> Any:
