@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all bench calibrate drift clean
+.PHONY: demo test test-all bench calibrate drift mutate clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -31,5 +31,9 @@ calibrate: $(STAMP)
 drift: $(STAMP)
 	$(BIN)/python benchmarks/drift_sensitivity.py
 
+# mutation testing of the judging modules (not part of `make test`; docs/testing.md, "Mutation testing")
+mutate: $(STAMP)
+	$(BIN)/python benchmarks/mutate.py
+
 clean:
-	rm -rf $(VENV) lightning_logs logs build dist *.egg-info wandb mlruns
+	rm -rf $(VENV) mutants lightning_logs logs build dist *.egg-info wandb mlruns
