@@ -1,0 +1,199 @@
+"""Roots and followers (``judge/diagnosis.py``) and the alert records and tracker (``judge/alerts.py``),
+called directly: which alert may follow which, the order that decides a root, grouping for the report, and
+the plain values saved in checkpoints; the edges that mutation testing (``make mutate``) found unpinned."""
+
+from __future__ import annotations
+
+import pytest
+
+from lightning_normwatch.judge.alerts import Alert, AlertTracker, NormWatchAlertError, _worse
+from lightning_normwatch.judge.diagnosis import diagnose, downstream, follower_note, roots_first
+
+ORDER = ["net.0", "net.1", "net.2", "net.3", "net.4"]
+
+
+def _a(module: str, kind: str, step: int = 5, severity: str = "warning", message: str = "m") -> Alert:
+    return Alert(step, module, kind, severity, 1.0, 0.5, message)
+
+
+def _causes(alerts: list[Alert]) -> list[tuple[str, str, tuple[str, str] | None]]:
+    return [(a.module, a.kind, a.caused_by) for a in alerts]
+
+
+# ------------------------------------------------------------------ alerts
+def test_alert_to_dict_and_back() -> None:
+    root = _a("fc", "dead")
+    assert root.to_dict() == {
+        "step": 5,
+        "module": "fc",
+        "kind": "dead",
+        "severity": "warning",
+        "value": 1.0,
+        "threshold": 0.5,
+        "message": "m",
+        "caused_by": None,
+    }
+    follower = Alert(5, "fc", "dead", "warning", 1.0, 0.5, "m", caused_by=("vanishing", "net.3"))
+    assert follower.to_dict()["caused_by"] == ["vanishing", "net.3"]
+    assert Alert.from_dict(follower.to_dict()) == follower and Alert.from_dict(root.to_dict()) == root
+    extra = {**root.to_dict(), "unknown": 1}
+    assert Alert.from_dict(extra) == root
+
+
+def test_alert_error_carries_the_alert() -> None:
+    alert = _a("fc", "nonfinite", message="NaN in fc")
+    err = NormWatchAlertError(alert)
+    assert str(err) == "NaN in fc" and err.alert is alert
+
+
+def test_worse_at_its_edges() -> None:
+    # twice as far beyond the threshold as before, and 25 % larger: exactly both
+    assert _worse(1.0, 0.75, 0.5) and not _worse(0.999, 0.75, 0.5)
+    assert _worse(12.5, 10.0, 0.5) is False  # 25 % larger but not twice as far beyond
+    assert _worse(25.0, 20.0, 15.0)  # 10 >= 2 * 5 and 25 >= 1.25 * 20
+
+
+def test_tracker_state_and_episodes_round_trip() -> None:
+    tracker = AlertTracker()
+    tracker.update([_a("fc", "dead", 3)], {("fc", "dead")}, 3)
+    tracker.update([_a("fc", "dead", 4), _a("b", "outlier", 4)], {("fc", "dead"), ("b", "outlier")}, 4)
+    assert tracker.state() == [["b", "outlier"], ["fc", "dead"]]
+    saved = tracker.episode_state()
+    assert saved == {
+        "updates": 2,
+        "episodes": [["b", "outlier", 4.0, 2.0, 1.0, 4.0], ["fc", "dead", 3.0, 2.0, 1.0, 3.0]],
+    }
+    again = AlertTracker()
+    again.load(tracker.state())
+    again.load_episodes(saved)
+    assert again.active == {("fc", "dead"), ("b", "outlier")} and again.updates == 2
+    assert again.episodes == {("b", "outlier"): [4.0, 2.0, 1.0, 4.0], ("fc", "dead"): [3.0, 2.0, 1.0, 3.0]}
+    again.load_episodes({})
+    assert again.updates == 0 and again.episodes == {}
+
+
+# ------------------------------------------------------------------ diagnosis
+def test_downstream_edges() -> None:
+    edges = {"b1": "a", "b2": "a", "c": "b2"}
+    order = ["a", "b1", "b2", "c"]
+    assert downstream("a", "c", order, edges) and not downstream("c", "a", order, edges)
+    assert not downstream("a", "a", order, edges)  # itself: not after it
+    assert not downstream("b1", "c", order, edges) and downstream("b2", "c", order, edges)
+    # an input not among the watched tensors feeds everything; a module missing from the order feeds nothing
+    assert downstream("input", "a", order, edges) and downstream("input/x", "c", order, edges)
+    assert not downstream("input", "missing", order, edges) and not downstream("gone", "c", order, edges)
+    assert not downstream("a", "gone", order, edges)
+    # a watched tensor named input is placed by the order like any other
+    assert not downstream("input", "a", ["a", "input"], {})
+    # a chain that loops, or breaks at a residual sum: the order decides
+    assert downstream("a", "c", order, {"c": "x", "x": "c"}) and downstream("a", "c", order, {})
+    # a chain that reaches the root's own position from a tensor before it is another branch
+    assert not downstream("b2", "c", order, {"c": "b1"})
+
+
+def test_follower_note() -> None:
+    note = follower_note(Alert(150, "net.41", "vanishing", "warning", 9.0, 8.0, ""))
+    assert note == " (Follows the vanishing alert on `net.41` from step 150: a consequence of it, fix that first.)"
+
+
+def test_diagnose_marks_followers_downstream_and_keeps_the_order() -> None:
+    new = [_a("net.3", "dead"), _a("net.1", "scale_drift"), _a("net.4", "outlier")]
+    out = diagnose(new, [], ORDER)
+    assert _causes(out) == [
+        ("net.3", "dead", ("scale_drift", "net.1")),
+        ("net.1", "scale_drift", None),
+        ("net.4", "outlier", ("scale_drift", "net.1")),
+    ]
+    assert out[0].message == "m" + follower_note(new[1]) and out[1] is new[1]
+
+
+def test_a_more_severe_alert_never_follows_and_kinds_that_explain_nothing() -> None:
+    out = diagnose([_a("net.1", "dead"), _a("net.3", "nonfinite", severity="error")], [], ORDER)
+    assert _causes(out) == [("net.1", "dead", None), ("net.3", "nonfinite", None)]
+    out = diagnose([_a("net.1", "non_normal", severity="info"), _a("net.3", "dead")], [], ORDER)
+    assert [a.caused_by for a in out] == [None, None]  # information explains nothing
+    # severities unknown to the ranking count as warnings
+    out = diagnose([_a("net.1", "dead", severity="odd"), _a("net.3", "outlier", severity="odd")], [], ORDER)
+    assert out[1].caused_by == ("dead", "net.1")
+    out = diagnose([_a("net.1", "dead"), _a("net.3", "outlier", severity="odd")], [], ORDER)
+    assert out[1].caused_by == ("dead", "net.1")
+    out = diagnose([_a("net.1", "dead", severity="odd"), _a("net.3", "outlier", severity="error")], [], ORDER)
+    assert out[1].caused_by is None
+    # kinds outside the signal rules are neither roots nor followers here
+    unrelated = _a("net.3", "update_size")
+    assert diagnose([_a("net.1", "dead"), unrelated], [], ORDER)[1] is unrelated
+
+
+def test_same_cause_kinds_follow_their_first_wherever_they_are() -> None:
+    out = diagnose([_a("net.3", "frozen_norm"), _a("net.1", "frozen_norm", step=9)], [], ORDER)
+    assert _causes(out) == [("net.3", "frozen_norm", None), ("net.1", "frozen_norm", ("frozen_norm", "net.3"))]
+    out = diagnose([_a("net.1", "dead"), _a("net.3", "frozen_norm")], [], ORDER)
+    assert out[1].caused_by is None
+
+
+def test_the_window_and_the_start_steps_decide() -> None:
+    root = _a("net.1", "scale_drift", step=100)
+    assert diagnose([_a("net.3", "dead", step=150)], [root], ORDER, window=50)[0].caused_by == ("scale_drift", "net.1")
+    assert diagnose([_a("net.3", "dead", step=151)], [root], ORDER, window=50)[0].caused_by is None
+    assert diagnose([_a("net.3", "dead", step=99)], [root], ORDER, window=50)[0].caused_by is None
+    assert diagnose([_a("net.3", "dead", step=100)], [root], ORDER)[0].caused_by == ("scale_drift", "net.1")
+    # started: when each alert's episode began (a re-raised alert keeps its first start)
+    late = _a("net.3", "dead", step=400)
+    started = {("net.3", "dead"): 100, ("net.1", "scale_drift"): 100}
+    assert diagnose([late], [root], ORDER, started=started)[0].caused_by == ("scale_drift", "net.1")
+    # an active follower is not a root for new alerts
+    follower = Alert(100, "net.2", "dead", "warning", 1.0, 0.5, "m", caused_by=("scale_drift", "net.1"))
+    out = diagnose([_a("net.4", "outlier", step=100)], [follower], ORDER)
+    assert out[0].caused_by is None
+
+
+def test_two_alerts_on_one_tensor_and_the_kind_order() -> None:
+    out = diagnose([_a("net.2", "dead"), _a("net.2", "mean_drift")], [], ORDER)
+    assert _causes(out) == [("net.2", "dead", ("mean_drift", "net.2")), ("net.2", "mean_drift", None)]
+    # an alert of a kind missing from the order of kinds comes after the known ones at one tensor and step
+    out = diagnose([_a("net.2", "saturated"), _a("net.2", "non_normal", severity="info")], [], ORDER)
+    assert out[1].caused_by == ("saturated", "net.2")
+
+
+def test_inputs_lead_and_modules_missing_from_the_order_come_last() -> None:
+    out = diagnose([_a("net.0", "scale_drift"), _a("input", "feature_scale")], [], ORDER)
+    assert _causes(out) == [("net.0", "scale_drift", ("feature_scale", "input")), ("input", "feature_scale", None)]
+    out = diagnose([_a("gone", "dead"), _a("net.4", "dead")], [], ORDER)
+    assert [a.caused_by for a in out] == [None, None]  # nothing downstream of or from an unplaced module
+
+
+def test_a_depth_alert_follows_only_a_root_at_or_after_its_origin_and_at_its_start() -> None:
+    vanish = _a("net.3", "vanishing", message="... 50x below the 2 of `net.2` (Linear) ...")
+    out = diagnose([vanish, _a("net.1", "dead")], [], ORDER)
+    assert out[0].caused_by is None  # the dead layer runs before the origin it names: another fault
+    out = diagnose([vanish, _a("net.2", "mean_drift")], [], ORDER)
+    assert out[0].caused_by == ("mean_drift", "net.2")
+    late = diagnose([vanish], [_a("net.2", "mean_drift", step=0)], ORDER, window=50)
+    assert late[0].caused_by is None  # started later than its root: its own fault
+    no_origin = _a("net.3", "vanishing", message="no origin named")
+    assert diagnose([no_origin, _a("net.1", "dead")], [], ORDER)[0].caused_by == ("dead", "net.1")
+    assert diagnose([vanish, _a("input", "feature_scale")], [], ORDER)[0].caused_by == ("feature_scale", "input")
+    assert diagnose([vanish, _a("net.1", "vanishing")], [], ORDER)[0].caused_by == ("vanishing", "net.1")
+
+
+def test_roots_first_groups_followers_under_their_root() -> None:
+    root = _a("net.1", "vanishing", step=150)
+    again = _a("net.1", "vanishing", step=300)
+    f1 = Alert(150, "net.3", "dead", "warning", 1.0, 0.5, "m", caused_by=("vanishing", "net.1"))
+    orphan = Alert(160, "net.4", "dead", "warning", 1.0, 0.5, "m", caused_by=("scale_drift", "net.0"))
+    orphan2 = Alert(170, "net.4", "dead", "warning", 1.0, 0.5, "m", caused_by=("scale_drift", "net.0"))
+    early = _a("net.0", "outlier", step=10)
+    groups = roots_first([f1, orphan, root, again, orphan2, early])
+    assert [(r.step, r.module, [x.module for x in fs]) for r, fs in groups] == [
+        (10, "net.0", []),
+        (150, "net.1", ["net.3"]),
+        (160, "net.4", []),
+        (170, "net.4", []),
+    ]
+    assert roots_first([]) == []
+
+
+@pytest.mark.parametrize("kind", ["dead", "collapse", "shift"])
+def test_a_nonfinite_root_explains_the_signal_kinds(kind: str) -> None:
+    out = diagnose([_a("net.3", kind, severity="warning"), _a("net.1", "nonfinite", severity="error")], [], ORDER)
+    assert out[0].caused_by == ("nonfinite", "net.1")
