@@ -197,3 +197,8 @@ def test_roots_first_groups_followers_under_their_root() -> None:
 def test_a_nonfinite_root_explains_the_signal_kinds(kind: str) -> None:
     out = diagnose([_a("net.3", kind, severity="warning"), _a("net.1", "nonfinite", severity="error")], [], ORDER)
     assert out[0].caused_by == ("nonfinite", "net.1")
+
+
+def test_an_old_checkpoint_alert_without_caused_by_loads_as_a_root() -> None:
+    old = {"step": 1, "module": "fc", "kind": "dead", "severity": "warning", "value": 0.9, "threshold": 0.5}
+    assert Alert.from_dict({**old, "message": "m"}) == Alert(1, "fc", "dead", "warning", 0.9, 0.5, "m")

@@ -247,3 +247,80 @@ def test_overflow_alert_names_the_origin_and_its_figures() -> None:
 @pytest.mark.parametrize("value", [0.0, -1.0, math.inf])
 def test_first_exploded_ignores_rms_that_is_not_a_positive_finite_number(value: float) -> None:
     assert first_exploded([("a", 1.0), ("b", value), ("c", 1.0)], {}) is None
+
+
+def test_placement_in_nested_blocks_and_at_the_top_level() -> None:
+    ln, fc = nn.LayerNorm(2), nn.Linear(2, 2)
+    modules = {"enc": nn.Module(), "enc.b": nn.Module(), "enc.b.norm": ln, "enc.b.fc": fc, "x": fc, "top": ln}
+    # first in its block (enc.b, not enc), fed by a linear layer outside it: pre-norm
+    order = ["x", "enc.b.norm", "enc.b.fc"]
+    edges = {"enc.b.norm": "x", "enc.b.fc": "enc.b.norm"}
+    consumers = {"x": ["enc.b.norm"], "enc.b.norm": ["enc.b.fc"]}
+    assert placement_of("enc.b.norm", order, edges, consumers, {}, modules) == "pre-norm"
+    # a norm at the top level has no block: placed by its data flow, even when it runs first
+    order = ["top", "x"]
+    assert placement_of("top", order, {"x": "top"}, {"top": ["x"]}, {}, modules) == "post-norm"
+
+
+def test_placement_summary_of_two_patterns_with_the_final_norm() -> None:
+    ln = nn.LayerNorm(2)
+    modules = {
+        "h": nn.Module(),
+        "h.ln_1": ln,
+        "h.attn": nn.Linear(2, 2),
+        "ln_f": nn.LayerNorm(2),
+        "head": nn.Linear(2, 2),
+    }
+    order = ["h.ln_1", "h.attn", "ln_f", "head"]
+    edges = {"h.attn": "h.ln_1", "head": "ln_f"}
+    (summary,) = placement_alerts(order, edges, {}, modules, step=8)
+    assert (summary.module, summary.step, summary.value) == ("h.ln_1", 8, 2.0)
+    assert summary.message.startswith(
+        "2 normalization layers (LayerNorm): 1 pre-norm (each block normalizes its input: x + f(norm(x))): "
+        "`h.ln_1` (LayerNorm); 1 final (the last norm, on a residual stream, before the head): `ln_f` (LayerNorm). "
+    )
+
+
+def test_a_batchnorm_without_a_producer_and_the_redundant_bias_alert() -> None:
+    net = nn.Sequential(nn.BatchNorm1d(2), nn.Linear(2, 2), nn.BatchNorm1d(2))
+    modules = dict(net.named_modules())
+    summary, bias = placement_alerts(["0", "1", "2"], {"1": "0", "2": "1"}, {}, modules, step=6)
+    assert summary.module == "0" and (bias.step, bias.module, bias.kind, bias.value, bias.threshold) == (
+        6,
+        "2",
+        "redundant_bias",
+        1.0,
+        0.0,
+    )
+    assert not_run_alerts({"a": nn.ReLU()}, set(), step=2)[0].value == 1.0
+
+
+def test_model_checks_combine_frozen_placement_and_not_run_at_one_step() -> None:
+    net = nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2), nn.ReLU(), nn.Linear(2, 2), nn.BatchNorm1d(2))
+    net.add_module("unused", nn.Linear(2, 2))
+    modules = dict(net.named_modules())
+    checks = ModelChecks({"unused": net.unused, "1": net[1]}, modules)
+    net.train()
+    net[4].eval()
+    first = checks.at_logging_step(net, 10, ["0", "1", "2"], set(), {"1": "0", "2": "1"}, {"2": "activation"})
+    assert [(a.step, a.module, a.kind) for a in first] == [(10, "4", "frozen_norm"), (10, "1", "norm_placement")]
+    # the placement is summarized once per fit: a norm seen only later is not reported then
+    later = ["0", "1", "2", "3", "4"]
+    edges = {"1": "0", "2": "1", "3": "2", "4": "3"}
+    net[4].train()
+    assert checks.at_logging_step(net, 11, later, set(), edges, {"2": "activation"}) == []
+    net[4].eval()  # frozen again at the third logging step, with the module that never ran
+    third = checks.at_logging_step(net, 12, later, set(), edges, {})
+    assert [(a.step, a.module, a.kind) for a in third] == [(12, "4", "frozen_norm"), (12, "unused", "not_run")]
+
+
+def test_no_normalization_layer_at_the_first_logging_step_means_no_summary_later() -> None:
+    net = nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2))
+    checks = ModelChecks({}, dict(net.named_modules()))
+    assert checks.at_logging_step(net, 0, ["0"], set(), {}, {}) == []
+    assert checks.at_logging_step(net, 1, ["0", "1"], set(), {"1": "0"}, {}) == []
+
+
+def test_first_exploded_divides_by_the_baseline() -> None:
+    assert first_exploded([("a", 150.0)], {"a": 2.0}) is None  # 75x its own scale
+    assert first_exploded([("a", 300.0)], {"a": 2.0}) == ("a", 150.0, "its scale before")
