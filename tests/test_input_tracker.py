@@ -151,3 +151,22 @@ def test_state_round_trip() -> None:
     x = _batch(shift=3.0)
     figures, verdict = _feed(again, 20, x)
     assert verdict is not None and figures == _feed(tracker, 20, x)[0]
+
+
+def test_the_window_counts_rows_over_steps_and_holds_at_most_window_steps() -> None:
+    tracker = InputTracker(reference_end=10, min_rows=256, window=8)
+    for _ in range(5):
+        tracker.scale_figures("input", *_moments(_batch(rows=100)))
+    assert len(tracker.inputs["input"].recent) == 3  # 300 rows from the latest three steps
+    small = InputTracker(reference_end=10, min_rows=256, window=3)
+    for _ in range(4):
+        small.scale_figures("input", *_moments(_batch(rows=10)))
+    assert len(small.inputs["input"].recent) == 3
+
+
+def test_moments_are_merged_in_float64() -> None:
+    moments = _moments(_batch(rows=300))
+    as32 = [np.asarray(m, dtype=np.float32) for m in moments]
+    a = InputTracker(reference_end=10).scale_figures("input", *as32)
+    b = InputTracker(reference_end=10).scale_figures("input", *(np.asarray(m, dtype=np.float64) for m in as32))
+    assert a == b

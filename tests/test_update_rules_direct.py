@@ -287,3 +287,63 @@ def test_update_alerts_combines_the_three_rules() -> None:
         (5, "fc4", "update_size"),
     ]
     assert ("fc0", "update_size") in checked and ("fc0", "vanishing_gradient") in checked
+
+
+def test_the_median_layer_is_the_middle_one_of_those_that_move() -> None:
+    figs = _layers(5)
+    for i, ratio in enumerate((1e-3, 2e-3, 4e-3, 8e-3)):
+        figs[f"fc{i}"]["update_ratio"] = ratio
+    figs["fc4"].update(update_ratio=1e-7, lr=1e-5)
+    history = UpdateHistory()
+    (a,) = [size_alerts(s, figs, TH, history)[0] for s in range(PERSIST)][-1]
+    assert a.value == pytest.approx(2e-3 / 1e-7)  # the median of 1e-7, 1e-3, 2e-3, 4e-3, 8e-3
+    # two layers that do not move (ratio 0, learning rate 0) are left out of the medians
+    figs = _layers(5)
+    figs["fc1"].update(update_ratio=0.0, lr=0.0)
+    figs["fc2"].update(update_ratio=0.0, lr=0.0)
+    figs["fc3"].update(update_ratio=1e-7, lr=1e-5)
+    history = UpdateHistory()
+    alerts = [size_alerts(s, figs, TH, history)[0] for s in range(PERSIST)][-1]
+    assert next(a for a in alerts if a.module == "fc3").value == pytest.approx(1e4)
+    # layers without a gradient are left out of the median gradient
+    figs = _layers(5)
+    for k in ("fc1", "fc2", "fc4"):
+        figs[k]["grad_rms"] = 0.0
+    figs["fc3"].update(update_ratio=1e-7, lr=1e-5, grad_rms=1e-6)  # 1e4x below the median gradient 1e-2: small
+    history = UpdateHistory()
+    assert [size_alerts(s, figs, TH, history)[0] for s in range(3)] == [[], [], []]
+    # no layer moves: nothing to compare with
+    still = _layers(3, ratio=0.0, lr=0.0, grad=0.0)
+    assert size_alerts(0, still, TH, UpdateHistory())[0] == []
+
+
+def test_streak_keys_in_the_checkpoint_state() -> None:
+    figs = _layers(2)
+    figs["fc0"]["update_ratio"] = 0.5
+    figs["fc1"].update(update_ratio=0.0, lr=0.0)
+    figs["fc0"]["lr"] = 1e-3
+    history = UpdateHistory()
+    size_alerts(3, figs, TH, history)
+    assert history.state()["streak"] == {"fc0/large": 1, "fc0/small": 0, "fc1/large": 0, "fc1/small": 1}
+
+
+def test_flow_alert_at_a_factor_equal_to_the_threshold_is_quiet() -> None:
+    grads = [1e-2 / 3000, 1e-2 / 3000, 1e-2 / 3000, 1e-2, 1e-2]
+    figs = {f"fc{i}": {"grad_rms": g} for i, g in enumerate(grads)}
+    factor = gradient_factors(grads)[0]
+    history = UpdateHistory()
+    th = Thresholds(vanishing_gradient=factor)
+    assert [flow_alerts(s, figs, list(figs), th, history)[0] for s in (0, 5)] == [[], []]
+    history = UpdateHistory()
+    th = Thresholds(vanishing_gradient=factor * 0.999)
+    assert len([flow_alerts(s, figs, list(figs), th, history)[0] for s in (0, 5)][-1]) == 1
+
+
+def test_update_alerts_passes_the_active_alerts_on() -> None:
+    figs = {f"fc{i}": {"grad_rms": 1e-2, "has_grad": 1.0} for i in range(6)}
+    for i in range(3):
+        figs[f"fc{i}"]["grad_rms"] = 1e-2 / 2000
+    figs["fc3"]["grad_rms"] = 1e-2 / 2000 * 1.5
+    history, active = UpdateHistory(), {("fc2", "vanishing_gradient")}
+    alerts = [update_alerts(s, figs, list(figs), TH, history, active=active)[0] for s in (0, 5)][-1]
+    assert [(a.module, a.kind) for a in alerts] == [("fc2", "vanishing_gradient")]
