@@ -202,3 +202,84 @@ def test_a_nonfinite_root_explains_the_signal_kinds(kind: str) -> None:
 def test_an_old_checkpoint_alert_without_caused_by_loads_as_a_root() -> None:
     old = {"step": 1, "module": "fc", "kind": "dead", "severity": "warning", "value": 0.9, "threshold": 0.5}
     assert Alert.from_dict({**old, "message": "m"}) == Alert(1, "fc", "dead", "warning", 0.9, 0.5, "m")
+
+
+def test_tracker_does_not_raise_an_active_alert_again_even_when_worse() -> None:
+    tracker = AlertTracker()
+    key = {("fc", "dead")}
+    assert len(tracker.update([Alert(1, "fc", "dead", "warning", 0.6, 0.5, "m")], key, 1)) == 1
+    assert tracker.update([Alert(2, "fc", "dead", "warning", 0.99, 0.5, "m")], key, 2) == []
+
+
+def test_tracker_rearm_window_counts_logging_steps_since_the_last_firing() -> None:
+    def fire(t: AlertTracker, step: int, value: float = 0.6, module: str = "fc") -> list[Alert]:
+        return t.update([Alert(step, module, "dead", "warning", value, 0.5, "m")], {(module, "dead")}, step)
+
+    tracker = AlertTracker()
+    for step in range(30):  # 30 logging steps with nothing
+        tracker.update([], set(), step)
+    assert len(fire(tracker, 30)) == 1
+    tracker.update([], {("fc", "dead")}, 31)  # cleared
+    assert fire(tracker, 32) == []  # back within the window, not worse: the same problem
+    # exactly REARM_WINDOW logging steps after its last firing: still the same problem
+    tracker = AlertTracker()
+    fire(tracker, 0)
+    for step in range(1, 25):
+        tracker.update([], {("fc", "dead")}, step)
+    assert fire(tracker, 25) == []
+    for step in range(26, 52):
+        tracker.update([], {("fc", "dead")}, step)
+    assert len(fire(tracker, 52)) == 1  # 26 logging steps later: a new problem
+
+
+def test_tracker_raised_again_message_and_the_next_alert_of_the_same_update() -> None:
+    tracker = AlertTracker()
+    keys = {("fc", "dead"), ("other", "dead")}
+    tracker.update([Alert(10, "fc", "dead", "warning", 0.6, 0.5, "m")], keys, 10)
+    tracker.update([], keys, 11)
+    worse = Alert(16, "fc", "dead", "warning", 0.8, 0.5, "m")
+    new = Alert(14, "other", "dead", "warning", 0.6, 0.5, "m")
+    out = tracker.update([Alert(14, "fc", "dead", "warning", 0.61, 0.5, "m"), new], keys, 14)
+    assert out == [new]  # the first one re-armed (not worse), the second one new
+    tracker.update([], keys, 15)
+    (again,) = tracker.update([worse], keys, 16)
+    assert (
+        again.message == "m (Raised again: worse than its 0.6 at step 10; the problem has come and gone for 6 steps.)"
+    )
+    tracker.update([], keys, 17)
+    (third,) = tracker.update([Alert(18, "fc", "dead", "warning", 1.0, 0.5, "m")], keys, 18)
+    assert "worse than its 0.8 at step 16; the problem has come and gone for 8 steps" in third.message
+
+
+def test_before_and_unplaced_origins_of_depth_alerts() -> None:
+    vanish = _a("net.3", "vanishing", message="... 50x below the 2 of `net.0` (Linear) ...")
+    # an input's own drift (a signal kind on a tensor not in the order) runs before every watched tensor
+    assert diagnose([vanish, _a("input", "mean_drift")], [], ORDER)[0].caused_by is None
+    # an origin missing from the order: every placed root runs before it
+    gone = _a("net.3", "vanishing", message="... 50x below the 2 of `gone` (Linear) ...")
+    assert diagnose([gone, _a("net.1", "mean_drift")], [], ORDER)[0].caused_by is None
+
+
+def test_severity_rank_of_the_root_and_kinds_that_explain_nothing() -> None:
+    # an input_drift made information (input_drift="info") explains no warning
+    out = diagnose([_a("input", "input_drift", severity="info"), _a("net.3", "dead")], [], ORDER)
+    assert [a.caused_by for a in out] == [None, None]
+    # information kinds explain no information either
+    out = diagnose([_a("net.1", "non_normal", severity="info"), _a("net.3", "non_normal", severity="info")], [], ORDER)
+    assert [a.caused_by for a in out] == [None, None]
+
+
+def test_diagnose_defaults_to_no_window() -> None:
+    root = _a("net.1", "scale_drift", step=100)
+    assert diagnose([_a("net.3", "dead", step=101)], [root], ORDER)[0].caused_by is None
+
+
+def test_unplaced_modules_come_after_placed_ones() -> None:
+    out = diagnose([_a("gone", "frozen_norm"), _a("net.1", "frozen_norm")], [], ORDER)
+    assert _causes(out) == [("gone", "frozen_norm", ("frozen_norm", "net.1")), ("net.1", "frozen_norm", None)]
+
+
+def test_roots_are_tried_in_their_order() -> None:
+    roots = [_a("net.3", "scale_drift"), _a("net.1", "scale_drift"), _a("net.1", "update_size")]
+    (out,) = diagnose([_a("net.4", "dead")], roots, ORDER)
+    assert out.caused_by == ("scale_drift", "net.1")
