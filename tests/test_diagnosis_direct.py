@@ -247,7 +247,7 @@ def test_tracker_raised_again_message_and_the_next_alert_of_the_same_update() ->
         again.message == "m (Raised again: worse than its 0.6 at step 10; the problem has come and gone for 6 steps.)"
     )
     tracker.update([], keys, 17)
-    (third,) = tracker.update([Alert(18, "fc", "dead", "warning", 1.0, 0.5, "m")], keys, 18)
+    (third,) = tracker.update([Alert(18, "fc", "dead", "warning", 1.2, 0.5, "m")], keys, 18)
     assert "worse than its 0.8 at step 16; the problem has come and gone for 8 steps" in third.message
 
 
