@@ -205,3 +205,80 @@ def test_an_active_collapse_stays_on_its_tensor() -> None:
     # an active alert on the peak itself, or past the first out-of-range tensor, does not hold it
     (c,), _ = collapse_alerts(seq, TH, step=5, active={("fc0", "collapse")})
     assert c.module == "fc2"
+
+
+def test_small_tensors_are_left_out_of_the_depth_profile() -> None:
+    seq = _seq([1.0, 2.0, 0.1, 0.1, 0.1, 0.1])
+    tiny = (TensorInfo("tiny", "preact", "Linear", 1), {"mean": 0.0, "std": 50.0, "numel": 31.0})
+    seq.insert(3, tiny)
+    (a,), _ = depth_alerts(seq, TH, step=0)
+    assert (a.module, a.value) == ("net.2", pytest.approx(20.0))
+    edge = (TensorInfo("edge", "preact", "Linear", 1), {"mean": 0.0, "std": 50.0, "numel": 32.0})
+    seq[3] = edge  # from 32 values on it counts, and restores the signal
+    assert depth_alerts(seq, TH, step=0)[0] == []
+
+
+def test_the_signal_lost_at_the_second_tensor() -> None:
+    (a,), _ = depth_alerts(_seq([1.0, 0.01, 0.01, 0.01, 0.01]), TH, step=0)
+    assert (a.module, a.value) == ("net.1", pytest.approx(100.0))
+
+
+def test_depth_and_collapse_ratios_below_e() -> None:
+    assert [round(x, 6) for x in depth_ratios(_seq([1.0, 1.0, 0.5, 0.5, 0.5, 0.5]))] == [2.0, 1.0]
+    assert collapse_ratio(_spread([1.0, 1.0, 0.5, 0.5, 0.5, 0.5])) == pytest.approx(2.0)
+
+
+def test_vanishing_at_exactly_the_threshold_is_quiet() -> None:
+    seq = _seq([1.0, 1.0, 2.0**-10, 2.0**-10, 2.0**-10, 2.0**-10])
+    assert depth_alerts(seq, Thresholds(vanishing=1024.0), step=0)[0] == []
+    assert len(depth_alerts(seq, Thresholds(vanishing=1000.0), step=0)[0]) == 1
+
+
+def test_the_zero_activation_right_before_the_origin_is_not_where_the_signal_was_lost() -> None:
+    seq = _seq([1.0, 2.0, 0.1, 0.1, 0.05, 0.1])
+    relu = (TensorInfo("act", "activation", "ReLU", 32), {"mean": 0.0, "std": 0.0, "max_abs": 0.0, "numel": 512.0})
+    seq.insert(1, relu)  # between net.0 and the origin net.1
+    (a,), _ = depth_alerts(seq, TH, step=0)
+    assert a.module == "net.2" and a.message.startswith("The signal vanishes with depth from `net.2`")
+
+
+def test_origin_hint_with_missing_figures_and_a_mean_between_one_and_three_stds() -> None:
+    info = TensorInfo("net.4", "preact", "Linear", 32)
+    assert origin_hint(info, {"std": 2.0}) == "its mean is nan and its std 2"
+    assert origin_hint(info, {"mean": 2.0}) == ""
+    assert origin_hint(info, {"mean": 5.0, "std": 2.0}) == "its mean is 5 and its std 2"
+
+
+def test_an_active_depth_alert_stays_on_its_tensor_while_above_the_clearing_level() -> None:
+    seq = _seq([1.0, 2.0, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1])
+    (a,), _ = depth_alerts(seq, TH, step=0, active={("net.3", "vanishing")})
+    assert (a.module, a.severity) == ("net.3", "warning")
+    assert a.message.startswith("The signal vanishes with depth from `net.3` (Linear) on")
+    seq = _seq([1.0, 2.0, 0.5, 0.1, 0.1, 0.1, 0.1, 0.1])  # net.2 is 4x below: under 80 % of the threshold
+    (b,), _ = depth_alerts(seq, TH, step=0, active={("net.2", "vanishing")})
+    assert b.module == "net.3"
+    # 7x below (between 80 % of the threshold and the threshold): no alert, active or not (the active one
+    # only keeps its place while the signal is out of range)
+    seq = _seq([1.0, 1.0, 1 / 7, 1 / 7, 1 / 7, 1 / 7])
+    assert depth_alerts(seq, TH, step=0)[0] == []
+    assert depth_alerts(seq, TH, step=0, active={("net.2", "vanishing")})[0] == []
+
+
+def test_an_exploding_alert_leaves_the_vanishing_checks_in_place() -> None:
+    (a,), checked = depth_alerts(_seq([1.0, 0.5, 20.0, 20.0, 40.0, 20.0]), TH, step=3)
+    assert a.kind == "exploding" and a.severity == "warning"
+    assert {(f"net.{i}", "vanishing") for i in range(6)} <= checked
+
+
+def test_small_growth_median_of_the_positive_finite_reference() -> None:
+    grew = Alert(5, "attn", "scale_drift", "warning", 6.0, 4.0, "grew")
+    fig = {"attn": {"mean": 0.0, "std": 3.0, "std_log_ratio": 1.0}}
+    assert small_growth([grew], fig, {"a": 1.0, "b": 0.0, "c": 0.0, "x": 2.0}) == [grew]  # median 2: 3 < 4
+    fig = {"attn": {"mean": 0.0, "std": 5.0, "std_log_ratio": 1.0}}
+    assert small_growth([grew], fig, {"a": 1.0, "b": 2.0, "c": math.inf, "d": math.inf}) == []
+
+
+def test_an_active_collapse_on_the_first_out_of_range_tensor_holds() -> None:
+    spread = [0.9, 0.9, 0.3, 1e-2, 3e-4, 1e-5, 3e-7, 1e-8, 1e-8]
+    (a,), _ = collapse_alerts(_spread(spread), TH, step=5, active={("fc4", "collapse")})
+    assert a.module == "fc4"
