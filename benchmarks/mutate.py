@@ -40,6 +40,16 @@ def survivors() -> list[str]:
     return [line.split(":")[0].strip() for line in out.splitlines() if line.strip().endswith(("survived", "no tests"))]
 
 
+def module_of(name: str) -> str:
+    """The module of a mutant's name.
+
+    Example:
+        >>> module_of("lightning_normwatch.judge.windows.xǁWindowsǁdescribe__mutmut_1")
+        'windows'
+    """
+    return name.split(".")[2]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-children", type=int, default=2, help="mutants run at once (default 2)")
@@ -58,10 +68,9 @@ def main() -> int:
     subprocess.run([BIN / "mutmut", "export-cicd-stats"], cwd=ROOT, capture_output=True, check=True)
     stats = json.loads((MUTANTS / "mutmut-cicd-stats.json").read_text())
     left = survivors()
-    per_module = Counter(name.split(".x_")[0].rsplit(".", 1)[-1] for name in left)
     for name in left:
         print(f"survived: {name}")
-    print("survivors per module:", dict(sorted(per_module.items())) or "none")
+    print("not killed per module:", ", ".join(f"{m} {n}" for m, n in sorted(Counter(map(module_of, left)).items())))
     killed, total = score(stats)
     print(
         f"{stats['total']} mutants in {seconds:.0f} s ({seconds / max(stats['total'], 1):.2f} s each), "
