@@ -14,7 +14,8 @@ and by the thread that ran it (``threading.current_thread()``):
 - ``encode``: TensorBoard's ``RecordWriter.write`` (the two checksums of every event and the file
   write), which runs on TensorBoard's own writer thread;
 - ``callback``: all of NormWatch's Lightning hooks together, which contain ``transfer``, ``judge``
-  and ``write`` when those run on the training thread (``other`` in the table is the rest).
+  and ``write`` when those run on the training thread, and the ``hooks`` of a compiled model's eager
+  replay (``other`` in the table is the rest; the total counts nested time once).
 
 Threads: ``training`` (the main thread), ``TB writer`` (TensorBoard's ``_AsyncWriterThread``) and
 ``worker`` (any other thread, e.g. a NormWatch worker that judges and writes off the training thread).
@@ -88,9 +89,13 @@ class StageProfile:
             finally:
                 setattr(self._depth, stage, depth)
                 if depth == 0:
-                    key = (stage, _thread_kind())
+                    spent, thread = time.perf_counter() - started, _thread_kind()
+                    keys = [(stage, thread)]
+                    if stage != "callback" and getattr(self._depth, "callback", 0):
+                        keys.append((stage + "@callback", thread))  # inside NormWatch's hooks (a compiled replay)
                     with self._lock:
-                        self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - started
+                        for key in keys:
+                            self.seconds[key] = self.seconds.get(key, 0.0) + spent
                         self.steps += stage == "transfer"
 
         return timed
@@ -138,13 +143,14 @@ class StageProfile:
     def rows(self, model: str) -> list[str]:
         """Markdown table rows: one per stage, ms per logging step by thread."""
         lines = []
-        inside = sum(self.per_step(s, "training") for s in ("transfer", "judge", "write", "encode"))
+        inside = sum(self.per_step(s + "@callback", "training") for s in STAGES if s != "callback")
         for stage in STAGES:
             cells = " | ".join(f"{self.per_step(stage, t):.2f}" for t in THREADS)
             lines.append(f"| {model} | {stage} | {cells} |")
         other = self.per_step("callback", "training") - inside
         lines.append(f"| {model} | other (callback − above) | {other:.2f} | — | — |")
-        total = self.per_step("hooks", "training") + self.per_step("callback", "training")
+        hooks_outside = self.per_step("hooks", "training") - self.per_step("hooks@callback", "training")
+        total = hooks_outside + self.per_step("callback", "training")
         lines.append(f"| {model} | **training thread total** | {total:.2f} | — | — |")
         return lines
 
