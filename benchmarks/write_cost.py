@@ -40,6 +40,16 @@ _STEPS = 6  # steps of the fits whose event files are measured (every one a logg
 _FRAME = 16  # bytes around each record: length (8), its checksum (4), the data's checksum (4)
 
 
+_COMPILED = checksum.compiled_crc32c()
+
+
+def _use_compiled(on: bool) -> None:
+    """Compiled or pure-Python checksums for the fits that follow (``Panels`` installs the compiled one when
+    it can: without it, it cannot)."""
+    checksum._CRC = _COMPILED if on else None
+    checksum.install() if on else checksum.uninstall()
+
+
 def histogram_bytes(log_dir: str, split: bool) -> tuple[float, int]:
     """(bytes of NormWatch's activation histograms per logging step, histograms per step) in ``log_dir``'s
     event files; ``split``: as if every histogram were its own event (``add_histogram_raw``)."""
@@ -134,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         for r in range(args.rounds):
             medians = {}
             for config in configs if r % 2 == 0 else configs[::-1]:
-                checksum.install() if config == "compiled crc" else checksum.uninstall()
+                _use_compiled(config == "compiled crc")
                 with profiles[config]:
                     timer = overhead.fit(model, spec, "every step", 3 + args.steps, log_dir)
                 steps = timer.step_times()[3:]
@@ -142,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
                 medians[config] = statistics.median(steps)
             ratios.append(medians["compiled crc"] / medians["python crc"])
             print(f"  round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
-        checksum.install()
+        _use_compiled(True)
         now, per_event, every_bucket, tensors, crc = _bytes_before_and_after(model, spec)
     print(f"Machine: {overhead.machine()}. Date: {time.strftime('%Y-%m-%d %H:%M %Z')}.")
     print(f"Command: python benchmarks/write_cost.py {' '.join(argv if argv is not None else sys.argv[1:])}")

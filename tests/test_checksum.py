@@ -204,3 +204,10 @@ def test_overview_images_are_written_only_when_they_change(tmp_path: Path) -> No
         panels.overview.add(step, {"net.0": {"std": 1.0}}, {"net.0": ("Linear", "linear")}, {})
         panels.write_overview()
     assert written == [["a", "b"], ["b"]]
+
+
+@compiled
+def test_panels_install_the_compiled_checksum(tmp_path: Path, restore_checksum: None) -> None:
+    checksum.uninstall()
+    Panels(SummaryWriter(str(tmp_path)))
+    assert checksum.installed()
