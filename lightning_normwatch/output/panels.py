@@ -4,10 +4,11 @@ Scalars go through the trainer's loggers (any logger); this module writes what o
 can show, through the ``SummaryWriter`` of the trainer's ``TensorBoardLogger``:
 
 - ``normwatch/<tensor>`` histograms (Histograms and Distributions dashboards) from the counts
-  already binned on the device (``add_histogram_raw``), never from whole tensors; each tag's
+  already binned on the device (the fields of ``add_histogram_raw``, all tensors of a step in one
+  event; runs of empty buckets merged), never from whole tensors; each tag's
   description names the layer type;
 - the overview heatmaps (Images dashboard, ``normwatch/overview/*``, see ``overview.py``), every
-  ``overview_every`` logging steps and at the end of the fit;
+  ``overview_every`` logging steps and at the end of the fit, each image only when it changed;
 - the custom-scalars layout (one chart per tensor and figure, in short categories, see ``custom_scalars.py``);
 - the alert panel, Markdown text (tag ``normwatch/alerts``): one line per alert kind, then the table;
 - the watched tensors with their layer types (tag ``normwatch/watched``);
