@@ -32,3 +32,17 @@ def test_rules_ran_says_why_drift_was_not_judged() -> None:
     )
     short = plan_windows(200, 50)  # never judged: the plan says why, whatever the last step
     assert not short.judged and rules_ran(short, 10) == f"rules: {short.describe()}; {EVERY}"
+
+
+def test_plan_windows_edges() -> None:
+    assert plan_windows(1000, 0).interval == 1 and plan_windows(200, 1).interval == 1
+    one = plan_windows(1, 1)  # a run of one step is a known length
+    assert (one.total_steps, one.fitted) == (1, True)
+    unknown = plan_windows(None, 50, warmup_steps=20, reference_steps=30)
+    assert (unknown.warmup, unknown.reference, unknown.interval, unknown.total_steps) == (20, 30, 50, None)
+    assert not unknown.fitted and plan_windows(float("inf"), 50).interval == 50
+    # the reference is extended to hold MIN_REFERENCE_LOGS logging steps: 50, 100, 150, 200 -> ends at 201
+    w = plan_windows(200, 50)
+    assert (w.warmup, w.reference, w.reference_logs) == (50, 151, 4)
+    assert plan_windows(1000, 10, warmup_steps=500).fitted  # the reference window is still fitted
+    assert not plan_windows(1000, 10, warmup_steps=500, reference_steps=100).fitted
