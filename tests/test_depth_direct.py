@@ -112,6 +112,7 @@ def test_vanishing_is_put_on_the_activation_that_outputs_only_zeros() -> None:
     seq.insert(2, relu)  # between the origin net.1 and the first out-of-range net.2 (left out of the profile)
     (a,), checked = depth_alerts(seq, TH, step=3)
     assert a.module == "act" and a.message.endswith(" `act` (ReLU) outputs only zeros: the signal is lost there.")
+    assert a.message.startswith("The signal vanishes with depth from `act` (ReLU) on: the RMS of this and the 3")
     assert ("act", "vanishing") in checked and ("net.2", "vanishing") in checked
     for role in ("bounded", "other"):
         alt = [(TensorInfo("act", role, "ReLU", 32), relu[1]) if i.name == "act" else (i, f) for i, f in seq]
@@ -282,3 +283,11 @@ def test_an_active_collapse_on_the_first_out_of_range_tensor_holds() -> None:
     spread = [0.9, 0.9, 0.3, 1e-2, 3e-4, 1e-5, 3e-7, 1e-8, 1e-8]
     (a,), _ = collapse_alerts(_spread(spread), TH, step=5, active={("fc4", "collapse")})
     assert a.module == "fc4"
+
+
+def test_an_active_depth_alert_at_exactly_the_clearing_level_moves() -> None:
+    seq = _seq([1.0, 1.0, 0.125, 0.05, 0.05, 0.05, 0.05])
+    th = Thresholds(vanishing=10.0)
+    assert -math.log(0.125) == math.log(0.8 * 10.0)  # net.2 is exactly 8x below: 80 % of the threshold
+    (a,), _ = depth_alerts(seq, th, step=0, active={("net.2", "vanishing")})
+    assert a.module == "net.3"

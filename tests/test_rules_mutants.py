@@ -160,6 +160,9 @@ def test_non_normal_edges() -> None:
     # a small skewness and a NaN kurtosis: clearly normal, so the condition clears
     _, checked = evaluate(_info("input"), {"channel_skew": 0.2, "channel_kurtosis": math.nan}, None, TH, step=5)
     assert ("net.3", "non_normal") in checked
+    # a NaN skewness and a small kurtosis: the condition clears too
+    _, checked = evaluate(_info("input"), {"channel_skew": math.nan, "channel_kurtosis": 0.4}, None, TH, step=5)
+    assert ("net.3", "non_normal") in checked
     # pre-activations from MIN_SHAPE_ROWS rows per channel on
     assert _kinds("preact", {"channel_rows": MIN_SHAPE_ROWS, "channel_skew": 9.0}) == ["non_normal"]
     assert _kinds("preact", {"channel_rows": MIN_SHAPE_ROWS - 1, "channel_skew": 9.0}) == []
