@@ -170,3 +170,12 @@ def test_moments_are_merged_in_float64() -> None:
     a = InputTracker(reference_end=10).scale_figures("input", *as32)
     b = InputTracker(reference_end=10).scale_figures("input", *(np.asarray(m, dtype=np.float64) for m in as32))
     assert a == b
+
+
+def test_default_window_256_rows_or_8_logging_steps() -> None:
+    tracker = InputTracker(reference_end=10)
+    assert tracker.scale_figures("input", *_moments(_batch(rows=256)))  # 256 rows on one step: judged
+    tracker = InputTracker(reference_end=10)
+    for _ in range(9):
+        tracker.scale_figures("input", *_moments(_batch(rows=10)))
+    assert len(tracker.inputs["input"].recent) == 8

@@ -324,3 +324,9 @@ def test_no_normalization_layer_at_the_first_logging_step_means_no_summary_later
 def test_first_exploded_divides_by_the_baseline() -> None:
     assert first_exploded([("a", 150.0)], {"a": 2.0}) is None  # 75x its own scale
     assert first_exploded([("a", 300.0)], {"a": 2.0}) == ("a", 150.0, "its scale before")
+
+
+def test_a_nested_transformer_layer_decides_its_norms_placement() -> None:
+    layer = nn.TransformerEncoderLayer(8, 2, 16, norm_first=True)
+    modules = {"encoder": nn.Module(), "encoder.layer": layer, "encoder.layer.norm1": layer.norm1}
+    assert placement_of("encoder.layer.norm1", ["encoder.layer.norm1"], {}, {}, {}, modules) == "pre-norm"
