@@ -347,3 +347,21 @@ def test_update_alerts_passes_the_active_alerts_on() -> None:
     history, active = UpdateHistory(), {("fc2", "vanishing_gradient")}
     alerts = [update_alerts(s, figs, list(figs), TH, history, active=active)[0] for s in (0, 5)][-1]
     assert [(a.module, a.kind) for a in alerts] == [("fc2", "vanishing_gradient")]
+
+
+def test_an_active_flow_alert_at_exactly_the_clearing_level_moves() -> None:
+    from lightning_normwatch.judge.rules import CLEAR_FRACTION
+
+    grads = [1e-6, 1e-6, 1e-6, 8e-6, 1e-2, 1e-2]
+    figs = {f"fc{i}": {"grad_rms": g} for i, g in enumerate(grads)}
+    gap = gradient_gaps(grads)[0][3]  # fc3: 1250x
+    up = down = [gap / CLEAR_FRACTION]  # the float nearest gap / 0.8 whose 80 % is gap exactly
+    for _ in range(4):
+        up, down = up + [math.nextafter(up[-1], math.inf)], down + [math.nextafter(down[-1], -math.inf)]
+    candidates = up + down
+    limit = next(x for x in candidates if CLEAR_FRACTION * x == gap)
+    th = Thresholds(vanishing_gradient=limit)
+    history = UpdateHistory()
+    active = {("fc3", "vanishing_gradient")}
+    (a,) = [flow_alerts(s, figs, list(figs), th, history, active)[0] for s in (0, 5)][-1]
+    assert a.module == "fc2"  # fc3 at exactly 80 % of the threshold: not held
