@@ -16,6 +16,13 @@ FLOORS = (TH.input_mean_shift, TH.input_scale, TH.input_psi)
 RNG = np.random.default_rng(0)
 
 
+@pytest.fixture(autouse=True)
+def _seeded() -> None:
+    """The same batches whichever tests run (``make mutate`` runs a subset, in a forked process)."""
+    global RNG
+    RNG = np.random.default_rng(0)
+
+
 def _batch(rows: int = 2000, c: int = 4, shift: float = 0.0, scale: float = 1.0) -> np.ndarray:
     x = RNG.standard_normal((rows, c))
     x[:, 1] = x[:, 1] * scale + shift
@@ -179,3 +186,39 @@ def test_default_window_256_rows_or_8_logging_steps() -> None:
     for _ in range(9):
         tracker.scale_figures("input", *_moments(_batch(rows=10)))
     assert len(tracker.inputs["input"].recent) == 8
+
+
+def test_user_set_floors_and_noise_level_are_used() -> None:
+    def verdict_for(floors: tuple[float, float, float], noise_z: float) -> bool:
+        tracker = InputTracker(reference_end=10, persistence=1)
+        _feed(tracker, 0, _batch())
+        stats = FeatureStats.of(_batch(shift=1.0), tracker.anchor("input"))
+        return tracker.update("input", 10, stats, floors, noise_z)[1] is not None
+
+    assert verdict_for(FLOORS, TH.input_noise_z)  # a 1 sigma shift on 2,000 rows: beyond the 0.5 sigma floor
+    assert not verdict_for((2.0, 1.5, 5.0), TH.input_noise_z)  # the user's floors: 2 sigma, PSI 5
+    assert not verdict_for(FLOORS, 1e6)  # a noise level no shift exceeds
+
+
+def test_a_change_on_the_first_judged_step_still_needs_persistence() -> None:
+    tracker = InputTracker(reference_end=10)
+    _feed(tracker, 0, _batch())
+    figures, verdict = _feed(tracker, 10, _batch(shift=3.0))
+    assert verdict is None and figures["feature_changed_share"] == 0.25 and figures["feature_drift_share"] == 0.0
+    assert _feed(tracker, 20, _batch(shift=3.0))[1] is not None
+
+
+def test_the_anchor_holds_the_first_steps_mean_and_std() -> None:
+    tracker = InputTracker(reference_end=10)
+    x = 3.0 * _batch() + 5.0
+    _feed(tracker, 0, x)
+    anchor = tracker.anchor("input")
+    assert np.allclose(anchor.center, x.mean(0)) and np.allclose(anchor.scale, x.std(0))
+
+
+def test_drift_figures_ignore_non_finite_shifts() -> None:
+    z = np.zeros(2, dtype=bool)
+    d = FeatureDrift(np.array([np.nan, 0.2]), np.array([np.inf, 0.1]), np.full(2, np.nan), z, np.zeros(2), z, z, z)
+    out = _drift_figures(d, z)
+    assert out["feature_mean_shift_max"] == 0.2 and out["feature_std_log_ratio_max"] == 0.1
+    assert out["feature_drift_worst"] == 1.0
