@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -40,7 +41,8 @@ from ..collect.selection import Pattern
 from ..collect.updates import UpdateProbe, histograms_by_owner
 from ..config import Thresholds
 from ..judge.alerts import Alert, AlertTracker
-from ..judge.updates import UpdateHistory, unheld_alerts, update_alerts
+from ..judge.diagnosis import follower_note, joined_sentence, update_followers
+from ..judge.updates import UpdateHistory, time_factors, unheld_alerts, update_alerts
 
 __all__ = ["UpdateWatch", "DRIFT_FIGURES"]
 
@@ -81,6 +83,7 @@ class UpdateWatch:
         self.reference: dict[str, list[float]] = {}  # owner/figure -> [sum of logs, count]
         self._handles: list[RemovableHandle] = []
         self._model: nn.Module | None = None
+        self._logged: list[int] = []  # the last two logging steps finished (the interval between them)
 
     def attach(
         self,
@@ -148,7 +151,7 @@ class UpdateWatch:
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        self.probe.disarm()
+        self.probe.close()
 
     @property
     def armed(self) -> bool:
@@ -171,19 +174,28 @@ class UpdateWatch:
         figures = self.probe.collect()
         if not figures:
             return {}, []
+        self._logged = [*self._logged[-1:], step]
         self._drift(step, figures)
+        profiles = {k: v for k, v in self.probe.time_profiles.items() if k in figures}
+        for owner, profile in profiles.items():  # through time (recurrent layers): see judge.updates.time_alerts
+            figures[owner]["time_vanishing"], figures[owner]["time_exploding"] = time_factors(profile)
         firing, evaluated = update_alerts(
             step, figures, self.probe.matrix_owners, self.thresholds, self.history, self.expected_unused,
-            self.tracker.active,
+            self.tracker.active, profiles,
         )  # fmt: skip
         new = self.tracker.update(firing, evaluated, step)
         self.alerts += new
         return figures, new
 
-    def add_to(self, step: int, result: Any, panels: Any = None) -> list[Alert]:
+    def add_to(self, step: int, result: Any, panels: Any = None, evaluator: Any = None) -> list[Alert]:
         """``finish`` the logging step into a ``StepResult``: figures merged per module, active counts and
-        alerts added, histograms to ``panels`` (``params="histograms"``); returns the new alerts."""
+        alerts added, histograms to ``panels`` (``params="histograms"``); returns the new alerts.
+
+        ``evaluator`` (the activations' ``Evaluator``): its active alerts that a too-large update explains become
+        followers of the ``update_size`` alert (``join``)."""
         mine, new = self.finish(step)
+        if evaluator is not None:
+            new = self.join(step, new, result, evaluator)
         if panels is not None and self.histograms:
             panels.write_param_histograms(self.histograms, step)
         for owner, fig in mine.items():
@@ -191,6 +203,40 @@ class UpdateWatch:
         for severity, count in self.active_counts().items():
             result.active[severity] = result.active.get(severity, 0) + count
         result.alerts += new
+        return new
+
+    def join(self, step: int, new: list[Alert], result: Any, evaluator: Any) -> list[Alert]:
+        """The two halves joined (``judge.diagnosis.update_followers``): activation alerts on a layer whose updates
+        are too large, or after it, that started with or after its updates are marked as followers of the
+        ``update_size`` alert, in ``evaluator.alerts`` and ``result.alerts``; an ``update_size`` alert raised now
+        (in ``new``, returned) says so in one sentence, a follower raised later in its note."""
+        large = {
+            a.module for a in self.alerts if a.kind == "update_size" and a.threshold == self.thresholds.update_large
+        }
+        roots = {a.module: a for a in self.alerts if a.module in large and (a.module, a.kind) in self.tracker.active}
+        if not roots:
+            return new
+        interval = self._logged[-1] - self._logged[-2] if len(self._logged) > 1 else 0
+        started = {key: int(episode[0]) for key, episode in evaluator.tracker.episodes.items()}
+        latest = {(a.module, a.kind): a for a in evaluator.alerts}
+        active = [latest[key] for key in evaluator.tracker.active if key in latest]
+        replaced: dict[int, Alert] = {}
+        for module, root in roots.items():
+            since = self.history.since.get(module, root.step)
+            found = update_followers(root, since, active, evaluator.order, evaluator.collector.edges, started)
+            followers = [a for a in found if id(a) not in replaced]
+            if not followers:
+                continue
+            sentence = joined_sentence(root, since, followers, started, interval)
+            for a in followers:
+                note = follower_note(root) + ("" if root in new else " " + sentence)
+                replaced[id(a)] = replace(a, caused_by=(root.kind, root.module), message=a.message + note)
+            if root in new:
+                joined = replace(root, message=root.message + " " + sentence)
+                new = [joined if a is root else a for a in new]
+                self.alerts = [joined if a is root else a for a in self.alerts]
+        for alerts in (evaluator.alerts, result.alerts):
+            alerts[:] = [replaced.get(id(a), a) for a in alerts]
         return new
 
     def _drift(self, step: int, figures: dict[str, dict[str, float]]) -> None:

@@ -1,0 +1,116 @@
+"""Gradient flow the per-layer figures miss (through time in a recurrent layer), an exploding gradient, and the
+diagnosis joining a too-large update with the activation alerts it causes: real Trainer runs and the pure rules."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from models import loader, trainer
+from test_updates import PARAM_KINDS, Classifier, digits, digits_mlp, tokens, watch
+from torch import nn
+
+from lightning_normwatch.config import Thresholds
+from lightning_normwatch.judge.updates import PERSIST, UpdateHistory, time_alerts, time_factors
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:.*the trainer has no logger.*"),
+    pytest.mark.filterwarnings("ignore:.*Seed set to.*"),
+]
+
+
+class Recurrent(nn.Module):
+    """Two layers before an LSTM (or GRU), a head on its last output (``benchmarks/calibrate_updates.py``)."""
+
+    def __init__(self, gru: bool = False, d: int = 8, hidden: int = 32) -> None:
+        super().__init__()
+        self.embed = nn.Sequential(nn.Linear(d, hidden), nn.Tanh(), nn.Linear(hidden, hidden))
+        self.lstm = (nn.GRU if gru else nn.LSTM)(hidden, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.lstm(self.embed(x))
+        return self.head(out[:, -1])
+
+
+class RecurrentLM(nn.Module):
+    def __init__(self, vocab: int = 32, hidden: int = 32) -> None:
+        super().__init__()
+        self.tok, self.pre = nn.Embedding(vocab, hidden), nn.Linear(hidden, hidden)
+        self.lstm, self.head = nn.LSTM(hidden, hidden, batch_first=True), nn.Linear(hidden, vocab)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.lstm(self.pre(self.tok(x)))[0])
+
+
+def first_step_class(length: int, n: int = 256, d: int = 8) -> Any:
+    """Noise sequences whose class is the sign pattern of their first step: the LSTM must carry it ``length`` steps."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, length, d, generator=g)
+    y = (x[:, 0, 0] > 0).long() + 2 * (x[:, 0, 1] > 0).long()
+    return loader(torch.utils.data.TensorDataset(x, y), batch_size=32, shuffle=True)
+
+
+def fit(model: pl.LightningModule, data: Any, tmp_path: Any, steps: int = 6, every: int = 2) -> Any:
+    pl.seed_everything(0)
+    cb = watch(every_n_steps=every)
+    trainer(tmp_path, [cb], max_steps=steps).fit(model, data)
+    return cb
+
+
+def test_an_lstm_over_long_sequences_raises_vanishing_gradient_through_time(tmp_path) -> None:
+    pl.seed_everything(0)
+    cb = fit(Classifier(Recurrent(), "adam"), first_step_class(100), tmp_path)
+    found = [a for a in cb.alerts if a.kind in PARAM_KINDS]
+    assert [(a.module, a.kind, a.step) for a in found] == [("net.lstm", "vanishing_gradient", 2)]  # held 2 steps
+    assert found[0].value > 1e10 and "`net.embed.0`, `net.embed.2`" in found[0].message  # the layers before it
+    assert cb.last_result.figures["net.lstm"]["time_vanishing"] > 1e10
+
+
+@pytest.mark.parametrize("case", ["lstm_10_steps", "gru_10_steps", "lstm_language_model"])
+def test_healthy_recurrent_runs_raise_no_gradient_alert(tmp_path, case: str) -> None:
+    pl.seed_everything(0)
+    model, data = {
+        "lstm_10_steps": lambda: (Classifier(Recurrent(), "adam"), first_step_class(10)),
+        "gru_10_steps": lambda: (Classifier(Recurrent(gru=True), "sgd", 0.1), first_step_class(10)),
+        "lstm_language_model": lambda: (Classifier(RecurrentLM(), "adam", 3e-3), tokens(length=32)),
+    }[case]()
+    cb = fit(model, data, tmp_path, steps=12)
+    assert [(a.module, a.kind) for a in cb.alerts if a.kind in PARAM_KINDS] == []
+    assert 1.0 <= cb.last_result.figures["net.lstm"]["time_vanishing"] < 1000  # measured, below the threshold
+
+
+def chaotic_tanh(depth: int = 20, gain: float = 4.0) -> nn.Sequential:
+    """Deep tanh MLP with weights ``gain / sqrt(fan_in)``: bounded activations, a backward gain above 1 per layer."""
+    model = digits_mlp(nn.Tanh, depth=depth)
+    with torch.no_grad():
+        for layer in model:
+            if isinstance(layer, nn.Linear):
+                nn.init.normal_(layer.weight, 0.0, gain / math.sqrt(layer.in_features))
+                nn.init.zeros_(layer.bias)
+    return model
+
+
+def test_a_chaotic_deep_tanh_mlp_under_sgd_raises_exploding_gradient_on_its_early_layers(tmp_path) -> None:
+    cb = fit(Classifier(chaotic_tanh(), "sgd", 1e-4), digits(), tmp_path)
+    found = [a for a in cb.alerts if a.kind in PARAM_KINDS]
+    assert [(a.kind, a.step) for a in found] == [("exploding_gradient", 2)]
+    layer = int(found[0].module.split(".")[1])  # net.<i>: where the gradients grew 1000x above the later layers'
+    assert layer <= 12 and found[0].value > 1000 and "explode toward the input" in found[0].message
+
+
+@pytest.mark.parametrize("kind", ["vanishing_gradient", "exploding_gradient"])
+def test_through_time_at_its_threshold(kind: str) -> None:
+    """A profile whose factor is just below / just above the threshold: raised only above, after PERSIST steps."""
+    limit = getattr(Thresholds(), kind)
+    for scale, expected in ((0.999, []), (1.001, [("lstm", kind)])):
+        factor = limit * scale
+        rising = [1.0, 1.0, 1.0, factor, factor] if kind == "vanishing_gradient" else [factor] * 3 + [1.0, 1.0]
+        assert time_factors(rising)[kind != "vanishing_gradient"] == pytest.approx(factor)
+        history, alerts = UpdateHistory(), []
+        for step in range(PERSIST):
+            alerts, _ = time_alerts(step, {"lstm": rising}, {"lstm": ["embed"]}, Thresholds(), history)
+        assert [(a.module, a.kind) for a in alerts] == expected
