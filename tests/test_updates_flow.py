@@ -114,3 +114,37 @@ def test_through_time_at_its_threshold(kind: str) -> None:
         for step in range(PERSIST):
             alerts, _ = time_alerts(step, {"lstm": rising}, {"lstm": ["embed"]}, Thresholds(), history)
         assert [(a.module, a.kind) for a in alerts] == expected
+
+
+class OneLayerHot(Classifier):
+    """One Linear (``net.<layer>``) in a param group with ``factor`` times the others' learning rate."""
+
+    def __init__(self, net: nn.Module, layer: int, factor: float, **kw: Any) -> None:
+        super().__init__(net, **kw)
+        self.layer, self.factor = layer, factor
+
+    def configure_optimizers(self) -> Any:
+        hot = list(self.net[self.layer].parameters())
+        rest = [p for p in self.net.parameters() if all(p is not q for q in hot)]
+        return torch.optim.Adam([{"params": rest}, {"params": hot, "lr": self.lr * self.factor}], lr=self.lr)
+
+
+def test_activation_drift_after_a_too_large_update_follows_it_in_one_sentence(tmp_path) -> None:
+    """Adam 1e-3, net.2 at x30: update_size on net.2 at step 4, then the activations after it drift (reference
+    window 0-4); every drift on net.2 and after it follows the update_size alert, and says how much later it began."""
+    runs = {}
+    for factor in (1.0, 30.0):
+        pl.seed_everything(0)
+        cb = watch(every_n_steps=2, warmup_steps=0, reference_steps=4)
+        trainer(tmp_path / str(factor), [cb], max_steps=24).fit(OneLayerHot(digits_mlp(), 2, factor), digits())
+        runs[factor] = cb.alerts
+    assert not [a for a in runs[1.0] if a.kind == "update_size" or a.caused_by and a.caused_by[0] == "update_size"]
+    roots = [a for a in runs[30.0] if a.caused_by is None and a.kind != "non_normal"]
+    assert [(a.module, a.kind, a.step) for a in roots] == [("net.2", "update_size", 4)]
+    followers = [a for a in runs[30.0] if a.caused_by is not None]
+    assert {a.module for a in followers} >= {"net.2", "net.3", "net.4"}  # the layer and the ones after it
+    assert all(a.caused_by == ("update_size", "net.2") and a.step > 4 for a in followers)
+    assert {a.kind for a in followers} <= {"scale_drift", "mean_drift", "shift", "outlier"}
+    first = min(followers, key=lambda a: a.step)
+    assert "`net.2`'s updates are 149x the usual 0.001 of its weights per step from step 0" in first.message
+    assert f"started drifting {first.step // 2} logging steps later ({first.kind} on `{first.module}`" in first.message

@@ -40,7 +40,7 @@ from torch.utils.hooks import RemovableHandle
 from ..collect.selection import Pattern
 from ..collect.updates import UpdateProbe, histograms_by_owner
 from ..config import Thresholds
-from ..judge.alerts import Alert, AlertTracker
+from ..judge.alerts import REARM_WINDOW, Alert, AlertTracker
 from ..judge.diagnosis import follower_note, joined_sentence, update_followers
 from ..judge.updates import UpdateHistory, time_factors, unheld_alerts, update_alerts
 
@@ -84,6 +84,7 @@ class UpdateWatch:
         self._handles: list[RemovableHandle] = []
         self._model: nn.Module | None = None
         self._logged: list[int] = []  # the last two logging steps finished (the interval between them)
+        self.large_since: dict[str, int] = {}  # module -> step its too-large updates began (last update_size raised)
 
     def attach(
         self,
@@ -207,31 +208,45 @@ class UpdateWatch:
 
     def join(self, step: int, new: list[Alert], result: Any, evaluator: Any) -> list[Alert]:
         """The two halves joined (``judge.diagnosis.update_followers``): activation alerts on a layer whose updates
-        are too large, or after it, that started with or after its updates are marked as followers of the
-        ``update_size`` alert, in ``evaluator.alerts`` and ``result.alerts``; an ``update_size`` alert raised now
-        (in ``new``, returned) says so in one sentence, a follower raised later in its note."""
-        large = {
-            a.module for a in self.alerts if a.kind == "update_size" and a.threshold == self.thresholds.update_large
-        }
-        roots = {a.module: a for a in self.alerts if a.module in large and (a.module, a.kind) in self.tracker.active}
+        were too large within the last ``REARM_WINDOW`` logging steps, or after it, that started with or after those
+        updates are marked as followers of the ``update_size`` alert, in ``evaluator.alerts`` and ``result.alerts``;
+        an ``update_size`` alert raised now (in ``new``, returned) says so in one sentence, a follower raised
+        later in its note."""
+        large = [a for a in new if a.kind == "update_size" and a.threshold == self.thresholds.update_large]
+        for a in large:
+            self.large_since[a.module] = self.history.since.get(a.module, a.step)
+        latest = {a.module: a for a in self.alerts if a.kind == "update_size"}
+        episodes = {m: self.tracker.episodes.get((m, "update_size"), [0, -math.inf]) for m in self.large_since}
+        roots = {
+            m: latest[m]
+            for m, episode in episodes.items()
+            if m in latest and latest[m].threshold == self.thresholds.update_large
+            and self.tracker.updates - episode[1] <= REARM_WINDOW
+        }  # fmt: skip
         if not roots:
             return new
         interval = self._logged[-1] - self._logged[-2] if len(self._logged) > 1 else 0
         started = {key: int(episode[0]) for key, episode in evaluator.tracker.episodes.items()}
-        latest = {(a.module, a.kind): a for a in evaluator.alerts}
-        active = [latest[key] for key in evaluator.tracker.active if key in latest]
+        by_key = {(a.module, a.kind): a for a in evaluator.alerts}
+        active = [by_key[key] for key in evaluator.tracker.active if key in by_key]
         replaced: dict[int, Alert] = {}
         for module, root in roots.items():
-            since = self.history.since.get(module, root.step)
+            since = self.large_since[module]
             found = update_followers(root, since, active, evaluator.order, evaluator.collector.edges, started)
-            followers = [a for a in found if id(a) not in replaced]
-            if not followers:
+            found = [a for a in found if id(a) not in replaced]
+            firsts = [a for a in found if a.caused_by is None]
+            if not firsts:
                 continue
-            sentence = joined_sentence(root, since, followers, started, interval)
-            for a in followers:
-                note = follower_note(root) + ("" if root in new else " " + sentence)
-                replaced[id(a)] = replace(a, caused_by=(root.kind, root.module), message=a.message + note)
-            if root in new:
+            sentence = joined_sentence(root, since, firsts, started, interval)
+            raised_now = any(a is root for a in new)
+            for a in found:
+                if a.caused_by is None:  # a root of the activations: it now follows the update
+                    message = a.message + follower_note(root) + ("" if raised_now else " " + sentence)
+                else:  # it followed one of those: now the update, with the note naming it
+                    was = by_key.get((a.caused_by[1], a.caused_by[0]))
+                    message = a.message.replace(follower_note(was), follower_note(root)) if was else a.message
+                replaced[id(a)] = replace(a, caused_by=(root.kind, root.module), message=message)
+            if raised_now:
                 joined = replace(root, message=root.message + " " + sentence)
                 new = [joined if a is root else a for a in new]
                 self.alerts = [joined if a is root else a for a in self.alerts]
@@ -271,6 +286,7 @@ class UpdateWatch:
             "active": self.tracker.state(),
             "episodes": self.tracker.episode_state(),
             "reference": {k: list(v) for k, v in self.reference.items()},
+            "large_since": dict(self.large_since),
             "alerts": [a.to_dict() for a in self.alerts],
         }
 
@@ -279,4 +295,5 @@ class UpdateWatch:
         self.tracker.load(state.get("active", []))
         self.tracker.load_episodes(state.get("episodes", {}))
         self.reference = {str(k): [float(x) for x in v] for k, v in state.get("reference", {}).items()}
+        self.large_since = {str(k): int(v) for k, v in state.get("large_since", {}).items()}
         self.alerts = [Alert(**a) for a in state.get("alerts", [])]
