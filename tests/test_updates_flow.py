@@ -10,6 +10,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from models import loader, trainer
+from pytorch_lightning.strategies import SingleDeviceStrategy
 from test_updates import PARAM_KINDS, Classifier, digits, digits_mlp, tokens, watch
 from torch import nn
 
@@ -148,3 +149,20 @@ def test_activation_drift_after_a_too_large_update_follows_it_in_one_sentence(tm
     first = min(followers, key=lambda a: a.step)
     assert "`net.2`'s updates are 149x the usual 0.001 of its weights per step from step 0" in first.message
     assert f"started drifting {first.step // 2} logging steps later ({first.kind} on `{first.module}`" in first.message
+
+
+class FSDPOnCPUStandIn(SingleDeviceStrategy):
+    """Named like Lightning's ``FSDPStrategy``, which refuses a CPU accelerator (``requires a GPU accelerator``):
+    the parameter side is switched off by the strategy's name, so a CPU stand-in exercises that path."""
+
+
+def test_a_sharded_strategy_switches_the_update_figures_off_with_one_warning(tmp_path) -> None:
+    with pytest.raises(ValueError, match="requires a GPU accelerator"):
+        trainer(tmp_path, [], strategy="fsdp")  # what Lightning does with FSDP on CPU
+    pl.seed_everything(0)
+    cb = watch(every_n_steps=2)
+    strategy = FSDPOnCPUStandIn(device=torch.device("cpu"))
+    with pytest.warns(UserWarning, match="update sizes are not measured under FSDPOnCPUStandIn"):
+        trainer(tmp_path, [cb], max_steps=4, strategy=strategy).fit(Classifier(digits_mlp()), digits())
+    figures = cb.last_result.figures
+    assert "std" in figures["net.0"] and not any("update_ratio" in f for f in figures.values())  # activations only
