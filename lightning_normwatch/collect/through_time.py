@@ -12,7 +12,8 @@ tensor (once, on the first call), and that hook takes the per-time-step RMS of t
 the host with its own transfer. Other steps cost one attribute check in the forward hook.
 
 Not measured: packed sequences (``PackedSequence`` inputs), inputs that do not require a gradient
-(nothing before the layer learns from them), and under DDP the profile is of the rank's own batch.
+(nothing before the layer learns from them), recurrent layers inside ``torch.compile``-d code (the hook is
+a no-op there); under DDP the profile is of the rank's own batch.
 
 Example:
     >>> import torch
@@ -36,6 +37,7 @@ from __future__ import annotations
 from collections.abc import Container
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
@@ -80,8 +82,8 @@ class TimeProbe:
 
     def _hook(self, name: str, batch_first: bool) -> Any:
         def forward(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-            if not self._armed or name in self._hooked or not args:
-                return
+            if torch.compiler.is_compiling() or not self._armed or name in self._hooked or not args:
+                return  # compiled code sees a no-op (no guard on the probe's state, no hook in the graph)
             x = args[0]
             if not isinstance(x, Tensor) or not x.requires_grad or x.ndim not in (2, 3):
                 return  # packed sequences, or nothing before the layer learns through its input
