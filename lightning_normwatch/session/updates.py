@@ -230,7 +230,8 @@ class UpdateWatch:
         by_key = {(a.module, a.kind): a for a in evaluator.alerts}
         active = [by_key[key] for key in evaluator.tracker.active if key in by_key]
         replaced: dict[int, Alert] = {}
-        for module, root in roots.items():
+        pos = {name: i for i, name in enumerate(evaluator.order)}
+        for module, root in sorted(roots.items(), key=lambda kv: -pos.get(kv[0], -1)):  # the nearest root first
             since = self.large_since[module]
             found = update_followers(root, since, active, evaluator.order, evaluator.collector.edges, started)
             found = [a for a in found if id(a) not in replaced]
