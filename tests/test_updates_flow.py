@@ -4,6 +4,7 @@ diagnosis joining a too-large update with the activation alerts it causes: real 
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -14,8 +15,11 @@ from pytorch_lightning.strategies import SingleDeviceStrategy
 from test_updates import PARAM_KINDS, Classifier, digits, digits_mlp, tokens, watch
 from torch import nn
 
+from lightning_normwatch.collect.through_time import TimeProbe
 from lightning_normwatch.config import Thresholds
+from lightning_normwatch.judge.alerts import Alert, AlertTracker
 from lightning_normwatch.judge.updates import PERSIST, UpdateHistory, time_alerts, time_factors
+from lightning_normwatch.session.updates import UpdateWatch
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:.*the trainer has no logger.*"),
@@ -166,3 +170,43 @@ def test_a_sharded_strategy_switches_the_update_figures_off_with_one_warning(tmp
         trainer(tmp_path, [cb], max_steps=4, strategy=strategy).fit(Classifier(digits_mlp()), digits())
     figures = cb.last_result.figures
     assert "std" in figures["net.0"] and not any("update_ratio" in f for f in figures.values())  # activations only
+
+
+def test_the_through_time_profile_equals_a_hand_computation() -> None:
+    """Per-time-step RMS of the gradient at the LSTM's input against ``x.grad`` (batch first and not)."""
+    for batch_first in (True, False):
+        torch.manual_seed(0)
+        pre, lstm = nn.Linear(3, 6), nn.LSTM(6, 5, batch_first=batch_first)
+        model = nn.ModuleDict({"pre": pre, "lstm": lstm})
+        probe = TimeProbe()
+        assert probe.attach(model, ["pre", "lstm"]) == ["lstm"]
+        probe.arm()
+        x = pre(torch.randn(4, 7, 3) if batch_first else torch.randn(7, 4, 3))
+        x.retain_grad()
+        out, _ = lstm(x)
+        (out[:, -1] if batch_first else out[-1]).pow(2).sum().backward()
+        hand = x.grad.double().pow(2).mean((0, 2) if batch_first else (1, 2)).sqrt()
+        torch.testing.assert_close(probe.profiles()["lstm"], hand, rtol=1e-12, atol=0.0)
+        probe.close()
+
+
+def test_drift_raised_before_the_update_alert_is_joined_into_its_message() -> None:
+    """The activations drifted first (step 4), the update alert comes at step 6 (streak from step 2): the update
+    alert carries the sentence, the drift becomes its follower in the evaluator's alerts."""
+    drift = Alert(4, "net.3", "scale_drift", "warning", 5.0, 4.0, "drift.")
+    tracker = AlertTracker()
+    tracker.update([drift], {("net.3", "scale_drift")}, 4)
+    evaluator = SimpleNamespace(
+        alerts=[drift], tracker=tracker, order=["net.0", "net.2", "net.3"], collector=SimpleNamespace(edges={})
+    )
+    watch_ = UpdateWatch()
+    root = Alert(6, "net.2", "update_size", "warning", 0.2, Thresholds().update_large, "large.")
+    watch_.alerts, watch_._logged = [root], [4, 6]
+    watch_.tracker.update([root], {("net.2", "update_size")}, 6)
+    watch_.history.since["net.2"] = 2
+    result = SimpleNamespace(alerts=[])
+    new = watch_.join(6, [root], result, evaluator)
+    assert new[0].message.startswith("large. `net.2`'s updates are 200x the usual 0.001 of its weights per step")
+    assert "the activations after it started drifting 1 logging step later (scale_drift on `net.3`" in new[0].message
+    assert evaluator.alerts[0].caused_by == ("update_size", "net.2")
+    assert "Follows the update_size alert on `net.2` from step 6" in evaluator.alerts[0].message
