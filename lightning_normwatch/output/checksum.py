@@ -5,7 +5,7 @@ TensorBoard's ``RecordWriter`` (``tensorboard/summary/writer/record_writer.py``)
 record with two masked CRC32C checksums from ``masked_crc32c`` of
 ``tensorboard.compat.tensorflow_stub.pywrap_tensorflow``: a loop over every byte in Python, about
 0.4 ms per KiB, on TensorBoard's writer thread, holding the GIL the training thread needs (about
-30 ms per logging step of a 50-tensor transformer). With ``google-crc32c`` (extra ``fast``; its C
+30 ms per logging step of a 50-tensor transformer). With ``google-crc32c`` (a requirement; its C
 implementation) the same checksums cost microseconds.
 
 TensorBoard offers no setting for this: ``RecordWriter.write`` looks ``masked_crc32c`` up among its

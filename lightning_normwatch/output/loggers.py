@@ -165,10 +165,14 @@ class TensorBoardWriters:
 
     Example:
         >>> from torch.utils.tensorboard import SummaryWriter
+        >>> from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
         >>> import tempfile
-        >>> both = TensorBoardWriters([SummaryWriter(tempfile.mkdtemp()), SummaryWriter(tempfile.mkdtemp())])
+        >>> dirs = [tempfile.mkdtemp(), tempfile.mkdtemp()]
+        >>> both = TensorBoardWriters([SummaryWriter(d) for d in dirs])
         >>> both.add_text("normwatch/alerts", "none", global_step=0)
         >>> both.flush()
+        >>> [EventAccumulator(d).Reload().Tags()["tensors"] for d in dirs]   # the text is in both runs
+        [['normwatch/alerts/text_summary'], ['normwatch/alerts/text_summary']]
     """
 
     def __init__(self, writers: Sequence[Any]) -> None:

@@ -17,9 +17,16 @@ can show, through the ``SummaryWriter`` of the trainer's ``TensorBoardLogger``:
 
 Example:
     >>> from torch.utils.tensorboard import SummaryWriter
+    >>> from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    >>> from lightning_normwatch.judge.alerts import Alert
     >>> import tempfile
-    >>> panels = Panels(SummaryWriter(tempfile.mkdtemp()))
+    >>> panels = Panels(SummaryWriter(run := tempfile.mkdtemp()))
     >>> panels.write_alerts([], step=0)   # nothing to show: writes nothing
+    >>> panels.writer.flush(); EventAccumulator(run).Reload().Tags()["tensors"]
+    []
+    >>> panels.write_alerts([Alert(3, "fc", "dead", "warning", 0.9, 0.5, "90% of `fc` dead")], step=3)
+    >>> panels.writer.flush(); EventAccumulator(run).Reload().Tags()["tensors"]
+    ['normwatch/alerts/text_summary']
 """
 
 from __future__ import annotations
