@@ -371,7 +371,7 @@ class Session:
             self.evaluator.alerts.extend(checks)
             result.alerts += checks
         if self.updates is not None:  # the parameter side: same on every rank, no collective (docs/updates.md)
-            new = self.updates.add_to(step, result, self.panels if self.is_global_zero else None)
+            new = self.updates.add_to(step, result, self.panels if self.is_global_zero else None, self.evaluator)
             self.evaluator.alerts.extend(new)
         self.last_result = result
         if self.is_global_zero:
