@@ -283,3 +283,51 @@ def test_roots_are_tried_in_their_order() -> None:
     roots = [_a("net.3", "scale_drift"), _a("net.1", "scale_drift"), _a("net.1", "update_size")]
     (out,) = diagnose([_a("net.4", "dead")], roots, ORDER)
     assert out.caused_by == ("scale_drift", "net.1")
+
+
+# ------------------------------------------------------------------ update followers
+def test_update_followers_kinds_places_and_start() -> None:
+    from lightning_normwatch.judge.diagnosis import update_followers
+
+    root = Alert(8, "net.1", "update_size", "warning", 0.4, 0.1, "m")
+    alerts = [
+        _a("net.0", "scale_drift", step=4),  # before the layer: not explained
+        _a("net.1", "outlier", step=4),  # the layer itself
+        _a("net.2", "vanishing", step=4),  # a kind an update does not explain
+        _a("net.2", "non_normal", step=4),
+        _a("net.3", "mean_drift", step=1),  # started before the streak
+        _a("net.4", "dead", step=4),
+        Alert(4, "net.4", "outlier", "warning", 1.0, 0.5, "m", caused_by=("dead", "net.4")),
+        Alert(4, "net.3", "shift", "warning", 1.0, 0.5, "m", caused_by=("scale_drift", "net.0")),
+    ]
+    out = update_followers(root, 2, alerts, ORDER)
+    assert [(a.module, a.kind) for a in out] == [("net.1", "outlier"), ("net.4", "dead"), ("net.4", "outlier")]
+    # the start steps of the tracker's episodes decide, not the alerts' own steps
+    late = update_followers(root, 2, [_a("net.3", "mean_drift", step=9)], ORDER, started={("net.3", "mean_drift"): 1})
+    assert late == []
+    assert update_followers(root, 4, [_a("net.3", "mean_drift", step=4)], ORDER) != []
+    # a branch that does not carry the layer's output
+    assert update_followers(root, 2, [_a("net.3", "dead")], ORDER, edges={"net.3": "net.0"}) == []
+
+
+def test_joined_sentence() -> None:
+    from lightning_normwatch.judge.diagnosis import joined_sentence
+
+    root = Alert(8, "net.3", "update_size", "warning", 0.04, 0.1, "m")
+    own = [_a("net.3", "scale_drift", step=6)]
+    assert joined_sentence(root, 2, own, {}, 2) == (
+        "`net.3`'s updates are 40x the usual 0.001 of its weights per step from step 2; its activations started "
+        "drifting 2 logging steps later (scale_drift on `net.3` from step 6): they follow from it."
+    )
+    after = [_a("net.4", "dead", step=4), _a("net.4", "outlier", step=9)]
+    sentence = joined_sentence(root, 2, after, {("net.4", "outlier"): 3}, 2)
+    assert "the activations after it started drifting at the same logging step (dead on `net.4` from step 4, " in (
+        sentence
+    )
+    assert "outlier on `net.4` from step 3)" in sentence
+    assert "1 logging step later (" in joined_sentence(root, 2, [_a("net.4", "dead", step=4)], {}, 2)
+    assert "3 logging steps later (" in joined_sentence(root, 2, [_a("net.4", "dead", step=5)], {}, 0)
+    many = [_a(f"net.{i}", "dead", step=4) for i in range(6)]
+    sentence = joined_sentence(root, 4, many, {}, 1)
+    assert "dead on `net.3` from step 4 and 2 more): they follow" in sentence and "net.4" not in sentence
+    assert sentence.split(";")[1].startswith(" its activations started drifting at the same logging step")

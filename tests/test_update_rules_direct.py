@@ -365,3 +365,71 @@ def test_an_active_flow_alert_at_exactly_the_clearing_level_moves() -> None:
     active = {("fc3", "vanishing_gradient")}
     (a,) = [flow_alerts(s, figs, list(figs), th, history, active)[0] for s in (0, 5)][-1]
     assert a.module == "fc2"  # fc3 at exactly 80 % of the threshold: not held
+
+
+# ------------------------------------------------------------------ through time
+def test_time_factors() -> None:
+    from lightning_normwatch.judge.updates import FLOAT32_TINY, time_factors
+
+    assert [f"{x:.3g}" for x in time_factors([0.0, 1e-30, 1e-20, 1e-10, 1.0])] == ["1e+20", "1"]
+    assert time_factors([1.0, 1.0, 1e3, 1e3]) == (1.0, 1.0)  # four time steps: too few
+    assert time_factors([1e-3, 1e-3, 1e-3, 1.0, 1.0])[0] == pytest.approx(1000.0)
+    assert time_factors([1e3, 1e3, 1e3, 1.0, 1.0])[1] == pytest.approx(1000.0)
+    # non-finite steps are dropped, underflowed ones count as the smallest float32
+    assert time_factors([math.nan, 1e-3, 1e-3, 1e-3, 1.0, 1.0])[0] == pytest.approx(1000.0)
+    assert time_factors([0.0, 0.0, 0.0, 1.0, 1.0])[0] == pytest.approx(1 / FLOAT32_TINY)
+    assert time_factors([math.nan, 1.0, 1.0, 1e3, 1e3]) == (1.0, 1.0)
+
+
+def test_time_alert_figures_and_messages() -> None:
+    from lightning_normwatch.judge.updates import time_alerts
+
+    profile = [1e-4] * 3 + [1.0] * 3
+    history = UpdateHistory()
+    results = [time_alerts(s, {"lstm": profile}, {"lstm": ["embed", "proj"]}, TH, history) for s in (0, 5)]
+    assert results[0][0] == [] and results[0][1] == {("lstm", "vanishing_gradient"), ("lstm", "exploding_gradient")}
+    (a,) = results[1][0]
+    assert (a.step, a.module, a.kind, a.severity, a.threshold) == (5, "lstm", "vanishing_gradient", "warning", 1000.0)
+    assert a.value == pytest.approx(1e4)
+    assert a.message.startswith(
+        "Gradients vanish through time in `lstm`: the gradient reaching its input at the first of 6 time steps is "
+        "1e+04x below that at later ones (threshold 1000x), so `embed`, `proj` learn from the last time steps only"
+    )
+    assert history.streak["lstm/time/vanishing_gradient"] == 2
+    up = [1e4] * 3 + [1.0] * 3
+    history = UpdateHistory()
+    (b,) = [time_alerts(s, {"rnn": up}, {}, Thresholds(exploding_gradient=100.0), history)[0] for s in (0, 5)][-1]
+    assert (b.kind, b.threshold, b.value) == ("exploding_gradient", 100.0, pytest.approx(1e4))
+    assert "and the layers before it take it;" in b.message
+    assert b.message.startswith("Gradients explode through time in `rnn`: the gradient reaching its input at the first")
+    # at the threshold itself: quiet
+    history = UpdateHistory()
+    flat = [1e-3] * 3 + [1.0] * 3
+    limit = time_factors_of(flat)
+    assert [time_alerts(s, {"lstm": flat}, {}, Thresholds(vanishing_gradient=limit), history)[0] for s in (0, 5)] == [
+        [],
+        [],
+    ]
+
+
+def time_factors_of(profile: list[float]) -> float:
+    from lightning_normwatch.judge.updates import time_factors
+
+    return time_factors(profile)[0]
+
+
+def test_update_alerts_raise_one_gradient_alert_across_depth_and_through_time() -> None:
+    figs = {f"fc{i}": {"grad_rms": 1e-2, "has_grad": 1.0} for i in range(5)}
+    for i in range(3):
+        figs[f"fc{i}"]["grad_rms"] = 1e-9
+    order = list(figs)
+    history = UpdateHistory()
+    profiles = {"fc2": [1e-9] * 3 + [1.0] * 3, "lstm": [1e-9] * 3 + [1.0] * 3}
+    alerts = [update_alerts(s, figs, order, TH, history, profiles=profiles)[0] for s in (0, 5)][-1]
+    assert sorted((a.module, a.kind) for a in alerts) == [("fc2", "vanishing_gradient"), ("lstm", "vanishing_gradient")]
+    depth = next(a for a in alerts if a.module == "fc2")
+    assert depth.message.startswith("Gradients vanish toward the input from `fc2` back")  # the across-depth one
+    history = UpdateHistory()
+    alerts = [update_alerts(s, figs, order, TH, history, profiles={"fc3": profiles["lstm"]})[0] for s in (0, 5)][-1]
+    (timed,) = [a for a in alerts if a.module == "fc3"]
+    assert "so `fc0`, `fc1`, `fc2` learn from the last time steps only" in timed.message
