@@ -327,6 +327,10 @@ def test_joined_sentence() -> None:
     assert "outlier on `net.4` from step 3)" in sentence
     assert "1 logging step later (" in joined_sentence(root, 2, [_a("net.4", "dead", step=4)], {}, 2)
     assert "3 logging steps later (" in joined_sentence(root, 2, [_a("net.4", "dead", step=5)], {}, 0)
+    four = [_a(f"net.{i}", "dead", step=4) for i in range(4)]
+    assert "dead on `net.3` from step 4): they follow" in joined_sentence(root, 4, four, {}, 1)
+    five = [_a(f"net.{i}", "dead", step=4) for i in range(5)]
+    assert "dead on `net.3` from step 4 and 1 more): they follow" in joined_sentence(root, 4, five, {}, 1)
     many = [_a(f"net.{i}", "dead", step=4) for i in range(6)]
     sentence = joined_sentence(root, 4, many, {}, 1)
     assert "dead on `net.3` from step 4 and 2 more): they follow" in sentence and "net.4" not in sentence

@@ -372,7 +372,7 @@ def test_time_factors() -> None:
     from lightning_normwatch.judge.updates import FLOAT32_TINY, time_factors
 
     assert [f"{x:.3g}" for x in time_factors([0.0, 1e-30, 1e-20, 1e-10, 1.0])] == ["1e+20", "1"]
-    assert time_factors([1.0, 1.0, 1e3, 1e3]) == (1.0, 1.0)  # four time steps: too few
+    assert time_factors([1e-9, 1.0, 1e3]) == (1.0, 1.0)  # three time steps: too few to judge
     assert time_factors([1e-3, 1e-3, 1e-3, 1.0, 1.0])[0] == pytest.approx(1000.0)
     assert time_factors([1e3, 1e3, 1e3, 1.0, 1.0])[1] == pytest.approx(1000.0)
     # non-finite steps are dropped, underflowed ones count as the smallest float32
@@ -427,6 +427,7 @@ def test_update_alerts_raise_one_gradient_alert_across_depth_and_through_time() 
     profiles = {"fc2": [1e-9] * 3 + [1.0] * 3, "lstm": [1e-9] * 3 + [1.0] * 3}
     alerts = [update_alerts(s, figs, order, TH, history, profiles=profiles)[0] for s in (0, 5)][-1]
     assert sorted((a.module, a.kind) for a in alerts) == [("fc2", "vanishing_gradient"), ("lstm", "vanishing_gradient")]
+    assert {a.step for a in alerts} == {5}
     depth = next(a for a in alerts if a.module == "fc2")
     assert depth.message.startswith("Gradients vanish toward the input from `fc2` back")  # the across-depth one
     history = UpdateHistory()
