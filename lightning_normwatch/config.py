@@ -170,6 +170,9 @@ class SessionConfig:
             optimizer step of each logging step, and judge them (``docs/updates.md``); False turns it off.
         params: ``"default"``, or ``"histograms"``: also weight and gradient histograms per module in
             TensorBoard (``normwatch/params/<module>/weight`` and ``.../grad``), binned on the device.
+        pipeline: ``"thread"`` (default): the judging and writing of a logging step run on one worker thread
+            while training goes on, in step order (``docs/pipeline.md``); ``"sync"``: on the training thread,
+            as the step ends (for debugging; the same alerts, event files and checkpoints).
         min_rows: rows (batch positions) sampled at least per tensor.
         max_channels: channels measured at most per tensor.
         world_size: number of processes whose samples are merged (the p-value subsample is split).
@@ -195,6 +198,7 @@ class SessionConfig:
     scalars: str = "default"
     updates: bool = True
     params: str = "default"
+    pipeline: str = "thread"
     min_rows: int = 16
     max_channels: int = 2048
     world_size: int = 1
@@ -213,6 +217,7 @@ class SessionConfig:
         check_choice("input_drift", self.input_drift, ("warn", "info", "off"))
         check_choice("scalars", self.scalars, SCALAR_SETS)
         check_choice("params", self.params, ("default", "histograms"))
+        check_choice("pipeline", self.pipeline, ("thread", "sync"))
         names = self.feature_names
         if names is not None:
             if isinstance(names, str) or not isinstance(names, Sequence) or not all(isinstance(n, str) for n in names):

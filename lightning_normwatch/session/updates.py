@@ -164,11 +164,20 @@ class UpdateWatch:
     def after_step(self, optimizer: torch.optim.Optimizer) -> None:
         self.probe.after_step(optimizer)
 
-    def finish(self, step: int) -> tuple[dict[str, dict[str, float]], list[Alert]]:
-        """Figures per owner of this logging step and the alerts newly raised (nothing when no step ran)."""
+    def measure(self) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
+        """The device side of the logging step's end (the training thread): host figures per owner (one
+        transfer; ends the step) and, with ``histograms``, the histograms per owner."""
+        hist = histograms_by_owner(self.probe.entries, self.probe.hist_parts.values()) if self.probe.histograms else {}
+        return self.probe.collect(), hist
+
+    def finish(
+        self, step: int, measured: tuple[dict[str, dict[str, float]], dict[str, Any]] | None = None
+    ) -> tuple[dict[str, dict[str, float]], list[Alert]]:
+        """Figures per owner of this logging step and the alerts newly raised (nothing when no step ran);
+        ``measured``: what ``measure`` returned on the training thread (None: measure now)."""
+        figures, hist = measured if measured is not None else self.measure()
         if self.probe.histograms:
-            self.histograms = histograms_by_owner(self.probe.entries, self.probe.hist_parts.values())
-        figures = self.probe.collect()
+            self.histograms = hist
         if not figures:
             return {}, []
         self._drift(step, figures)
@@ -180,10 +189,10 @@ class UpdateWatch:
         self.alerts += new
         return figures, new
 
-    def add_to(self, step: int, result: Any, panels: Any = None) -> list[Alert]:
+    def add_to(self, step: int, result: Any, panels: Any = None, measured: Any = None) -> list[Alert]:
         """``finish`` the logging step into a ``StepResult``: figures merged per module, active counts and
         alerts added, histograms to ``panels`` (``params="histograms"``); returns the new alerts."""
-        mine, new = self.finish(step)
+        mine, new = self.finish(step, measured)
         if panels is not None and self.histograms:
             panels.write_param_histograms(self.histograms, step)
         for owner, fig in mine.items():

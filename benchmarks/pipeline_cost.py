@@ -1,0 +1,141 @@
+"""Does the pipeline's worker thread pay off? Step times with ``pipeline="thread"`` against ``"sync"``.
+
+Trains ``benchmarks/overhead.py``'s MLP and transformer with a real ``pl.Trainer`` in this one process:
+plain (no callback), and NormWatch every step and at its default interval (50), each with the worker
+thread and synchronously, interleaved over rounds (the order rotates every round). A step is timed from
+one batch start to the next; the figure is the mean over whole runs (whole 50-step intervals for the
+default), as a ratio to plain training of the same round. It also times the two halves of a logging
+step (``take`` on the training thread, ``judge`` on the worker: ``session/judging.py``) and what
+pickling one step's statistics would cost a worker *process*.
+
+Run: ``.venv/bin/python benchmarks/pipeline_cost.py [--rounds 3] [--threads 2] [--quick]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import pickle
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import pytorch_lightning as pl  # noqa: E402
+from overhead import MODELS, Batches, Classifier, StepTimer, machine, set_threads  # noqa: E402
+from pytorch_lightning.loggers import TensorBoardLogger  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
+from lightning_normwatch import NormWatch  # noqa: E402
+from lightning_normwatch.session import judging, session  # noqa: E402
+
+CONFIGS = ("plain", "every/thread", "every/sync", "default/thread", "default/sync")
+INTERVAL = 50
+
+
+class Halves:
+    """Wall seconds of ``take`` and ``judge`` per logging step, and one step's statistics pickled."""
+
+    def __init__(self) -> None:
+        self.take: list[float] = []
+        self.judge: list[float] = []
+        self.pickle_s: list[float] = []
+        self.pickle_bytes = 0
+        self._take, self._judge = judging.take, judging.judge
+
+    def install(self) -> None:
+        def take(s: Any, step: int) -> Any:
+            t0 = time.perf_counter()
+            taken = self._take(s, step)
+            self.take.append(time.perf_counter() - t0)
+            if len(self.pickle_s) < 20:
+                t0 = time.perf_counter()
+                self.pickle_bytes = len(pickle.dumps((taken.stats, taken.view.infos, taken.updates)))
+                self.pickle_s.append(time.perf_counter() - t0)
+            return taken
+
+        def judge(s: Any, taken: Any) -> None:
+            t0 = time.perf_counter()
+            self._judge(s, taken)
+            self.judge.append(time.perf_counter() - t0)
+
+        session.take, session.judge = take, judge  # what Session._finish_step calls
+
+
+def fit(model: Any, spec: Any, config: str, steps: int, log_dir: str) -> list[float]:
+    timer = StepTimer()
+    callbacks: list[pl.Callback] = [timer]
+    if config != "plain":
+        interval, mode = config.split("/")
+        every = 1 if interval == "every" else None
+        callbacks.append(NormWatch(every_n_steps=every, warmup_steps=0, reference_steps=5, pipeline=mode))
+    trainer = pl.Trainer(
+        max_steps=steps, accelerator="cpu", devices=1, callbacks=callbacks, log_every_n_steps=INTERVAL,
+        logger=TensorBoardLogger(log_dir, name=config.replace("/", "_")), enable_progress_bar=False,
+        enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=0,
+    )  # fmt: skip
+    trainer.fit(Classifier(copy.deepcopy(model)), DataLoader(Batches(spec, steps), batch_size=None))
+    return timer.step_times()
+
+
+def run(spec: Any, rounds: int, steps: int, warmup: int, log_dir: str) -> dict[str, list[float]]:
+    import torch
+
+    torch.manual_seed(0)
+    model = spec.build()
+    fit(model, spec, "every/sync", 3, log_dir)  # warm the code paths once
+    ratios: dict[str, list[float]] = {}
+    for r in range(rounds):
+        order = CONFIGS[r % len(CONFIGS) :] + CONFIGS[: r % len(CONFIGS)]
+        means = {c: statistics.fmean(fit(model, spec, c, warmup + steps, log_dir)[warmup:]) for c in order}
+        for c in CONFIGS:
+            ratios.setdefault(c, []).append(means[c] / means["plain"])
+        ratios.setdefault("plain ms", []).append(means["plain"] * 1e3)
+        print(f"  {spec.name} round {r + 1}/{rounds}: " + ", ".join(f"{c} {means[c] * 1e3:.1f} ms" for c in order))
+    return ratios
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="one round, one interval")
+    args = parser.parse_args(argv)
+    set_threads(args.threads)
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    for name in ("pytorch_lightning", "lightning_normwatch", "lightning.pytorch"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    halves = Halves()
+    halves.install()
+    specs = {s.name: s for s in MODELS}
+    rounds, steps = (1, INTERVAL) if args.quick else (args.rounds, 2 * INTERVAL)
+    print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {machine()}; load {os.getloadavg()[0]:.2f}")
+    rows = []
+    with tempfile.TemporaryDirectory() as log_dir:
+        for name in ("MLP", "Transformer"):
+            first_take = len(halves.take)
+            ratios = run(specs[name], rounds, steps, 5, log_dir)
+            take, judge = halves.take[first_take:], halves.judge[first_take:]
+            rows.append((name, ratios, statistics.median(take) * 1e3, statistics.median(judge) * 1e3))
+    med: Callable[[list[float]], float] = statistics.median
+    print("\n| model | plain step | " + " | ".join(CONFIGS[1:]) + " | take (training thread) | judge (worker) |")
+    print("|---|---:|" + "---:|" * (len(CONFIGS) + 1))
+    for name, ratios, take_ms, judge_ms in rows:
+        cells = " | ".join(f"{med(ratios[c]):.3f}x" for c in CONFIGS[1:])
+        print(f"| {name} | {med(ratios['plain ms']):.1f} ms | {cells} | {take_ms:.1f} ms | {judge_ms:.1f} ms |")
+    print(
+        f"\npickling one logging step's statistics for a worker process: {med(halves.pickle_s) * 1e3:.2f} ms, "
+        f"{halves.pickle_bytes / 1024:.0f} KiB (last model)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""``Pipeline``: a session's logging-step judging and writing, off the training thread, in step order.
+
+The training thread keeps what must happen there (the hooks' device-side sampling, the one transfer or
+DDP collective per logging step, and copies of the live state the judging reads); everything else of a
+logging step (figures, references, rules, panels, logger writes, console lines) is one *job*, run by a
+single daemon worker thread from a bounded FIFO queue, so results are applied in step order.
+
+``mode="sync"`` runs each job inline on the training thread, exactly as before the pipeline (for
+debugging). A job's exception other than ``NormWatchAlertError`` becomes one error line and the
+synchronous path takes over for the rest of the run; a ``NormWatchAlertError`` (``on_alert="raise"``)
+is kept and raised on the training thread by ``raise_pending`` (the session calls it at every step
+boundary and when draining). ``drain`` waits for every job submitted; ``close`` also ends the thread.
+
+Example:
+    >>> done = []
+    >>> pipe = Pipeline("thread")
+    >>> for step in range(3):
+    ...     pipe.submit(lambda step=step: done.append(step))
+    >>> pipe.drain(); done
+    [0, 1, 2]
+    >>> pipe.close(); pipe.alive
+    False
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+
+from ..judge.alerts import NormWatchAlertError
+from ..output import console
+
+__all__ = ["Pipeline", "THREAD_NAME"]
+
+#: the worker's thread name (tests look for it in ``threading.enumerate()``)
+THREAD_NAME = "NormWatch-pipeline"
+_STOP = None
+
+
+class Pipeline:
+    """Jobs of logging steps, run in order by one worker thread (``"thread"``) or inline (``"sync"``).
+
+    Args:
+        mode: ``"thread"`` or ``"sync"``.
+        depth: jobs waiting at most; ``submit`` blocks while the queue is full (the training thread then
+            waits for the judging instead of piling up statistics).
+    """
+
+    def __init__(self, mode: str = "thread", depth: int = 2) -> None:
+        self.mode = mode
+        self.failed = False  # a job failed on the worker: the synchronous path runs the rest of the run
+        self.error: NormWatchAlertError | None = None  # raised by the next raise_pending (training thread)
+        self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue(maxsize=depth)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def busy(self) -> bool:
+        """Jobs submitted and not finished yet."""
+        return self.alive and self._queue.unfinished_tasks > 0
+
+    def on_worker(self) -> bool:
+        return self._thread is not None and threading.current_thread() is self._thread
+
+    def submit(self, job: Callable[[], None]) -> None:
+        """Run ``job`` after the jobs before it (inline in sync mode or after a worker failure)."""
+        if self.mode == "sync" or self.failed:
+            self.drain()
+            job()
+            return
+        if not self.alive:
+            self._thread = threading.Thread(target=self._work, name=THREAD_NAME, daemon=True)
+            self._thread.start()
+        self._queue.put(job)
+
+    def drain(self) -> None:
+        """Wait until every job submitted has run (no-op on the worker itself or with no worker)."""
+        if self.alive and not self.on_worker():
+            self._queue.join()
+
+    def raise_pending(self) -> None:
+        """Raise the ``NormWatchAlertError`` a job recorded (``on_alert="raise"``), once."""
+        error, self.error = self.error, None
+        if error is not None:
+            raise error
+
+    def close(self) -> None:
+        """Drain, then end the worker thread (idempotent; a later ``submit`` starts a new one)."""
+        if not self.alive or self.on_worker():
+            return
+        thread = self._thread
+        self._queue.put(_STOP)
+        thread.join()  # type: ignore[union-attr]
+        self._thread = None
+
+    def _work(self) -> None:
+        while True:
+            job = self._queue.get()
+            try:
+                if job is _STOP:
+                    return
+                self._run(job)
+            finally:
+                self._queue.task_done()
+
+    def _run(self, job: Callable[[], None]) -> None:
+        try:
+            job()
+        except NormWatchAlertError as error:  # on_alert="raise": the training thread raises it
+            if self.error is None:
+                self.error = error
+        except BaseException as exc:  # noqa: BLE001 - never into training: one line, then the synchronous path
+            if not self.failed:
+                self.failed = True
+                console.log.error(
+                    "NormWatch: judging a logging step on the worker thread failed (%r); that step's figures "
+                    "are lost and the rest of the run is judged on the training thread (pipeline='sync').",
+                    exc,
+                )
