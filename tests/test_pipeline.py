@@ -9,6 +9,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -65,12 +66,15 @@ def _fit(root: Path, mode: str, steps: int = 40, model: Broken | None = None, **
 
 @pytest.fixture
 def where(monkeypatch):
-    """The threads each logging step was judged on."""
+    """The threads each logging step was judged on; the worker is slowed down (it lags the training loop
+    by a few steps, so that every drain point matters)."""
     seen: list[str] = []
     judge = judging.judge
 
     def spy(session, taken):
         seen.append(threading.current_thread().name)
+        if seen[-1] == THREAD_NAME:
+            time.sleep(0.02)
         judge(session, taken)
 
     monkeypatch.setattr(judging, "judge", spy)
@@ -127,7 +131,7 @@ def test_a_failing_worker_is_one_error_line_and_the_synchronous_path_takes_over(
 
 
 @pytest.mark.parametrize("fail", [KeyboardInterrupt, RuntimeError])
-def test_an_interrupted_run_leaves_no_thread_and_complete_event_files(tmp_path, fail):
+def test_an_interrupted_run_leaves_no_thread_and_complete_event_files(tmp_path, fail, where):
     model = Broken(fail_at=17, fail=fail)
     if fail is KeyboardInterrupt:  # Lightning shuts down gracefully (SIGINT ignored), then exits the process
         handler = signal.getsignal(signal.SIGINT)
@@ -145,7 +149,7 @@ def test_an_interrupted_run_leaves_no_thread_and_complete_event_files(tmp_path, 
     assert [step for step, _ in events["scalar:normwatch/net.1/dead"]] == list(range(0, 17, 2))
 
 
-def test_on_alert_raise_stops_training_with_the_step_one_step_late_at_most(tmp_path):
+def test_on_alert_raise_stops_training_with_the_step_one_step_late_at_most(tmp_path, where):
     stopped = {}
     for mode in ("thread", "sync"):
         model = Broken()
