@@ -190,8 +190,7 @@ class NormWatch(Callback):
 
     @property
     def last_result(self) -> StepResult | None:
-        """Figures and alerts of the latest logging step (judged: waits for the pipeline)."""
-        self.session.drain()
+        """Figures and alerts of the latest logging step."""
         return self.session.last_result
 
     @property
@@ -250,9 +249,7 @@ class NormWatch(Callback):
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        # what was queued is judged and written, the worker thread ends, the panels are flushed (a
-        # KeyboardInterrupt skips teardown)
-        self.session.close()
+        self.session.close()  # a KeyboardInterrupt skips teardown
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

@@ -205,8 +205,7 @@ class LoopWatch:
 
     @property
     def last_result(self) -> StepResult | None:
-        """Figures and alerts of the latest logging step (judged: waits for the pipeline)."""
-        self.session.drain()
+        """Figures and alerts of the latest logging step."""
         return self.session.last_result
 
     @contextmanager

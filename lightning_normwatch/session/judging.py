@@ -19,7 +19,7 @@ Example:
     >>> taken = take(session, 0)
     >>> sorted(taken.stats), sorted(taken.view.infos)
     (['0', '1', 'input'], ['0', '1', 'input'])
-    >>> judge(session, taken); session.last_result.step
+    >>> judge(session, taken); session.latest.step
     0
 """
 
@@ -137,7 +137,7 @@ def judge(session: Session, taken: Taken) -> None:
     panels = session.panels if session.is_global_zero else None
     if session.updates is not None:  # the parameter side: same on every rank, no collective (docs/updates.md)
         ev.alerts.extend(session.updates.add_to(step, result, panels, taken.updates))
-    session.last_result = result
+    session.latest = result
     infos = taken.view.infos
     if session.is_global_zero:
         _log_figures(session, result, infos)

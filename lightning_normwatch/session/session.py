@@ -109,7 +109,7 @@ class Session:
         self.evaluator = Evaluator(config, self.collector)
         self.evaluator.interval = self.interval
         self.collector.anchors = self.evaluator.input_tracker.anchor
-        self.last_result: StepResult | None = None
+        self.latest: StepResult | None = None  # set by the judging (judging.py)
         self.checks: ModelChecks | None = None
         self.model: nn.Module | None = None
         self.compiled = False
@@ -129,6 +129,12 @@ class Session:
         """Every alert raised so far, in order, over every run this session took part in (judged so far)."""
         self.drain()
         return self.earlier_alerts + self.evaluator.alerts
+
+    @property
+    def last_result(self) -> StepResult | None:
+        """Figures and alerts of the latest logging step judged (waits for the pipeline)."""
+        self.drain()
+        return self.latest
 
     def drain(self) -> None:
         """Wait until every logging step submitted is judged and written (``pipeline.py``)."""
