@@ -38,19 +38,24 @@ INTERVAL = 50
 
 
 class Halves:
-    """Wall seconds of ``take`` and ``judge`` per logging step, and one step's statistics pickled."""
+    """Per logging step: wall seconds of ``take`` and ``judge``, the training thread's seconds in NormWatch's
+    end of step (``Session._finish_step``: take, then judge (sync) or the hand-off (thread)) and in its step
+    start (waits for the worker), by pipeline mode; and one step's statistics pickled."""
 
     def __init__(self) -> None:
         self.take: list[float] = []
         self.judge: list[float] = []
+        self.train: dict[str, list[float]] = {"thread": [], "sync": []}
         self.pickle_s: list[float] = []
         self.pickle_bytes = 0
-        self._take, self._judge = judging.take, judging.judge
 
     def install(self) -> None:
+        take0, judge0 = judging.take, judging.judge
+        finish0, begin0 = session.Session._finish_step, session.Session.begin_step
+
         def take(s: Any, step: int) -> Any:
             t0 = time.perf_counter()
-            taken = self._take(s, step)
+            taken = take0(s, step)
             self.take.append(time.perf_counter() - t0)
             if len(self.pickle_s) < 20:
                 t0 = time.perf_counter()
@@ -60,10 +65,22 @@ class Halves:
 
         def judge(s: Any, taken: Any) -> None:
             t0 = time.perf_counter()
-            self._judge(s, taken)
+            judge0(s, taken)
             self.judge.append(time.perf_counter() - t0)
 
+        def finish(s: Any, step: int) -> None:
+            t0 = time.perf_counter()
+            finish0(s, step)
+            self.train[s.config.pipeline].append(time.perf_counter() - t0)
+
+        def begin(s: Any, step: int, *args: Any) -> None:
+            t0 = time.perf_counter()
+            begin0(s, step, *args)
+            if s.is_logging_step(step) and step > 0:  # the waits for the worker land here (anchors, raise)
+                self.train[s.config.pipeline][-1] += time.perf_counter() - t0
+
         session.take, session.judge = take, judge  # what Session._finish_step calls
+        session.Session._finish_step, session.Session.begin_step = finish, begin  # type: ignore[method-assign]
 
 
 def fit(model: Any, spec: Any, config: str, steps: int, log_dir: str) -> list[float]:
@@ -104,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="one round, one interval")
+    parser.add_argument("--models", nargs="+", default=["MLP", "Transformer"], choices=["MLP", "CNN", "Transformer"])
     args = parser.parse_args(argv)
     set_threads(args.threads)
     import logging
@@ -119,17 +137,25 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {machine()}; load {os.getloadavg()[0]:.2f}")
     rows = []
     with tempfile.TemporaryDirectory() as log_dir:
-        for name in ("MLP", "Transformer"):
-            first_take = len(halves.take)
+        for name in args.models:
+            marks = len(halves.take), {m: len(v) for m, v in halves.train.items()}
             ratios = run(specs[name], rounds, steps, 5, log_dir)
-            take, judge = halves.take[first_take:], halves.judge[first_take:]
-            rows.append((name, ratios, statistics.median(take) * 1e3, statistics.median(judge) * 1e3))
+            take, judge = halves.take[marks[0] :], halves.judge[marks[0] :]
+            train = {m: v[marks[1][m] :] for m, v in halves.train.items()}
+            rows.append((name, ratios, take, judge, train))
     med: Callable[[list[float]], float] = statistics.median
-    print("\n| model | plain step | " + " | ".join(CONFIGS[1:]) + " | take (training thread) | judge (worker) |")
-    print("|---|---:|" + "---:|" * (len(CONFIGS) + 1))
-    for name, ratios, take_ms, judge_ms in rows:
+    print("\nMean step time over whole runs, ratio to plain (median over rounds):\n")
+    print("| model | plain step | " + " | ".join(CONFIGS[1:]) + " |")
+    print("|---|---:|" + "---:|" * (len(CONFIGS) - 1))
+    for name, ratios, *_ in rows:
         cells = " | ".join(f"{med(ratios[c]):.3f}x" for c in CONFIGS[1:])
-        print(f"| {name} | {med(ratios['plain ms']):.1f} ms | {cells} | {take_ms:.1f} ms | {judge_ms:.1f} ms |")
+        print(f"| {name} | {med(ratios['plain ms']):.1f} ms | {cells} |")
+    print("\nPer logging step (median, ms): the training thread's share and the judging\n")
+    print("| model | take | judge | training thread, sync | training thread, thread |")
+    print("|---|---:|---:|---:|---:|")
+    for name, _, take, judge, train in rows:
+        cells = [med(take), med(judge), med(train["sync"]), med(train["thread"])]
+        print(f"| {name} | " + " | ".join(f"{c * 1e3:.1f}" for c in cells) + " |")
     print(
         f"\npickling one logging step's statistics for a worker process: {med(halves.pickle_s) * 1e3:.2f} ms, "
         f"{halves.pickle_bytes / 1024:.0f} KiB (last model)"
