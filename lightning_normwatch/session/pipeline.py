@@ -3,7 +3,9 @@
 The training thread keeps what must happen there (the hooks' device-side sampling, the one transfer or
 DDP collective per logging step, and copies of the live state the judging reads); everything else of a
 logging step (figures, references, rules, panels, logger writes, console lines) is one *job*, run by a
-single daemon worker thread from a bounded FIFO queue, so results are applied in step order.
+single daemon worker thread in step order. One job at a time: a job is handed over once the one before it
+has finished (the training thread waits for it if need be), so what a logging step finds is out by the end
+of the next logging step at the latest.
 
 ``mode="sync"`` runs each job inline on the training thread, exactly as before the pipeline (for
 debugging). A job's exception other than ``NormWatchAlertError`` becomes one error line and the
@@ -43,15 +45,13 @@ class Pipeline:
 
     Args:
         mode: ``"thread"`` or ``"sync"``.
-        depth: jobs waiting at most; ``submit`` blocks while the queue is full (the training thread then
-            waits for the judging instead of piling up statistics).
     """
 
-    def __init__(self, mode: str = "thread", depth: int = 2) -> None:
+    def __init__(self, mode: str = "thread") -> None:
         self.mode = mode
         self.failed = False  # a job failed on the worker: the synchronous path runs the rest of the run
         self.error: NormWatchAlertError | None = None  # raised by the next raise_pending (training thread)
-        self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue(maxsize=depth)
+        self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
 
     @property
@@ -67,9 +67,10 @@ class Pipeline:
         return self._thread is not None and threading.current_thread() is self._thread
 
     def submit(self, job: Callable[[], None]) -> None:
-        """Run ``job`` after the jobs before it (inline in sync mode or after a worker failure)."""
+        """Run ``job`` once the job before it has finished: on the worker, or inline (sync mode, or after a
+        worker failure)."""
+        self.drain()
         if self.mode == "sync" or self.failed:
-            self.drain()
             job()
             return
         if not self.alive:
