@@ -108,9 +108,14 @@ def run(spec: Any, rounds: int, steps: int, warmup: int, log_dir: str) -> dict[s
     ratios: dict[str, list[float]] = {}
     for r in range(rounds):
         order = CONFIGS[r % len(CONFIGS) :] + CONFIGS[: r % len(CONFIGS)]
-        means = {c: statistics.fmean(fit(model, spec, c, warmup + steps, log_dir)[warmup:]) for c in order}
+        times = {c: fit(model, spec, c, warmup + steps, log_dir) for c in order}
+        means = {c: statistics.fmean(t[warmup:]) for c, t in times.items()}
         for c in CONFIGS:
             ratios.setdefault(c, []).append(means[c] / means["plain"])
+            # the worker's interference: the 5 steps after a logging step against steps 10-49 of the interval
+            after = [t for i, t in enumerate(times[c]) if i >= warmup and 1 <= i % INTERVAL <= 5]
+            later = [t for i, t in enumerate(times[c]) if i >= warmup and i % INTERVAL >= 10]
+            ratios.setdefault(f"{c} after", []).append(statistics.fmean(after) / statistics.fmean(later))
         ratios.setdefault("plain ms", []).append(means["plain"] * 1e3)
         print(f"  {spec.name} round {r + 1}/{rounds}: " + ", ".join(f"{c} {means[c] * 1e3:.1f} ms" for c in order))
     return ratios
@@ -135,31 +140,37 @@ def main(argv: list[str] | None = None) -> int:
     specs = {s.name: s for s in MODELS}
     rounds, steps = (1, INTERVAL) if args.quick else (args.rounds, 2 * INTERVAL)
     print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {machine()}; load {os.getloadavg()[0]:.2f}")
-    rows = []
+    rows, pickled = [], []
+    med: Callable[[list[float]], float] = statistics.median
     with tempfile.TemporaryDirectory() as log_dir:
         for name in args.models:
             marks = len(halves.take), {m: len(v) for m, v in halves.train.items()}
+            halves.pickle_s = []
             ratios = run(specs[name], rounds, steps, 5, log_dir)
             take, judge = halves.take[marks[0] :], halves.judge[marks[0] :]
             train = {m: v[marks[1][m] :] for m, v in halves.train.items()}
             rows.append((name, ratios, take, judge, train))
-    med: Callable[[list[float]], float] = statistics.median
+            pickled.append(f"{name} {med(halves.pickle_s) * 1e3:.2f} ms, {halves.pickle_bytes / 1024:.0f} KiB")
     print("\nMean step time over whole runs, ratio to plain (median over rounds):\n")
     print("| model | plain step | " + " | ".join(CONFIGS[1:]) + " |")
     print("|---|---:|" + "---:|" * (len(CONFIGS) - 1))
     for name, ratios, *_ in rows:
         cells = " | ".join(f"{med(ratios[c]):.3f}x" for c in CONFIGS[1:])
         print(f"| {name} | {med(ratios['plain ms']):.1f} ms | {cells} |")
+    print("\nSteps 1-5 after a logging step against steps 10-49 (mean ratio, median over rounds): the worker's")
+    print("interference with the training thread (GIL, cores) while it judges\n")
+    print("| model | plain | default/thread | default/sync |")
+    print("|---|---:|---:|---:|")
+    for name, ratios, *_ in rows:
+        cells = " | ".join(f"{med(ratios[f'{c} after']):.3f}" for c in ("plain", "default/thread", "default/sync"))
+        print(f"| {name} | {cells} |")
     print("\nPer logging step (median, ms): the training thread's share and the judging\n")
     print("| model | take | judge | training thread, sync | training thread, thread |")
     print("|---|---:|---:|---:|---:|")
     for name, _, take, judge, train in rows:
         cells = [med(take), med(judge), med(train["sync"]), med(train["thread"])]
         print(f"| {name} | " + " | ".join(f"{c * 1e3:.1f}" for c in cells) + " |")
-    print(
-        f"\npickling one logging step's statistics for a worker process: {med(halves.pickle_s) * 1e3:.2f} ms, "
-        f"{halves.pickle_bytes / 1024:.0f} KiB (last model)"
-    )
+    print("\npickling one logging step's statistics for a worker process: " + "; ".join(pickled))
     return 0
 
 
