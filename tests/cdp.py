@@ -1,7 +1,7 @@
 """Headless Chromium driven through the DevTools protocol (stdlib only: a minimal WebSocket client).
 
-The client follows ``docs/cdp_shot.py``; this one also keeps the events it receives (console
-messages, exceptions), so that a test can assert a page logged no error.
+The project's one DevTools client (the docs' screenshot scripts use it too). It keeps the events it
+receives (console messages, exceptions), so that a test can assert a page logged no error.
 """
 
 from __future__ import annotations

@@ -127,7 +127,8 @@ def last_text(src: Source, run: str, tag: str, listing: dict[str, Any]) -> str |
     best = None
     for series in src.read("text", run, names, kind="tensors").values():
         for datum in series:
-            if best is None or (datum.step, datum.wall_time) >= (best.step, best.wall_time):
+            # the last written wins, as in ``normwatch report`` (a run restarted in the same folder logs lower steps)
+            if best is None or (datum.wall_time, datum.step) >= (best.wall_time, best.step):
                 best = datum
     if best is None:
         return None
