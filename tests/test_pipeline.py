@@ -18,7 +18,7 @@ import pytorch_lightning as pl
 import torch
 from models import Regressor, loader, mlp, regression_data, trainer
 from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from torch import nn
 
 from lightning_normwatch import LoopWatch, NormWatch, NormWatchAlertError
@@ -188,3 +188,28 @@ def test_a_bad_pipeline_value_raises_naming_it(tmp_path):
     for make in (lambda: NormWatch(pipeline="process"), lambda: LoopWatch(mlp(), pipeline="process")):
         with pytest.raises(ValueError, match="pipeline.*'process'"):
             make()
+
+
+class ThreadsCSV(CSVLogger):
+    """A ``CSVLogger`` (it clears its rows after saving them: not safe across threads) noting who writes."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.rows: list[tuple[str, int, dict]] = []
+
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+        if any(k.startswith("normwatch/") for k in metrics):
+            self.rows.append((threading.current_thread().name, step, dict(metrics)))
+        super().log_metrics(metrics, step)
+
+
+def test_loggers_not_safe_across_threads_get_their_rows_from_the_training_thread(tmp_path, where):
+    rows = {}
+    for mode in ("thread", "sync"):
+        csv = ThreadsCSV(tmp_path, name=mode)
+        run = trainer(tmp_path, [NormWatch(pipeline=mode, **WATCH)], max_steps=12, logger=csv)
+        run.fit(Broken(), loader(regression_data()))
+        rows[mode] = csv.rows
+        assert {name for name, *_ in csv.rows} == {"MainThread"}
+    assert [r[1:] for r in rows["thread"]] == [r[1:] for r in rows["sync"]] and len(rows["sync"]) == 6
+    assert where[:6] == [THREAD_NAME] * 6  # judged on the worker all the same

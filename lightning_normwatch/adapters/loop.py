@@ -81,6 +81,7 @@ class _CallableLogger:
 
     def __init__(self, sink: Any, writer: Any) -> None:
         self.sink, self.writer = sink, writer
+        self.thread_safe = writer is not None  # a SummaryWriter: the pipeline's worker writes to it directly
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         if self.writer is not None:

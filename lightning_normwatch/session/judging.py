@@ -35,14 +35,14 @@ from ..collect.collector import Collector
 from ..collect.info import TensorInfo
 from ..judge.alerts import Alert
 from ..judge.evaluator import StepResult
-from ..output.loggers import log_scalars
+from ..output.loggers import is_tensorboard_logger, log_scalars
 from ..output.scalars import scalar_metrics, threshold_metrics
 from ..stats.figures import TensorStats
 
 if TYPE_CHECKING:
     from .session import Session
 
-__all__ = ["CollectorView", "Taken", "take", "judge", "PANELS"]
+__all__ = ["CollectorView", "Taken", "take", "judge", "post", "thread_safe", "PANELS"]
 
 PANELS = "the TensorBoard panels"
 
@@ -155,4 +155,28 @@ def _log_figures(session: Session, result: StepResult, infos: dict[str, TensorIn
     for severity, count in result.active.items():
         metrics[f"normwatch/alerts/{severity}"] = float(count)
     for logger in session.loggers:
-        session.guard.call(f"logger {type(logger).__name__}", log_scalars, logger, metrics, result.step)
+        if session.pipeline.on_worker() and not thread_safe(logger):
+            session.outbox.append((logger, metrics, result.step))  # written by the training thread (post)
+        else:
+            session.guard.call(f"logger {type(logger).__name__}", log_scalars, logger, metrics, result.step)
+
+
+def post(session: Session) -> None:
+    """Training thread: write the logger rows the worker left (loggers not safe across threads)."""
+    while session.outbox and not session.pipeline.on_worker():
+        logger, metrics, step = session.outbox.popleft()
+        session.guard.call(f"logger {type(logger).__name__}", log_scalars, logger, metrics, step)
+
+
+def thread_safe(logger: Any) -> bool:
+    """Whether the worker may write to ``logger`` while the training thread writes to it too: a
+    ``TensorBoardLogger`` (its ``SummaryWriter`` queues events under a lock) or a sink marked ``thread_safe``.
+    Others (a ``CSVLogger`` clears its rows after writing them: a row added meanwhile is lost; user callables)
+    get their rows from the training thread, at the next step or drain.
+
+    Example:
+        >>> from pytorch_lightning.loggers import CSVLogger
+        >>> thread_safe(CSVLogger("logs"))
+        False
+    """
+    return is_tensorboard_logger(logger) or getattr(logger, "thread_safe", False) is True

@@ -83,6 +83,13 @@ class Pipeline:
         if self.alive and not self.on_worker():
             self._queue.join()
 
+    def boundary(self, wait: bool) -> None:
+        """At a step boundary: raise what a job recorded; ``wait`` (``on_alert="raise"``): wait for the judging
+        first, so that an alert stops training at the next step at the latest, the same step on every rank."""
+        if wait and self.busy:
+            self.drain()
+        self.raise_pending()
+
     def raise_pending(self) -> None:
         """Raise the ``NormWatchAlertError`` a job recorded (``on_alert="raise"``), once."""
         error, self.error = self.error, None

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections import deque
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import replace
@@ -51,7 +52,7 @@ from ..judge.windows import plan_windows, rules_ran
 from ..output import console
 from ..output.guarded import Guard
 from . import checkpoint
-from .judging import PANELS, judge, take
+from .judging import PANELS, judge, post, take
 from .pipeline import Pipeline
 from .updates import UpdateWatch
 
@@ -99,6 +100,7 @@ class Session:
         self.exchange: Exchange | None = None
         self.guard = Guard()  # sink failures: one error line (rate-limited), never an exception into training
         self.pipeline = Pipeline(config.pipeline)  # the judging and writing of logging steps (pipeline.py)
+        self.outbox: deque[tuple[Any, dict[str, float], int]] = deque()  # logger rows the worker left (judging.py)
 
     def _resolved(self, config: SessionConfig) -> SessionConfig:
         """``config`` with the windows this run uses (the user's explicit values, else the fitted ones)."""
@@ -139,6 +141,7 @@ class Session:
     def drain(self) -> None:
         """Wait until every logging step submitted is judged and written (``pipeline.py``)."""
         self.pipeline.drain()
+        post(self)
 
     # ------------------------------------------------------------------ a run
     def start(
@@ -214,6 +217,7 @@ class Session:
     def stop(self) -> None:
         """Remove every hook, forget the current batch, finish the queued judging and end its thread (idempotent)."""
         self.pipeline.close()
+        post(self)
         self.collector.disarm()
         self._collecting = False
         self._batch = None
@@ -255,10 +259,8 @@ class Session:
 
     def begin_step(self, step: int, batch: Any, batch_idx: int = 0) -> None:
         """Before the forward pass of global step ``step`` (every batch, accumulated ones too)."""
-        self.pipeline.raise_pending()  # on_alert="raise": an alert the worker found stops training here
-        if self.config.on_alert == "raise" and self.pipeline.busy:
-            self.drain()  # at the next step at the latest, the same step on every rank
-            self.pipeline.raise_pending()
+        post(self)
+        self.pipeline.boundary(wait=self.config.on_alert == "raise")  # an alert the worker found stops training
         logging_step = self.is_logging_step(step)
         self._replayed = False
         if self.config.check_nonfinite or (logging_step and self.compiled):
