@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all bench calibrate drift clean
+.PHONY: demo test test-all bench bench-gpu calibrate drift clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -24,6 +24,10 @@ test-all: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/overhead.py
+
+# on a machine with a CUDA GPU (skips with its reason without one): sync checks, every-step overhead on the transformer
+bench-gpu: $(STAMP)
+	PY=$(BIN)/python bash benchmarks/gpu_bench.sh
 
 calibrate: $(STAMP)
 	$(BIN)/python benchmarks/calibrate.py

@@ -32,6 +32,10 @@ Usage:
     python benchmarks/overhead.py                 # full run (about 4 minutes on a quiet 2-core CPU)
     python benchmarks/overhead.py --quick         # smoke run
     python benchmarks/overhead.py --out table.md  # also write the Markdown report to a file
+
+After the timed rounds, one more ``every step`` fit per model runs under ``stages.StageProfile``, which
+wraps the methods of each stage (hooks, transfer, judge, write, TensorBoard's record writing) from
+outside the package and attributes their time to the thread that ran them (``--skip-profile``: none).
 """
 
 from __future__ import annotations
@@ -67,6 +71,10 @@ from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from lightning_normwatch import NormWatch  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from stages import HEADER, StageProfile  # noqa: E402
+
 from lightning_normwatch.collect.selection import select_modules  # noqa: E402
 
 CONFIGS = ("plain", "every step", "default", "naive hist")
@@ -454,6 +462,18 @@ def time_model(spec: ModelSpec, rounds: int, quick: bool, log_dir: str, logger: 
         print(f"  {spec.name}: round {r + 1}/{rounds} done", file=sys.stderr, flush=True)
 
 
+def profile_model(spec: ModelSpec, quick: bool, log_dir: str, logger: bool) -> StageProfile:
+    """Per-stage profile of NormWatch's logging steps (``every step``), in a fit of its own after the timed rounds
+    (the wrappers cost about a microsecond a call: kept out of the timed fits)."""
+    torch.manual_seed(0)
+    model = spec.build()
+    steps = max(3, spec.steps // (4 if quick else 2))
+    fit(model, spec, "every step", spec.warmup, log_dir, logger=logger)  # compiled: compiled again here, once
+    with StageProfile() as prof:
+        fit(model, spec, "every step", steps, log_dir, logger=logger)
+    return prof
+
+
 # ---------------------------------------------------------------------------------------------- report
 def machine() -> str:
     """CPU model, cores and library versions."""
@@ -511,6 +531,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--logger", choices=("tensorboard", "none"), default="tensorboard", help="logger of every run")
     p.add_argument("--threads", type=int, default=THREADS, help="torch threads (default 2)")
     p.add_argument("--skip-memory", action="store_true", help="time only (no memory children, no growth check)")
+    p.add_argument("--skip-profile", action="store_true", help="no per-stage profile of the logging steps")
     args = p.parse_args(argv)
     set_threads(args.threads)
 
@@ -550,6 +571,7 @@ def main(argv: list[str] | None = None) -> int:
         timings = Timings({}, {}, {}, {})
         for spec in specs:
             time_model(spec, rounds, args.quick, log_dir, logger, timings)
+        profiles = {} if args.skip_profile else {s.name: profile_model(s, args.quick, log_dir, logger) for s in specs}
     total_s = time.perf_counter() - started
 
     command = " ".join(["python benchmarks/overhead.py", *(argv if argv is not None else sys.argv[1:])])
@@ -573,6 +595,18 @@ def main(argv: list[str] | None = None) -> int:
         + ", ".join(f"{s.name} {1000 * statistics.median(timings.hooks[s.name]):.3f} ms" for s in specs)
         + ".",
         "",
+    ]
+    if profiles:
+        lines += [
+            "Per-stage profile of a logging step (`every step`, a fit of its own after the timed rounds; "
+            "`benchmarks/stages.py`): wall time in the methods of each stage, by the thread that ran them. "
+            "Only the training thread's time delays training directly; the others compete for the GIL and the cores.",
+            "",
+            HEADER,
+            *(row for name, prof in profiles.items() for row in prof.rows(name)),
+            "",
+        ]
+    lines += [
         "Resident size (MiB) over a long run (MLP, batch 32):",
         "",
     ]

@@ -132,7 +132,15 @@ def test_exploding_depth_caught_at_the_first_logging_step(tmp_path) -> None:
     torch.manual_seed(0)
     cb = run(tmp_path, stack(gain=1.5), steps=1)
     exploding = [a for a in cb.alerts if a.kind == "exploding"]
-    assert len(exploding) == 1 and exploding[0].step == 0 and exploding[0].value > 30
+    assert [(a.module, a.step) for a in exploding] == [("net.20", 0)]
+    # by hand: the RMS of the watched tensors in execution order, without the prediction (net.40); at net.20
+    # every tensor from there on is > 30x the smallest RMS before it, and net.20 is the first such tensor
+    figs = cb.last_result.figures  # type: ignore[union-attr]
+    rms = [float(np.hypot(f["mean"], f["std"])) for k, f in figs.items() if k != "net.40"]
+    ratio = [min(rms[i:]) / min(rms[:i]) for i in range(1, len(rms) - 3)]  # at least 4 tensors from i on
+    first = next(i for i, r in enumerate(ratio, start=1) if r > 30)
+    assert list(figs)[first] == "net.20"
+    assert exploding[0].value == pytest.approx(ratio[first - 1], rel=1e-9) and exploding[0].threshold == 30
 
 
 class ResidualMLP(nn.Module):

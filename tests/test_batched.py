@@ -119,3 +119,19 @@ def test_host_figures_of_all_tensors_equal_per_tensor_figures() -> None:
         assert got.keys() == want.keys()
         for name, value in want.items():
             np.testing.assert_allclose(got[name], value, rtol=1e-9, atol=1e-12, equal_nan=True, err_msg=f"{i} {name}")
+
+
+def test_take_sample_keeps_exactly_the_drawn_rows_and_pvalue_positions() -> None:
+    """The sample is the rows the generator drew, the p-value subsample the drawn positions of it (index_select
+    in place of advanced indexing must not change a value)."""
+    from lightning_normwatch.collect.sampling import MeasureSpec, take_sample
+
+    x = torch.randn(300, 64, generator=torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(3)
+    replay = torch.Generator()
+    replay.set_state(g.get_state())
+    taken = take_sample(x, MeasureSpec(sample_size=1024, pvalue_size=500), g)
+    rows = torch.randperm(300, generator=replay)[:16]  # 1024 values / 64 channels
+    assert torch.equal(taken.sample, x[rows])
+    positions = torch.randperm(16 * 64, generator=replay)[:500]
+    assert torch.equal(taken.pvalues, x[rows].reshape(-1)[positions])

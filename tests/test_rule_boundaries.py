@@ -18,6 +18,7 @@ from lightning_normwatch.config import Thresholds
 from lightning_normwatch.judge.alerts import REARM_WINDOW, SEVERITY, Alert, AlertTracker
 from lightning_normwatch.judge.depth import MIN_SPAN, depth_alerts
 from lightning_normwatch.judge.rules import CLEAR_FRACTION, MIN_DEAD_ROWS, MIN_SHAPE_ROWS, evaluate
+from lightning_normwatch.stats.feature_drift import FEATURE_BINS, FeatureReference, FeatureStats, feature_drift
 
 ABOVE, BELOW = 1.0001, 0.9999
 USER = {  # a user-set threshold per rule, far from the default so that ignoring it would show
@@ -276,3 +277,143 @@ def test_thresholds_are_validated_per_field() -> None:
     with pytest.raises(ValueError, match="thresholds.vanishing"):
         Thresholds(vanishing=1.0)
     assert replace(Thresholds(), dead=0.9).dead == 0.9
+
+
+# ------------------------------------------------------------------ user-set thresholds of the other rules
+def test_collapse_at_a_user_set_threshold() -> None:
+    from lightning_normwatch.judge.collapse import collapse_alerts
+
+    def spreads(drop: float) -> list:
+        values = [0.8, 0.8, 0.7] + [0.8 / drop] * 4
+        fig = [{"batch_spread": s, "numel": 4096} for s in values]
+        return [(TensorInfo(f"fc{i}", "preact", "Linear", 64), f) for i, f in enumerate(fig)]
+
+    th = Thresholds(collapse=50.0)
+    (a,) = collapse_alerts(spreads(50.0 * ABOVE), th, step=6)[0]
+    assert (a.module, a.kind, a.step, a.threshold) == ("fc3", "collapse", 6, 50.0)
+    assert a.value == pytest.approx(50.0 * ABOVE, rel=1e-9)
+    assert collapse_alerts(spreads(50.0 * BELOW), th, step=6)[0] == []
+    assert collapse_alerts(spreads(100.0), Thresholds(), step=6)[0] == []  # x100: under the default x1000
+
+
+def _flow(kind: str, factor: float, th: Thresholds) -> list[Alert]:
+    """Gradient-flow alerts after ``PERSIST`` logging steps with the three layers nearest the input ``factor``
+    times out of range (below for vanishing, above for exploding) of the three after them."""
+    from lightning_normwatch.judge.updates import PERSIST, UpdateHistory, update_alerts
+
+    figs = {f"fc{i}": {"update_ratio": 1e-3, "grad_rms": 1e-2, "lr": 1e-3, "has_grad": 1.0} for i in range(6)}
+    for i in range(3):
+        figs[f"fc{i}"]["grad_rms"] = 1e-2 / factor if kind == "vanishing_gradient" else 1e-2 * factor
+    history, alerts = UpdateHistory(), []
+    for step in range(0, 5 * PERSIST, 5):
+        alerts, _ = update_alerts(step, figs, list(figs), th, history)
+    return alerts
+
+
+@pytest.mark.parametrize("kind", ["vanishing_gradient", "exploding_gradient"])
+def test_gradient_flow_at_a_user_set_threshold(kind: str) -> None:
+    th = Thresholds(**{kind: 20.0})
+    (a,) = _flow(kind, 20.0 * 1.001, th)
+    assert (a.module, a.kind, a.step, a.threshold) == ("fc2", kind, 5, 20.0)
+    assert a.value == pytest.approx(20.0 * 1.001, rel=1e-6)
+    assert _flow(kind, 20.0 * 0.999, th) == []
+    assert _flow(kind, 100.0, Thresholds()) == []  # x100: under the default x1000
+
+
+def _feature(n: float, mean: float = 0.0, std: float = 1.0, hist: list[float] | None = None) -> FeatureStats:
+    """Statistics of one input feature: ``n`` batch items, normal moments (excess kurtosis 0)."""
+    import numpy as np
+
+    h = np.zeros((1, FEATURE_BINS)) if hist is None else np.asarray([hist], dtype=np.float64)
+    arr = lambda v: np.array([float(v)])  # noqa: E731
+    return FeatureStats(arr(n), arr(mean), arr(n * std**2), arr(0.0), arr(3 * n * std**4), h, float(n))
+
+
+def _changed(current: FeatureStats, th: Thresholds, reference: FeatureStats | None = None) -> bool:
+    ref = FeatureReference()
+    ref.add(reference or _feature(1e8))
+    floors = (th.input_mean_shift, th.input_scale, th.input_psi)
+    return bool(feature_drift(ref, current, *floors, noise_z=th.input_noise_z).changed[0])
+
+
+@pytest.mark.parametrize("user", [False, True], ids=["default", "user-set"])
+def test_input_mean_shift_floor(user: bool) -> None:
+    th = Thresholds(input_mean_shift=1.2) if user else Thresholds()
+    floor = th.input_mean_shift  # 1e8 items on both sides: the noise floor is far below it
+    assert _changed(_feature(1e8, mean=floor * ABOVE), th) and _changed(_feature(1e8, mean=-floor * ABOVE), th)
+    assert not _changed(_feature(1e8, mean=floor * BELOW), th)
+
+
+@pytest.mark.parametrize("user", [False, True], ids=["default", "user-set"])
+def test_input_scale_floor(user: bool) -> None:
+    th = Thresholds(input_scale=2.5) if user else Thresholds()
+    floor = th.input_scale
+    assert _changed(_feature(1e8, std=floor * ABOVE), th) and _changed(_feature(1e8, std=1 / (floor * ABOVE)), th)
+    assert not _changed(_feature(1e8, std=floor * BELOW), th)
+    assert not _changed(_feature(1e8, std=1 / (floor * BELOW)), th)
+
+
+@pytest.mark.parametrize("z", [5.0, 8.0], ids=["default", "user-set"])
+def test_input_noise_floor(z: float) -> None:
+    # 64 batch items against a reference of 1e8: the standard error of the mean shift is 1/8 of a std, so
+    # z standard errors (0.625 or 1.0 std) are above the 0.5 std effect floor and decide
+    th = Thresholds(input_noise_z=z)
+    noise = z * math.sqrt(1 / 64 + 1e-8)
+    assert _changed(_feature(64, mean=noise * ABOVE), th)
+    assert not _changed(_feature(64, mean=noise * BELOW), th)
+
+
+def _moved(psi: float) -> FeatureStats:
+    """1e6 items whose anchor-bin counts moved from the lower nine bins to the upper nine by ``t`` (each bin
+    x(1 - t) or x(1 + t)) against the even reference of ``_changed``: PSI = t * atanh(t), solved for ``psi``;
+    the moments stay the reference's, so only the distribution test can fire."""
+    import numpy as np
+    from scipy.optimize import brentq
+
+    t = brentq(lambda t: t * math.atanh(t) - psi, 1e-9, 1 - 1e-9, xtol=1e-15)
+    even = np.full(FEATURE_BINS, 1e6 / FEATURE_BINS)
+    return _feature(1e6, hist=list(even * np.r_[np.full(9, 1 - t), np.full(9, 1 + t)]))
+
+
+@pytest.mark.parametrize("user", [False, True], ids=["default", "user-set"])
+def test_input_psi_floor(user: bool) -> None:
+    import numpy as np
+
+    th = Thresholds(input_psi=0.5) if user else Thresholds()
+    reference = _feature(1e6, hist=list(np.full(FEATURE_BINS, 1e6 / FEATURE_BINS)))
+    current = _moved(th.input_psi * ABOVE)
+    p, q = reference.hist[0] / 1e6, current.hist[0] / 1e6
+    assert float(((q - p) * np.log(q / p)).sum()) == pytest.approx(th.input_psi * ABOVE, rel=1e-9)  # by hand
+    assert _changed(current, th, reference)
+    assert not _changed(_moved(th.input_psi * BELOW), th, reference)
+
+
+#: where each ``Thresholds`` field is tested with a user-set value (this file unless named)
+USER_SET_TESTS = {
+    **dict.fromkeys(USER, "test_rule_fires_just_above_its_threshold_and_not_below"),
+    "outlier_min_abs": "test_outlier_needs_the_absolute_floor_too",
+    "skew": "test_non_normal_at_user_set_skew_and_kurtosis",
+    "kurtosis": "test_non_normal_at_user_set_skew_and_kurtosis",
+    "vanishing": "test_depth_rules_at_their_thresholds",
+    "exploding": "test_depth_rules_at_their_thresholds",
+    "collapse": "test_collapse_at_a_user_set_threshold",
+    "input_mean_shift": "test_input_mean_shift_floor",
+    "input_scale": "test_input_scale_floor",
+    "input_psi": "test_input_psi_floor",
+    "input_noise_z": "test_input_noise_floor",
+    "update_large": "tests/test_updates.py::test_update_size_large_at_its_threshold",
+    "update_small": "tests/test_updates.py::test_update_size_small_at_its_threshold_and_only_for_a_low_learning_rate",
+    "vanishing_gradient": "test_gradient_flow_at_a_user_set_threshold",
+    "exploding_gradient": "test_gradient_flow_at_a_user_set_threshold",
+}
+
+
+def test_every_threshold_has_a_user_set_boundary_test() -> None:
+    from dataclasses import fields
+    from pathlib import Path
+
+    assert set(USER_SET_TESTS) == {f.name for f in fields(Thresholds)}
+    root = Path(__file__).resolve().parent.parent
+    for name, where in USER_SET_TESTS.items():
+        path, test = where.split("::") if "::" in where else ("tests/test_rule_boundaries.py", where)
+        assert f"def {test}(" in (root / path).read_text(), (name, where)

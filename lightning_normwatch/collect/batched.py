@@ -244,7 +244,11 @@ def _measure_group(items: Sequence[Sampled]) -> list[Tensor]:
     pmoments = torch.zeros(5, t, dtype=torch.float64, device=device)
     for _, positions in plan.p_groups:
         columns = torch.stack([items[i].pvalues for i in positions], dim=1)  # [length, items]
-        pn, pmean, pm2, pm3, pm4, _ = channel_moments(columns)
+        # p-values are sampled values: finite when the extremes are (the same figures, without the masks)
+        if finite and columns.shape[0]:
+            pn, pmean, pm2, pm3, pm4, _ = _finite_moments(columns, columns.abs().amax(0))
+        else:  # (further calls of a module have empty p-value samples)
+            pn, pmean, pm2, pm3, pm4, _ = channel_moments(columns)
         pmoments[:, positions] = torch.stack([pn, pmean, pm2, pm3, pm4])
     sizes = torch.tensor([[float(s.numel), v] for s, v in zip(items, sampled, strict=True)], dtype=dtype, device=device)
     head = torch.cat([sizes, torch.stack([fmin, fmax, smin, smax, saturated], dim=1)], dim=1).to(torch.float64)

@@ -47,6 +47,7 @@ from torch import Tensor, nn
 
 from ..stats.histogram import bin_counts, bin_edges
 from .selection import Pattern, _matches, select_modules, user_name
+from .through_time import TimeProbe
 
 __all__ = ["UpdateProbe", "ParamEntry", "owners", "unheld_parameters", "histograms_by_owner"]
 
@@ -193,6 +194,9 @@ class UpdateProbe:
         self._stepped: set[int] = set()  # optimizers whose step of this logging step was measured
         self.skipped = 0  # optimizer steps of this logging step that were skipped (AMP found inf/NaN)
         self.unheld: list[str] = []
+        self.time = TimeProbe()  # gradient through time at the input of recurrent layers
+        #: recurrent owner -> per-time-step gradient RMS at its input, of the last logging step (host)
+        self.time_profiles: dict[str, list[float]] = {}
 
     def attach(
         self,
@@ -215,6 +219,7 @@ class UpdateProbe:
             matrix = param.ndim >= 2 and not isinstance(module, (nn.Embedding, nn.EmbeddingBag))
             self.entries.append(ParamEntry(user_name(qualified), owner, param.numel(), matrix))
         self.set_optimizers(model, optimizers)
+        self.time.attach(model, {e.owner for e in self.entries})
         return list(dict.fromkeys(e.owner for e in self.entries))
 
     def set_optimizers(self, model: nn.Module, optimizers: Iterable[torch.optim.Optimizer]) -> None:
@@ -249,10 +254,16 @@ class UpdateProbe:
         self._pending, self._blocks, self._lr, self.skipped = {}, [], {}, 0
         self._stepped = set()
         self.hist_parts = {}
+        self.time.arm()
 
     def disarm(self) -> None:
         self._armed = False
         self._pending = {}
+
+    def close(self) -> None:
+        """Remove the recurrent layers' forward hooks and end any logging step (idempotent)."""
+        self.disarm()
+        self.time.close()
 
     @torch.no_grad()
     def before_step(self, optimizer: torch.optim.Optimizer) -> None:
@@ -313,17 +324,20 @@ class UpdateProbe:
         pending = [(rows, wg) for rows, _, wg in self._pending.values()]
         self.skipped = len(pending)
         parts = [(rows, block) for rows, block in self._blocks] + [(rows, wg) for rows, wg in pending]
-        if parts:
-            padded = [
-                b if b.shape[1] == 3 else torch.cat([b, torch.full_like(b[:, :1], math.nan)], 1) for _, b in parts
-            ]
-            host = torch.cat([b.to(padded[0].device) for b in padded]).cpu()
-            at = 0
-            for rows, _ in parts:
-                idx = torch.tensor(rows, dtype=torch.long)
-                table[idx] = host[at : at + len(rows)]
-                seen[idx] = True
-                at += len(rows)
+        profiles = self.time.profiles()
+        padded = [b if b.shape[1] == 3 else torch.cat([b, torch.full_like(b[:, :1], math.nan)], 1) for _, b in parts]
+        flat = [b.reshape(-1) for b in padded] + list(profiles.values())
+        host = torch.cat([t.to(flat[0].device) for t in flat]).cpu() if flat else torch.zeros(0)  # one transfer
+        at = 0
+        for rows, _ in parts:
+            idx = torch.tensor(rows, dtype=torch.long)
+            table[idx] = host[at : at + 3 * len(rows)].view(-1, 3)
+            seen[idx] = True
+            at += 3 * len(rows)
+        self.time_profiles = {}
+        for owner, profile in profiles.items():
+            self.time_profiles[owner] = host[at : at + len(profile)].tolist()
+            at += len(profile)
         self.disarm()
         return self._figures(table.numpy(), seen.numpy())
 

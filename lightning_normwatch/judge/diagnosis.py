@@ -43,7 +43,18 @@ from dataclasses import replace
 from .alerts import Alert
 from .depth import origin_of
 
-__all__ = ["CAUSES", "KIND_ORDER", "SAME_CAUSE", "diagnose", "downstream", "follower_note", "roots_first"]
+__all__ = [
+    "CAUSES",
+    "KIND_ORDER",
+    "SAME_CAUSE",
+    "UPDATE_EXPLAINS",
+    "diagnose",
+    "downstream",
+    "follower_note",
+    "joined_sentence",
+    "roots_first",
+    "update_followers",
+]
 
 #: kinds explained by one cause whatever their place: every alert of the kind follows the first one
 SAME_CAUSE = frozenset({"frozen_norm"})
@@ -92,6 +103,10 @@ KIND_ORDER = (
     "non_normal",
 )
 _RANK = {"info": 0, "warning": 1, "error": 2}
+#: what a layer's too-large updates explain in the activations of that layer and the ones after it
+UPDATE_EXPLAINS = _SIGNAL - {"non_normal", "vanishing"}
+#: the rule of thumb for a healthy layer's update ratio ||dW|| / ||W|| per step
+USUAL_UPDATE = 1e-3
 
 
 def downstream(root: str, tensor: str, order: Sequence[str], edges: Mapping[str, str]) -> bool:
@@ -236,3 +251,64 @@ def roots_first(alerts: Sequence[Alert]) -> list[tuple[Alert, list[Alert]]]:
         if a.caused_by is not None and a.caused_by in keys:
             groups[a.caused_by][1].append(a)
     return sorted(groups.values(), key=lambda g: g[0].step)
+
+
+def update_followers(
+    root: Alert,
+    since: int,
+    alerts: Sequence[Alert],
+    order: Sequence[str],
+    edges: Mapping[str, str] | None = None,
+    started: Mapping[tuple[str, str], int] | None = None,
+) -> list[Alert]:
+    """The activation alerts that a too-large update on ``root.module`` (an ``update_size`` root whose streak began
+    at step ``since``) explains: of a kind in ``UPDATE_EXPLAINS``, on that layer or ``downstream`` of it, started at
+    ``since`` or later, and not explained by another root already; with them the alerts that follow them.
+
+    Example:
+        >>> order = ["net.0", "net.1", "net.2", "net.3"]
+        >>> root = Alert(8, "net.1", "update_size", "warning", 0.4, 0.1, "m")
+        >>> alerts = [Alert(4, "net.0", "scale_drift", "warning", 3.0, 2.0, "m"),
+        ...           Alert(6, "net.2", "scale_drift", "warning", 3.0, 2.0, "m"),
+        ...           Alert(6, "net.3", "outlier", "warning", 9.0, 6.0, "m", caused_by=("scale_drift", "net.2"))]
+        >>> [(a.module, a.kind) for a in update_followers(root, 2, alerts, order)]
+        [('net.2', 'scale_drift'), ('net.3', 'outlier')]
+    """
+    started = started or {}
+    firsts = [
+        a
+        for a in alerts
+        if a.caused_by is None
+        and a.kind in UPDATE_EXPLAINS
+        and int(started.get((a.module, a.kind), a.step)) >= since
+        and (a.module == root.module or downstream(root.module, a.module, order, edges or {}))
+    ]
+    keys = {(a.kind, a.module) for a in firsts}
+    return firsts + [a for a in alerts if a.caused_by in keys]
+
+
+def joined_sentence(
+    root: Alert, since: int, followers: Sequence[Alert], started: Mapping[tuple[str, str], int], interval: int
+) -> str:
+    """One sentence joining a too-large update (``root``, its streak from step ``since``) with the activation alerts
+    it explains: how far above the usual ratio, and how many logging steps (of ``interval``) later they started.
+
+    Example:
+        >>> root = Alert(8, "net.3", "update_size", "warning", 0.04, 0.1, "m")
+        >>> after = [Alert(6, "net.3", "scale_drift", "warning", 3.0, 2.0, "m")]
+        >>> import textwrap
+        >>> print(textwrap.fill(joined_sentence(root, 2, after, {}, 2), 100))
+        `net.3`'s updates are 40x the usual 0.001 of its weights per step from step 2; its activations
+        started drifting 2 logging steps later (scale_drift on `net.3` from step 6): they follow from it.
+    """
+    starts = {(a.module, a.kind): int(started.get((a.module, a.kind), a.step)) for a in followers}
+    first = min(starts.values())
+    later = (first - since) // interval if interval > 0 else first - since
+    when = "at the same logging step" if later <= 0 else f"{later} logging step{'s' if later > 1 else ''} later"
+    whose = "its activations" if any(a.module == root.module for a in followers) else "the activations after it"
+    listed = ", ".join(f"{a.kind} on `{a.module}` from step {starts[(a.module, a.kind)]}" for a in followers[:4])
+    more = f" and {len(followers) - 4} more" if len(followers) > 4 else ""
+    return (
+        f"`{root.module}`'s updates are {root.value / USUAL_UPDATE:.3g}x the usual {USUAL_UPDATE:g} of its weights per "
+        f"step from step {since}; {whose} started drifting {when} ({listed}{more}): they follow from it."
+    )

@@ -76,6 +76,7 @@ class Evaluator:
         self.tracker = AlertTracker()
         self.references: dict[str, Reference] = {}
         self.nonfinite_active = False
+        self.nonfinite_from_loss = False  # the active non-finite episode was found by the loss check
         self.alive: set[str] = set()  # tensors whose units were judged alive at some logging step
         self.last_rms: dict[str, float] = {}  # RMS of each tensor at the last logging step (finite ones)
         self.order: list[str] = []  # watched tensors in execution order at the last logging step
@@ -189,7 +190,7 @@ class Evaluator:
         if first is not None:
             new = self.raise_nonfinite(step, *first, "the logging-step sample") + new
         elif stats:
-            self.nonfinite_active = False
+            self.nonfinite_active = self.nonfinite_from_loss = False
         self.alerts.extend(a for a in new if a.kind != "nonfinite")
         return StepResult(step, all_figures, new, self.active_counts())
 
@@ -304,6 +305,27 @@ class Evaluator:
         if kind == "input_drift" and self.config.input_drift == "info":
             return "info"
         return SEVERITY[kind]
+
+    def loss_checked(self, finite: bool) -> bool:
+        """A loss read on the host: True when nothing is to be done (finite, or a non-finite episode is active),
+        False for a new non-finite episode, which the caller locates and raises. A finite loss ends an episode
+        that a non-finite loss began, so a second episode between logging steps is raised again.
+
+        Example:
+            >>> ev = Evaluator(SessionConfig(warmup_steps=0, reference_steps=1), None)
+            >>> ev.loss_checked(False), ev.raise_nonfinite(3, "fc", 1.0, 0, "replay")[0].step, ev.loss_checked(False)
+            (False, 3, True)
+            >>> ev.loss_checked(True), ev.nonfinite_active, ev.loss_checked(False)
+            (True, False, False)
+        """
+        if finite:
+            if self.nonfinite_from_loss:
+                self.nonfinite_active = self.nonfinite_from_loss = False
+            return True
+        if self.nonfinite_active:
+            return True
+        self.nonfinite_from_loss = True
+        return False
 
     def raise_nonfinite(self, step: int, origin: str, share: float, downstream: int, source: str) -> list[Alert]:
         """Record the run's ``nonfinite`` alert unless one is active; returns the new alert (or nothing)."""

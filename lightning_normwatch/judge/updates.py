@@ -45,6 +45,8 @@ __all__ = [
     "gradient_gaps",
     "gradient_factors",
     "unheld_alerts",
+    "time_alerts",
+    "time_factors",
     "PERSIST",
     "MIN_GRADIENT_SPAN",
     "NO_GRADIENT_STEPS",
@@ -233,6 +235,74 @@ def flow_alerts(
     return out, checked
 
 
+#: the smallest positive float32: a time step whose gradient underflowed to 0 got at most this much
+FLOAT32_TINY = 1.1754943508222875e-38
+
+
+def time_factors(profile: Sequence[float]) -> tuple[float, float]:
+    """Vanishing and exploding factors through time: ``gradient_factors`` of a recurrent layer's per-time-step
+    input-gradient RMS, time step 0 taken as the input end (a gradient underflowed to 0 counts as ``FLOAT32_TINY``).
+
+    Example:
+        >>> [f"{x:.3g}" for x in time_factors([0.0, 1e-30, 1e-20, 1e-10, 1.0])]
+        ['1e+20', '1']
+    """
+    seq = [max(g, FLOAT32_TINY) for g in profile if math.isfinite(g)]
+    return gradient_factors(seq) if len(seq) > MIN_GRADIENT_SPAN else (1.0, 1.0)
+
+
+def time_alerts(
+    step: int,
+    profiles: Mapping[str, Sequence[float]],
+    before: Mapping[str, Sequence[str]],
+    th: Thresholds,
+    history: UpdateHistory,
+) -> tuple[list[Alert], set[tuple[str, str]]]:
+    """``vanishing_gradient`` / ``exploding_gradient`` through time, on a recurrent layer (``collect.through_time``).
+
+    Time is depth for a recurrence: the gradient reaching the layer's input at time step *t* went back through
+    the recurrence from the later steps, so the same factors as across depth (``time_factors``) are compared with
+    the same thresholds, held ``PERSIST`` logging steps. ``before``: the layers before each recurrent one (they
+    learn only from what reaches its input), named in the message.
+
+    Example:
+        >>> history = UpdateHistory()
+        >>> profile = [10.0 ** (t - 20) for t in range(21)]
+        >>> for step in (0, 10):
+        ...     alerts, _ = time_alerts(step, {"lstm": profile}, {"lstm": ["embed"]}, Thresholds(), history)
+        >>> [(a.module, a.kind, f"{a.value:.0e}") for a in alerts]
+        [('lstm', 'vanishing_gradient', '1e+18')]
+    """
+    out, checked = [], set()
+    for owner, profile in profiles.items():
+        vanish, explode = time_factors(profile)
+        layers = ", ".join(f"`{k}`" for k in before.get(owner, ())) or "the layers before it"
+        for kind, factor, limit in (
+            ("vanishing_gradient", vanish, th.vanishing_gradient),
+            ("exploding_gradient", explode, th.exploding_gradient),
+        ):
+            checked.add((owner, kind))
+            if history.hold(f"{owner}/time/{kind}", factor > limit) < PERSIST:
+                continue
+            if kind == "vanishing_gradient":
+                message = (
+                    f"Gradients vanish through time in `{owner}`: the gradient reaching its input at the first of "
+                    f"{len(profile)} time steps is {factor:.3g}x below that at later ones (threshold {limit:g}x), so "
+                    f"{layers} learn from the last time steps only, nothing from the start of the sequences; usual "
+                    "causes: sequences too long for the recurrence, gates saturated by the init; use truncated or "
+                    "shorter sequences, a forget-gate bias of 1, a GRU/LSTM instead of a plain RNN, or attention."
+                )
+            else:
+                message = (
+                    f"Gradients explode through time in `{owner}`: the gradient reaching its input at the first of "
+                    f"{len(profile)} time steps is {factor:.3g}x above that at later ones (threshold {limit:g}x), "
+                    f"and {layers} take it; usual cause: a recurrent gain above 1 (recurrent weights initialised "
+                    "too large); clip gradients, initialise the recurrent weights orthogonal, use a gated cell."
+                )
+            out.append(Alert(step, owner, kind, SEVERITY[kind], factor, limit, message))
+    return out, checked
+
+
 def gradient_alerts(
     step: int, figures: Mapping[str, Mapping[str, float]], history: UpdateHistory, expected_unused: bool = False
 ) -> tuple[list[Alert], set[tuple[str, str]]]:
@@ -289,17 +359,24 @@ def update_alerts(
     history: UpdateHistory,
     expected_unused: bool = False,
     active: Collection[tuple[str, str]] = (),
+    profiles: Mapping[str, Sequence[float]] | None = None,
 ) -> tuple[list[Alert], set[tuple[str, str]]]:
     """Every parameter-side rule at one logging step: alerts that hold now and the (owner, kind) pairs evaluated.
 
     ``order``: owners with weight matrices, in forward order (the gradient-flow rules read only these).
+    ``profiles``: recurrent layer -> per-time-step gradient RMS at its input (``time_alerts``; the layers
+    before it in ``order`` are named).
     """
     out, checked = [], set()
+    profiles = profiles or {}
+    before = {k: [o for o in order[: order.index(k)]] if k in order else [] for k in profiles}
     for alerts, evaluated in (
         size_alerts(step, figures, th, history),
         flow_alerts(step, figures, order, th, history, active),
+        time_alerts(step, profiles, before, th, history),
         gradient_alerts(step, figures, history, expected_unused),
     ):
-        out += alerts
+        seen = {(a.module, a.kind) for a in out}
+        out += [a for a in alerts if (a.module, a.kind) not in seen]  # across depth and through time: one alert
         checked |= evaluated
     return out, checked

@@ -27,6 +27,8 @@ import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from . import checksum
+
 __all__ = [
     "Recorder",
     "SafeKeys",
@@ -134,6 +136,7 @@ def log_scalars(logger: Any, metrics: Mapping[str, float], step: int) -> None:
             metrics = {keys.metric(k): v for k, v in metrics.items()}
         logger.log_metrics(dict(metrics), step=step)
         return
+    checksum.install()  # its event checksums by a compiled CRC32C, where one is installed (same bytes)
     prefix = getattr(logger, "_prefix", "")  # TensorBoardLogger(prefix=...), joined as log_metrics does
     tags = [f"{prefix}{logger.LOGGER_JOIN_CHAR}{k}" if prefix else k for k in metrics]
     write_scalars(writer, dict(zip(tags, metrics.values(), strict=True)), step)
@@ -162,10 +165,14 @@ class TensorBoardWriters:
 
     Example:
         >>> from torch.utils.tensorboard import SummaryWriter
+        >>> from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
         >>> import tempfile
-        >>> both = TensorBoardWriters([SummaryWriter(tempfile.mkdtemp()), SummaryWriter(tempfile.mkdtemp())])
+        >>> dirs = [tempfile.mkdtemp(), tempfile.mkdtemp()]
+        >>> both = TensorBoardWriters([SummaryWriter(d) for d in dirs])
         >>> both.add_text("normwatch/alerts", "none", global_step=0)
         >>> both.flush()
+        >>> [EventAccumulator(d).Reload().Tags()["tensors"] for d in dirs]   # the text is in both runs
+        [['normwatch/alerts/text_summary'], ['normwatch/alerts/text_summary']]
     """
 
     def __init__(self, writers: Sequence[Any]) -> None:

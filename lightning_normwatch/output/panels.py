@@ -4,10 +4,11 @@ Scalars go through the trainer's loggers (any logger); this module writes what o
 can show, through the ``SummaryWriter`` of the trainer's ``TensorBoardLogger``:
 
 - ``normwatch/<tensor>`` histograms (Histograms and Distributions dashboards) from the counts
-  already binned on the device (``add_histogram_raw``), never from whole tensors; each tag's
+  already binned on the device (the fields of ``add_histogram_raw``, all tensors of a step in one
+  event; runs of empty buckets merged), never from whole tensors; each tag's
   description names the layer type;
 - the overview heatmaps (Images dashboard, ``normwatch/overview/*``, see ``overview.py``), every
-  ``overview_every`` logging steps and at the end of the fit;
+  ``overview_every`` logging steps and at the end of the fit, each image only when it changed;
 - the custom-scalars layout (one chart per tensor and figure, in short categories, see ``custom_scalars.py``);
 - the alert panel, Markdown text (tag ``normwatch/alerts``): one line per alert kind, then the table;
 - the watched tensors with their layer types (tag ``normwatch/watched``);
@@ -16,9 +17,16 @@ can show, through the ``SummaryWriter`` of the trainer's ``TensorBoardLogger``:
 
 Example:
     >>> from torch.utils.tensorboard import SummaryWriter
+    >>> from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    >>> from lightning_normwatch.judge.alerts import Alert
     >>> import tempfile
-    >>> panels = Panels(SummaryWriter(tempfile.mkdtemp()))
+    >>> panels = Panels(SummaryWriter(run := tempfile.mkdtemp()))
     >>> panels.write_alerts([], step=0)   # nothing to show: writes nothing
+    >>> panels.writer.flush(); EventAccumulator(run).Reload().Tags()["tensors"]
+    []
+    >>> panels.write_alerts([Alert(3, "fc", "dead", "warning", 0.9, 0.5, "90% of `fc` dead")], step=3)
+    >>> panels.writer.flush(); EventAccumulator(run).Reload().Tags()["tensors"]
+    ['normwatch/alerts/text_summary']
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from ..judge.alerts import Alert
 from ..judge.evaluator import StepResult
 from ..stats.figures import TensorStats
 from ..stats.histogram import tensorboard_buckets
+from . import checksum
 from .custom_scalars import group_of, layout_for
 from .loggers import write_summary
 from .markdown import alerts_markdown, watched_markdown
@@ -40,6 +49,34 @@ from .overview import Overview, row_label
 from .tags import ALERT_TAG, FIGURE_TAG, WATCHED_TAG
 
 __all__ = ["Panels"]
+
+
+def _histogram_value(
+    tag: str, hist: Any, lo: float, hi: float, total: float, squares: float, meta: Any = None, num: float | None = None
+) -> Any:
+    """A histogram ``Summary.Value`` from counts on the shared bins (None when empty or not finite).
+
+    The same fields as ``SummaryWriter.add_histogram_raw`` writes; ``num`` defaults to the counts' sum.
+    """
+    from tensorboard.compat.proto.summary_pb2 import HistogramProto, Summary
+
+    limits, counts = tensorboard_buckets(hist, lo, hi)
+    if not counts or not (math.isfinite(lo) and math.isfinite(hi)):
+        return None
+    histo = HistogramProto(
+        min=float(lo),
+        max=float(hi),
+        num=float(sum(counts) if num is None else num),
+        sum=float(total),
+        sum_squares=float(squares),
+        bucket_limit=limits,
+        bucket=counts,
+    )
+    value = Summary.Value(tag=tag, histo=histo)
+    if meta is not None:
+        value.metadata.CopyFrom(meta)
+    return value
+
 
 #: at most this many rows (tensor or pre/post pair) per figure; bigger groups get several figures
 _ROWS_PER_FIGURE = 8
@@ -80,6 +117,8 @@ class Panels:
         self._drawn_step: int | None = None
         self.thresholds = thresholds or Thresholds()
         self._described: set[str] = set()
+        self._images: dict[str, bytes] = {}  # tag -> the PNG last written under it
+        checksum.install()  # TensorBoard's event checksums by a compiled CRC32C where one is installed
 
     def plot_due(self, step: int) -> bool:
         """Whether the group figures are drawn at this logging step.
@@ -106,8 +145,11 @@ class Panels:
             if key not in self._kinds:
                 info = infos.get(key)  # None: a tensor only another rank observed
                 self._kinds[key] = (info.type_name, info.role) if info is not None else ("?", "other")
-        for key, st in stats.items():
-            self._histogram(key, st, step)
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        histograms = [v for v in (self._histogram(key, st) for key, st in stats.items()) if v is not None]
+        if histograms:  # one event for all: TensorBoard reads each value as its tag's histogram at this step
+            write_summary(self.writer, Summary(value=histograms), step)
         new = [k for k in stats if k not in self._layout_keys]
         if new:
             # written once; again only if tensors appear later (TensorBoard shows the latest layout)
@@ -130,64 +172,46 @@ class Panels:
             return
         from tensorboard.compat.proto.summary_pb2 import Summary
 
-        values = [
-            Summary.Value(
-                tag=tag,
-                image=Summary.Image(height=img.height, width=img.width, colorspace=3, encoded_image_string=img.png()),
-            )
-            for tag, img in self.overview.images(self.thresholds).items()
-        ]
-        write_summary(self.writer, Summary(value=values), steps[-1])
+        values = []
+        for tag, img in self.overview.images(self.thresholds).items():
+            png = img.png()
+            if self._images.get(tag) == png:  # the same picture as last time: TensorBoard shows that one still
+                continue
+            self._images[tag] = png
+            image = Summary.Image(height=img.height, width=img.width, colorspace=3, encoded_image_string=png)
+            values.append(Summary.Value(tag=tag, image=image))
+        if values:
+            write_summary(self.writer, Summary(value=values), steps[-1])
         self._drawn_step = steps[-1]
 
     def write_param_histograms(self, histograms: Mapping[str, Mapping[str, tuple[Any, ...]]], step: int) -> None:
         """Weight and gradient histograms per module (``params="histograms"``): ``normwatch/params/<module>/<which>``,
-        from ``(counts on the shared bins, min, max, n, sum, sum of squares)`` binned on the device."""
-        for owner, kinds in histograms.items():
-            for which, (counts, lo, hi, n, total, squares) in kinds.items():
-                limits, buckets = tensorboard_buckets(counts, float(lo), float(hi))
-                if buckets and math.isfinite(lo) and math.isfinite(hi):
-                    self.writer.add_histogram_raw(
-                        f"normwatch/params/{owner}/{which}", min=float(lo), max=float(hi), num=int(n), sum=float(total),
-                        sum_squares=float(squares), bucket_limits=limits, bucket_counts=buckets, global_step=step,
-                    )  # fmt: skip
+        from ``(counts on the shared bins, min, max, n, sum, sum of squares)`` binned on the device; one event."""
+        from tensorboard.compat.proto.summary_pb2 import Summary
 
-    def _histogram(self, key: str, st: TensorStats, step: int) -> None:
-        limits, counts = tensorboard_buckets(st.hist, st.smin, st.smax)
-        if not counts or not (math.isfinite(st.smin) and math.isfinite(st.smax)):
-            return
+        values = [
+            _histogram_value(f"normwatch/params/{o}/{which}", c, float(lo), float(hi), float(t), float(s), num=int(n))
+            for o, kinds in histograms.items()
+            for which, (c, lo, hi, n, t, s) in kinds.items()
+        ]
+        values = [v for v in values if v is not None]
+        if values:
+            write_summary(self.writer, Summary(value=values), step)
+
+    def _histogram(self, key: str, st: TensorStats) -> Any:
+        """The ``Summary.Value`` of one tensor's histogram (None: nothing to show); the first of a tag carries
+        its description (the layer type). ``add_histogram_raw`` would write one event per tensor."""
+        from tensorboard.plugins.histogram.metadata import create_summary_metadata
+
         m = st.overall
-        tag = f"normwatch/{key}"
-        args = dict(
-            min=float(st.smin),
-            max=float(st.smax),
-            num=int(sum(counts)),
-            sum=float(m.n * m.mean),
-            sum_squares=float(m.m2 + m.n * m.mean * m.mean),
-            bucket_limit=limits,
-            bucket=counts,
-        )
-        if key not in self._described:  # the first event of a tag carries its description: the layer type
-            from tensorboard.compat.proto.summary_pb2 import HistogramProto, Summary
-            from tensorboard.plugins.histogram.metadata import create_summary_metadata
-
-            self._described.add(key)
+        tag, meta = f"normwatch/{key}", None
+        if key not in self._described:
             type_name, role = self._kinds.get(key, ("?", "other"))
             meta = create_summary_metadata(display_name=tag, description=f"{row_label(key, type_name)}, {role}")
-            value = Summary.Value(tag=tag, histo=HistogramProto(**args), metadata=meta)
-            write_summary(self.writer, Summary(value=[value]), step)
-            return
-        self.writer.add_histogram_raw(
-            tag,
-            min=args["min"],
-            max=args["max"],
-            num=args["num"],
-            sum=args["sum"],
-            sum_squares=args["sum_squares"],
-            bucket_limits=limits,
-            bucket_counts=counts,
-            global_step=step,
-        )
+        value = _histogram_value(tag, st.hist, st.smin, st.smax, m.n * m.mean, m.m2 + m.n * m.mean * m.mean, meta)
+        if value is not None:
+            self._described.add(key)
+        return value
 
     def _figures(self, result: StepResult, stats: dict[str, TensorStats]) -> None:
         from .plots import PlotData, group_figure, load_matplotlib, pair_rows

@@ -248,7 +248,8 @@ def load_matplotlib() -> Any | None:
     """Matplotlib's ``Figure`` class, or ``None`` with one warning per process when it is missing.
 
     Example:
-        >>> load_matplotlib() is None or load_matplotlib().__name__ == "Figure"
+        >>> from matplotlib.figure import Figure   # the extra "plots"
+        >>> load_matplotlib() is Figure
         True
     """
     global _WARNED
@@ -348,7 +349,11 @@ def group_figure(
         >>> x = torch.randn(1000, generator=torch.Generator().manual_seed(0))
         >>> h = bin_counts(x, bin_edges(dtype=torch.float64)).numpy()
         >>> d = PlotData("fc", "Linear", "preact", h, float(x.min()), float(x.max()), 0.0, 1.0, 0.0, 0.0)
-        >>> fig = group_figure(Figure, "net", 10, [(d, None)]) if Figure else None
+        >>> fig = group_figure(Figure, "net", 10, [(d, None)])
+        >>> len(fig.axes), fig.get_size_inches().round(2).tolist()   # histogram and Q-Q; 2 x 3.4 by 2.6 + 0.5 in
+        (2, [6.8, 3.1])
+        >>> fig.get_suptitle()
+        'normwatch: net at step 10 — histogram and Q-Q plot'
     """
     paired = any(a is not None and b is not None for a, b in rows)
     cols = 4 if paired else 2

@@ -86,7 +86,7 @@ class Taken:
     view: CollectorView
     checks: list[Alert] | None  # the model checks' new alerts (not diagnosed yet)
     reported: set[tuple[str, str]]  # the model checks' alerts reported so far
-    updates: tuple[dict[str, dict[str, float]], dict[str, Any]] | None  # UpdateWatch.measure()
+    updates: tuple[Any, ...] | None  # UpdateWatch.measure()
 
 
 def take(session: Session, step: int) -> Taken:
@@ -136,7 +136,7 @@ def judge(session: Session, taken: Taken) -> None:
         ev.collector = live
     panels = session.panels if session.is_global_zero else None
     if session.updates is not None:  # the parameter side: same on every rank, no collective (docs/updates.md)
-        ev.alerts.extend(session.updates.add_to(step, result, panels, taken.updates))
+        ev.alerts.extend(session.updates.add_to(step, result, panels, ev, taken.updates))
     session.latest = result
     infos = taken.view.infos
     if session.is_global_zero:

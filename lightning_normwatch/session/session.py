@@ -297,17 +297,19 @@ class Session:
         check the loss. ``replay(batch, batch_idx)`` re-runs the step's forward (None: it cannot be replayed)."""
         if self.compiled and self._collecting and not self._replayed and self._batch is not None:
             self._measure_compiled(replay)
-        if not self.config.check_nonfinite or self.evaluator.nonfinite_active or self._batch is None:
+        if not self.config.check_nonfinite or self._batch is None:
             return
         loss = loss.detach()
         if loss.device.type != "cpu":  # no host sync on CUDA: accumulate, read at the next logging step
-            self.flag_loss(loss)
+            if not self.evaluator.nonfinite_active:
+                self.flag_loss(loss)
             return
         # a 1-element loss is read directly: 1 us, where isfinite().all() costs 20-100 us every step
-        if math.isfinite(loss.item()) if loss.numel() == 1 else bool(torch.isfinite(loss).all()):
+        finite = math.isfinite(loss.item()) if loss.numel() == 1 else bool(torch.isfinite(loss).all())
+        if finite and not self.evaluator.nonfinite_from_loss:  # only this thread sets it: nothing to do
             return
         self.drain()  # the earlier logging steps judged first (references, the active nonfinite alert)
-        if self.evaluator.nonfinite_active:
+        if self.evaluator.loss_checked(finite):  # finite, or a non-finite episode already raised
             return
         if replay is not None:
             self._locate_nonfinite(step, replay)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -39,8 +40,9 @@ from torch.utils.hooks import RemovableHandle
 from ..collect.selection import Pattern
 from ..collect.updates import UpdateProbe, histograms_by_owner
 from ..config import Thresholds
-from ..judge.alerts import Alert, AlertTracker
-from ..judge.updates import UpdateHistory, unheld_alerts, update_alerts
+from ..judge.alerts import REARM_WINDOW, Alert, AlertTracker
+from ..judge.diagnosis import follower_note, joined_sentence, update_followers
+from ..judge.updates import UpdateHistory, time_factors, unheld_alerts, update_alerts
 
 __all__ = ["UpdateWatch", "DRIFT_FIGURES"]
 
@@ -81,6 +83,8 @@ class UpdateWatch:
         self.reference: dict[str, list[float]] = {}  # owner/figure -> [sum of logs, count]
         self._handles: list[RemovableHandle] = []
         self._model: nn.Module | None = None
+        self._logged: list[int] = []  # the last two logging steps finished (the interval between them)
+        self.large_since: dict[str, int] = {}  # module -> step its too-large updates began (last update_size raised)
 
     def attach(
         self,
@@ -148,7 +152,7 @@ class UpdateWatch:
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        self.probe.disarm()
+        self.probe.close()
 
     @property
     def armed(self) -> bool:
@@ -164,35 +168,44 @@ class UpdateWatch:
     def after_step(self, optimizer: torch.optim.Optimizer) -> None:
         self.probe.after_step(optimizer)
 
-    def measure(self) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
+    def measure(self) -> tuple[dict[str, dict[str, float]], dict[str, Any], dict[str, list[float]]]:
         """The device side of the logging step's end (the training thread): host figures per owner (one
-        transfer; ends the step) and, with ``histograms``, the histograms per owner."""
+        transfer; ends the step), with ``histograms`` the histograms per owner, and the time profiles."""
         hist = histograms_by_owner(self.probe.entries, self.probe.hist_parts.values()) if self.probe.histograms else {}
-        return self.probe.collect(), hist
+        return self.probe.collect(), hist, self.probe.time_profiles
 
-    def finish(
-        self, step: int, measured: tuple[dict[str, dict[str, float]], dict[str, Any]] | None = None
-    ) -> tuple[dict[str, dict[str, float]], list[Alert]]:
+    def finish(self, step: int, measured: Any = None) -> tuple[dict[str, dict[str, float]], list[Alert]]:
         """Figures per owner of this logging step and the alerts newly raised (nothing when no step ran);
         ``measured``: what ``measure`` returned on the training thread (None: measure now)."""
-        figures, hist = measured if measured is not None else self.measure()
+        figures, hist, time_profiles = measured if measured is not None else self.measure()
         if self.probe.histograms:
             self.histograms = hist
         if not figures:
             return {}, []
+        self._logged = [*self._logged[-1:], step]
         self._drift(step, figures)
+        profiles = {k: v for k, v in time_profiles.items() if k in figures}
+        for owner, profile in profiles.items():  # through time (recurrent layers): see judge.updates.time_alerts
+            figures[owner]["time_vanishing"], figures[owner]["time_exploding"] = time_factors(profile)
         firing, evaluated = update_alerts(
             step, figures, self.probe.matrix_owners, self.thresholds, self.history, self.expected_unused,
-            self.tracker.active,
+            self.tracker.active, profiles,
         )  # fmt: skip
         new = self.tracker.update(firing, evaluated, step)
         self.alerts += new
         return figures, new
 
-    def add_to(self, step: int, result: Any, panels: Any = None, measured: Any = None) -> list[Alert]:
+    def add_to(
+        self, step: int, result: Any, panels: Any = None, evaluator: Any = None, measured: Any = None
+    ) -> list[Alert]:
         """``finish`` the logging step into a ``StepResult``: figures merged per module, active counts and
-        alerts added, histograms to ``panels`` (``params="histograms"``); returns the new alerts."""
+        alerts added, histograms to ``panels`` (``params="histograms"``); returns the new alerts.
+
+        ``evaluator`` (the activations' ``Evaluator``): its active alerts that a too-large update explains become
+        followers of the ``update_size`` alert (``join``). ``measured``: what ``measure`` returned (None: now)."""
         mine, new = self.finish(step, measured)
+        if evaluator is not None:
+            new = self.join(step, new, result, evaluator)
         if panels is not None and self.histograms:
             panels.write_param_histograms(self.histograms, step)
         for owner, fig in mine.items():
@@ -200,6 +213,55 @@ class UpdateWatch:
         for severity, count in self.active_counts().items():
             result.active[severity] = result.active.get(severity, 0) + count
         result.alerts += new
+        return new
+
+    def join(self, step: int, new: list[Alert], result: Any, evaluator: Any) -> list[Alert]:
+        """The two halves joined (``judge.diagnosis.update_followers``): activation alerts on a layer whose updates
+        were too large within the last ``REARM_WINDOW`` logging steps, or after it, that started with or after those
+        updates are marked as followers of the ``update_size`` alert, in ``evaluator.alerts`` and ``result.alerts``;
+        an ``update_size`` alert raised now (in ``new``, returned) says so in one sentence, a follower raised
+        later in its note."""
+        large = [a for a in new if a.kind == "update_size" and a.threshold == self.thresholds.update_large]
+        for a in large:
+            self.large_since[a.module] = self.history.since.get(a.module, a.step)
+        latest = {a.module: a for a in self.alerts if a.kind == "update_size"}
+        episodes = {m: self.tracker.episodes.get((m, "update_size"), [0, -math.inf]) for m in self.large_since}
+        roots = {
+            m: latest[m]
+            for m, episode in episodes.items()
+            if m in latest and latest[m].threshold == self.thresholds.update_large
+            and self.tracker.updates - episode[1] <= REARM_WINDOW
+        }  # fmt: skip
+        if not roots:
+            return new
+        interval = self._logged[-1] - self._logged[-2] if len(self._logged) > 1 else 0
+        started = {key: int(episode[0]) for key, episode in evaluator.tracker.episodes.items()}
+        by_key = {(a.module, a.kind): a for a in evaluator.alerts}
+        active = [by_key[key] for key in evaluator.tracker.active if key in by_key]
+        replaced: dict[int, Alert] = {}
+        pos = {name: i for i, name in enumerate(evaluator.order)}
+        for module, root in sorted(roots.items(), key=lambda kv: -pos.get(kv[0], -1)):  # the nearest root first
+            since = self.large_since[module]
+            found = update_followers(root, since, active, evaluator.order, evaluator.collector.edges, started)
+            found = [a for a in found if id(a) not in replaced]
+            firsts = [a for a in found if a.caused_by is None]
+            if not firsts:
+                continue
+            sentence = joined_sentence(root, since, firsts, started, interval)
+            raised_now = any(a is root for a in new)
+            for a in found:
+                if a.caused_by is None:  # a root of the activations: it now follows the update
+                    message = a.message + follower_note(root) + ("" if raised_now else " " + sentence)
+                else:  # it followed one of those: now the update, with the note naming it
+                    was = by_key.get((a.caused_by[1], a.caused_by[0]))
+                    message = a.message.replace(follower_note(was), follower_note(root)) if was else a.message
+                replaced[id(a)] = replace(a, caused_by=(root.kind, root.module), message=message)
+            if raised_now:
+                joined = replace(root, message=root.message + " " + sentence)
+                new = [joined if a is root else a for a in new]
+                self.alerts = [joined if a is root else a for a in self.alerts]
+        for alerts in (evaluator.alerts, result.alerts):
+            alerts[:] = [replaced.get(id(a), a) for a in alerts]
         return new
 
     def _drift(self, step: int, figures: dict[str, dict[str, float]]) -> None:
@@ -234,6 +296,7 @@ class UpdateWatch:
             "active": self.tracker.state(),
             "episodes": self.tracker.episode_state(),
             "reference": {k: list(v) for k, v in self.reference.items()},
+            "large_since": dict(self.large_since),
             "alerts": [a.to_dict() for a in self.alerts],
         }
 
@@ -242,4 +305,5 @@ class UpdateWatch:
         self.tracker.load(state.get("active", []))
         self.tracker.load_episodes(state.get("episodes", {}))
         self.reference = {str(k): [float(x) for x in v] for k, v in state.get("reference", {}).items()}
+        self.large_since = {str(k): int(v) for k, v in state.get("large_since", {}).items()}
         self.alerts = [Alert(**a) for a in state.get("alerts", [])]

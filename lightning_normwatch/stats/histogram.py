@@ -197,7 +197,7 @@ def normal_ks(counts: np.ndarray, mean: float, std: float) -> float:
 
 
 def tensorboard_buckets(
-    counts: np.ndarray, vmin: float, vmax: float, group: int = 3, merge_below: float = 0.01
+    counts: np.ndarray, vmin: float, vmax: float, group: int = 3, merge_below: float = 0.01, merge_empty: bool = True
 ) -> tuple[list[float], list[float]]:
     """Bucket limits and counts for ``add_histogram_raw``: from the first to the last non-empty bin.
 
@@ -212,9 +212,10 @@ def tensorboard_buckets(
         >>> import torch
         >>> c = bin_counts(torch.tensor([-2.0, -1.0, 1e-5, 0.5, 3.0]), bin_edges()).double().numpy()
         >>> limits, counts = tensorboard_buckets(c, -2.0, 3.0)
-        >>> unmerged = tensorboard_buckets(c, -2.0, 3.0, merge_below=0.0)[1]
-        >>> sum(counts), len(counts), len(unmerged)
-        (5.0, 33, 105)
+        >>> every = tensorboard_buckets(c, -2.0, 3.0, merge_empty=False)[1]
+        >>> unmerged = tensorboard_buckets(c, -2.0, 3.0, merge_below=0.0, merge_empty=False)[1]
+        >>> sum(counts), len(counts), len(every), len(unmerged)
+        (5.0, 9, 33, 105)
     """
     nz = np.flatnonzero(counts)
     if nz.size == 0:
@@ -240,7 +241,12 @@ def tensorboard_buckets(
     if hi == len(edges):  # open-ended top bin: its limit is the observed maximum
         top_limit = float(vmax) if math.isfinite(vmax) else float(edges[-1]) * _GROWTH
         limits.append(max(top_limit, float(edges[-1]) * (1 + 1e-9)))
-    return limits, [float(c) for c in grouped]
+    # A run of empty buckets becomes one (its last limit; ``merge_empty``): every other bucket keeps both
+    # edges, so TensorBoard, which spreads each count over its bucket's width, draws the same picture.
+    keep = (grouped != 0) | (not merge_empty)
+    keep[:-1] |= grouped[1:] != 0  # an empty bucket stays only as the last of its run
+    keep[-1] = True
+    return [limits[i] for i in np.flatnonzero(keep)], [float(c) for c in grouped[keep]]
 
 
 def abs_median_nonzero(counts: np.ndarray) -> float:
