@@ -213,3 +213,28 @@ def test_loggers_not_safe_across_threads_get_their_rows_from_the_training_thread
         assert {name for name, *_ in csv.rows} == {"MainThread"}
     assert [r[1:] for r in rows["thread"]] == [r[1:] for r in rows["sync"]] and len(rows["sync"]) == 6
     assert where[:6] == [THREAD_NAME] * 6  # judged on the worker all the same
+
+
+class NaNs(Broken):
+    """A NaN loss at the steps in ``bad`` (a constant NaN added: the gradients stay finite, training goes on)."""
+
+    def __init__(self, *bad: int) -> None:
+        super().__init__(break_at=-1)
+        self.bad = bad
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = nn.functional.mse_loss(self(x), y)
+        return loss + float("nan") if self.global_step in self.bad else loss
+
+
+def test_nonfinite_episodes_are_the_same_on_both_paths(tmp_path, where):
+    alerts = {}
+    for mode in ("thread", "sync"):
+        pl.seed_everything(0)
+        watch = NormWatch(pipeline=mode, **{**WATCH, "plot_every_n_steps": None})
+        run = trainer(tmp_path / mode, [watch], max_steps=24)
+        run.fit(NaNs(9, 10, 17), loader(regression_data()))
+        alerts[mode] = watch.alerts
+    nonfinite = [a.step for a in alerts["sync"] if a.kind == "nonfinite"]
+    assert nonfinite == [9, 17] and alerts["thread"] == alerts["sync"]
