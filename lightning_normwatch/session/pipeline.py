@@ -59,11 +59,6 @@ class Pipeline:
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    @property
-    def busy(self) -> bool:
-        """A job submitted and not finished yet."""
-        return self.alive
-
     def on_worker(self) -> bool:
         return self._thread is not None and threading.current_thread() is self._thread
 
