@@ -184,7 +184,12 @@ def test_loopwatch_drains_on_exit_and_gives_the_sync_alerts():
     assert alerts["thread"] == alerts["sync"] and any(a.kind == "dead" for a in alerts["sync"])
 
 
-def test_a_bad_pipeline_value_raises_naming_it(tmp_path):
+def test_auto_is_the_thread_unless_every_step_is_logged_and_a_bad_value_raises_naming_it(tmp_path):
+    modes = {n: LoopWatch(mlp(), every_n_steps=n).session.pipeline.mode for n in (1, 2, 50)}
+    assert modes == {1: "sync", 2: "thread", 50: "thread"}
+    watch = NormWatch(every_n_steps=None)  # the trainer's interval decides at setup
+    trainer(tmp_path, [watch], max_steps=2, log_every_n_steps=1).fit(Broken(), loader(regression_data()))
+    assert watch.session.pipeline.mode == "sync"
     for make in (lambda: NormWatch(pipeline="process"), lambda: LoopWatch(mlp(), pipeline="process")):
         with pytest.raises(ValueError, match="pipeline.*'process'"):
             make()

@@ -46,11 +46,14 @@ class Pipeline:
     run is closed.
 
     Args:
-        mode: ``"thread"`` or ``"sync"``.
+        mode: ``"thread"``, ``"sync"``, or ``"auto"``: the thread when ``interval`` (the logging interval) is
+            longer than one step, else sync (measured in ``docs/pipeline.md``: with every step logged there are
+            no steps in between to overlap, and the worker only competes with training for the GIL).
+        interval: the logging interval in steps.
     """
 
-    def __init__(self, mode: str = "thread") -> None:
-        self.mode = mode
+    def __init__(self, mode: str = "thread", interval: int = 2) -> None:
+        self.mode = mode if mode != "auto" else "thread" if interval > 1 else "sync"
         self.failed = False  # a job failed on the worker: the synchronous path runs the rest of the run
         self.error: NormWatchAlertError | None = None  # raised by the next raise_pending (training thread)
         self._thread: threading.Thread | None = None

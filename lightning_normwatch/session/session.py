@@ -99,7 +99,7 @@ class Session:
         self.panels: Any = None
         self.exchange: Exchange | None = None
         self.guard = Guard()  # sink failures: one error line (rate-limited), never an exception into training
-        self.pipeline = Pipeline(config.pipeline)  # the judging and writing of logging steps (pipeline.py)
+        self.pipeline = Pipeline(config.pipeline, self.interval)  # judging and writing of logging steps
         self.outbox: deque[tuple[Any, dict[str, float], int]] = deque()  # logger rows the worker left (judging.py)
 
     def _resolved(self, config: SessionConfig) -> SessionConfig:
@@ -164,8 +164,8 @@ class Session:
         """
         config = self.config
         self.pipeline.close()  # the previous run's judging finishes first
-        self.pipeline = Pipeline(config.pipeline)
         self.interval = config.interval(trainer_interval)
+        self.pipeline = Pipeline(config.pipeline, self.interval)
         total = total_steps if total_steps is not None else config.total_steps
         self.windows = plan_windows(total, self.interval, config.warmup_steps, config.reference_steps)
         self.earlier_alerts += self.evaluator.alerts
