@@ -170,6 +170,10 @@ class SessionConfig:
             optimizer step of each logging step, and judge them (``docs/updates.md``); False turns it off.
         params: ``"default"``, or ``"histograms"``: also weight and gradient histograms per module in
             TensorBoard (``normwatch/params/<module>/weight`` and ``.../grad``), binned on the device.
+        pipeline: ``"thread"``: the judging and writing of a logging step run on a worker thread while training
+            goes on, in step order (``docs/pipeline.md``); ``"sync"``: on the training thread, as the step ends
+            (the same alerts, event files and checkpoints); ``"auto"`` (default): the thread when the logging
+            interval is longer than one step (the judging overlaps the steps in between), else sync.
         min_rows: rows (batch positions) sampled at least per tensor.
         max_channels: channels measured at most per tensor.
         world_size: number of processes whose samples are merged (the p-value subsample is split).
@@ -195,6 +199,7 @@ class SessionConfig:
     scalars: str = "default"
     updates: bool = True
     params: str = "default"
+    pipeline: str = "auto"
     min_rows: int = 16
     max_channels: int = 2048
     world_size: int = 1
@@ -213,6 +218,7 @@ class SessionConfig:
         check_choice("input_drift", self.input_drift, ("warn", "info", "off"))
         check_choice("scalars", self.scalars, SCALAR_SETS)
         check_choice("params", self.params, ("default", "histograms"))
+        check_choice("pipeline", self.pipeline, ("auto", "thread", "sync"))
         names = self.feature_names
         if names is not None:
             if isinstance(names, str) or not isinstance(names, Sequence) or not all(isinstance(n, str) for n in names):

@@ -117,7 +117,8 @@ def test_tensorboard_on_a_full_disk(tmp_path: Path, caplog: pytest.LogCaptureFix
         "NormWatch: writing to logger TensorBoardLogger",
         "NormWatch: writing to the TensorBoard panels",
     }
-    assert nw.session.guard.failures["logger TensorBoardLogger"] == STEPS - 3
+    # steps 3.. fail; the pipeline's worker may write steps 0-2 after the disk filled (in sync mode: STEPS - 3)
+    assert STEPS - 3 <= nw.session.guard.failures["logger TensorBoardLogger"] <= STEPS
     _dead_alerted(nw, caplog)
 
 

@@ -144,8 +144,9 @@ def test_the_block_really_blocks() -> None:
 
 @pytest.mark.parametrize("adapter", ["adapters/callback.py", "adapters/loop.py"])
 def test_adapters_are_thin(adapter: str) -> None:
-    # +16 for the parameter side (issue 21): on_before_optimizer_step, the optimizers at train start, 2 arguments
-    assert len((PACKAGE / adapter).read_text().splitlines()) <= 296
+    # +16 for the parameter side (issue 21): on_before_optimizer_step, the optimizers at train start, 2 arguments;
+    # +1 for the pipeline setting (issue 17)
+    assert len((PACKAGE / adapter).read_text().splitlines()) <= 297
 
 
 def test_no_dead_code() -> None:

@@ -107,8 +107,8 @@ class NormWatch(Callback):
             not masks or targets), ``False``, a dict key, a tuple index, or a callable ``batch -> tensor | dict``.
         every_n_steps: logging interval in global steps; ``None`` uses the trainer's ``log_every_n_steps``.
         sample_size, pvalue_size, warmup_steps, reference_steps, thresholds, on_alert, check_nonfinite, seed,
-            tensorboard, plot_every_n_steps, input_drift, feature_names, scalars, updates, params: see ``SessionConfig``
-            (``lightning_normwatch.config``), where each is documented and its default defined.
+            tensorboard, plot_every_n_steps, input_drift, feature_names, scalars, updates, params, pipeline: see
+            ``SessionConfig`` (``lightning_normwatch.config``), where each is documented and its default defined.
 
     Raises:
         ValueError: a parameter has a bad value (the message names it).
@@ -141,13 +141,14 @@ class NormWatch(Callback):
         scalars: str = _D.scalars,
         updates: bool = _D.updates,
         params: str = _D.params,
+        pipeline: str = _D.pipeline,
     ) -> None:
         config = SessionConfig(
             every_n_steps=every_n_steps, sample_size=sample_size, pvalue_size=pvalue_size,
             warmup_steps=warmup_steps, reference_steps=reference_steps, thresholds=thresholds,  # type: ignore[arg-type]
             on_alert=on_alert, check_nonfinite=check_nonfinite, seed=seed, tensorboard=tensorboard,
             plot_every_n_steps=plot_every_n_steps, input_drift=input_drift, feature_names=feature_names,  # type: ignore[arg-type]
-            scalars=scalars, updates=updates, params=params,
+            scalars=scalars, updates=updates, params=params, pipeline=pipeline,
         )  # fmt: skip
         self.session = Session(config, modules, exclude, inputs)
         self._resume_after_validation = False
@@ -248,7 +249,7 @@ class NormWatch(Callback):
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        self.session.stop()
+        self.session.close()  # a KeyboardInterrupt skips teardown
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

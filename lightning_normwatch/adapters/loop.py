@@ -81,6 +81,7 @@ class _CallableLogger:
 
     def __init__(self, sink: Any, writer: Any) -> None:
         self.sink, self.writer = sink, writer
+        self.thread_safe = writer is not None  # a SummaryWriter: the pipeline's worker writes to it directly
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         if self.writer is not None:
@@ -236,11 +237,16 @@ class LoopWatch:
             self.session.flag_loss(loss)
             return
         if not bool(torch.isfinite(loss).all()):
+            self.session.drain()  # the earlier logging steps judged first
             step = max(self._next - 1, 0)
             self.session.emit(self.session.evaluator.raise_nonfinite(step, "loss", float("nan"), 0, "the loss check"))
 
     def close(self) -> None:
-        """Remove every hook and flush the sink (idempotent)."""
+        """Finish the judging, remove every hook and flush the sink (idempotent); ``on_alert="raise"``: raise
+        an alert judged after the last step."""
+        self._close(raise_alert=True)
+
+    def _close(self, raise_alert: bool) -> None:
         if self._closed:
             return
         self._closed = True
@@ -248,12 +254,14 @@ class LoopWatch:
         flush = getattr(self.sink, "flush", None)  # a SummaryWriter; a logger is finalized by its owner
         if callable(flush) and self._global_zero:
             flush()
+        if raise_alert:
+            self.session.pipeline.raise_pending()
 
     def __enter__(self) -> LoopWatch:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.close()
+        self._close(raise_alert=exc[0] is None)  # an exception in flight is not replaced by an alert
 
     def state_dict(self) -> dict[str, Any]:
         """The session's state (references, active alerts, generators), to save with your checkpoint."""

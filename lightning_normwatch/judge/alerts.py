@@ -100,10 +100,16 @@ class Alert:
 
 
 class NormWatchAlertError(RuntimeError):
-    """Raised with ``on_alert="raise"``; ``.alert`` is the alert that stopped training."""
+    """Raised with ``on_alert="raise"``; ``.alert`` is the alert that stopped training. The message names the
+    logging step the alert refers to (with the pipeline it is raised up to one step later).
+
+    Example:
+        >>> str(NormWatchAlertError(Alert(40, "net.1", "dead", "warning", 0.9, 0.5, "Most units are dead.")))
+        'NormWatch alert at step 40 (dead on `net.1`): Most units are dead.'
+    """
 
     def __init__(self, alert: Alert) -> None:
-        super().__init__(alert.message)
+        super().__init__(f"NormWatch alert at step {alert.step} ({alert.kind} on `{alert.module}`): {alert.message}")
         self.alert = alert
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections import deque
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import replace
@@ -39,6 +40,7 @@ from torch import Tensor, nn
 
 from ..collect.collector import Collector
 from ..collect.exchange import Exchange
+from ..collect.info import TensorInfo
 from ..collect.inputs import InputSpec, find_inputs
 from ..collect.replay import RngState, is_compiled, preserved
 from ..collect.selection import Pattern, validate_patterns
@@ -49,15 +51,14 @@ from ..judge.model_checks import ModelChecks
 from ..judge.windows import plan_windows, rules_ran
 from ..output import console
 from ..output.guarded import Guard
-from ..output.loggers import log_scalars
-from ..output.scalars import scalar_metrics, threshold_metrics
 from . import checkpoint
+from .judging import PANELS, judge, post, take
+from .pipeline import Pipeline
 from .updates import UpdateWatch
 
 __all__ = ["Session"]
 
 log = console.log
-_PANELS = "the TensorBoard panels"
 
 
 class Session:
@@ -98,6 +99,8 @@ class Session:
         self.panels: Any = None
         self.exchange: Exchange | None = None
         self.guard = Guard()  # sink failures: one error line (rate-limited), never an exception into training
+        self.pipeline = Pipeline(config.pipeline, self.interval)  # judging and writing of logging steps
+        self.outbox: deque[tuple[Any, dict[str, float], int]] = deque()  # logger rows the worker left (judging.py)
 
     def _resolved(self, config: SessionConfig) -> SessionConfig:
         """``config`` with the windows this run uses (the user's explicit values, else the fitted ones)."""
@@ -108,7 +111,7 @@ class Session:
         self.evaluator = Evaluator(config, self.collector)
         self.evaluator.interval = self.interval
         self.collector.anchors = self.evaluator.input_tracker.anchor
-        self.last_result: StepResult | None = None
+        self.latest: StepResult | None = None  # set by the judging (judging.py)
         self.checks: ModelChecks | None = None
         self.model: nn.Module | None = None
         self.compiled = False
@@ -117,15 +120,28 @@ class Session:
         self._batch: Any = None
         self._batch_idx = 0
         self._rng: RngState | None = None
-        self._bad_loss: Tensor | None = None
+        self.bad_loss: Tensor | None = None
         self._replayed = False  # this batch's forward was already replayed for measurement (compiled model)
         self._warned_manual = False
+        self.anchors_pending = False  # the queued judging places input anchors: the next hooks wait for it
         self.updates = UpdateWatch.for_config(config)  # the parameter side (None: updates=False)
 
     @property
     def alerts(self) -> list[Alert]:
-        """Every alert raised so far, in order, over every run this session took part in."""
+        """Every alert raised so far, in order, over every run this session took part in (judged so far)."""
+        self.drain()
         return self.earlier_alerts + self.evaluator.alerts
+
+    @property
+    def last_result(self) -> StepResult | None:
+        """Figures and alerts of the latest logging step judged (waits for the pipeline)."""
+        self.drain()
+        return self.latest
+
+    def drain(self) -> None:
+        """Wait until every logging step submitted is judged and written (``pipeline.py``)."""
+        self.pipeline.drain()
+        post(self)
 
     # ------------------------------------------------------------------ a run
     def start(
@@ -147,7 +163,9 @@ class Session:
         inf or None: unknown); the windows not given explicitly are fitted to it (``judge/windows.py``).
         """
         config = self.config
+        self.pipeline.close()  # the previous run's judging finishes first
         self.interval = config.interval(trainer_interval)
+        self.pipeline = Pipeline(config.pipeline, self.interval)
         total = total_steps if total_steps is not None else config.total_steps
         self.windows = plan_windows(total, self.interval, config.warmup_steps, config.reference_steps)
         self.earlier_alerts += self.evaluator.alerts
@@ -172,6 +190,7 @@ class Session:
     ) -> None:
         """The run's optimizers are known (Lightning: at train start): see ``UpdateWatch.start``."""
         if self.updates is not None and self.model is not None:
+            self.drain()
             self.record(self.updates.start(self.model, optimizers, step, pre, unused_ok, self.modules, self.exclude))
 
     def before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
@@ -186,15 +205,19 @@ class Session:
     def training_starts(self, model: nn.Module, step: int) -> None:
         """Model checks that need the model in its training state (frozen norm layers)."""
         if self.checks is not None:
+            self.drain()
             self.record(self.evaluator.diagnose(self.checks.frozen(model, step)))
 
     def record(self, alerts: list[Alert]) -> None:
         """Alerts raised outside the rules (model checks): kept with the others, then emitted."""
+        self.drain()
         self.evaluator.alerts.extend(alerts)
         self.emit(alerts)
 
     def stop(self) -> None:
-        """Remove every hook and forget the current batch (idempotent)."""
+        """Remove every hook, forget the current batch, finish the queued judging and end its thread (idempotent)."""
+        self.pipeline.close()
+        post(self)
         self.collector.disarm()
         self._collecting = False
         self._batch = None
@@ -203,11 +226,14 @@ class Session:
             self.updates.close()
 
     def finish(self) -> None:
-        """The run ended normally: hooks removed, the end-of-fit summary logged."""
+        """The run ended normally: hooks removed, everything judged (``on_alert="raise"``: a pending alert is
+        raised), the end-of-fit summary logged."""
         self.stop()
+        self.pipeline.raise_pending()
         if self.is_global_zero and self.last_result is not None:
             figures = self.last_result.figures
-            roles = {key: self.role(key) for key in figures}
+            infos = self.collector.infos  # a tensor only another rank observed: "other"
+            roles = {key: infos[key].role if key in infos else "other" for key in figures}
             step = self.last_result.step
             rules = rules_ran(self.windows, step)
             console.log_summary(figures, self.types(), self.alerts, step, roles=roles, rules=rules)
@@ -216,7 +242,7 @@ class Session:
         """Hooks removed, the last overview drawn and the panels flushed (idempotent)."""
         self.stop()
         if self.panels is not None:
-            self.guard.call(_PANELS, self.panels.flush)
+            self.guard.call(PANELS, self.panels.flush)
 
     def pause(self) -> bool:
         """Hooks off (e.g. validation inside a logging step); returns whether they were on."""
@@ -233,6 +259,8 @@ class Session:
 
     def begin_step(self, step: int, batch: Any, batch_idx: int = 0) -> None:
         """Before the forward pass of global step ``step`` (every batch, accumulated ones too)."""
+        post(self)
+        self.pipeline.boundary(wait=self.config.on_alert == "raise")  # an alert the worker found stops training
         logging_step = self.is_logging_step(step)
         self._replayed = False
         if self.config.check_nonfinite or (logging_step and self.compiled):
@@ -240,6 +268,9 @@ class Session:
             self._rng = RngState.capture(torch_only=True)
         if not logging_step:
             return
+        if self.anchors_pending:  # the hooks bin inputs by anchors the queued judging places
+            self.drain()
+            self.anchors_pending = False
         automatic = self._automatic_inputs()
         if automatic:  # the collector's hooks find the features the modules consume during the forward
             self.collector.expect_inputs(batch)
@@ -275,6 +306,9 @@ class Session:
             return
         # a 1-element loss is read directly: 1 us, where isfinite().all() costs 20-100 us every step
         finite = math.isfinite(loss.item()) if loss.numel() == 1 else bool(torch.isfinite(loss).all())
+        if finite and not self.evaluator.nonfinite_from_loss:  # only this thread sets it: nothing to do
+            return
+        self.drain()  # the earlier logging steps judged first (references, the active nonfinite alert)
         if self.evaluator.loss_checked(finite):  # finite, or a non-finite episode already raised
             return
         if replay is not None:
@@ -288,7 +322,7 @@ class Session:
     def flag_loss(self, loss: Tensor) -> None:
         """Note a non-finite loss without a host sync: read (OR-ed over ranks) at the next logging step."""
         bad = ~torch.isfinite(loss.detach()).all()
-        self._bad_loss = bad if self._bad_loss is None else self._bad_loss | bad
+        self.bad_loss = bad if self.bad_loss is None else self.bad_loss | bad
 
     def _eager(self) -> Any:
         """Compiled code runs eagerly inside (hooks fire normally; nothing is traced or recompiled)."""
@@ -356,60 +390,25 @@ class Session:
         self._finish_step(self._step_at_start)
 
     def _finish_step(self, step: int) -> None:
-        assert self.exchange is not None
-        bad_loss = self._bad_loss is not None and bool(self._bad_loss)
-        stats = self.exchange.collect(flags=(bad_loss,))  # OR-ed over ranks: every rank raises the same alert
-        result = self.evaluator.evaluate(step, stats)
-        if self.exchange.flags[0] and not self.evaluator.nonfinite_active:
-            result.alerts[:0] = self.evaluator.raise_nonfinite(step, "loss", math.nan, 0, "the loss check")
-        self._bad_loss = None
-        if self.checks is not None and self.model is not None:
-            infos = {key: self.collector.infos[key].role for key in stats if key in self.collector.infos}
-            c = self.collector
-            checks = self.checks.at_logging_step(self.model, step, list(stats), c.called, c.edges, infos)
-            checks = self.evaluator.diagnose(checks, self.checks.reported)
-            self.evaluator.alerts.extend(checks)
-            result.alerts += checks
-        if self.updates is not None:  # the parameter side: same on every rank, no collective (docs/updates.md)
-            new = self.updates.add_to(step, result, self.panels if self.is_global_zero else None, self.evaluator)
-            self.evaluator.alerts.extend(new)
-        self.last_result = result
-        if self.is_global_zero:
-            self._log_figures(result)
-            if self.panels is not None:
-                active = self.evaluator.tracker.active
-                self.guard.call(_PANELS, self.panels.write, result, stats, self.collector.infos, active)
-        self.emit(result.alerts)
+        """The transfer and copies of live state here; judging and writing on the pipeline (``judging.py``)."""
+        taken = take(self, step)
+        self.pipeline.submit(lambda: judge(self, taken))
 
-    def _log_figures(self, result: StepResult) -> None:
-        metrics: dict[str, float] = {}
-        for key, fig in result.figures.items():
-            metrics.update(scalar_metrics(key, self.role(key), fig, self.config.scalars))
-        metrics.update(threshold_metrics(self.config.thresholds, metrics))
-        for severity, count in result.active.items():
-            metrics[f"normwatch/alerts/{severity}"] = float(count)
-        for logger in self.loggers:
-            self.guard.call(f"logger {type(logger).__name__}", log_scalars, logger, metrics, result.step)
-
-    def types(self) -> dict[str, str]:
+    def types(self, infos: dict[str, TensorInfo] | None = None) -> dict[str, str]:
         """Layer type by watched tensor (``net.1`` -> ``ReLU``), for what is printed."""
-        infos = self.collector.infos  # a tensor only another rank observed has no type here
+        infos = self.collector.infos if infos is None else infos  # a tensor only another rank observed: no type
         return {
             key: infos[key].type_name for key in (self.last_result.figures if self.last_result else ()) if key in infos
         }
 
-    def role(self, key: str) -> str:
-        info = self.collector.infos.get(key)
-        return info.role if info is not None else "other"  # a tensor only another rank observed
-
-    def emit(self, alerts: list[Alert]) -> None:
+    def emit(self, alerts: list[Alert], infos: dict[str, TensorInfo] | None = None) -> None:
         """New alerts to the panels and the console (rank zero); ``on_alert="raise"`` raises on a warning."""
         if not alerts:
             return
         if self.panels is not None and self.is_global_zero:
-            self.guard.call(_PANELS, self.panels.write_alerts, self.evaluator.alerts, alerts[-1].step)
+            self.guard.call(PANELS, self.panels.write_alerts, self.evaluator.alerts, alerts[-1].step)
         if self.config.on_alert != "ignore" and self.is_global_zero:
-            for level, line in console.alert_lines(alerts, self.types()):
+            for level, line in console.alert_lines(alerts, self.types(infos)):
                 log.log(level, "%s", line)
         if self.config.on_alert == "raise":
             for alert in alerts:
@@ -418,11 +417,13 @@ class Session:
 
     # ------------------------------------------------------------------ checkpoint
     def state_dict(self) -> dict[str, Any]:
-        """Plain values and CPU tensors: loads with ``torch.load(..., weights_only=True)``."""
+        """Everything judged so far, as plain values and CPU tensors: loads with ``torch.load(weights_only=True)``."""
+        self.drain()
         return checkpoint.session_state(self)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """What of ``state`` fits this run is kept, the rest reset, with one warning saying which."""
+        self.drain()
         message = checkpoint.load_session_state(self, state)
         if message is not None:
             self._warn(message)

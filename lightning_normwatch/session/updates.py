@@ -168,16 +168,23 @@ class UpdateWatch:
     def after_step(self, optimizer: torch.optim.Optimizer) -> None:
         self.probe.after_step(optimizer)
 
-    def finish(self, step: int) -> tuple[dict[str, dict[str, float]], list[Alert]]:
-        """Figures per owner of this logging step and the alerts newly raised (nothing when no step ran)."""
+    def measure(self) -> tuple[dict[str, dict[str, float]], dict[str, Any], dict[str, list[float]]]:
+        """The device side of the logging step's end (the training thread): host figures per owner (one
+        transfer; ends the step), with ``histograms`` the histograms per owner, and the time profiles."""
+        hist = histograms_by_owner(self.probe.entries, self.probe.hist_parts.values()) if self.probe.histograms else {}
+        return self.probe.collect(), hist, self.probe.time_profiles
+
+    def finish(self, step: int, measured: Any = None) -> tuple[dict[str, dict[str, float]], list[Alert]]:
+        """Figures per owner of this logging step and the alerts newly raised (nothing when no step ran);
+        ``measured``: what ``measure`` returned on the training thread (None: measure now)."""
+        figures, hist, time_profiles = measured if measured is not None else self.measure()
         if self.probe.histograms:
-            self.histograms = histograms_by_owner(self.probe.entries, self.probe.hist_parts.values())
-        figures = self.probe.collect()
+            self.histograms = hist
         if not figures:
             return {}, []
         self._logged = [*self._logged[-1:], step]
         self._drift(step, figures)
-        profiles = {k: v for k, v in self.probe.time_profiles.items() if k in figures}
+        profiles = {k: v for k, v in time_profiles.items() if k in figures}
         for owner, profile in profiles.items():  # through time (recurrent layers): see judge.updates.time_alerts
             figures[owner]["time_vanishing"], figures[owner]["time_exploding"] = time_factors(profile)
         firing, evaluated = update_alerts(
@@ -188,13 +195,15 @@ class UpdateWatch:
         self.alerts += new
         return figures, new
 
-    def add_to(self, step: int, result: Any, panels: Any = None, evaluator: Any = None) -> list[Alert]:
+    def add_to(
+        self, step: int, result: Any, panels: Any = None, evaluator: Any = None, measured: Any = None
+    ) -> list[Alert]:
         """``finish`` the logging step into a ``StepResult``: figures merged per module, active counts and
         alerts added, histograms to ``panels`` (``params="histograms"``); returns the new alerts.
 
         ``evaluator`` (the activations' ``Evaluator``): its active alerts that a too-large update explains become
-        followers of the ``update_size`` alert (``join``)."""
-        mine, new = self.finish(step)
+        followers of the ``update_size`` alert (``join``). ``measured``: what ``measure`` returned (None: now)."""
+        mine, new = self.finish(step, measured)
         if evaluator is not None:
             new = self.join(step, new, result, evaluator)
         if panels is not None and self.histograms:
