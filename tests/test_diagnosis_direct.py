@@ -43,7 +43,7 @@ def test_alert_to_dict_and_back() -> None:
 def test_alert_error_carries_the_alert() -> None:
     alert = _a("fc", "nonfinite", message="NaN in fc")
     err = NormWatchAlertError(alert)
-    assert str(err) == "NaN in fc" and err.alert is alert
+    assert str(err) == "NormWatch alert at step 5 (nonfinite on `fc`): NaN in fc" and err.alert is alert
 
 
 def test_worse_at_its_edges() -> None:
