@@ -404,7 +404,10 @@ class Recorder(pl.Callback):
         res = self.watch.last_result
         if res is None or res.step != trainer.global_step - 1:
             return
-        session, keys = self.watch.session, list(res.figures)
+        session = self.watch.session
+        # activation figures only: the update-size figures of parameter-holding modules are calibrated by
+        # calibrate_updates.py
+        keys = [k for k in res.figures if k in session.collector.infos]
         prediction = session.evaluator.prediction_keys(res.figures)  # the depth rules leave these out
         info = session.collector.info
         sequence = [(info(k), res.figures[k]) for k in keys if info(k).role != "input" and k not in prediction]
@@ -412,14 +415,14 @@ class Recorder(pl.Callback):
         for rule, value in zip(("vanishing", "exploding", "collapse"), ratios, strict=True):
             if value > self.maxima[rule][0]:
                 self.maxima[rule] = (value, "")
-        for key, fig in res.figures.items():
-            info = self.watch.session.collector.info(key)
+        for key in keys:
+            fig, info = res.figures[key], session.collector.info(key)
             for rule, value in rule_values(fig, info.role).items():
                 drift_rule = rule in ("scale_drift", "mean_drift", "shift")
                 if drift_rule and info.role == "input":
                     continue  # inputs are judged per feature (input_drift)
                 ready = self.watch.session.evaluator.reference_ready(res.step)
-                if drift_rule and (not ready or key == list(res.figures)[-1]):
+                if drift_rule and (not ready or key == keys[-1]):
                     continue  # no reference yet, or the model's output (drift alerts skip it)
                 if math.isfinite(value) and value > self.maxima[rule][0]:
                     self.maxima[rule] = (value, key)
