@@ -462,6 +462,27 @@ def time_model(spec: ModelSpec, rounds: int, quick: bool, log_dir: str, logger: 
         print(f"  {spec.name}: round {r + 1}/{rounds} done", file=sys.stderr, flush=True)
 
 
+def interval_ratios(spec: ModelSpec, rounds: int, quick: bool, log_dir: str, logger: bool) -> list[float]:
+    """``default`` against plain over whole logging intervals: per round (plain and default interleaved, the
+    order alternating), mean step time over steps 50-149 (two 50-step intervals, each with its logging step
+    and everything that follows it: the worker thread's judging and writing included), default / plain.
+
+    Steps 0-49 (step 0's logging step, the reference window of 5 steps, warm-up) are not timed.
+    """
+    start, end = INTERVAL, 3 * INTERVAL
+    torch.manual_seed(0)
+    model = spec.build()
+    ratios = []
+    for r in range(rounds * spec.round_factor):
+        means = {}
+        for config in ("plain", "default") if r % 2 == 0 else ("default", "plain"):
+            times = fit(model, spec, config, end + 1, log_dir, logger=logger).step_times()[start:end]
+            means[config] = statistics.fmean(times)
+        ratios.append(means["default"] / means["plain"])
+        print(f"  {spec.name}: whole intervals, round {r + 1} done", file=sys.stderr, flush=True)
+    return ratios
+
+
 def profile_model(spec: ModelSpec, quick: bool, log_dir: str, logger: bool) -> StageProfile:
     """Per-stage profile of NormWatch's logging steps (``every step``), in a fit of its own after the timed rounds
     (the wrappers cost about a microsecond a call: kept out of the timed fits)."""
@@ -571,6 +592,7 @@ def main(argv: list[str] | None = None) -> int:
         timings = Timings({}, {}, {}, {})
         for spec in specs:
             time_model(spec, rounds, args.quick, log_dir, logger, timings)
+        whole = {s.name: interval_ratios(s, rounds, args.quick, log_dir, logger) for s in specs}
         profiles = {} if args.skip_profile else {s.name: profile_model(s, args.quick, log_dir, logger) for s in specs}
     total_s = time.perf_counter() - started
 
@@ -590,6 +612,14 @@ def main(argv: list[str] | None = None) -> int:
         f"`every step` median minus the plain median) / ({INTERVAL} × plain median), per round, median over rounds; "
         "for the other configurations it repeats the median ratio. Peak RSS: whole process; peak growth: above the "
         "resident size just before the fit.",
+        "",
+        "`default` over whole logging intervals (steps 50-149 of a fit: two 50-step intervals with their logging "
+        "steps and what follows them, the worker thread's work included), mean step / plain's mean step, per round "
+        "(plain and default interleaved), median [min-max] over rounds: "
+        + ", ".join(
+            f"{n} {statistics.median(r):.3f} [{min(r):.3f}-{max(r):.3f}] ({len(r)} rounds)" for n, r in whole.items()
+        )
+        + ".",
         "",
         "NormWatch's own hooks on a non-logging step (`default`, measured directly, median over rounds): "
         + ", ".join(f"{s.name} {1000 * statistics.median(timings.hooks[s.name]):.3f} ms" for s in specs)
