@@ -462,7 +462,7 @@ def time_model(spec: ModelSpec, rounds: int, quick: bool, log_dir: str, logger: 
         print(f"  {spec.name}: round {r + 1}/{rounds} done", file=sys.stderr, flush=True)
 
 
-def interval_ratios(spec: ModelSpec, rounds: int, quick: bool, log_dir: str, logger: bool) -> list[float]:
+def interval_ratios(spec: ModelSpec, rounds: int, log_dir: str, logger: bool) -> list[float]:
     """``default`` against plain over whole logging intervals: per round (plain and default interleaved, the
     order alternating), mean step time over steps 50-149 (two 50-step intervals, each with its logging step
     and everything that follows it: the worker thread's judging and writing included), default / plain.
@@ -592,7 +592,7 @@ def main(argv: list[str] | None = None) -> int:
         timings = Timings({}, {}, {}, {})
         for spec in specs:
             time_model(spec, rounds, args.quick, log_dir, logger, timings)
-        whole = {s.name: interval_ratios(s, rounds, args.quick, log_dir, logger) for s in specs}
+        whole = {s.name: interval_ratios(s, rounds, log_dir, logger) for s in specs}
         profiles = {} if args.skip_profile else {s.name: profile_model(s, args.quick, log_dir, logger) for s in specs}
     total_s = time.perf_counter() - started
 
