@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
+from calibrate import cnn as cnn_bn  # the activation calibration's CNN with BatchNorm
 from sklearn.datasets import load_digits
 from torch import nn
 
@@ -102,20 +103,6 @@ def mlp(depth: int = 3, width: int = 128, act: Callable[[], nn.Module] = nn.ReLU
         layers += [nn.Linear(d, width), act()]
         d = width
     return nn.Sequential(*layers, nn.Linear(d, 10))
-
-
-def cnn_bn() -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1),
-        nn.BatchNorm2d(16),
-        nn.ReLU(),
-        nn.Conv2d(16, 32, 3, padding=1),
-        nn.BatchNorm2d(32),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(32, 10),
-    )
 
 
 class TinyLM(nn.Module):
