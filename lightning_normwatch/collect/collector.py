@@ -350,7 +350,8 @@ class Collector:
             start = stop
         return out
 
-    def first_nonfinite(self, stats: dict[str, TensorStats]) -> tuple[str, float, int] | None:
+    @staticmethod
+    def first_nonfinite(stats: dict[str, TensorStats]) -> tuple[str, float, int] | None:
         """(first tensor in execution order with NaN/Inf, its non-finite share, how many others have some)."""
         bad = [(k, st.nonfinite) for k, st in stats.items() if st.has_nonfinite]
         if not bad:

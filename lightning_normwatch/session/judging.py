@@ -42,7 +42,7 @@ from ..stats.figures import TensorStats
 if TYPE_CHECKING:
     from .session import Session
 
-__all__ = ["CollectorView", "Taken", "take", "judge", "post", "thread_safe", "PANELS"]
+__all__ = ["CollectorView", "Taken", "take", "judge", "post", "role", "thread_safe", "PANELS"]
 
 PANELS = "the TensorBoard panels"
 
@@ -72,8 +72,7 @@ class CollectorView:
         c = collector
         return cls(c.watched, dict(c.infos), dict(c.edges), dict(c.feature_stride), _Found(c.discovery.finish()))
 
-    def first_nonfinite(self, stats: dict[str, TensorStats]) -> tuple[str, float, int] | None:
-        return Collector.first_nonfinite(self, stats)  # type: ignore[arg-type]  # reads only ``stats``
+    first_nonfinite = staticmethod(Collector.first_nonfinite)  # reads only the statistics
 
 
 @dataclass
@@ -146,11 +145,16 @@ def judge(session: Session, taken: Taken) -> None:
     session.emit(result.alerts, infos)
 
 
+def role(infos: dict[str, TensorInfo], key: str) -> str:
+    """The role of a watched tensor; ``"other"`` for a tensor only another rank observed."""
+    info = infos.get(key)
+    return info.role if info is not None else "other"
+
+
 def _log_figures(session: Session, result: StepResult, infos: dict[str, TensorInfo]) -> None:
     metrics: dict[str, float] = {}
     for key, fig in result.figures.items():
-        info = infos.get(key)  # None: a tensor only another rank observed
-        metrics.update(scalar_metrics(key, info.role if info else "other", fig, session.config.scalars))
+        metrics.update(scalar_metrics(key, role(infos, key), fig, session.config.scalars))
     metrics.update(threshold_metrics(session.config.thresholds, metrics))
     for severity, count in result.active.items():
         metrics[f"normwatch/alerts/{severity}"] = float(count)

@@ -52,7 +52,7 @@ from ..judge.windows import plan_windows, rules_ran
 from ..output import console
 from ..output.guarded import Guard
 from . import checkpoint
-from .judging import PANELS, judge, post, take
+from .judging import PANELS, judge, post, role, take
 from .pipeline import Pipeline
 from .updates import UpdateWatch
 
@@ -232,8 +232,7 @@ class Session:
         self.pipeline.raise_pending()
         if self.is_global_zero and self.last_result is not None:
             figures = self.last_result.figures
-            infos = self.collector.infos  # a tensor only another rank observed: "other"
-            roles = {key: infos[key].role if key in infos else "other" for key in figures}
+            roles = {key: role(self.collector.infos, key) for key in figures}
             step = self.last_result.step
             rules = rules_ran(self.windows, step)
             console.log_summary(figures, self.types(), self.alerts, step, roles=roles, rules=rules)
