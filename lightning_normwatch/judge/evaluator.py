@@ -33,9 +33,10 @@ from torch import nn
 from ..collect.collector import Collector
 from ..collect.info import TensorInfo
 from ..config import SessionConfig
+from ..stats.drift_rows import drift_many
 from ..stats.feature_drift import FeatureStats
 from ..stats.figures import TensorStats, figures, figures_many
-from ..stats.reference import Reference, drift
+from ..stats.reference import Reference
 from .alerts import SEVERITY, Alert, AlertTracker
 from .collapse import collapse_alerts
 from .depth import depth_alerts, rms_of, small_growth
@@ -153,12 +154,13 @@ class Evaluator:
         self.order = list(stats) or self.order
         self._steps = [*self._steps[-1:], step]
         computed = dict(zip(stats, figures_many(list(stats.values())), strict=True))  # all tensors at once
+        drifts = self._reference_and_drift(stats, step)  # all tensors at once
         for key, st in stats.items():
             info = self._info(key) or TensorInfo(key, "other", "?", len(st.cn))
             fig = computed[key]
             if info.role == "input":
                 fig.update(self._input_figures(key, st, step, firing, checked))
-            d = self._reference_and_drift(key, st, step)
+            d = drifts.get(key)
             if d is not None:
                 fig.update(d)
             all_figures[key] = fig
@@ -194,15 +196,18 @@ class Evaluator:
         self.alerts.extend(a for a in new if a.kind != "nonfinite")
         return StepResult(step, all_figures, new, self.active_counts())
 
-    def _reference_and_drift(self, key: str, st: TensorStats, step: int) -> dict[str, float] | None:
-        """Add this step to the tensor's reference inside the window; its drift figures once it is complete."""
-        ref = self.references.setdefault(key, Reference())
-        overall = st.overall
-        if not st.has_nonfinite and self.in_reference_window(step, ref) and overall.n > 0:
-            ref.add(overall, st.hist)
-        if self.reference_ready(step) and ref.steps > 0:
-            return drift(ref, overall, st.hist)
-        return None
+    def _reference_and_drift(self, stats: dict[str, TensorStats], step: int) -> dict[str, dict[str, float]]:
+        """Add this step to each tensor's reference inside the window; the drift figures of the tensors whose
+        reference is complete (``drift_many``: all tensors at once, the figures of ``drift``)."""
+        ready = []
+        for key, st in stats.items():
+            ref = self.references.setdefault(key, Reference())
+            overall = st.overall
+            if not st.has_nonfinite and self.in_reference_window(step, ref) and overall.n > 0:
+                ref.add(overall, st.hist)
+            if self.reference_ready(step) and ref.steps > 0:
+                ready.append((key, (ref, overall, st.hist)))
+        return dict(zip((key for key, _ in ready), drift_many([item for _, item in ready]), strict=True))
 
     def _finish_discovery(self, step: int) -> None:
         first = self.collector.discovery.finish()

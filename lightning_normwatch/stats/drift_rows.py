@@ -1,0 +1,263 @@
+"""Drift of many tensors at once: ``reference.drift`` row-wise, with the same numbers, bit for bit.
+
+A logging step judges every watched tensor against its reference. ``drift_many`` stacks the step's
+histograms into one ``[tensors, bins]`` array and computes PSI, KS and the shape figures row-wise;
+what depends on a reference alone (its PSI groups, CDF, point masses, standardized CDF and quantile
+cut points: ``RefSide``) is computed once and kept in ``Reference.cache`` until the reference changes.
+
+The numbers are those of the plain per-tensor functions because the arithmetic is the same, in the
+same order: numpy sums a row of a 2-D array exactly as it sums the row alone, so sums over vectors
+whose length differs from tensor to tensor (PSI groups, point masses) are taken per length, and the
+interpolations are numpy's own, row by row. Rows the fast path does not cover (eight or more point
+masses, histograms that are not float64) go through the plain ``shape_drift``/``drift``.
+
+Example:
+    >>> import torch
+    >>> from lightning_normwatch.stats.histogram import bin_counts, bin_edges
+    >>> from lightning_normwatch.stats.reference import Reference, drift
+    >>> def hist(x): return bin_counts(x, bin_edges()).double().numpy()
+    >>> g = torch.Generator().manual_seed(0)
+    >>> x = torch.randn(1000, generator=g).relu()
+    >>> ref = Reference()
+    >>> ref.add(Moments.of(x.numpy()), hist(x))
+    >>> y = 2 * torch.randn(1000, generator=g).relu()
+    >>> drift_many([(ref, Moments.of(y.numpy()), hist(y))]) == [drift(ref, Moments.of(y.numpy()), hist(y))]
+    True
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .histogram import _probabilities, edges_numpy, quantile_groups
+from .moments import Moments
+from .reference import POINT_MASS, Reference, _split_masses, _standardized_cdf, drift, moment_drift, shape_drift
+
+__all__ = ["drift_many", "RefSide"]
+
+#: PSI's groups and floor (``histogram.psi``, ``reference.shape_drift`` defaults)
+_GROUPS, _FLOOR = 20, 1e-4
+#: rows with this many point masses or more take the plain path (numpy sums 8+ values pairwise)
+_MAX_MASSES = 8
+
+
+@dataclass(frozen=True)
+class RefSide:
+    """What the drift figures need of one reference, computed once while it does not change.
+
+    Attributes:
+        total: the reference's count.
+        starts, p: PSI's groups (``quantile_groups``) and their floored probabilities.
+        cdf: the CDF at the shared edges (KS).
+        p0, masses, r_cont: the shape's zero share, other point masses (largest first), the rest's share.
+        cont: the rest holds values: ``zr``, ``fr`` (standardized CDF), ``cuts`` (the groups' cut points),
+            ``pr_cont`` (floored group shares) and ``rf`` (``r_cont * fr``) are set.
+    """
+
+    total: float
+    starts: np.ndarray
+    p: np.ndarray
+    cdf: np.ndarray
+    p0: float = math.nan
+    masses: np.ndarray | None = None
+    r_cont: float = math.nan
+    cont: bool = False
+    zr: np.ndarray | None = None
+    fr: np.ndarray | None = None
+    cuts: np.ndarray | None = None
+    pr_cont: np.ndarray | None = None
+    rf: np.ndarray | None = None
+
+    @classmethod
+    def of(cls, hist: np.ndarray, std: float) -> RefSide:
+        """The reference side of ``psi``, ``ks_distance`` and (for ``std > 0``) ``shape_drift``, as they compute it."""
+        total = hist.sum()
+        if total <= 0:
+            return cls(total, np.array([0]), np.ones(1), np.zeros(len(hist)))
+        starts = quantile_groups(hist, _GROUPS)
+        p = _probabilities(np.add.reduceat(hist, starts), _FLOOR)
+        cdf = np.cumsum(hist) / total
+        if not std > 0:
+            return cls(total, starts, p, cdf)
+        p0, masses, rest, rest_std = _split_masses(hist, std)
+        r_cont = 1 - p0 - masses.sum()
+        if not (rest.sum() > 0 and rest_std > 0):
+            return cls(total, starts, p, cdf, p0, masses, r_cont)
+        zr, fr = _standardized_cdf(rest, rest_std)
+        cuts = np.unique(np.interp(np.arange(1, _GROUPS) / _GROUPS, fr, zr))
+        shares = np.diff(np.concatenate([[0.0], np.interp(cuts, zr, fr), [1.0]]))
+        pr_cont = np.maximum(r_cont * shares, _FLOOR)
+        return cls(total, starts, p, cdf, p0, masses, r_cont, True, zr, fr, cuts, pr_cont, r_cont * fr)
+
+    @classmethod
+    def cached(cls, reference: Reference) -> RefSide:
+        """The side of ``reference`` (which holds a histogram): from its cache, or computed and cached.
+
+        ``Reference.add`` empties the cache; the key also catches a histogram or moments replaced by hand.
+        """
+        key = (id(reference.hist), id(reference.moments), reference.steps)
+        found = reference.cache.get("side")
+        if isinstance(found, tuple) and found[0] == key:
+            return found[1]
+        side = cls.of(reference.hist, reference.moments.std)  # type: ignore[arg-type]
+        reference.cache["side"] = (key, side)
+        return side
+
+
+def drift_many(items: Sequence[tuple[Reference, Moments, np.ndarray]]) -> list[dict[str, float]]:
+    """``[drift(ref, moments, hist) for ref, moments, hist in items]``, the same figures, row-wise."""
+    outs: list[dict[str, float]] = []
+    rows: list[int] = []
+    for i, (ref, cur, hist) in enumerate(items):
+        out = moment_drift(ref, cur)
+        fast = out is not None and _float64_vector(hist) and _float64_vector(ref.hist)
+        if fast:
+            rows.append(i)
+        outs.append(out if fast else drift(ref, cur, hist))  # type: ignore[arg-type]
+    if not rows:
+        return outs
+    sides = [RefSide.cached(items[i][0]) for i in rows]
+    hists = np.stack([items[i][2] for i in rows])
+    total = hists.sum(1)  # numpy sums a row of a 2-D array as it sums the row alone
+    ok = np.flatnonzero((np.array([s.total for s in sides]) > 0) & (total > 0))
+    if not len(ok):
+        return outs
+    h, tot, ok_sides = hists[ok], total[ok], [sides[j] for j in ok]
+    ks = np.abs(np.stack([s.cdf for s in ok_sides]) - np.cumsum(h, 1) / tot[:, None]).max(1)
+    psis = _psi_rows(h, ok_sides)
+    shaped = []
+    for r, j in enumerate(ok):
+        ref, cur, _ = items[rows[j]]
+        out = outs[rows[j]]
+        out["psi"], out["ks"] = float(psis[r]), float(ks[r])
+        if ref.moments.std > 0 and cur.std > 0:
+            shaped.append(r)
+    if not shaped:
+        return outs
+    stds = np.array([items[rows[ok[r]]][1].std for r in shaped])
+    shape_psi, shape_ks, plain = _shape_rows(h[shaped], tot[shaped], stds, [ok_sides[r] for r in shaped])
+    for n, r in enumerate(shaped):
+        ref, cur, hist = items[rows[ok[r]]]
+        out = outs[rows[ok[r]]]
+        if plain[n]:  # eight or more point masses: the plain definition
+            out["shape_psi"], out["shape_ks"] = shape_drift(
+                ref.hist,  # type: ignore[arg-type]
+                ref.moments.mean,
+                ref.moments.std,
+                hist,
+                cur.mean,
+                cur.std,
+            )
+        else:
+            out["shape_psi"], out["shape_ks"] = float(shape_psi[n]), float(shape_ks[n])
+    return outs
+
+
+def _float64_vector(a: np.ndarray | None) -> bool:
+    return a is not None and a.dtype == np.float64 and a.ndim == 1
+
+
+def _sums_by_length(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Per row, the sum of its valid entries (left to right) as numpy sums that vector alone.
+
+    Rows with the same number of valid entries are summed together, as one 2-D array.
+    """
+    counts = valid.sum(1)
+    out = np.zeros(len(values))
+    for n in np.unique(counts):
+        sel = np.flatnonzero(counts == n)
+        out[sel] = values[sel][valid[sel]].reshape(len(sel), int(n)).sum(1)
+    return out
+
+
+def _psi_rows(hists: np.ndarray, sides: list[RefSide]) -> np.ndarray:
+    """``psi(reference, row)`` per row against its reference side (both non-empty)."""
+    bins = hists.shape[1]
+    lengths = np.array([len(s.starts) for s in sides])
+    starts = np.concatenate([r * bins + s.starts for r, s in enumerate(sides)])
+    valid = np.arange(int(lengths.max())) < lengths[:, None]
+    q = np.ones(valid.shape)
+    q[valid] = np.add.reduceat(hists.ravel(), starts)  # psi's reduceat, segment by segment
+    p = np.ones(valid.shape)
+    p[valid] = np.concatenate([s.p for s in sides])
+    q[valid] = np.maximum((q / _sums_by_length(q, valid)[:, None])[valid], _FLOOR)
+    return _sums_by_length((q - p) * np.log(q / p), valid)
+
+
+def _shape_rows(
+    hists: np.ndarray, total: np.ndarray, stds: np.ndarray, sides: list[RefSide]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``shape_drift`` per row against its reference side (both non-empty, both stds > 0).
+
+    Returns (shape PSI, shape KS, rows left to the plain definition: eight or more point masses).
+    """
+    n = len(hists)
+    zero_bin = int(np.searchsorted(edges_numpy(), 0.0))
+    share = hists / total[:, None]
+    c0 = share[:, zero_bin]
+    heavy = share >= POINT_MASS
+    heavy[:, zero_bin] = False
+    rest = np.where(heavy, 0.0, hists)
+    rest[:, zero_bin] = 0.0
+    # point masses matched by rank, largest first, as rows of [rows, width] arrays padded with zeros
+    row, col = np.nonzero(heavy)
+    order = np.lexsort((-share[row, col], row))
+    row, col = row[order], col[order]
+    k_cur = np.bincount(row, minlength=n)
+    k_ref = np.array([len(s.masses) for s in sides])  # type: ignore[arg-type]
+    k = np.maximum(k_cur, k_ref)
+    plain = k >= _MAX_MASSES
+    width = int(k[~plain].max(initial=0))
+    rank = np.arange(len(row)) - np.repeat(np.cumsum(k_cur) - k_cur, k_cur)
+    keep = ~plain[row]
+    c_masses, r_masses = np.zeros((n, width)), np.zeros((n, width))
+    c_masses[row[keep], rank[keep]] = share[row[keep], col[keep]]
+    for r in np.flatnonzero(~plain):
+        r_masses[r, : k_ref[r]] = sides[r].masses  # type: ignore[index]
+    r0, r_cont = np.array([s.p0 for s in sides]), np.array([s.r_cont for s in sides])
+    c_cont = 1 - c0 - c_masses.sum(1)  # zeros after fewer than 8 values leave numpy's sum as it was
+    shape_ks = np.maximum(np.abs(r0 - c0), np.abs(r_masses - c_masses).max(1, initial=0.0))
+    cont = np.array([s.cont for s in sides]) & (rest.sum(1) > 0) & ~plain
+    groups = np.where(cont, [len(s.pr_cont) if s.cont else 1 for s in sides], 1)  # type: ignore[arg-type]
+    # PSI's vector per row: [zero share, point masses (k), continuous groups], floored, left-aligned
+    valid = np.concatenate(
+        [np.ones((n, 1), bool), np.arange(width) < k[:, None], np.arange(groups.max()) < groups[:, None]], 1
+    )
+    p, q = np.ones(valid.shape), np.ones(valid.shape)
+    p[:, 0], q[:, 0] = np.maximum(r0, _FLOOR), np.maximum(c0, _FLOOR)
+    p[:, 1 : 1 + width], q[:, 1 : 1 + width] = np.maximum(r_masses, _FLOOR), np.maximum(c_masses, _FLOOR)
+    p[:, 1 + width], q[:, 1 + width] = np.maximum(r_cont, _FLOOR), np.maximum(c_cont, _FLOOR)
+    if cont.any():
+        idx = np.flatnonzero(cont)
+        pc, ks_cont = _continuous_rows(rest[idx], hists[idx], stds[idx], [sides[r] for r in idx], c_cont[idx])
+        for r, c, pr in zip(idx, pc, (sides[r].pr_cont for r in idx), strict=True):
+            p[r, 1 + width : 1 + width + len(pr)], q[r, 1 + width : 1 + width + len(c)] = pr, c
+        shape_ks[idx] = np.where(ks_cont > shape_ks[idx], ks_cont, shape_ks[idx])  # max(shape_ks, ks_cont)
+    p[~valid], q[~valid] = 1.0, 1.0
+    return _sums_by_length((q - p) * np.log(q / p), valid), shape_ks, plain
+
+
+_QUARTILES = np.array([0.25, 0.5, 0.75])
+
+
+def _continuous_rows(
+    rest: np.ndarray, hists: np.ndarray, stds: np.ndarray, sides: list[RefSide], c_cont: np.ndarray
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """The continuous part of ``shape_drift`` per row: its floored group shares and its KS."""
+    edges = edges_numpy()
+    cdf = np.cumsum(rest, 1)[:, :-1] / rest.sum(1)[:, None]  # _standardized_cdf
+    read = np.empty_like(cdf)
+    shares = []
+    for r, side in enumerate(sides):
+        q25, median, q75 = np.interp(_QUARTILES, cdf[r], edges)
+        scale = q75 - q25 if q75 > q25 else _split_masses(hists[r], stds[r])[3]
+        zc = (edges - median) / scale
+        at_cuts = np.interp(side.cuts, zc, cdf[r])  # type: ignore[arg-type]
+        shares.append(np.maximum(c_cont[r] * np.diff(np.concatenate([[0.0], at_cuts, [1.0]])), _FLOOR))
+        read[r] = np.interp(side.zr, zc, cdf[r])  # type: ignore[arg-type]
+    rf = np.stack([s.rf for s in sides])  # type: ignore[arg-type]
+    return shares, np.abs(rf - c_cont[:, None] * read).max(1)

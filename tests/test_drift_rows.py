@@ -1,0 +1,124 @@
+"""``drift_many`` (all tensors of a logging step at once, reference side cached) gives, bit for bit, the
+figures of the plain per-tensor ``drift``, on ordinary and edge inputs; the cache follows the reference."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lightning_normwatch.stats import drift_rows
+from lightning_normwatch.stats.drift_rows import RefSide, drift_many
+from lightning_normwatch.stats.histogram import bin_counts, bin_edges, num_bins
+from lightning_normwatch.stats.moments import Moments
+from lightning_normwatch.stats.reference import DRIFT_FIGURES, Reference, drift, shape_drift
+
+
+def _item(values: np.ndarray) -> tuple[Moments, np.ndarray]:
+    finite = values[np.isfinite(values)]
+    moments = Moments.of(finite) if len(finite) else Moments()
+    return moments, bin_counts(torch.as_tensor(values, dtype=torch.float32), bin_edges()).double().numpy()
+
+
+def _reference(*samples: np.ndarray) -> Reference:
+    ref = Reference()
+    for s in samples:
+        ref.add(*_item(s))
+    return ref
+
+
+def _same(a: dict[str, float], b: dict[str, float]) -> bool:
+    """Equal figures, bit for bit (NaN equals NaN), in the same order."""
+    return list(a) == list(b) == list(DRIFT_FIGURES) and all(
+        (math.isnan(a[k]) and math.isnan(b[k])) or a[k] == b[k] for k in a
+    )
+
+
+def _distributions(rng: np.random.Generator) -> list[np.ndarray]:
+    n = 4000
+    normal = rng.normal(size=n)
+    levels = rng.choice([0.0, 1.0, 2.0, 3.0, 5.0], size=n) * rng.choice([1.0, -1.0])
+    many_levels = rng.choice(np.arange(1.0, 10.0), size=n)  # nine point masses of ~11 %: the plain path
+    return [
+        normal * rng.uniform(0.1, 10) + rng.normal(),
+        np.maximum(normal, 0.0),  # ReLU: zeros are a point mass of their own
+        rng.standard_t(2, size=n),  # heavy tails
+        np.where(rng.random(n) < 0.3, 0.0, rng.exponential(size=n)),
+        levels,
+        many_levels,
+        np.zeros(n),  # constant: std 0, no shape figures
+        np.where(rng.random(n) < 0.5, 3.0, rng.normal(size=n) * 1e-3),  # one heavy bin, a narrow rest
+        rng.normal(size=n) * 1e-8,  # inside the zero bin
+        rng.normal(size=n) * 1e7,  # beyond the outer edges
+        np.concatenate([rng.normal(size=n // 2), [np.nan, np.inf, -np.inf] * 10]),
+        np.array([1.0, 1.0, 1.0, 1.0 + 1e-3]),  # a tiny sample: IQR zero, the rest's std is the scale
+    ]
+
+
+def test_drift_many_equals_drift_on_every_pairing(monkeypatch: pytest.MonkeyPatch) -> None:
+    plain_rows = []
+    monkeypatch.setattr(drift_rows, "shape_drift", lambda *a: plain_rows.append(a) or shape_drift(*a))
+    rng = np.random.default_rng(7)
+    refs_data, curs_data = _distributions(rng), _distributions(rng)
+    refs = [_reference(a, a[::-1] * 1.01) for a in refs_data]
+    items = [(ref, *_item(cur)) for ref in refs for cur in curs_data]
+    plain = [drift(*item) for item in items]
+    fast = drift_many(items)
+    assert all(_same(a, b) for a, b in zip(plain, fast, strict=True))
+    # the comparison is not vacuous: most pairings have every figure, some have none of the shape ones
+    finite = [sum(math.isfinite(v) for v in d.values()) for d in fast]
+    assert finite.count(6) > len(items) // 2 and min(finite) < 6
+    assert 0 < len(plain_rows) < len(items) // 4  # the rows with 8+ point masses took the plain path
+
+
+def test_drift_many_edge_cases() -> None:
+    rng = np.random.default_rng(1)
+    ref = _reference(rng.normal(size=1000))
+    empty_hist = np.zeros(num_bins())
+    m, h = _item(rng.normal(size=1000))
+    items = [
+        (ref, m, empty_hist),  # no finite value binned: histogram figures NaN
+        (ref, Moments(), h),  # nothing measured: all NaN
+        (Reference(), m, h),  # no reference yet
+        (ref, Moments(3.0, float("nan"), float("nan"), 0.0, 0.0), h),  # non-finite moments
+        (ref, m, h.astype(np.float32)),  # not float64: the plain path
+        (_reference(np.zeros(10)), m, h),  # an all-zero reference: std 0
+        (ref, m, h),
+    ]
+    assert all(_same(a, b) for a, b in zip([drift(*i) for i in items], drift_many(items), strict=True))
+    assert drift_many([]) == []
+
+
+def test_reference_side_is_cached_until_the_reference_changes() -> None:
+    rng = np.random.default_rng(3)
+    ref = _reference(rng.normal(size=2000))
+    m, h = _item(rng.normal(size=2000) + 0.5)
+    first = drift_many([(ref, m, h)])[0]
+    side = RefSide.cached(ref)
+    assert RefSide.cached(ref) is side  # computed once
+    assert "cache" not in ref.state() and Reference.from_state(ref.state()).cache == {}  # never checkpointed
+    ref.add(*_item(rng.normal(size=2000) * 3))  # the reference grows: the side is rebuilt
+    assert RefSide.cached(ref) is not side
+    assert _same(drift_many([(ref, m, h)])[0], drift(ref, m, h)) and not _same(first, drift(ref, m, h))
+    ref.hist = ref.hist * 2  # replaced by hand: the cache notices
+    assert _same(drift_many([(ref, m, h)])[0], drift(ref, m, h))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_drift_many_on_random_counts(seed: int) -> None:
+    """Arbitrary count vectors (sparse, spiky, shifted), with moments that need not match them."""
+    rng = np.random.default_rng(seed)
+    items = []
+    for _ in range(40):
+        ref, cur = Reference(), []
+        for _ in range(2):
+            counts = np.zeros(num_bins())
+            lo = int(rng.integers(0, num_bins() - 50))
+            counts[lo : lo + int(rng.integers(1, 200))] = rng.poisson(rng.uniform(0.1, 30), size=1)[0]
+            counts[rng.integers(0, num_bins(), size=5)] += rng.integers(0, 500, size=5)
+            cur.append(counts)
+        ref.add(Moments(1000.0, rng.normal(), rng.uniform(0, 2000), 0.0, 0.0), cur[0])
+        items.append((ref, Moments(1000.0, rng.normal(), rng.uniform(0, 2000), 0.0, 0.0), cur[1]))
+    assert all(_same(a, b) for a, b in zip([drift(*i) for i in items], drift_many(items), strict=True))
