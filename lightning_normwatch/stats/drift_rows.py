@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -233,9 +234,12 @@ def _shape_rows(
     p[:, 1 + width], q[:, 1 + width] = np.maximum(r_cont, _FLOOR), np.maximum(c_cont, _FLOOR)
     if cont.any():
         idx = np.flatnonzero(cont)
-        pc, ks_cont = _continuous_rows(rest[idx], hists[idx], stds[idx], [sides[r] for r in idx], c_cont[idx])
-        for r, c, pr in zip(idx, pc, (sides[r].pr_cont for r in idx), strict=True):
-            p[r, 1 + width : 1 + width + len(pr)], q[r, 1 + width : 1 + width + len(c)] = pr, c
+        cont_sides = [sides[r] for r in idx]
+        shares, ks_cont = _continuous_rows(rest[idx], hists[idx], stds[idx], cont_sides, c_cont[idx])
+        inside = np.arange(shares.shape[1]) < groups[idx, None]
+        p_cont = np.ones(shares.shape)
+        p_cont[inside] = np.concatenate([s.pr_cont for s in cont_sides])  # type: ignore[misc]
+        p[idx, 1 + width :], q[idx, 1 + width :] = p_cont, shares
         shape_ks[idx] = np.where(ks_cont > shape_ks[idx], ks_cont, shape_ks[idx])  # max(shape_ks, ks_cont)
     p[~valid], q[~valid] = 1.0, 1.0
     return _sums_by_length((q - p) * np.log(q / p), valid), shape_ks, plain
@@ -246,18 +250,83 @@ _QUARTILES = np.array([0.25, 0.5, 0.75])
 
 def _continuous_rows(
     rest: np.ndarray, hists: np.ndarray, stds: np.ndarray, sides: list[RefSide], c_cont: np.ndarray
-) -> tuple[list[np.ndarray], np.ndarray]:
-    """The continuous part of ``shape_drift`` per row: its floored group shares and its KS."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """The continuous part of ``shape_drift`` per row: its floored group shares (left-aligned, padded with
+    ones) and its KS, as ``_standardized_cdf`` and ``numpy.interp`` compute them."""
     edges = edges_numpy()
-    cdf = np.cumsum(rest, 1)[:, :-1] / rest.sum(1)[:, None]  # _standardized_cdf
-    read = np.empty_like(cdf)
-    shares = []
-    for r, side in enumerate(sides):
-        q25, median, q75 = np.interp(_QUARTILES, cdf[r], edges)
-        scale = q75 - q25 if q75 > q25 else _split_masses(hists[r], stds[r])[3]
-        zc = (edges - median) / scale
-        at_cuts = np.interp(side.cuts, zc, cdf[r])  # type: ignore[arg-type]
-        shares.append(np.maximum(c_cont[r] * np.diff(np.concatenate([[0.0], at_cuts, [1.0]])), _FLOOR))
-        read[r] = np.interp(side.zr, zc, cdf[r])  # type: ignore[arg-type]
+    cdf = np.cumsum(rest, 1)[:, :-1] / rest.sum(1)[:, None]
+    bracket = np.stack([(cdf <= q).sum(1) - 1 for q in _QUARTILES], 1)  # cdf is non-decreasing: interp's bracket
+    q25, median, q75 = _interp_rows(np.broadcast_to(_QUARTILES, bracket.shape), cdf, edges, bracket).T
+    scale = np.where(q75 > q25, q75 - q25, np.nan)
+    for r in np.flatnonzero(~(q75 > q25)):  # no spread between the quartiles: the rest's std
+        scale[r] = _split_masses(hists[r], stds[r])[3]
+    zc = (edges - median[:, None]) / scale[:, None]
+    # read the current CDF at the reference's cut points and standardized edges (one array, per row)
+    lengths = np.array([len(s.cuts) for s in sides])  # type: ignore[arg-type]
+    width = int(lengths.max())
+    inside = np.arange(width) < lengths[:, None]
+    cuts = np.zeros((len(sides), width))
+    cuts[inside] = np.concatenate([s.cuts for s in sides])  # type: ignore[misc]
+    cuts = np.where(inside, cuts, cuts[:, :1])
+    x = np.concatenate([cuts, np.stack([s.zr for s in sides])], 1)  # type: ignore[arg-type]
+    with np.errstate(invalid="ignore", over="ignore"):
+        guess = _edge_table()[(median[:, None] + x * scale[:, None]).view(np.uint64) >> np.uint64(48)]
+    read = _interp_rows(x, zc, cdf, _last_at_most(x, zc, guess))
+    at_cuts = np.where(inside, read[:, :width], 1.0)
+    steps = np.diff(np.concatenate([np.zeros((len(sides), 1)), at_cuts, np.ones((len(sides), 1))], 1), axis=1)
+    shares = np.maximum(c_cont[:, None] * steps, _FLOOR)
+    shares[~(np.arange(width + 1) <= lengths[:, None])] = 1.0
     rf = np.stack([s.rf for s in sides])  # type: ignore[arg-type]
-    return shares, np.abs(rf - c_cont[:, None] * read).max(1)
+    return shares, np.abs(rf - c_cont[:, None] * read[:, width:]).max(1)
+
+
+@lru_cache(maxsize=1)
+def _edge_table() -> np.ndarray:
+    """Per value of a float64's top 16 bits (sign, exponent, 4 mantissa bits: ranges at most 6.25 % wide, the
+    edges are 10 % apart), the last shared edge at or below the range's first value: ``searchsorted(edges, v,
+    "right") - 1`` for any ``v`` in the range, give or take a step (a guess for ``_last_at_most``)."""
+    starts = (np.arange(1 << 16, dtype=np.uint64) << np.uint64(48)).view(np.float64)
+    return (np.searchsorted(edges_numpy(), starts, side="right") - 1).astype(np.int32)
+
+
+def _last_at_most(x: np.ndarray, xp: np.ndarray, guess: np.ndarray) -> np.ndarray:
+    """Per row, the last ``j`` with ``xp[r, j] <= x[r, i]`` (-1 if none; rows of ``xp`` non-decreasing).
+
+    ``guess`` is moved a step at a time until it brackets ``x`` (a good guess is off by a step or two).
+    """
+    n, length = xp.shape
+    flat, base = xp.ravel(), (np.arange(n) * length)[:, None]
+    j = np.clip(guess, -1, length - 1)
+    while True:
+        up = (j < length - 1) & (flat[base + np.minimum(j + 1, length - 1)] <= x)
+        down = (j >= 0) & (flat[base + np.maximum(j, 0)] > x)
+        if not (up.any() or down.any()):
+            return j
+        j = j + up - down
+
+
+def _interp_rows(x: np.ndarray, xp: np.ndarray, fp: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """``numpy.interp(x[r], xp[r], fp[r])`` per row, its arithmetic case by case, given its bracket ``j``.
+
+    ``fp`` is ``[rows, length]`` or one ``[length]`` row for all.
+    """
+    n, length = xp.shape
+    base = (np.arange(n) * length)[:, None]
+    lo = base + np.clip(j, 0, length - 2)
+    xs = xp.ravel()
+    x0, x1 = xs[lo], xs[lo + 1]
+    if fp.ndim == 1:
+        y0, y1, first, last = fp[lo - base], fp[lo - base + 1], fp[0], fp[-1]
+    else:
+        fs = fp.ravel()
+        y0, y1, first, last = fs[lo], fs[lo + 1], fp[:, :1], fp[:, -1:]
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        slope = (y1 - y0) / (x1 - x0)
+        out = slope * (x - x0) + y0
+        nan = np.isnan(out)
+        if nan.any():  # numpy tries the other end, then a flat segment's value
+            other = slope * (x - x1) + y1
+            out = np.where(nan, np.where(np.isnan(other) & (y0 == y1), y0, other), out)
+    out = np.where(x0 == x, y0, out)
+    out = np.where(j < 0, first, np.where(j >= length - 1, last, out))
+    return np.where(np.isnan(x), x, out)
