@@ -1,5 +1,6 @@
-"""``drift_many`` (all tensors of a logging step at once, reference side cached) gives, bit for bit, the
-figures of the plain per-tensor ``drift``, on ordinary and edge inputs; the cache follows the reference."""
+"""The drift figures' fast paths give, bit for bit, what the plain definitions give, on ordinary and edge
+inputs: ``drift_many`` (all tensors of a logging step at once, the reference side cached) against ``drift``,
+and ``feature_histogram`` (a table lookup) against ``torch.bucketize``."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 
 from lightning_normwatch.stats import drift_rows
 from lightning_normwatch.stats.drift_rows import RefSide, drift_many
+from lightning_normwatch.stats.feature_drift import FEATURE_BINS, FEATURE_EDGES, feature_histogram
 from lightning_normwatch.stats.histogram import bin_counts, bin_edges, num_bins
 from lightning_normwatch.stats.moments import Moments
 from lightning_normwatch.stats.reference import DRIFT_FIGURES, Reference, drift, shape_drift
@@ -122,3 +124,33 @@ def test_drift_many_on_random_counts(seed: int) -> None:
         ref.add(Moments(1000.0, rng.normal(), rng.uniform(0, 2000), 0.0, 0.0), cur[0])
         items.append((ref, Moments(1000.0, rng.normal(), rng.uniform(0, 2000), 0.0, 0.0), cur[1]))
     assert all(_same(a, b) for a, b in zip([drift(*i) for i in items], drift_many(items), strict=True))
+
+
+def _bucketized(sample: torch.Tensor, center: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``feature_histogram`` as it was defined, with ``torch.bucketize``."""
+    z = (sample - center.to(sample.dtype)) / scale.to(sample.dtype)
+    finite = torch.isfinite(z).to(sample.dtype)
+    edges = torch.tensor(FEATURE_EDGES, dtype=sample.dtype)
+    idx = torch.bucketize(z.nan_to_num(0.0, 0.0, 0.0), edges) + torch.arange(z.shape[1]) * FEATURE_BINS
+    return torch.zeros(z.numel() // len(z) * FEATURE_BINS, dtype=sample.dtype).index_add_(
+        0, idx.reshape(-1), finite.reshape(-1)
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_feature_histogram_equals_bucketize(dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 7, generator=g, dtype=torch.float64) * torch.tensor([1, 1e-3, 1e3, 5, 1, 1, 1.0])
+    x[:17, 4] = torch.tensor(FEATURE_EDGES, dtype=torch.float64)  # exactly on the edges (anchor 0, scale 1)
+    x[17:19, 4] = torch.tensor([math.nextafter(1.0, 2.0), math.nextafter(-1.0, 0.0)])
+    x[:5, 5] = torch.tensor([math.nan, math.inf, -math.inf, 1e30, -1e30])
+    x[:, 6] = 0.0  # constant
+    x = x.to(dtype)
+    center = torch.tensor([0.0, 0, 10, -2, 0, 0, 0])
+    scale = torch.tensor([1.0, 1e-3, 1e3, 0.5, 1, 1, 1])
+    fast = feature_histogram(x, center, scale)
+    assert torch.equal(fast, _bucketized(x, center, scale)) and fast.dtype == dtype
+    z = (x - center.to(dtype)) / scale.to(dtype)
+    assert int(fast.double().sum()) == int(torch.isfinite(z).sum()) <= 300 * 7 - 3  # NaN and infinities not counted
+    strided = x.t().contiguous().t()  # a non-contiguous sample
+    assert torch.equal(feature_histogram(strided, center, scale), fast)

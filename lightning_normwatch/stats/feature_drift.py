@@ -52,6 +52,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .histogram import _KEY_BITS, _bin_lookup
 from .moments import merge_groups
 
 __all__ = [
@@ -81,6 +82,27 @@ def _edges(device: torch.device, dtype: torch.dtype) -> Tensor:
     return torch.tensor(FEATURE_EDGES, device=device, dtype=dtype)
 
 
+_LOOKUP: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor] | None] = {}
+
+
+def _bin_index(z: Tensor, edges: Tensor) -> Tensor:
+    """``torch.bucketize(z, edges)`` for finite values (any bin for the others), by a table lookup on the top
+    bits of float32/float64 values (``histogram._bin_lookup``: 4x faster than ``bucketize`` here)."""
+    key = (z.device, z.dtype)
+    if key not in _LOOKUP:
+        _LOOKUP[key] = _bin_lookup(edges)
+    found = _LOOKUP[key]
+    if found is None or not z.is_contiguous():  # float16/bfloat16
+        return torch.bucketize(z.nan_to_num(0.0, 0.0, 0.0), edges)
+    table, upper = found
+    flat, width = z.reshape(-1), _KEY_BITS[z.dtype]
+    bits = (flat.view(torch.int32 if z.dtype == torch.float32 else torch.int64) >> (8 * z.element_size() - width)) & (
+        (1 << width) - 1
+    )
+    below = table.index_select(0, bits)
+    return (below + (upper.index_select(0, below) < flat)).view(z.shape)
+
+
 @torch.no_grad()
 def feature_histogram(sample: Tensor, center: Tensor, scale: Tensor) -> Tensor:
     """Counts of each column of ``sample`` (``[rows, C]``) on ``FEATURE_EDGES`` in anchor units.
@@ -99,7 +121,7 @@ def feature_histogram(sample: Tensor, center: Tensor, scale: Tensor) -> Tensor:
     rows, channels = sample.shape
     z = (sample - center.to(sample.dtype)) / scale.to(sample.dtype)
     finite = z.mul(0).add_(1).nan_to_num_(0.0, 0.0, 0.0)  # 1 where finite (float ops only)
-    idx = torch.bucketize(z.nan_to_num(0.0, 0.0, 0.0), _edges(sample.device, sample.dtype))
+    idx = _bin_index(z, _edges(sample.device, sample.dtype))
     idx = idx + torch.arange(channels, device=sample.device).mul_(FEATURE_BINS)
     counts = torch.zeros(channels * FEATURE_BINS, dtype=sample.dtype, device=sample.device)
     return counts.index_add_(0, idx.reshape(-1), finite.reshape(-1))
