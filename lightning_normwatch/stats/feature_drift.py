@@ -92,7 +92,7 @@ def _bin_index(z: Tensor, edges: Tensor) -> Tensor:
     if key not in _LOOKUP:
         _LOOKUP[key] = _bin_lookup(edges)
     found = _LOOKUP[key]
-    if found is None or not z.is_contiguous():  # float16/bfloat16
+    if found is None:  # float16, bfloat16
         return torch.bucketize(z.nan_to_num(0.0, 0.0, 0.0), edges)
     table, upper = found
     flat, width = z.reshape(-1), _KEY_BITS[z.dtype]
