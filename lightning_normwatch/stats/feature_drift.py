@@ -93,7 +93,7 @@ def _bin_index(z: Tensor, edges: Tensor) -> Tensor:
         _LOOKUP[key] = _bin_lookup(edges)
     found = _LOOKUP[key]
     if found is None:  # float16, bfloat16
-        return torch.bucketize(z.nan_to_num(0.0, 0.0, 0.0), edges)
+        return torch.bucketize(z.nan_to_num(0.0, 0.0, 0.0).contiguous(), edges)
     table, upper = found
     flat, width = z.reshape(-1), _KEY_BITS[z.dtype]
     bits = (flat.view(torch.int32 if z.dtype == torch.float32 else torch.int64) >> (8 * z.element_size() - width)) & (
