@@ -270,8 +270,8 @@ def _continuous_rows(
     cuts = np.where(inside, cuts, cuts[:, :1])
     x = np.concatenate([cuts, np.stack([s.zr for s in sides])], 1)  # type: ignore[arg-type]
     with np.errstate(invalid="ignore", over="ignore"):
-        guess = _edge_table()[(median[:, None] + x * scale[:, None]).view(np.uint64) >> np.uint64(48)]
-    read = _interp_rows(x, zc, cdf, _last_at_most(x, zc, guess))
+        guess = np.take(_edge_table(), (median[:, None] + x * scale[:, None]).view(np.int64) >> 48 & 0xFFFF)
+    read = _interp_rows(x, zc, cdf, guess)
     at_cuts = np.where(inside, read[:, :width], 1.0)
     steps = np.diff(np.concatenate([np.zeros((len(sides), 1)), at_cuts, np.ones((len(sides), 1))], 1), axis=1)
     shares = np.maximum(c_cont[:, None] * steps, _FLOOR)
@@ -284,49 +284,42 @@ def _continuous_rows(
 def _edge_table() -> np.ndarray:
     """Per value of a float64's top 16 bits (sign, exponent, 4 mantissa bits: ranges at most 6.25 % wide, the
     edges are 10 % apart), the last shared edge at or below the range's first value: ``searchsorted(edges, v,
-    "right") - 1`` for any ``v`` in the range, give or take a step (a guess for ``_last_at_most``)."""
+    "right") - 1`` for any ``v`` in the range, give or take a step (a guess for ``_interp_rows``)."""
     starts = (np.arange(1 << 16, dtype=np.uint64) << np.uint64(48)).view(np.float64)
     return (np.searchsorted(edges_numpy(), starts, side="right") - 1).astype(np.int32)
 
 
-def _last_at_most(x: np.ndarray, xp: np.ndarray, guess: np.ndarray) -> np.ndarray:
-    """Per row, the last ``j`` with ``xp[r, j] <= x[r, i]`` (-1 if none; rows of ``xp`` non-decreasing).
+def _interp_rows(x: np.ndarray, xp: np.ndarray, fp: np.ndarray, guess: np.ndarray) -> np.ndarray:
+    """``numpy.interp(x[r], xp[r], fp[r])`` per row for finite ``x``, numpy's arithmetic case by case.
 
-    ``guess`` is moved a step at a time until it brackets ``x`` (a good guess is off by a step or two).
+    ``xp`` rows are non-decreasing; ``fp`` is ``[rows, length]`` or one ``[length]`` row for all. ``guess`` is
+    near numpy's bracket (the last ``j`` with ``xp[r, j] <= x``, -1 if none) and is moved a step at a time
+    until it is that bracket (a good guess is off by a step or two).
     """
     n, length = xp.shape
-    flat, base = xp.ravel(), (np.arange(n) * length)[:, None]
-    j = np.clip(guess, -1, length - 1)
+    padded = np.empty((n, length + 2))  # -inf and +inf around each row: every bracket has two ends
+    padded[:, 0], padded[:, 1:-1], padded[:, -1] = -np.inf, xp, np.inf
+    base = (np.arange(n) * (length + 2))[:, None]
+    at = base + np.clip(guess + 1, 0, length)  # xp[j] is padded[j + 1]
+    flat = padded.ravel()
     while True:
-        up = (j < length - 1) & (flat[base + np.minimum(j + 1, length - 1)] <= x)
-        down = (j >= 0) & (flat[base + np.maximum(j, 0)] > x)
+        x0, x1 = np.take(flat, at), np.take(flat, at + 1)
+        up, down = x1 <= x, x0 > x
         if not (up.any() or down.any()):
-            return j
-        j = j + up - down
-
-
-def _interp_rows(x: np.ndarray, xp: np.ndarray, fp: np.ndarray, j: np.ndarray) -> np.ndarray:
-    """``numpy.interp(x[r], xp[r], fp[r])`` per row, its arithmetic case by case, given its bracket ``j``.
-
-    ``fp`` is ``[rows, length]`` or one ``[length]`` row for all.
-    """
-    n, length = xp.shape
-    base = (np.arange(n) * length)[:, None]
-    lo = base + np.clip(j, 0, length - 2)
-    xs = xp.ravel()
-    x0, x1 = xs[lo], xs[lo + 1]
-    if fp.ndim == 1:
-        y0, y1, first, last = fp[lo - base], fp[lo - base + 1], fp[0], fp[-1]
-    else:
-        fs = fp.ravel()
-        y0, y1, first, last = fs[lo], fs[lo + 1], fp[:, :1], fp[:, -1:]
+            break
+        at += up
+        at -= down
+    rows = np.broadcast_to(fp, (n, length))
+    values = np.concatenate([rows[:, :1], rows, rows[:, -1:]], 1).ravel()
+    y0, y1 = np.take(values, at), np.take(values, at + 1)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         slope = (y1 - y0) / (x1 - x0)
         out = slope * (x - x0) + y0
+        j = at - base - 1
+        # below the first / at or above the last point: fp's end values; on a point: its value
+        out = np.where((j < 0) | (j >= length - 1) | (x0 == x), y0, out)
         nan = np.isnan(out)
         if nan.any():  # numpy tries the other end, then a flat segment's value
             other = slope * (x - x1) + y1
             out = np.where(nan, np.where(np.isnan(other) & (y0 == y1), y0, other), out)
-    out = np.where(x0 == x, y0, out)
-    out = np.where(j < 0, first, np.where(j >= length - 1, last, out))
-    return np.where(np.isnan(x), x, out)
+    return out
