@@ -28,9 +28,10 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -39,6 +40,8 @@ from .moments import Moments
 from .reference import POINT_MASS, Reference, _split_masses, _standardized_cdf, drift, moment_drift, shape_drift
 
 __all__ = ["drift_many", "RefSide"]
+
+T = TypeVar("T")
 
 #: PSI's groups and floor (``histogram.psi``, ``reference.shape_drift`` defaults)
 _GROUPS, _FLOOR = 20, 1e-4
@@ -128,7 +131,8 @@ def drift_many(items: Sequence[tuple[Reference, Moments, np.ndarray]]) -> list[d
     if not len(ok):
         return outs
     h, tot, ok_sides = hists[ok], total[ok], [sides[j] for j in ok]
-    ks = np.abs(np.stack([s.cdf for s in ok_sides]) - np.cumsum(h, 1) / tot[:, None]).max(1)
+    cdf = _stacked("cdf", ok_sides, lambda sides: np.stack([s.cdf for s in sides]))
+    ks = np.abs(cdf - np.cumsum(h, 1) / tot[:, None]).max(1)
     psis = _psi_rows(h, ok_sides)
     shaped = []
     for r, j in enumerate(ok):
@@ -158,6 +162,22 @@ def drift_many(items: Sequence[tuple[Reference, Moments, np.ndarray]]) -> list[d
     return outs
 
 
+#: per use, the arrays last stacked from reference sides: (their ids, the sides (kept alive), the arrays)
+_STACKED: dict[str, tuple[tuple[int, ...], tuple[RefSide, ...], Any]] = {}
+
+
+def _stacked(name: str, sides: list[RefSide], build: Callable[[list[RefSide]], T]) -> T:
+    """``build(sides)``, kept while the same sides come back: references are frozen after their window, so a
+    logging step stacks the same references as the one before. The arrays are shared: never written to."""
+    key = tuple(map(id, sides))
+    found = _STACKED.get(name)
+    if found is not None and found[0] == key:
+        return found[2]
+    value = build(sides)
+    _STACKED[name] = (key, tuple(sides), value)
+    return value
+
+
 def _float64_vector(a: np.ndarray | None) -> bool:
     return a is not None and a.dtype == np.float64 and a.ndim == 1
 
@@ -178,15 +198,21 @@ def _sums_by_length(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
 def _psi_rows(hists: np.ndarray, sides: list[RefSide]) -> np.ndarray:
     """``psi(reference, row)`` per row against its reference side (both non-empty)."""
     bins = hists.shape[1]
+    starts, valid, p = _stacked(f"psi {bins}", sides, lambda sides: _psi_side(sides, bins))
+    q = np.ones(valid.shape)
+    q[valid] = np.add.reduceat(hists.ravel(), starts)  # psi's reduceat, segment by segment
+    q[valid] = np.maximum((q / _sums_by_length(q, valid)[:, None])[valid], _FLOOR)
+    return _sums_by_length((q - p) * np.log(q / p), valid)
+
+
+def _psi_side(sides: list[RefSide], bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The reference's part of ``_psi_rows``: group starts in the flattened rows, valid groups, probabilities."""
     lengths = np.array([len(s.starts) for s in sides])
     starts = np.concatenate([r * bins + s.starts for r, s in enumerate(sides)])
     valid = np.arange(int(lengths.max())) < lengths[:, None]
-    q = np.ones(valid.shape)
-    q[valid] = np.add.reduceat(hists.ravel(), starts)  # psi's reduceat, segment by segment
     p = np.ones(valid.shape)
     p[valid] = np.concatenate([s.p for s in sides])
-    q[valid] = np.maximum((q / _sums_by_length(q, valid)[:, None])[valid], _FLOOR)
-    return _sums_by_length((q - p) * np.log(q / p), valid)
+    return starts, valid, p
 
 
 def _shape_rows(
@@ -209,7 +235,7 @@ def _shape_rows(
     order = np.lexsort((-share[row, col], row))
     row, col = row[order], col[order]
     k_cur = np.bincount(row, minlength=n)
-    k_ref = np.array([len(s.masses) for s in sides])  # type: ignore[arg-type]
+    r0, r_cont, k_ref, ref_cont, ref_groups = _stacked("shape", sides, _shape_side)
     k = np.maximum(k_cur, k_ref)
     plain = k >= _MAX_MASSES
     width = int(k[~plain].max(initial=0))
@@ -219,11 +245,10 @@ def _shape_rows(
     c_masses[row[keep], rank[keep]] = share[row[keep], col[keep]]
     for r in np.flatnonzero(~plain):
         r_masses[r, : k_ref[r]] = sides[r].masses  # type: ignore[index]
-    r0, r_cont = np.array([s.p0 for s in sides]), np.array([s.r_cont for s in sides])
     c_cont = 1 - c0 - c_masses.sum(1)  # zeros after fewer than 8 values leave numpy's sum as it was
     shape_ks = np.maximum(np.abs(r0 - c0), np.abs(r_masses - c_masses).max(1, initial=0.0))
-    cont = np.array([s.cont for s in sides]) & (rest.sum(1) > 0) & ~plain
-    groups = np.where(cont, [len(s.pr_cont) if s.cont else 1 for s in sides], 1)  # type: ignore[arg-type]
+    cont = ref_cont & (rest.sum(1) > 0) & ~plain
+    groups = np.where(cont, ref_groups, 1)
     # PSI's vector per row: [zero share, point masses (k), continuous groups], floored, left-aligned
     valid = np.concatenate(
         [np.ones((n, 1), bool), np.arange(width) < k[:, None], np.arange(groups.max()) < groups[:, None]], 1
@@ -235,14 +260,33 @@ def _shape_rows(
     if cont.any():
         idx = np.flatnonzero(cont)
         cont_sides = [sides[r] for r in idx]
-        shares, ks_cont = _continuous_rows(rest[idx], hists[idx], stds[idx], cont_sides, c_cont[idx])
-        inside = np.arange(shares.shape[1]) < groups[idx, None]
-        p_cont = np.ones(shares.shape)
-        p_cont[inside] = np.concatenate([s.pr_cont for s in cont_sides])  # type: ignore[misc]
+        shares, ks_cont, p_cont = _continuous_rows(rest[idx], hists[idx], stds[idx], cont_sides, c_cont[idx])
         p[idx, 1 + width :], q[idx, 1 + width :] = p_cont, shares
         shape_ks[idx] = np.where(ks_cont > shape_ks[idx], ks_cont, shape_ks[idx])  # max(shape_ks, ks_cont)
     p[~valid], q[~valid] = 1.0, 1.0
     return _sums_by_length((q - p) * np.log(q / p), valid), shape_ks, plain
+
+
+def _shape_side(sides: list[RefSide]) -> tuple[np.ndarray, ...]:
+    """The references' part of ``_shape_rows``: zero shares, continuous shares, point masses, continuous groups."""
+    cont = np.array([s.cont for s in sides])
+    groups = np.array([len(s.pr_cont) if s.cont else 1 for s in sides])  # type: ignore[arg-type]
+    masses = np.array([len(s.masses) for s in sides])  # type: ignore[arg-type]
+    return np.array([s.p0 for s in sides]), np.array([s.r_cont for s in sides]), masses, cont, groups
+
+
+def _continuous_side(sides: list[RefSide]) -> tuple[np.ndarray, ...]:
+    """The references' part of ``_continuous_rows``: cut points (rows padded with their first), which are
+    real, the floored group shares (padded with ones) and ``r_cont * fr``."""
+    lengths = np.array([len(s.cuts) for s in sides])  # type: ignore[arg-type]
+    inside = np.arange(int(lengths.max())) < lengths[:, None]
+    cuts = np.zeros(inside.shape)
+    cuts[inside] = np.concatenate([s.cuts for s in sides])  # type: ignore[misc]
+    groups = np.arange(inside.shape[1] + 1) <= lengths[:, None]
+    p_cont = np.ones(groups.shape)
+    p_cont[groups] = np.concatenate([s.pr_cont for s in sides])  # type: ignore[misc]
+    rf = np.stack([s.rf for s in sides])  # type: ignore[arg-type]
+    return np.where(inside, cuts, cuts[:, :1]), inside, groups, p_cont, rf
 
 
 _QUARTILES = np.array([0.25, 0.5, 0.75])
@@ -250,9 +294,9 @@ _QUARTILES = np.array([0.25, 0.5, 0.75])
 
 def _continuous_rows(
     rest: np.ndarray, hists: np.ndarray, stds: np.ndarray, sides: list[RefSide], c_cont: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """The continuous part of ``shape_drift`` per row: its floored group shares (left-aligned, padded with
-    ones) and its KS, as ``_standardized_cdf`` and ``numpy.interp`` compute them."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The continuous part of ``shape_drift`` per row, as ``_standardized_cdf`` and ``numpy.interp`` compute it:
+    the current's floored group shares, the KS, the reference's group shares (left-aligned, padded with ones)."""
     edges = edges_numpy()
     cdf = np.cumsum(rest, 1)[:, :-1] / rest.sum(1)[:, None]
     bracket = np.stack([(cdf <= q).sum(1) - 1 for q in _QUARTILES], 1)  # cdf is non-decreasing: interp's bracket
@@ -262,12 +306,7 @@ def _continuous_rows(
         scale[r] = _split_masses(hists[r], stds[r])[3]
     zc = (edges - median[:, None]) / scale[:, None]
     # the current CDF at the reference's cut points: few points per row, all rows at once
-    lengths = np.array([len(s.cuts) for s in sides])  # type: ignore[arg-type]
-    width = int(lengths.max())
-    inside = np.arange(width) < lengths[:, None]
-    cuts = np.zeros((len(sides), width))
-    cuts[inside] = np.concatenate([s.cuts for s in sides])  # type: ignore[misc]
-    cuts = np.where(inside, cuts, cuts[:, :1])
+    cuts, inside, groups, p_cont, rf = _stacked("continuous", sides, _continuous_side)
     with np.errstate(invalid="ignore", over="ignore"):
         guess = np.take(_edge_table(), (median[:, None] + cuts * scale[:, None]).view(np.int64) >> 48 & 0xFFFF)
     at_cuts = np.where(inside, _interp_rows(cuts, zc, cdf, guess), 1.0)
@@ -277,9 +316,8 @@ def _continuous_rows(
         read[r] = np.interp(side.zr, zc[r], cdf[r])  # type: ignore[arg-type]
     steps = np.diff(np.concatenate([np.zeros((len(sides), 1)), at_cuts, np.ones((len(sides), 1))], 1), axis=1)
     shares = np.maximum(c_cont[:, None] * steps, _FLOOR)
-    shares[~(np.arange(width + 1) <= lengths[:, None])] = 1.0
-    rf = np.stack([s.rf for s in sides])  # type: ignore[arg-type]
-    return shares, np.abs(rf - c_cont[:, None] * read).max(1)
+    shares[~groups] = 1.0
+    return shares, np.abs(rf - c_cont[:, None] * read).max(1), p_cont
 
 
 @lru_cache(maxsize=1)
