@@ -12,7 +12,7 @@ import torch
 
 from lightning_normwatch.stats import drift_rows
 from lightning_normwatch.stats.drift_rows import RefSide, drift_many
-from lightning_normwatch.stats.feature_drift import FEATURE_BINS, FEATURE_EDGES, feature_histogram
+from lightning_normwatch.stats.feature_drift import FEATURE_BINS, FEATURE_EDGES, feature_histogram, homogeneity_pvalue
 from lightning_normwatch.stats.histogram import bin_counts, bin_edges, num_bins
 from lightning_normwatch.stats.moments import Moments
 from lightning_normwatch.stats.reference import DRIFT_FIGURES, Reference, drift, shape_drift
@@ -154,3 +154,29 @@ def test_feature_histogram_equals_bucketize(dtype: torch.dtype) -> None:
     assert int(fast.double().sum()) == int(torch.isfinite(z).sum()) <= 300 * 7 - 3  # NaN and infinities not counted
     strided = x.t().contiguous().t()  # a non-contiguous sample
     assert torch.equal(feature_histogram(strided, center, scale), fast)
+
+
+def test_stacked_reference_arrays_follow_the_references() -> None:
+    """The arrays stacked from the references are reused only while the very same references come back."""
+    rng = np.random.default_rng(5)
+    refs = [_reference(rng.normal(size=500) * s) for s in (1.0, 2.0, 0.5)]
+    items = [(ref, *_item(rng.normal(size=500))) for ref in refs]
+    other = [(_reference(rng.exponential(size=500)), *_item(rng.normal(size=500))) for _ in range(3)]
+    for batch in (items, other, items, items[::-1], items[:2], other):  # alternating evaluators, subsets, order
+        assert all(_same(a, b) for a, b in zip([drift(*i) for i in batch], drift_many(batch), strict=True))
+    refs[0].add(*_item(rng.normal(size=500) + 3))  # one reference changes: its side and the stacks follow
+    assert all(_same(a, b) for a, b in zip([drift(*i) for i in items], drift_many(items), strict=True))
+
+
+def test_homogeneity_pvalue_is_pearsons_test_where_no_bins_are_grouped() -> None:
+    from scipy import stats
+
+    rng = np.random.default_rng(2)
+    ref = rng.integers(20, 200, size=(30, 6)).astype(float)
+    cur = rng.integers(20, 200, size=(30, 6)).astype(float)
+    cur[:5, 0] *= 3  # some rows differ
+    expected = [
+        stats.chi2_contingency(np.stack([r, c]), correction=False).pvalue for r, c in zip(ref, cur, strict=True)
+    ]
+    np.testing.assert_allclose(homogeneity_pvalue(ref, cur), expected, rtol=1e-9)
+    assert math.isnan(homogeneity_pvalue(np.zeros((1, 6)), cur[:1])[0])
