@@ -3,13 +3,16 @@
 A logging step judges every watched tensor against its reference. ``drift_many`` stacks the step's
 histograms into one ``[tensors, bins]`` array and computes PSI, KS and the shape figures row-wise;
 what depends on a reference alone (its PSI groups, CDF, point masses, standardized CDF and quantile
-cut points: ``RefSide``) is computed once and kept in ``Reference.cache`` until the reference changes.
+cut points: ``RefSide``) is computed once and kept in ``Reference.cache`` until the reference changes,
+and the arrays stacked from those sides are kept while the same references come back (``_stacked``).
 
 The numbers are those of the plain per-tensor functions because the arithmetic is the same, in the
 same order: numpy sums a row of a 2-D array exactly as it sums the row alone, so sums over vectors
-whose length differs from tensor to tensor (PSI groups, point masses) are taken per length, and the
-interpolations are numpy's own, row by row. Rows the fast path does not cover (eight or more point
-masses, histograms that are not float64) go through the plain ``shape_drift``/``drift``.
+whose length differs from tensor to tensor (PSI groups, point masses) are taken per length; the
+interpolations at a few points per row (quartiles, cut points) follow ``numpy.interp``'s arithmetic
+case by case (``_interp_rows``), the one at every edge is ``numpy.interp`` itself, row by row. Rows
+the fast path does not cover (eight or more point masses, histograms that are not float64 vectors)
+go through the plain ``shape_drift``/``drift``. ``tests/test_drift_rows.py`` checks the identity.
 
 Example:
     >>> import torch
