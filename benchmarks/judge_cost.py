@@ -118,35 +118,39 @@ def _stats(pkg: dict[str, Any], fields: dict[str, dict[str, Any]]) -> dict[str, 
     return out
 
 
-def replay(pkg: dict[str, Any], records: list[dict[str, Any]]) -> tuple[list[float], list[float], list[Any]]:
-    """Per step: evaluate time, time in drift/input methods, and (figures, alerts) for the comparison."""
-    ev_cls = pkg["Evaluator"]
-    inputs = [(r["step"], _stats(pkg, r["stats"]), _View(r["view"], pkg["Collector"])) for r in records]
-    evaluator = ev_cls(records[0]["config"], inputs[0][2])
-    inner = [0.0]
+class Replay:
+    """One package's ``Evaluator`` stepping through the captured logging steps, timing each ``evaluate`` and the
+    drift and input-feature work inside it."""
 
-    def timed(method):  # noqa: ANN001, ANN202
-        def wrapper(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    def __init__(self, pkg: dict[str, Any], records: list[dict[str, Any]]) -> None:
+        self.inputs = [(r["step"], _stats(pkg, r["stats"]), _View(r["view"], pkg["Collector"])) for r in records]
+        self.evaluator = pkg["Evaluator"](records[0]["config"], self.inputs[0][2])
+        self.inner = 0.0
+        for name in ("_reference_and_drift", "_input_figures"):
+            setattr(self.evaluator, name, self._timed(getattr(self.evaluator, name)))
+        self.total: list[float] = []
+        self.drift: list[float] = []
+        self.results: list[Any] = []
+
+    def _timed(self, method: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
             t = time.perf_counter()
             try:
                 return method(*args, **kwargs)
             finally:
-                inner[0] += time.perf_counter() - t
+                self.inner += time.perf_counter() - t
 
         return wrapper
 
-    evaluator._reference_and_drift = timed(evaluator._reference_and_drift)
-    evaluator._input_figures = timed(evaluator._input_figures)
-    total, drift, results = [], [], []
-    for step, stats, view in inputs:
-        evaluator.collector = view
-        inner[0] = 0.0
+    def step(self, i: int) -> None:
+        step, stats, view = self.inputs[i]
+        self.evaluator.collector = view
+        self.inner = 0.0
         t = time.perf_counter()
-        result = evaluator.evaluate(step, stats)
-        total.append(time.perf_counter() - t)
-        drift.append(inner[0])
-        results.append((result.figures, [repr(a) for a in result.alerts], result.active))
-    return total, drift, results
+        result = self.evaluator.evaluate(step, stats)
+        self.total.append(time.perf_counter() - t)
+        self.drift.append(self.inner)
+        self.results.append((result.figures, [repr(a) for a in result.alerts], result.active))
 
 
 def time_blocks(pkg: dict[str, Any], blocks: list[tuple[np.ndarray, int, int]]) -> float:
@@ -181,24 +185,30 @@ def compare(path: str, baseline: str, rounds: int) -> int:
     sys.path.insert(0, baseline)
     packages = {"old": _package("lightning_normwatch_old"), "new": _package("lightning_normwatch")}
     records, steps = data["records"], len(data["records"])
-    times: dict[str, dict[str, list[float]]] = {k: {"blocks": [], "evaluate": [], "judge": []} for k in packages}
+    # per package and measure: [round][step] seconds; old and new alternate at every logging step
+    times: dict[str, dict[str, list[list[float]]]] = {k: {"blocks": [], "evaluate": [], "judge": []} for k in packages}
     outputs = {}
     for r in range(rounds):
-        for name in packages if r % 2 == 0 else reversed(list(packages)):
-            pkg = packages[name]
-            times[name]["blocks"].append(time_blocks(pkg, data["blocks"]) / steps)
-            total, drift, outputs[name] = replay(pkg, records)
-            skip = 1  # the first step builds caches (edges, finfo ...) in both
-            times[name]["evaluate"].append(statistics.median(total[skip:]))
-            times[name]["judge"].append(
-                statistics.median(t - d for t, d in zip(total[skip:], drift[skip:], strict=True))
-            )
+        replays = {name: Replay(pkg, records) for name, pkg in packages.items()}
+        for i in range(steps):
+            for name in packages if (r + i) % 2 == 0 else reversed(list(packages)):
+                replays[name].step(i)
+        for name, rep in replays.items():
+            times[name]["blocks"].append([time_blocks(packages[name], data["blocks"]) / steps])
+            times[name]["evaluate"].append(rep.total[1:])  # the first step builds caches (edges, finfo ...)
+            times[name]["judge"].append([t - d for t, d in zip(rep.total[1:], rep.drift[1:], strict=True)])
+            outputs[name] = rep.results
     diffs = differences(outputs["old"], outputs["new"])
-    print(f"{data['model']}: {steps} logging steps, {len(records[0]['stats'])} tensors, {rounds} rounds (medians, ms)")
+    print(f"{data['model']}: {steps} logging steps, {len(records[0]['stats'])} tensors, {rounds} rounds")
+    print("  ms per logging step (mean over steps of the median or the min over rounds)")
+    print(f"  {'':34s} {'old':>8s} {'new':>8s} {'ratio':>6s}")
     for what in ("blocks", "evaluate", "judge"):
-        old, new = (statistics.median(times[k][what]) * 1e3 for k in ("old", "new"))
-        label = {"blocks": "from_blocks/step", "evaluate": "evaluate", "judge": "evaluate - drift - input"}[what]
-        print(f"  {label:26s} old {old:7.3f}  new {new:7.3f}  x{old / new:5.2f}")
+        label = {"blocks": "from_blocks", "evaluate": "evaluate", "judge": "evaluate - drift - input"}[what]
+        for how, fn in (("median", statistics.median), ("min", min)):
+            old, new = (
+                1e3 * statistics.mean(fn(col) for col in zip(*times[k][what], strict=True)) for k in ("old", "new")
+            )
+            print(f"  {label + ' (' + how + ')':34s} {old:8.3f} {new:8.3f} {old / new:6.2f}")
     print("figures and alerts identical" if not diffs else "DIFFERENCES:\n  " + "\n  ".join(diffs[:30]))
     return 1 if diffs else 0
 

@@ -288,21 +288,23 @@ def _figures_many(stats: list[TensorStats]) -> list[dict[str, float]]:
     lo, hi = [st.smin for st in stats], [st.smax for st in stats]
     percentiles = hist_percentiles_many(hist, PERCENTILES, lo, hi, cum)
     names = ("n", "grand", "m2", "m3", "m4", "nonzero", "channel_rows")
-    columns = [arrays[k].tolist() for k in names]
-    channel = [arrays[k].tolist() for k in _CHANNEL]
-    ks, abs_median, percentiles = ks.tolist(), abs_median.tolist(), percentiles.tolist()
+    # per tensor: its values as Python floats (one ``tolist`` per figure, rows by ``zip``)
+    moments = zip(*(arrays[k].tolist() for k in names), strict=True)
+    channel = zip(*(arrays[k].tolist() for k in _CHANNEL), strict=True)
+    hists = zip(ks.tolist(), abs_median.tolist(), percentiles.tolist(), strict=True)
     out = []
-    for i, st in enumerate(stats):
-        n, grand, m2, m3, m4, nonzero, rows = (c[i] for c in columns)
+    for st, (n, grand, m2, m3, m4, nonzero, rows), ch, (ks_i, abs_median_i, p) in zip(
+        stats, moments, channel, hists, strict=True
+    ):
         if "nonfinite" not in st.__dict__:  # its cached property: n is the sum of the (integer) counts cn
             st.__dict__["nonfinite"] = (st.sampled - n) / st.sampled if st.sampled > 0 else math.nan
-        skew, kurtosis, std_min, std_max, scale_ratio, mean_absmax, spread, dead = (c[i] for c in channel)
+        skew, kurtosis, std_min, std_max, scale_ratio, mean_absmax, spread, dead = ch
         m = st.__dict__["overall"] = Moments(n, grand, m2, m3, m4)  # the cached property, for drift and the panels
         finite_min = st.vmin if math.isfinite(st.vmin) else (st.smin if math.isfinite(st.smin) else math.nan)
         finite_max = st.vmax if math.isfinite(st.vmax) else (st.smax if math.isfinite(st.smax) else math.nan)
         normaltest_p, jarque_bera_p = normality_p(st.pvalue)
         sampled = st.sampled
-        p15, p50, p85 = percentiles[i]  # PERCENTILES
+        p15, p50, p85 = p  # PERCENTILES
         out.append(
             {
                 "mean": grand if n else math.nan,
@@ -323,10 +325,10 @@ def _figures_many(stats: list[TensorStats]) -> list[dict[str, float]]:
                 "batch_spread": spread,
                 "dead": dead,
                 "saturated": st.saturated / sampled if sampled > 0 else math.nan,
-                "normal_ks": ks[i] if n else math.nan,
+                "normal_ks": ks_i if n else math.nan,
                 "normaltest_p": normaltest_p,
                 "jarque_bera_p": jarque_bera_p,
-                "abs_median": abs_median[i],
+                "abs_median": abs_median_i,
                 "channel_rows": rows,
                 "numel": st.numel,
                 "sampled": sampled,
