@@ -32,15 +32,17 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+import numpy as np
 
 from ..collect.info import TensorInfo
 from ..config import Thresholds
 from ..judge.alerts import Alert
 from ..judge.evaluator import StepResult
 from ..stats.figures import TensorStats
-from ..stats.histogram import tensorboard_buckets
+from ..stats.histogram import tensorboard_buckets_many
 from . import checksum
 from .custom_scalars import group_of, layout_for
 from .loggers import write_summary
@@ -51,31 +53,42 @@ from .tags import ALERT_TAG, FIGURE_TAG, WATCHED_TAG
 __all__ = ["Panels"]
 
 
-def _histogram_value(
-    tag: str, hist: Any, lo: float, hi: float, total: float, squares: float, meta: Any = None, num: float | None = None
-) -> Any:
-    """A histogram ``Summary.Value`` from counts on the shared bins (None when empty or not finite).
+def _histogram_values(rows: Sequence[tuple[str, Any, float, float, float, float, Any, float | None]]) -> list[Any]:
+    """Histogram ``Summary.Value``s from ``(tag, counts on the shared bins, min, max, sum, sum of squares,
+    metadata or None, num or None)`` rows, leaving out those empty or with a bound not finite.
 
-    The same fields as ``SummaryWriter.add_histogram_raw`` writes; ``num`` defaults to the counts' sum.
+    The same fields as ``SummaryWriter.add_histogram_raw`` writes; ``num`` defaults to the counts' sum. The
+    buckets of all rows come from one ``tensorboard_buckets_many`` call per counts dtype (the values as
+    ``tensorboard_buckets`` of each row gives them).
     """
-    from tensorboard.compat.proto.summary_pb2 import HistogramProto, Summary
+    from tensorboard.compat.proto.summary_pb2 import Summary
 
-    limits, counts = tensorboard_buckets(hist, lo, hi)
-    if not counts or not (math.isfinite(lo) and math.isfinite(hi)):
-        return None
-    histo = HistogramProto(
-        min=float(lo),
-        max=float(hi),
-        num=float(sum(counts) if num is None else num),
-        sum=float(total),
-        sum_squares=float(squares),
-        bucket_limit=limits,
-        bucket=counts,
-    )
-    value = Summary.Value(tag=tag, histo=histo)
-    if meta is not None:
-        value.metadata.CopyFrom(meta)
-    return value
+    shown = [r for r in rows if math.isfinite(r[2]) and math.isfinite(r[3])]
+    buckets: dict[int, tuple[list[float], list[float]]] = {}
+    for dtype in {np.asarray(r[1]).dtype for r in shown}:  # one batch per dtype: each row's own arithmetic
+        index = [i for i, r in enumerate(shown) if np.asarray(r[1]).dtype == dtype]
+        counts = np.stack([np.asarray(shown[i][1]) for i in index])
+        bounds = np.array([[shown[i][2], shown[i][3]] for i in index], dtype=float).reshape(-1, 2)
+        buckets.update(zip(index, tensorboard_buckets_many(counts, bounds[:, 0], bounds[:, 1]), strict=True))
+    values = []
+    for i, (tag, _, lo, hi, total, squares, meta, num) in enumerate(shown):
+        limits, counts = buckets[i]
+        if not counts:
+            continue
+        histo = {
+            "min": float(lo),
+            "max": float(hi),
+            "num": float(sum(counts) if num is None else num),
+            "sum": float(total),
+            "sum_squares": float(squares),
+            "bucket_limit": limits,
+            "bucket": counts,
+        }
+        value = Summary.Value(tag=tag, histo=histo)
+        if meta is not None:
+            value.metadata.CopyFrom(meta)
+        values.append(value)
+    return values
 
 
 #: at most this many rows (tensor or pre/post pair) per figure; bigger groups get several figures
@@ -147,7 +160,7 @@ class Panels:
                 self._kinds[key] = (info.type_name, info.role) if info is not None else ("?", "other")
         from tensorboard.compat.proto.summary_pb2 import Summary
 
-        histograms = [v for v in (self._histogram(key, st) for key, st in stats.items()) if v is not None]
+        histograms = self._histograms(stats)
         if histograms:  # one event for all: TensorBoard reads each value as its tag's histogram at this step
             write_summary(self.writer, Summary(value=histograms), step)
         new = [k for k in stats if k not in self._layout_keys]
@@ -189,29 +202,33 @@ class Panels:
         from ``(counts on the shared bins, min, max, n, sum, sum of squares)`` binned on the device; one event."""
         from tensorboard.compat.proto.summary_pb2 import Summary
 
-        values = [
-            _histogram_value(f"normwatch/params/{o}/{which}", c, float(lo), float(hi), float(t), float(s), num=int(n))
-            for o, kinds in histograms.items()
-            for which, (c, lo, hi, n, t, s) in kinds.items()
-        ]
-        values = [v for v in values if v is not None]
+        values = _histogram_values(
+            [
+                (f"normwatch/params/{o}/{which}", c, float(lo), float(hi), float(t), float(s), None, int(n))
+                for o, kinds in histograms.items()
+                for which, (c, lo, hi, n, t, s) in kinds.items()
+            ]
+        )
         if values:
             write_summary(self.writer, Summary(value=values), step)
 
-    def _histogram(self, key: str, st: TensorStats) -> Any:
-        """The ``Summary.Value`` of one tensor's histogram (None: nothing to show); the first of a tag carries
-        its description (the layer type). ``add_histogram_raw`` would write one event per tensor."""
+    def _histograms(self, stats: Mapping[str, TensorStats]) -> list[Any]:
+        """The ``Summary.Value`` of each tensor's histogram (none for an empty or unbounded one); the first of a
+        tag carries its description (the layer type). ``add_histogram_raw`` would write one event per tensor."""
         from tensorboard.plugins.histogram.metadata import create_summary_metadata
 
-        m = st.overall
-        tag, meta = f"normwatch/{key}", None
-        if key not in self._described:
-            type_name, role = self._kinds.get(key, ("?", "other"))
-            meta = create_summary_metadata(display_name=tag, description=f"{row_label(key, type_name)}, {role}")
-        value = _histogram_value(tag, st.hist, st.smin, st.smax, m.n * m.mean, m.m2 + m.n * m.mean * m.mean, meta)
-        if value is not None:
-            self._described.add(key)
-        return value
+        rows = []
+        for key, st in stats.items():
+            m = st.overall
+            tag, meta = f"normwatch/{key}", None
+            if key not in self._described:
+                type_name, role = self._kinds.get(key, ("?", "other"))
+                meta = create_summary_metadata(display_name=tag, description=f"{row_label(key, type_name)}, {role}")
+            total, squares = m.n * m.mean, m.m2 + m.n * m.mean * m.mean
+            rows.append((tag, st.hist, st.smin, st.smax, total, squares, meta, None))
+        values = _histogram_values(rows)
+        self._described.update(v.tag[len("normwatch/") :] for v in values)
+        return values
 
     def _figures(self, result: StepResult, stats: dict[str, TensorStats]) -> None:
         from .plots import PlotData, group_figure, load_matplotlib, pair_rows

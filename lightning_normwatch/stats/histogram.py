@@ -32,6 +32,7 @@ __all__ = [
     "ks_distance",
     "normal_ks",
     "tensorboard_buckets",
+    "tensorboard_buckets_many",
     "quantile_groups",
 ]
 
@@ -247,6 +248,76 @@ def tensorboard_buckets(
     keep[:-1] |= grouped[1:] != 0  # an empty bucket stays only as the last of its run
     keep[-1] = True
     return [limits[i] for i in np.flatnonzero(keep)], [float(c) for c in grouped[keep]]
+
+
+def tensorboard_buckets_many(
+    counts: np.ndarray,
+    vmin: np.ndarray,
+    vmax: np.ndarray,
+    group: int = 3,
+    merge_below: float = 0.01,
+    merge_empty: bool = True,
+) -> list[tuple[list[float], list[float]]]:
+    """``tensorboard_buckets`` of every row of ``counts`` ``[tensors, bins]``, in a few numpy passes over all rows.
+
+    The same limits and counts, bit for bit, as ``tensorboard_buckets(counts[i], vmin[i], vmax[i])``: a
+    bucket's count is the difference of two running sums along its row, as there (the zero bins before a
+    row's first non-empty bin add nothing to a running sum), and a row's bucket ends are the bins where a
+    group of ``group`` ends, counted from the first non-empty bin on the negative side and from the first
+    bin after the merged zero bucket on the positive side. The logging step's histograms cost one call
+    instead of one call per tensor (about 60 numpy calls each).
+
+    Example:
+        >>> import torch
+        >>> rows = [bin_counts(torch.tensor(v), bin_edges()).double().numpy() for v in ([-2.0, 1e-5, 3.0], [0.5])]
+        >>> many = tensorboard_buckets_many(np.stack(rows), np.array([-2.0, 0.5]), np.array([3.0, 0.5]))
+        >>> many == [tensorboard_buckets(rows[0], -2.0, 3.0), tensorboard_buckets(rows[1], 0.5, 0.5)]
+        True
+        >>> tensorboard_buckets_many(np.zeros((1, num_bins())), np.zeros(1), np.zeros(1))
+        [([], [])]
+    """
+    counts = np.asarray(counts)
+    n_rows, n_bins = counts.shape
+    edges = edges_numpy()
+    if n_bins != len(edges) + 1:
+        raise ValueError(f"counts have {n_bins} bins per row, the shared bins are {len(edges) + 1}")
+    if n_rows == 0:
+        return []
+    vmin, vmax = np.asarray(vmin, dtype=float), np.asarray(vmax, dtype=float)
+    filled = counts != 0
+    found = filled.any(axis=1)
+    lo = filled.argmax(axis=1)[:, None]
+    hi = n_bins - 1 - filled[:, ::-1].argmax(axis=1)[:, None]
+    half = len(edges) // 2  # bin ``half`` is (-1e-6, 1e-6]; bin i is (edges[i-1], edges[i]]
+    finite = np.isfinite(vmin) & np.isfinite(vmax)
+    with np.errstate(invalid="ignore"):
+        top = np.where(finite, np.maximum(np.abs(vmin), np.abs(vmax)), 0.0)
+    k = np.maximum(1, np.searchsorted(edges[half:], merge_below * top, side="right"))[:, None]
+    c0, c1 = half - (k - 1), half + (k - 1)  # bins c0..c1 make one bucket
+    j = np.arange(n_bins)[None, :]
+    first = np.maximum(lo, c1 + 1)  # where the groups of the positive side start
+    ends = np.where(
+        j < c0,
+        ((j - lo) % group == group - 1) | (j == c0 - 1) | (j == hi),
+        np.where(j <= c1, j == np.minimum(c1, hi), ((j - first) % group == group - 1) | (j == hi)),
+    )
+    ends &= (j >= lo) & (j <= hi) & found[:, None]
+    rows, cols = np.nonzero(ends)  # row by row, bins increasing
+    running = np.cumsum(counts, axis=1)[rows, cols]
+    starts = np.ones(len(rows), dtype=bool)  # the first bucket of its row
+    starts[1:] = rows[1:] != rows[:-1]
+    grouped = running - np.where(starts, 0.0, np.roll(running, 1))
+    with np.errstate(invalid="ignore"):
+        top_limit = np.maximum(np.where(np.isfinite(vmax), vmax, edges[-1] * _GROWTH), edges[-1] * (1 + 1e-9))
+    limits = np.where(cols < len(edges), edges[np.minimum(cols, len(edges) - 1)], top_limit[rows])
+    # a run of empty buckets becomes one (its last limit), as in ``tensorboard_buckets``
+    keep = (grouped != 0) | (not merge_empty)
+    keep[:-1] |= grouped[1:] != 0
+    keep[:-1] |= starts[1:]  # the last bucket of its row
+    keep[-1:] = True
+    bounds = np.cumsum(np.bincount(rows[keep], minlength=n_rows)).tolist()
+    limits, grouped = limits[keep].tolist(), grouped[keep].tolist()
+    return [(limits[a:b], grouped[a:b]) for a, b in zip([0, *bounds[:-1]], bounds, strict=True)]
 
 
 def abs_median_nonzero(counts: np.ndarray) -> float:
