@@ -156,8 +156,11 @@ def write_scalars(writer: Any, metrics: Mapping[str, float], step: int) -> None:
     """All ``metrics`` in one event of a ``torch.utils.tensorboard.SummaryWriter``."""
     from tensorboard.compat.proto.summary_pb2 import Summary
 
-    values = [Summary.Value(tag=tag, simple_value=float(v)) for tag, v in metrics.items()]
-    write_summary(writer, Summary(value=values), step)
+    summary = Summary()
+    add = summary.value.add
+    for tag, v in metrics.items():
+        add(tag=tag, simple_value=float(v))
+    write_summary(writer, summary, step)
 
 
 class TensorBoardWriters:

@@ -286,30 +286,37 @@ def tensorboard_buckets_many(
     vmin, vmax = np.asarray(vmin, dtype=float), np.asarray(vmax, dtype=float)
     filled = counts != 0
     found = filled.any(axis=1)
-    lo = filled.argmax(axis=1)[:, None]
-    hi = n_bins - 1 - filled[:, ::-1].argmax(axis=1)[:, None]
+    lo = filled.argmax(axis=1)
+    hi = n_bins - 1 - filled[:, ::-1].argmax(axis=1)
     half = len(edges) // 2  # bin ``half`` is (-1e-6, 1e-6]; bin i is (edges[i-1], edges[i]]
     finite = np.isfinite(vmin) & np.isfinite(vmax)
-    with np.errstate(invalid="ignore"):
-        top = np.where(finite, np.maximum(np.abs(vmin), np.abs(vmax)), 0.0)
-    k = np.maximum(1, np.searchsorted(edges[half:], merge_below * top, side="right"))[:, None]
+    top = np.maximum(np.abs(np.where(finite, vmin, 0.0)), np.abs(np.where(finite, vmax, 0.0)))
+    k = np.maximum(1, np.searchsorted(edges[half:], merge_below * top, side="right"))
     c0, c1 = half - (k - 1), half + (k - 1)  # bins c0..c1 make one bucket
-    j = np.arange(n_bins)[None, :]
-    first = np.maximum(lo, c1 + 1)  # where the groups of the positive side start
-    ends = np.where(
-        j < c0,
-        ((j - lo) % group == group - 1) | (j == c0 - 1) | (j == hi),
-        np.where(j <= c1, j == np.minimum(c1, hi), ((j - first) % group == group - 1) | (j == hi)),
-    )
-    ends &= (j >= lo) & (j <= hi) & found[:, None]
-    rows, cols = np.nonzero(ends)  # row by row, bins increasing
-    running = np.cumsum(counts, axis=1)[rows, cols]
-    starts = np.ones(len(rows), dtype=bool)  # the first bucket of its row
-    starts[1:] = rows[1:] != rows[:-1]
-    grouped = running - np.where(starts, 0.0, np.roll(running, 1))
-    with np.errstate(invalid="ignore"):
-        top_limit = np.maximum(np.where(np.isfinite(vmax), vmax, edges[-1] * _GROWTH), edges[-1] * (1 + 1e-9))
-    limits = np.where(cols < len(edges), edges[np.minimum(cols, len(edges) - 1)], top_limit[rows])
+    zero = np.minimum(c1, hi)
+    # per row three runs of buckets: groups from ``lo`` below the zero bucket, the zero bucket, groups from the
+    # bin after it; each run as its first bin, its last bin (a bucket ends there at the latest) and its size
+    start = np.stack([lo, zero - (group - 1), np.maximum(lo, c1 + 1)], axis=1).ravel()
+    stop = np.stack([np.minimum(c0 - 1, hi), zero, hi], axis=1).ravel()
+    present = np.stack([lo < c0, (lo <= c1) & (hi >= c0), hi > c1], axis=1) & found[:, None]
+    sizes = np.where(present.ravel(), (stop - start) // group + 1, 0)
+    run = np.repeat(np.arange(len(sizes)), sizes)
+    ends = np.cumsum(sizes)
+    nth = np.arange(len(run)) - np.repeat(ends - sizes, sizes)  # a bucket's place in its run
+    cols = np.minimum(start[run] + group * nth + (group - 1), stop[run])  # the last bin of every bucket
+    rows = run // 3  # row by row, bins increasing
+    first = int(lo[found].min()) if len(cols) else 0  # every row's bins before this one are empty
+    running = np.cumsum(counts[:, first:], axis=1)[rows, cols - first]
+    per_row = ends[2::3] - np.concatenate([[0], ends[2:-1:3]])  # buckets of each row
+    starts = np.zeros(len(rows), dtype=bool)  # the first bucket of its row
+    starts[(ends[2::3] - per_row)[per_row > 0]] = True
+    before = np.zeros_like(running)  # the running sum at the end of the previous bucket of the row
+    before[1:] = running[:-1]
+    before[starts] = 0.0
+    grouped = running - before
+    limits = np.append(edges, np.nan)[cols]
+    top = cols == len(edges)  # the open top bin: its limit is the observed maximum
+    limits[top] = np.maximum(np.where(np.isfinite(vmax), vmax, edges[-1] * _GROWTH), edges[-1] * (1 + 1e-9))[rows[top]]
     # a run of empty buckets becomes one (its last limit), as in ``tensorboard_buckets``
     keep = (grouped != 0) | (not merge_empty)
     keep[:-1] |= grouped[1:] != 0
