@@ -23,18 +23,20 @@ import argparse
 import copy
 import importlib
 import os
+import shutil
 import statistics
 import sys
 import tempfile
 import time
 from collections import deque
-from types import ModuleType, SimpleNamespace
+from types import SimpleNamespace
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import overhead  # noqa: E402
 
-from lightning_normwatch.session import judging  # noqa: E402
+#: ``Panels``' default: the overview images are drawn every this many logging steps
+OVERVIEW_EVERY = 20
 
 
 def capture(spec: overhead.ModelSpec, steps: int) -> list[tuple[Any, ...]]:
@@ -107,6 +109,19 @@ def replay(mods: SimpleNamespace, steps: list[tuple[Any, ...]], root: str) -> tu
     return cpu / n, wall / n, drawn
 
 
+def events(root: str) -> list[bytes]:
+    """Every event under ``root`` (file by file, in order) serialized without its wall time."""
+    from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
+
+    out = []
+    for folder, _, files in sorted(os.walk(root)):
+        for name in sorted(f for f in files if f.startswith("events.out.tfevents")):
+            for e in LegacyEventFileLoader(os.path.join(folder, name)).Load():
+                e.wall_time = 0.0
+                out.append(e.SerializeToString(deterministic=True))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--old", help="a folder holding lightning_normwatch_old (the package before)")
@@ -126,19 +141,28 @@ def main(argv: list[str] | None = None) -> int:
         sys.path.insert(0, args.old)
         configs = {"old": _modules("lightning_normwatch_old"), **configs}
     results: dict[str, list[tuple[float, float, float]]] = {c: [] for c in configs}
-    with tempfile.TemporaryDirectory() as root:
-        for r in range(args.rounds):
-            for name in list(configs) if r % 2 == 0 else list(configs)[::-1]:
-                results[name].append(replay(configs[name], steps, os.path.join(root, f"{name}{r}")))
+    root = tempfile.mkdtemp()
+    for r in range(args.rounds):
+        for name in list(configs) if r % 2 == 0 else list(configs)[::-1]:
+            results[name].append(replay(configs[name], steps, os.path.join(root, f"{name}{r}")))
     print(f"Machine: {overhead.machine()}. Date: {time.strftime('%Y-%m-%d %H:%M %Z')}.")
     print(f"{spec.name}: {len(steps[0][1])} tensors, {len(steps) - 1} logging steps replayed, {args.rounds} rounds")
     for name, rows in results.items():
         cpu, wall, drawn = (1000 * statistics.median(x) for x in zip(*rows, strict=True))
-        print(f"- {name}: {cpu:.2f} ms CPU per logging step (all threads), {wall:.2f} ms on the calling thread; "
-              f"overview images {drawn:.1f} ms CPU per drawing")
+        print(
+            f"- {name}: {cpu:.2f} ms CPU per logging step (all threads), {wall:.2f} ms on the calling thread; "
+            f"overview images {drawn:.1f} ms CPU per drawing; with a drawing every {OVERVIEW_EVERY} logging steps "
+            f"{cpu + drawn / OVERVIEW_EVERY:.2f} ms per logging step"
+        )
     if "old" in results:
-        ratio = [o[0] / n[0] for o, n in zip(results["old"], results["new"], strict=True)]
-        print(f"old / new CPU per round: {', '.join(f'{x:.2f}' for x in ratio)} (median {statistics.median(ratio):.2f})")
+        same = events(os.path.join(root, "old0")) == events(os.path.join(root, "new0"))
+        print(f"event files of old and new, wall times aside: {'identical' if same else 'DIFFERENT'}")
+        ratio = [(o[0] + o[2] / OVERVIEW_EVERY) / (n[0] + n[2] / OVERVIEW_EVERY) for o, n in zip(*results.values())]
+        each = ", ".join(f"{x:.2f}" for x in ratio)
+        print(
+            f"old / new CPU per logging step (overview included), per round: {each} (median {statistics.median(ratio):.2f})"
+        )
+    shutil.rmtree(root)
     return 0
 
 

@@ -305,8 +305,9 @@ def tensorboard_buckets_many(
     nth = np.arange(len(run)) - np.repeat(ends - sizes, sizes)  # a bucket's place in its run
     cols = np.minimum(start[run] + group * nth + (group - 1), stop[run])  # the last bin of every bucket
     rows = run // 3  # row by row, bins increasing
-    first = int(lo[found].min()) if len(cols) else 0  # every row's bins before this one are empty
-    running = np.cumsum(counts[:, first:], axis=1)[rows, cols - first]
+    first = int(lo[found].min()) if len(cols) else 0  # every row's bins before this one are empty,
+    last = int(hi[found].max()) + 1 if len(cols) else 0  # and after this one
+    running = np.cumsum(counts[:, first:last], axis=1)[rows, cols - first]
     per_row = ends[2::3] - np.concatenate([[0], ends[2:-1:3]])  # buckets of each row
     starts = np.zeros(len(rows), dtype=bool)  # the first bucket of its row
     starts[(ends[2::3] - per_row)[per_row > 0]] = True
