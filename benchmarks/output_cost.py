@@ -157,11 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     if "old" in results:
         same = events(os.path.join(root, "old0")) == events(os.path.join(root, "new0"))
         print(f"event files of old and new, wall times aside: {'identical' if same else 'DIFFERENT'}")
-        ratio = [(o[0] + o[2] / OVERVIEW_EVERY) / (n[0] + n[2] / OVERVIEW_EVERY) for o, n in zip(*results.values())]
+        old, new = results["old"], results["new"]
+        ratio = [(o[0] + o[2] / OVERVIEW_EVERY) / (n[0] + n[2] / OVERVIEW_EVERY) for o, n in zip(old, new, strict=True)]
         each = ", ".join(f"{x:.2f}" for x in ratio)
-        print(
-            f"old / new CPU per logging step (overview included), per round: {each} (median {statistics.median(ratio):.2f})"
-        )
+        print(f"old / new CPU per logging step, overview included: {each} (median {statistics.median(ratio):.2f})")
     shutil.rmtree(root)
     return 0
 

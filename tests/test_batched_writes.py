@@ -165,7 +165,9 @@ def test_panels_write_the_plain_histogram_values_byte_for_byte(tmp_path: Path) -
             type_name, role = panels._kinds.get(key, ("?", "other"))
             meta = create_summary_metadata(display_name=tag, description=f"{key} ({type_name}), {role}")
             total, squares = m.n * m.mean, m.m2 + m.n * m.mean * m.mean
-            values.append(_plain_value(tag, st.hist, st.smin, st.smax, total, squares, meta if step == 0 else None, None))
+            values.append(
+                _plain_value(tag, st.hist, st.smin, st.smax, total, squares, meta if step == 0 else None, None)
+            )
         return [v.SerializeToString() for v in values if v is not None]
 
     plain_params = [
