@@ -70,7 +70,7 @@ def _histogram_values(
     for dtype in {c.dtype for c in counts}:  # one batch per dtype: each row's own arithmetic
         index = [i for i, c in enumerate(counts) if c.dtype == dtype]
         lo, hi = np.array([[shown[i][2], shown[i][3]] for i in index], dtype=float).T
-        for i, b in zip(index, tensorboard_buckets_many(np.stack([counts[i] for i in index]), lo, hi), strict=True):
+        for i, b in zip(index, tensorboard_buckets_many(np.array([counts[i] for i in index]), lo, hi), strict=True):
             buckets[i] = b
     add, tags = into.add, []
     for (tag, _, lo, hi, total, squares, meta, num), (limits, grouped) in zip(shown, buckets, strict=True):

@@ -296,10 +296,10 @@ def tensorboard_buckets_many(
     zero = np.minimum(c1, hi)
     # per row three runs of buckets: groups from ``lo`` below the zero bucket, the zero bucket, groups from the
     # bin after it; each run as its first bin, its last bin (a bucket ends there at the latest) and its size
-    start = np.stack([lo, zero - (group - 1), np.maximum(lo, c1 + 1)], axis=1).ravel()
-    stop = np.stack([np.minimum(c0 - 1, hi), zero, hi], axis=1).ravel()
-    present = np.stack([lo < c0, (lo <= c1) & (hi >= c0), hi > c1], axis=1) & found[:, None]
-    sizes = np.where(present.ravel(), (stop - start) // group + 1, 0)
+    start = np.array((lo, zero - (group - 1), np.maximum(lo, c1 + 1))).ravel(order="F")  # row by row
+    stop = np.array((np.minimum(c0 - 1, hi), zero, hi)).ravel(order="F")
+    present = (np.array((lo < c0, (lo <= c1) & (hi >= c0), hi > c1)) & found).ravel(order="F")
+    sizes = np.where(present, (stop - start) // group + 1, 0)
     run = np.repeat(np.arange(len(sizes)), sizes)
     ends = np.cumsum(sizes)
     nth = np.arange(len(run)) - np.repeat(ends - sizes, sizes)  # a bucket's place in its run
