@@ -225,7 +225,7 @@ class Panels:
                 meta = create_summary_metadata(display_name=tag, description=f"{row_label(key, type_name)}, {role}")
             rows.append((tag, st.hist, st.smin, st.smax, m.n * m.mean, m.m2 + m.n * m.mean * m.mean, meta, None))
         written = _histogram_values(rows, into)
-        if len(written) > len(described) or not described.issuperset(stats):  # a tag's first histogram
+        if not described.issuperset(stats):  # some tag's first histogram: described from now on
             described.update(tag[len("normwatch/") :] for tag in written)
         return bool(written)
 
