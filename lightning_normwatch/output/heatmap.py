@@ -300,7 +300,8 @@ def heatmap(
     canvas = np.full((top + n_rows * ROW + 3 * LINE + 2 * MARGIN, width), WHITE, dtype=np.uint8)
     _header(canvas, head)
     block = canvas[top : top + n_rows * ROW, left : left + cell_w * n_cols]
-    block.reshape(n_rows, ROW, n_cols, cell_w)[:] = _levels(values, lo, hi)[:, None, :, None]  # cells of ROW x cell_w
+    cells = np.repeat(_levels(values, lo, hi), cell_w, axis=1)  # a row of cells, cell_w pixels each
+    block.reshape(n_rows, ROW, n_cols * cell_w)[:] = cells[:, None, :]  # ROW pixels high
     block[ROW - 1 :: ROW, :] = WHITE  # a 1-pixel gap between rows
     if marked is not None:
         for r, c in zip(*np.nonzero(np.asarray(marked, dtype=bool)), strict=True):
