@@ -219,3 +219,24 @@ def test_write_scalars_is_one_event_read_back_as_every_scalar(tmp_path: Path) ->
     for tag, value in metrics.items():
         read = [(e.step, e.value) for e in acc.Scalars(tag)]
         assert read == [(0, pytest.approx(value, rel=1e-6)), (7, pytest.approx(value + 7, rel=1e-6))]
+
+
+def test_log_scalars_reads_back_as_the_loggers_own_log_metrics(tmp_path: Path) -> None:
+    """One event through the writer, the same tags (``prefix`` joined) and values as ``log_metrics`` writes."""
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    from lightning_normwatch.output.loggers import log_scalars
+
+    metrics = {"normwatch/net.0/std": 0.25, "normwatch/net.0/mean": -1.5, "normwatch/alerts/error": 1.0}
+    for name, prefix in (("plain", ""), ("prefixed", "train")):
+        ours, theirs = (TensorBoardLogger(tmp_path, name=f"{name}_{who}", prefix=prefix) for who in ("ours", "theirs"))
+        log_scalars(ours, metrics, 4)
+        theirs.log_metrics(dict(metrics), step=4)
+        read = []
+        for logger in (ours, theirs):
+            logger.experiment.flush()
+            acc = EventAccumulator(logger.log_dir, size_guidance={"scalars": 0})
+            acc.Reload()
+            read.append({t: [(e.step, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]})
+        assert read[0] == read[1] and len(read[0]) == 3
+        assert all(t.startswith("train-normwatch/") for t in read[0]) == bool(prefix)

@@ -138,8 +138,9 @@ def log_scalars(logger: Any, metrics: Mapping[str, float], step: int) -> None:
         return
     checksum.install()  # its event checksums by a compiled CRC32C, where one is installed (same bytes)
     prefix = getattr(logger, "_prefix", "")  # TensorBoardLogger(prefix=...), joined as log_metrics does
-    tags = [f"{prefix}{logger.LOGGER_JOIN_CHAR}{k}" if prefix else k for k in metrics]
-    write_scalars(writer, dict(zip(tags, metrics.values(), strict=True)), step)
+    if prefix:
+        metrics = {f"{prefix}{logger.LOGGER_JOIN_CHAR}{k}": v for k, v in metrics.items()}
+    write_scalars(writer, metrics, step)
 
 
 def write_summary(writer: Any, summary: Any, step: int) -> None:
