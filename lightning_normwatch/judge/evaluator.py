@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 from torch import nn
 
@@ -46,6 +47,17 @@ from .resume import FORMAT, ResumePlan, made_for, plan_resume
 from .rules import CLEAR_FRACTION, evaluate, nonfinite_alert
 
 __all__ = ["Evaluator", "StepResult"]
+
+
+@lru_cache(maxsize=4096)
+def _module_name(key: str) -> str:
+    """The module a watched tensor's name belongs to (``name#k``, ``name@k``, ``name[i]`` -> ``name``).
+
+    Example:
+        >>> _module_name("net.3.attn[0]"), _module_name("fc#2@2"), _module_name("fc")
+        ('net.3.attn', 'fc', 'fc')
+    """
+    return re.split(r"[#@\[]", key, maxsplit=1)[0]
 
 
 @dataclass
@@ -126,7 +138,7 @@ class Evaluator:
         order = [k for k in stats if k not in prediction and not self._is_input(k)]
         out: set[str] = set()
         for key in reversed(order):
-            module = modules.get(re.split(r"[#@\[]", key, maxsplit=1)[0])
+            module = modules.get(_module_name(key))
             if module is None or next(module.parameters(recurse=False), None) is not None:
                 break
             out.add(key)
@@ -137,7 +149,7 @@ class Evaluator:
         as the units learn to use their range, so ``shift`` does not judge them (as the head's input); their
         scale and mean drift still do, and the tensors they feed keep every rule."""
         modules = dict(self.collector.watched)
-        return {k for k in stats if isinstance(modules.get(re.split(r"[#@\[]", k, maxsplit=1)[0]), nn.RNNBase)}
+        return {k for k in stats if isinstance(modules.get(_module_name(k)), nn.RNNBase)}
 
     # ----------------------------------------------------------- one logging step
     def evaluate(self, step: int, stats: dict[str, TensorStats]) -> StepResult:
@@ -174,13 +186,14 @@ class Evaluator:
             checked |= c
             if fig.get("dead", math.nan) < CLEAR_FRACTION * th.dead:
                 self.alive.add(key)
-        reference_rms = {
-            k: math.hypot(r.moments.mean, r.moments.std)
-            for k, r in self.references.items()
-            if r.steps > 0 and r.moments.n > 0 and not self._is_input(k)
-        }
-        learning = small_growth(firing, all_figures, reference_rms)
-        firing = [a for a in firing if a not in learning]
+        if any(a.kind == "scale_drift" for a in firing):  # small_growth judges only these
+            reference_rms = {
+                k: math.hypot(r.moments.mean, r.moments.std)
+                for k, r in self.references.items()
+                if r.steps > 0 and r.moments.n > 0 and not self._is_input(k)
+            }
+            learning = small_growth(firing, all_figures, reference_rms)
+            firing = [a for a in firing if a not in learning]
         a, c = self._depth_alerts(stats, all_figures, prediction, step, previous_rms)
         firing += a
         checked |= c
