@@ -103,15 +103,15 @@ def _bytes_before_and_after(model: object, spec: overhead.ModelSpec) -> tuple[fl
     """(as written, as one event per histogram, and also with every empty bucket: the writes before) per step."""
     from lightning_normwatch.output import panels
 
-    original = panels.tensorboard_buckets
+    original = panels.tensorboard_buckets_many
     with tempfile.TemporaryDirectory() as now, tempfile.TemporaryDirectory() as before:
         overhead.fit(model, spec, "every step", _STEPS, now)
         crc = checksum_seconds(now)
-        panels.tensorboard_buckets = functools.partial(original, merge_empty=False)
+        panels.tensorboard_buckets_many = functools.partial(original, merge_empty=False)
         try:
             overhead.fit(model, spec, "every step", _STEPS, before)
         finally:
-            panels.tensorboard_buckets = original
+            panels.tensorboard_buckets_many = original
         written, tensors = histogram_bytes(now, split=False)
         per_event = histogram_bytes(now, split=True)[0]
         every_bucket = histogram_bytes(before, split=True)[0]

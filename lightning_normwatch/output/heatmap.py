@@ -133,6 +133,14 @@ class Image:
         return out.getvalue()
 
 
+@functools.cache
+def _palette_of(signed: bool) -> np.ndarray:
+    """The palette of a heatmap (``signed``: the diverging colours), computed once (read-only)."""
+    palette = _palette(diverging() if signed else sequential())
+    palette.setflags(write=False)
+    return palette
+
+
 def _palette(colours: np.ndarray) -> np.ndarray:
     palette = np.zeros((256, 3), dtype=np.uint8)
     palette[: len(_FIXED)] = _FIXED
@@ -143,13 +151,22 @@ def _palette(colours: np.ndarray) -> np.ndarray:
     return palette
 
 
+@functools.lru_cache(maxsize=1024)
+def _ink(text: str, colour: int) -> tuple[np.ndarray, np.ndarray]:
+    """``text``'s palette indices in ``colour`` and where it has ink (cached: most texts recur in every image)."""
+    mask = text_mask(text)
+    pixels, inked = mask + np.uint8(_SHADE[colour]), mask > 0
+    pixels.setflags(write=False)
+    inked.setflags(write=False)
+    return pixels, inked
+
+
 def _text(canvas: np.ndarray, text: str, x: int, y: int, colour: int = BLACK) -> None:
     """Draw ``text`` (on white) with its top-left corner at ``(x, y)``, clipped to the canvas."""
-    mask = text_mask(text)
-    h, w = min(mask.shape[0], canvas.shape[0] - y), min(mask.shape[1], canvas.shape[1] - x)
+    pixels, inked = _ink(text, colour)
+    h, w = min(pixels.shape[0], canvas.shape[0] - y), min(pixels.shape[1], canvas.shape[1] - x)
     if h > 0 and w > 0:
-        shades = mask[:h, :w]
-        np.copyto(canvas[y : y + h, x : x + w], shades + np.uint8(_SHADE[colour]), where=shades > 0)
+        np.copyto(canvas[y : y + h, x : x + w], pixels[:h, :w], where=inked[:h, :w])
 
 
 def _wrap(text: str, width: int) -> list[str]:
@@ -282,9 +299,10 @@ def heatmap(
     top = MARGIN + len(head) * LINE + 6
     canvas = np.full((top + n_rows * ROW + 3 * LINE + 2 * MARGIN, width), WHITE, dtype=np.uint8)
     _header(canvas, head)
-    block = np.repeat(np.repeat(_levels(values, lo, hi), ROW, axis=0), cell_w, axis=1)
+    block = canvas[top : top + n_rows * ROW, left : left + cell_w * n_cols]
+    cells = np.repeat(_levels(values, lo, hi), cell_w, axis=1)  # a row of cells, cell_w pixels each
+    block.reshape(n_rows, ROW, n_cols * cell_w)[:] = cells[:, None, :]  # ROW pixels high
     block[ROW - 1 :: ROW, :] = WHITE  # a 1-pixel gap between rows
-    canvas[top : top + n_rows * ROW, left : left + cell_w * n_cols] = block
     if marked is not None:
         for r, c in zip(*np.nonzero(np.asarray(marked, dtype=bool)), strict=True):
             _frame(canvas, top + int(r) * ROW, left + int(c) * cell_w, ROW - 1, cell_w, RED)
@@ -295,7 +313,7 @@ def heatmap(
         x = left + c * cell_w + cell_w // 2 - text_width(text) // 2
         _text(canvas, text, min(max(x, left), width - text_width(text) - 2), y, DARK)
     _legend(canvas, y + LINE + 4, legend(lo), legend(hi))
-    return Image(canvas, _palette(diverging() if signed else sequential()))
+    return Image(canvas, _palette_of(signed))
 
 
 def profile(
@@ -348,4 +366,4 @@ def profile(
         _text(canvas, numbers[r], x1 - text_width(numbers[r]), y, RED if alerted[r] else BLACK)
         for i, cell in enumerate(cells[r]):
             _text(canvas, cell, x1 + 8 + sum(columns[:i]), y, RED if alerted[r] else BLACK)
-    return Image(canvas, _palette(sequential()))
+    return Image(canvas, _palette_of(False))

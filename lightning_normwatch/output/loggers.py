@@ -138,8 +138,9 @@ def log_scalars(logger: Any, metrics: Mapping[str, float], step: int) -> None:
         return
     checksum.install()  # its event checksums by a compiled CRC32C, where one is installed (same bytes)
     prefix = getattr(logger, "_prefix", "")  # TensorBoardLogger(prefix=...), joined as log_metrics does
-    tags = [f"{prefix}{logger.LOGGER_JOIN_CHAR}{k}" if prefix else k for k in metrics]
-    write_scalars(writer, dict(zip(tags, metrics.values(), strict=True)), step)
+    if prefix:
+        metrics = {f"{prefix}{logger.LOGGER_JOIN_CHAR}{k}": v for k, v in metrics.items()}
+    write_scalars(writer, metrics, step)
 
 
 def write_summary(writer: Any, summary: Any, step: int) -> None:
@@ -156,8 +157,11 @@ def write_scalars(writer: Any, metrics: Mapping[str, float], step: int) -> None:
     """All ``metrics`` in one event of a ``torch.utils.tensorboard.SummaryWriter``."""
     from tensorboard.compat.proto.summary_pb2 import Summary
 
-    values = [Summary.Value(tag=tag, simple_value=float(v)) for tag, v in metrics.items()]
-    write_summary(writer, Summary(value=values), step)
+    summary = Summary()
+    add = summary.value.add
+    for tag, v in metrics.items():
+        add(tag=tag, simple_value=float(v))
+    write_summary(writer, summary, step)
 
 
 class TensorBoardWriters:

@@ -127,6 +127,8 @@ class Overview:
         self._steps: deque[int] = deque(maxlen=max_steps)
         self._values: deque[dict[str, tuple[float, ...]]] = deque(maxlen=max_steps)
         self._active: deque[set[tuple[str, str]]] = deque(maxlen=max_steps)
+        #: per step, its rows and ``[figures, tensors]`` values once a drawing needed them (None before)
+        self._columns: deque[tuple[list[int], np.ndarray] | None] = deque(maxlen=max_steps)
 
     @property
     def steps(self) -> list[int]:
@@ -148,6 +150,7 @@ class Overview:
         self._values.append({k: tuple(f.get(n, math.nan) for n in _FIGURES) for k, f in figures.items()})
         # information (a non-Gaussian shape) is not a fault: only warnings and errors are marked
         self._active.append({(m, k) for m, k in active if SEVERITY.get(k, "warning") != "info"})
+        self._columns.append(None)
 
     def _history(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Each figure ``[rows, steps]`` (with ``log_std`` and ``dead_units``) and where each alert kind was active."""
@@ -156,7 +159,10 @@ class Overview:
         active: dict[str, np.ndarray] = {}
         for c, (values, alerts) in enumerate(zip(self._values, self._active, strict=True)):
             if values:
-                cube[:, [index[k] for k in values], c] = np.array(list(values.values())).T
+                column = self._columns[c]
+                if column is None:  # converted once: rows keep their index (new tensors are appended)
+                    column = self._columns[c] = ([index[k] for k in values], np.array(list(values.values())).T)
+                cube[:, column[0], c] = column[1]
             for key, kind in alerts:
                 if key in index:
                     active.setdefault(kind, np.zeros(cube.shape[1:], dtype=bool))[index[key], c] = True

@@ -32,15 +32,17 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+import numpy as np
 
 from ..collect.info import TensorInfo
 from ..config import Thresholds
 from ..judge.alerts import Alert
 from ..judge.evaluator import StepResult
 from ..stats.figures import TensorStats
-from ..stats.histogram import tensorboard_buckets
+from ..stats.histogram import tensorboard_buckets_many
 from . import checksum
 from .custom_scalars import group_of, layout_for
 from .loggers import write_summary
@@ -51,31 +53,40 @@ from .tags import ALERT_TAG, FIGURE_TAG, WATCHED_TAG
 __all__ = ["Panels"]
 
 
-def _histogram_value(
-    tag: str, hist: Any, lo: float, hi: float, total: float, squares: float, meta: Any = None, num: float | None = None
-) -> Any:
-    """A histogram ``Summary.Value`` from counts on the shared bins (None when empty or not finite).
+def _histogram_values(
+    rows: Sequence[tuple[str, Any, float, float, float, float, Any, float | None]], into: Any
+) -> list[str]:
+    """Histogram values added to ``into`` (a ``Summary``'s ``value`` field) from ``(tag, counts on the shared
+    bins, min, max, sum, sum of squares, metadata or None, num or None)`` rows; returns their tags. Rows
+    that are empty or have a bound not finite are left out.
 
-    The same fields as ``SummaryWriter.add_histogram_raw`` writes; ``num`` defaults to the counts' sum.
+    The same fields as ``SummaryWriter.add_histogram_raw`` writes; ``num`` defaults to the counts' sum. The
+    buckets of all rows come from one ``tensorboard_buckets_many`` call per counts dtype (each row's values
+    as ``tensorboard_buckets`` gives them).
     """
-    from tensorboard.compat.proto.summary_pb2 import HistogramProto, Summary
-
-    limits, counts = tensorboard_buckets(hist, lo, hi)
-    if not counts or not (math.isfinite(lo) and math.isfinite(hi)):
-        return None
-    histo = HistogramProto(
-        min=float(lo),
-        max=float(hi),
-        num=float(sum(counts) if num is None else num),
-        sum=float(total),
-        sum_squares=float(squares),
-        bucket_limit=limits,
-        bucket=counts,
-    )
-    value = Summary.Value(tag=tag, histo=histo)
-    if meta is not None:
-        value.metadata.CopyFrom(meta)
-    return value
+    shown = [r for r in rows if math.isfinite(r[2]) and math.isfinite(r[3])]
+    counts = [np.asarray(r[1]) for r in shown]
+    buckets: list[Any] = [None] * len(shown)
+    for dtype in {c.dtype for c in counts}:  # one batch per dtype: each row's own arithmetic
+        index = [i for i, c in enumerate(counts) if c.dtype == dtype]
+        lo, hi = np.array([[shown[i][2], shown[i][3]] for i in index], dtype=float).T
+        for i, b in zip(index, tensorboard_buckets_many(np.array([counts[i] for i in index]), lo, hi), strict=True):
+            buckets[i] = b
+    add, tags = into.add, []
+    for (tag, _, lo, hi, total, squares, meta, num), (limits, grouped) in zip(shown, buckets, strict=True):
+        if grouped:
+            histo = {
+                "min": float(lo),
+                "max": float(hi),
+                "num": float(sum(grouped) if num is None else num),
+                "sum": float(total),
+                "sum_squares": float(squares),
+                "bucket_limit": limits,
+                "bucket": grouped,
+            }
+            add(tag=tag, histo=histo) if meta is None else add(tag=tag, histo=histo, metadata=meta)
+            tags.append(tag)
+    return tags
 
 
 #: at most this many rows (tensor or pre/post pair) per figure; bigger groups get several figures
@@ -111,6 +122,7 @@ class Panels:
         #: the overview images are drawn every this many logging steps, and at the end of the fit
         self.overview_every = overview_every
         self._layout_keys: list[str] = []
+        self._laid_out: set[str] = set()
         self._kinds: dict[str, tuple[str, str]] = {}
         self._last_plot_interval: int | None = None
         self._logged = 0
@@ -147,13 +159,14 @@ class Panels:
                 self._kinds[key] = (info.type_name, info.role) if info is not None else ("?", "other")
         from tensorboard.compat.proto.summary_pb2 import Summary
 
-        histograms = [v for v in (self._histogram(key, st) for key, st in stats.items()) if v is not None]
-        if histograms:  # one event for all: TensorBoard reads each value as its tag's histogram at this step
-            write_summary(self.writer, Summary(value=histograms), step)
-        new = [k for k in stats if k not in self._layout_keys]
+        histograms = Summary()
+        if self._histograms(stats, histograms.value):  # one event for all: each value is its tag's histogram
+            write_summary(self.writer, histograms, step)
+        new = [k for k in stats if k not in self._laid_out]
         if new:
             # written once; again only if tensors appear later (TensorBoard shows the latest layout)
             self._layout_keys += new
+            self._laid_out.update(new)
             self.writer.add_custom_scalars(layout_for(self._layout_keys, self._kinds))
             self.writer.add_text(WATCHED_TAG, watched_markdown(self._layout_keys, self._kinds), global_step=step)
         if result.figures:
@@ -189,29 +202,32 @@ class Panels:
         from ``(counts on the shared bins, min, max, n, sum, sum of squares)`` binned on the device; one event."""
         from tensorboard.compat.proto.summary_pb2 import Summary
 
-        values = [
-            _histogram_value(f"normwatch/params/{o}/{which}", c, float(lo), float(hi), float(t), float(s), num=int(n))
+        rows = [
+            (f"normwatch/params/{o}/{which}", c, float(lo), float(hi), float(t), float(s), None, int(n))
             for o, kinds in histograms.items()
             for which, (c, lo, hi, n, t, s) in kinds.items()
         ]
-        values = [v for v in values if v is not None]
-        if values:
-            write_summary(self.writer, Summary(value=values), step)
+        summary = Summary()
+        if _histogram_values(rows, summary.value):
+            write_summary(self.writer, summary, step)
 
-    def _histogram(self, key: str, st: TensorStats) -> Any:
-        """The ``Summary.Value`` of one tensor's histogram (None: nothing to show); the first of a tag carries
+    def _histograms(self, stats: Mapping[str, TensorStats], into: Any) -> bool:
+        """Each tensor's histogram into ``into`` (none for an empty or unbounded one); the first of a tag carries
         its description (the layer type). ``add_histogram_raw`` would write one event per tensor."""
         from tensorboard.plugins.histogram.metadata import create_summary_metadata
 
-        m = st.overall
-        tag, meta = f"normwatch/{key}", None
-        if key not in self._described:
-            type_name, role = self._kinds.get(key, ("?", "other"))
-            meta = create_summary_metadata(display_name=tag, description=f"{row_label(key, type_name)}, {role}")
-        value = _histogram_value(tag, st.hist, st.smin, st.smax, m.n * m.mean, m.m2 + m.n * m.mean * m.mean, meta)
-        if value is not None:
-            self._described.add(key)
-        return value
+        rows, described = [], self._described
+        for key, st in stats.items():
+            m = st.overall
+            tag, meta = f"normwatch/{key}", None
+            if key not in described:
+                type_name, role = self._kinds.get(key, ("?", "other"))
+                meta = create_summary_metadata(display_name=tag, description=f"{row_label(key, type_name)}, {role}")
+            rows.append((tag, st.hist, st.smin, st.smax, m.n * m.mean, m.m2 + m.n * m.mean * m.mean, meta, None))
+        written = _histogram_values(rows, into)
+        if not described.issuperset(stats):  # some tag's first histogram: described from now on
+            described.update(tag[len("normwatch/") :] for tag in written)
+        return bool(written)
 
     def _figures(self, result: StepResult, stats: dict[str, TensorStats]) -> None:
         from .plots import PlotData, group_figure, load_matplotlib, pair_rows

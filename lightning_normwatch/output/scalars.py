@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 
 from ..config import SCALAR_SETS
@@ -100,6 +101,20 @@ def scalar_names(role: str, which: str = "default") -> tuple[str, ...]:
     return _COMMON + _BY_ROLE.get(role, ())
 
 
+@functools.lru_cache(maxsize=4096)
+def _plan(key: str, role: str, which: str, updates: bool) -> tuple[tuple[str, str, bool], ...]:
+    """``(figure, tag, logged even when not finite)`` of each scalar a tensor may log (a logging step's loop,
+    computed once per tensor)."""
+    names = scalar_names(role, which)
+    if which == "default" and updates:
+        # one update figure per module; a pre-activation's share of exact zeros (never judged, about 0 for a
+        # Linear/conv/norm output) gives way to it, so that the budget stays at 8 scalars per tensor
+        names = tuple(n for n in names if not (role == "preact" and n == "zeros")) + ("update_ratio",)
+    elif which == "all" and updates:
+        names = names + _PARAMS
+    return tuple((stat, f"normwatch/{key}/{stat}", stat in _ALWAYS) for stat in names)
+
+
 def scalar_metrics(key: str, role: str, fig: dict[str, float], which: str = "default") -> dict[str, float]:
     """``{"normwatch/<key>/<figure>": value}`` for one tensor at one logging step.
 
@@ -116,19 +131,12 @@ def scalar_metrics(key: str, role: str, fig: dict[str, float], which: str = "def
         ['normwatch/net.0/mean', 'normwatch/net.0/std', 'normwatch/net.0/update_ratio']
     """
     out: dict[str, float] = {}
-    base = f"normwatch/{key}/"
-    names = scalar_names(role, which)
-    if which == "default" and "update_ratio" in fig:
-        # one update figure per module; a pre-activation's share of exact zeros (never judged, about 0 for a
-        # Linear/conv/norm output) gives way to it, so that the budget stays at 8 scalars per tensor
-        names = tuple(n for n in names if not (role == "preact" and n == "zeros")) + ("update_ratio",)
-    elif which == "all" and "update_ratio" in fig:
-        names = names + _PARAMS
-    for stat in names:
+    for stat, tag, always in _plan(key, role, which, "update_ratio" in fig):
         value = fig.get(stat)
-        if value is not None and (stat in _ALWAYS or math.isfinite(value)):
-            out[base + stat] = float(value)
+        if value is not None and (always or math.isfinite(value)):
+            out[tag] = float(value)
     bad = fig.get("nonfinite")
+    base = f"normwatch/{key}/"
     if which == "default" and bad is not None and (bad > 0 or not math.isfinite(bad)):
         out[base + "nonfinite"] = float(bad)
     if which == "all":

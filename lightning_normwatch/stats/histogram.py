@@ -32,6 +32,7 @@ __all__ = [
     "ks_distance",
     "normal_ks",
     "tensorboard_buckets",
+    "tensorboard_buckets_many",
     "quantile_groups",
 ]
 
@@ -247,6 +248,84 @@ def tensorboard_buckets(
     keep[:-1] |= grouped[1:] != 0  # an empty bucket stays only as the last of its run
     keep[-1] = True
     return [limits[i] for i in np.flatnonzero(keep)], [float(c) for c in grouped[keep]]
+
+
+def tensorboard_buckets_many(
+    counts: np.ndarray,
+    vmin: np.ndarray,
+    vmax: np.ndarray,
+    group: int = 3,
+    merge_below: float = 0.01,
+    merge_empty: bool = True,
+) -> list[tuple[list[float], list[float]]]:
+    """``tensorboard_buckets`` of every row of ``counts`` ``[tensors, bins]``, in a few numpy passes over all rows.
+
+    The same limits and counts, bit for bit, as ``tensorboard_buckets(counts[i], vmin[i], vmax[i])``: a
+    bucket's count is the difference of two running sums along its row, as there (the zero bins before a
+    row's first non-empty bin add nothing to a running sum), and a row's bucket ends are the bins where a
+    group of ``group`` ends, counted from the first non-empty bin on the negative side and from the first
+    bin after the merged zero bucket on the positive side. The logging step's histograms cost one call
+    instead of one call per tensor (about 60 numpy calls each).
+
+    Example:
+        >>> import torch
+        >>> rows = [bin_counts(torch.tensor(v), bin_edges()).double().numpy() for v in ([-2.0, 1e-5, 3.0], [0.5])]
+        >>> many = tensorboard_buckets_many(np.stack(rows), np.array([-2.0, 0.5]), np.array([3.0, 0.5]))
+        >>> many == [tensorboard_buckets(rows[0], -2.0, 3.0), tensorboard_buckets(rows[1], 0.5, 0.5)]
+        True
+        >>> tensorboard_buckets_many(np.zeros((1, num_bins())), np.zeros(1), np.zeros(1))
+        [([], [])]
+    """
+    counts = np.asarray(counts)
+    n_rows, n_bins = counts.shape
+    edges = edges_numpy()
+    if n_bins != len(edges) + 1:
+        raise ValueError(f"counts have {n_bins} bins per row, the shared bins are {len(edges) + 1}")
+    if n_rows == 0:
+        return []
+    vmin, vmax = np.asarray(vmin, dtype=float), np.asarray(vmax, dtype=float)
+    filled = counts != 0
+    found = filled.any(axis=1)
+    lo = filled.argmax(axis=1)
+    hi = n_bins - 1 - filled[:, ::-1].argmax(axis=1)
+    half = len(edges) // 2  # bin ``half`` is (-1e-6, 1e-6]; bin i is (edges[i-1], edges[i]]
+    finite = np.isfinite(vmin) & np.isfinite(vmax)
+    top = np.maximum(np.abs(np.where(finite, vmin, 0.0)), np.abs(np.where(finite, vmax, 0.0)))
+    k = np.maximum(1, np.searchsorted(edges[half:], merge_below * top, side="right"))
+    c0, c1 = half - (k - 1), half + (k - 1)  # bins c0..c1 make one bucket
+    zero = np.minimum(c1, hi)
+    # per row three runs of buckets: groups from ``lo`` below the zero bucket, the zero bucket, groups from the
+    # bin after it; each run as its first bin, its last bin (a bucket ends there at the latest) and its size
+    start = np.array((lo, zero - (group - 1), np.maximum(lo, c1 + 1))).ravel(order="F")  # row by row
+    stop = np.array((np.minimum(c0 - 1, hi), zero, hi)).ravel(order="F")
+    present = (np.array((lo < c0, (lo <= c1) & (hi >= c0), hi > c1)) & found).ravel(order="F")
+    sizes = np.where(present, (stop - start) // group + 1, 0)
+    run = np.repeat(np.arange(len(sizes)), sizes)
+    ends = np.cumsum(sizes)
+    nth = np.arange(len(run)) - np.repeat(ends - sizes, sizes)  # a bucket's place in its run
+    cols = np.minimum(start[run] + group * nth + (group - 1), stop[run])  # the last bin of every bucket
+    rows = run // 3  # row by row, bins increasing
+    first = int(lo[found].min()) if len(cols) else 0  # every row's bins before this one are empty,
+    last = int(hi[found].max()) + 1 if len(cols) else 0  # and after this one
+    running = np.cumsum(counts[:, first:last], axis=1)[rows, cols - first]
+    per_row = ends[2::3] - np.concatenate([[0], ends[2:-1:3]])  # buckets of each row
+    starts = np.zeros(len(rows), dtype=bool)  # the first bucket of its row
+    starts[(ends[2::3] - per_row)[per_row > 0]] = True
+    before = np.zeros_like(running)  # the running sum at the end of the previous bucket of the row
+    before[1:] = running[:-1]
+    before[starts] = 0.0
+    grouped = running - before
+    limits = np.append(edges, np.nan)[cols]
+    top = cols == len(edges)  # the open top bin: its limit is the observed maximum
+    limits[top] = np.maximum(np.where(np.isfinite(vmax), vmax, edges[-1] * _GROWTH), edges[-1] * (1 + 1e-9))[rows[top]]
+    # a run of empty buckets becomes one (its last limit), as in ``tensorboard_buckets``
+    keep = (grouped != 0) | (not merge_empty)
+    keep[:-1] |= grouped[1:] != 0
+    keep[:-1] |= starts[1:]  # the last bucket of its row
+    keep[-1:] = True
+    bounds = np.cumsum(np.bincount(rows[keep], minlength=n_rows)).tolist()
+    limits, grouped = limits[keep].tolist(), grouped[keep].tolist()
+    return [(limits[a:b], grouped[a:b]) for a, b in zip([0, *bounds[:-1]], bounds, strict=True)]
 
 
 def abs_median_nonzero(counts: np.ndarray) -> float:
