@@ -69,3 +69,63 @@ def test_feature_histogram_float64_large_counts() -> None:
     x[::2, 1] = 10.0
     got = feature_histogram(x, torch.zeros(2), torch.ones(2))
     np.testing.assert_array_equal(got.numpy(), _plain(x, torch.zeros(2), torch.ones(2)))
+
+
+def _homogeneity_plain(ref: np.ndarray, cur: np.ndarray, min_expected: float = 5.0) -> np.ndarray:
+    """``homogeneity_pvalue`` as it was defined before issue 17 (terms of every group id, empty ones included)."""
+    from scipy import special
+
+    rows, _ = ref.shape
+    m, n = ref.sum(1, keepdims=True), cur.sum(1, keepdims=True)
+    pooled = (ref + cur) / np.maximum(m + n, 1e-300)
+    cum = np.cumsum(pooled * np.minimum(m, n), axis=1)
+    groups = np.floor(cum / min_expected - 1e-9).astype(np.int64)
+    top = np.maximum(np.floor(cum[:, -1:] / min_expected - 1e-9).astype(np.int64) - 1, 0)
+    groups = np.clip(groups, 0, top)
+    width = int(top.max()) + 1
+    flat = (groups + np.arange(rows)[:, None] * width).ravel()
+    r_g, c_g = (np.bincount(flat, weights=a.ravel(), minlength=rows * width).reshape(rows, width) for a in (ref, cur))
+    p_g = (r_g + c_g) / np.maximum(m + n, 1e-300)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        e_r, e_c = m * p_g, n * p_g
+        terms = np.where(e_r > 0, (r_g - e_r) ** 2 / e_r, 0.0) + np.where(e_c > 0, (c_g - e_c) ** 2 / e_c, 0.0)
+    dof = (np.diff(groups, axis=1) > 0).sum(1)
+    out = np.where(dof > 0, special.chdtrc(np.maximum(dof, 1), terms.sum(1)), 1.0)
+    return np.where((m[:, 0] > 0) & (n[:, 0] > 0), out, np.nan)
+
+
+def test_homogeneity_pvalue_is_bitwise_the_plain_definition() -> None:
+    from lightning_normwatch.stats.homogeneity import homogeneity_pvalue
+
+    rng = np.random.default_rng(3)
+    ref = rng.poisson(rng.uniform(0, 300, size=(400, FEATURE_BINS))) * rng.uniform(0.2, 1, size=(400, 1))
+    cur = rng.poisson(rng.uniform(0, 30, size=(400, FEATURE_BINS))).astype(float)
+    ref[:5], cur[5:10], cur[10:15] = 0.0, 0.0, 1e9  # empty rows, a huge current sample
+    ref[20:30, 3:], cur[30:40, :9] = 0.0, 0.0  # sparse rows: empty groups between the others
+    got = homogeneity_pvalue(ref, cur)
+    assert np.array_equal(got, _homogeneity_plain(ref, cur), equal_nan=True)
+    assert np.array_equal(homogeneity_pvalue(ref, cur, ref_sum=ref.sum(1, keepdims=True)), got, equal_nan=True)
+    one = homogeneity_pvalue(ref[50:51], cur[50:51])
+    assert np.array_equal(one, _homogeneity_plain(ref[50:51], cur[50:51]), equal_nan=True)
+
+
+def test_feature_drift_follows_its_reference() -> None:
+    """The reference's terms are computed once per reference state, and again after each ``add``."""
+    from lightning_normwatch.stats.feature_drift import Anchor, FeatureReference, FeatureStats, feature_drift
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(500, 6))
+    x[:, 5] = 3.0  # constant
+    anchor = Anchor.of(x.mean(0), x.std(0))
+    batches = [FeatureStats.of(rng.normal(size=(64, 6)) * (1 + i), anchor) for i in range(3)]
+    ref, one, two = FeatureReference(), FeatureReference(), FeatureReference()
+    for r in (ref, one, two):
+        r.add(FeatureStats.of(x, anchor))
+    first = feature_drift(ref, batches[0])
+    ref.add(batches[1])  # the reference changes: its cached terms must too
+    two.add(batches[1])
+    pairs = ((first, feature_drift(one, batches[0])), (feature_drift(ref, batches[2]), feature_drift(two, batches[2])))
+    for a, b in pairs:
+        for name in ("mean_shift", "std_log_ratio", "psi", "changed", "score", "constant"):
+            assert np.array_equal(getattr(a, name), getattr(b, name), equal_nan=True), name
+    assert not np.array_equal(first.mean_shift, feature_drift(ref, batches[0]).mean_shift)

@@ -52,6 +52,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .homogeneity import homogeneity_pvalue
 from .moments import merge_groups
 
 __all__ = [
@@ -200,6 +201,14 @@ class FeatureReference:
     stats: FeatureStats | None = None
     steps: int = 0
     binned_steps: int = 0
+    _side: tuple[tuple[int, int], dict[str, np.ndarray]] | None = field(default=None, repr=False, compare=False)
+
+    def side(self) -> dict[str, np.ndarray]:
+        """The reference's part of ``feature_drift``'s arithmetic, computed once per reference state."""
+        key = (id(self.stats), self.steps)
+        if self._side is None or self._side[0] != key:
+            self._side = (key, _reference_side(self.stats))  # type: ignore[arg-type]
+        return self._side[1]
 
     def add(self, cur: FeatureStats) -> None:
         if self.stats is not None and len(self.stats.n) != len(cur.n):
@@ -254,52 +263,35 @@ class FeatureDrift:
     scale_changed: np.ndarray = field(repr=False)
 
 
-def _psi_rows(p_counts: np.ndarray, q_counts: np.ndarray) -> np.ndarray:
-    """PSI per row between two ``[C, bins]`` count arrays (NaN for an empty row)."""
-    pt, qt = p_counts.sum(1, keepdims=True), q_counts.sum(1, keepdims=True)
+def _reference_side(ref: FeatureStats) -> dict[str, np.ndarray]:
+    """What ``feature_drift`` computes from the reference alone (the same expressions, evaluated once)."""
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        s_ref, m = ref.std(), ref.effective()
+        g2 = np.where(ref.m2 > 0, ref.n * ref.m4 / np.maximum(ref.m2, 1e-300) ** 2 - 3.0, 0.0)
+        pt = ref.hist.sum(1, keepdims=True)
+        f_ref = np.minimum(1.0, ref.items / np.maximum(pt, 1))
+        weighted = ref.hist * f_ref
+        return {
+            "s_ref": s_ref,
+            "ref_scale": np.where(s_ref > 0, s_ref, np.maximum(np.abs(ref.mean) * 1e-6, 1e-12)),
+            "var_m": s_ref**2 / np.maximum(m, 1),
+            "inv_m": 1 / np.maximum(m, 1),
+            "kurt": np.maximum(g2 + 2.0, 0.5) / 4.0,
+            "live": (ref.n >= 2) & np.isfinite(s_ref),
+            "p": np.maximum(ref.hist / pt, _PSI_FLOOR),
+            "p_live": pt[:, 0] > 0,
+            "weighted": weighted,
+            "weighted_sum": weighted.sum(1, keepdims=True),
+        }
+
+
+def _psi_rows(side: dict[str, np.ndarray], q_counts: np.ndarray) -> np.ndarray:
+    """PSI per row between the reference's and ``[C, bins]`` current counts (NaN for an empty row)."""
+    p, qt = side["p"], q_counts.sum(1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
-        p = np.maximum(p_counts / pt, _PSI_FLOOR)
         q = np.maximum(q_counts / qt, _PSI_FLOOR)
         out = ((q - p) * np.log(q / p)).sum(1)
-    return np.where((pt[:, 0] > 0) & (qt[:, 0] > 0), out, np.nan)
-
-
-def homogeneity_pvalue(ref: np.ndarray, cur: np.ndarray, min_expected: float = 5.0) -> np.ndarray:
-    """Per row, the p-value of Pearson's chi-square test that two count vectors share one distribution.
-
-    Adjacent bins are grouped so that every group expects at least ``min_expected`` counts in the
-    smaller sample (the condition for the chi-square approximation; PSI itself has no usable null
-    distribution at small batches: its empty-bin floor makes a batch of 32 rows reach PSI 2 by chance).
-
-    Example:
-        >>> r = np.array([[100.0, 200, 100], [100, 200, 100]])
-        >>> c = np.array([[10.0, 20, 10], [30, 5, 5]])
-        >>> p = homogeneity_pvalue(r, c)
-        >>> bool(p[0] > 0.9), bool(p[1] < 1e-6)
-        (True, True)
-    """
-    from scipy import special
-
-    rows, bins = ref.shape
-    m, n = ref.sum(1, keepdims=True), cur.sum(1, keepdims=True)
-    pooled = (ref + cur) / np.maximum(m + n, 1e-300)
-    small = np.minimum(m, n)
-    # group id from the cumulative expected count of the smaller sample; the last group joins the one before
-    cum = np.cumsum(pooled * small, axis=1)
-    groups = np.floor(cum / min_expected - 1e-9).astype(np.int64)
-    top = np.maximum(np.floor(cum[:, -1:] / min_expected - 1e-9).astype(np.int64) - 1, 0)
-    groups = np.clip(groups, 0, top)  # non-decreasing along the bins: ids skipped are empty groups
-    width = int(top.max()) + 1
-    flat = (groups + np.arange(rows)[:, None] * width).ravel()
-    r_g, c_g = (np.bincount(flat, weights=a.ravel(), minlength=rows * width).reshape(rows, width) for a in (ref, cur))
-    p_g = (r_g + c_g) / np.maximum(m + n, 1e-300)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        e_r, e_c = m * p_g, n * p_g
-        terms = np.where(e_r > 0, (r_g - e_r) ** 2 / e_r, 0.0) + np.where(e_c > 0, (c_g - e_c) ** 2 / e_c, 0.0)
-    chi2 = terms.sum(1)
-    dof = (np.diff(groups, axis=1) > 0).sum(1)  # groups - 1
-    out = np.where(dof > 0, special.chdtrc(np.maximum(dof, 1), chi2), 1.0)  # scipy.stats.chi2.sf, without its checks
-    return np.where((m[:, 0] > 0) & (n[:, 0] > 0), out, np.nan)
+    return np.where(side["p_live"] & (qt[:, 0] > 0), out, np.nan)
 
 
 def feature_drift(
@@ -313,30 +305,28 @@ def feature_drift(
     """Per-feature drift of ``current`` against ``reference`` (see the module docstring)."""
     ref = reference.stats
     assert ref is not None and len(ref.n) == len(current.n)
+    side = reference.side()  # the reference's terms, once per reference (the same expressions)
+    s_ref, ref_scale = side["s_ref"], side["ref_scale"]
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        s_ref, s_cur = ref.std(), current.std()
-        m = ref.effective()
+        s_cur = current.std()
         n = current.effective()
-        live = (current.n >= 2) & (ref.n >= 2) & np.isfinite(s_ref) & np.isfinite(s_cur)
-        ref_scale = np.where(s_ref > 0, s_ref, np.maximum(np.abs(ref.mean) * 1e-6, 1e-12))
+        live = side["live"] & (current.n >= 2) & np.isfinite(s_cur)
         mean_shift = (current.mean - ref.mean) / ref_scale
-        se_mean = np.sqrt(s_cur**2 / np.maximum(n, 1) + s_ref**2 / np.maximum(m, 1)) / ref_scale
+        se_mean = np.sqrt(s_cur**2 / np.maximum(n, 1) + side["var_m"]) / ref_scale
         mean_changed = live & (np.abs(mean_shift) > np.maximum(mean_floor, noise_z * se_mean))
 
         log_ratio = np.log(s_cur / s_ref)
-        g2 = np.where(ref.m2 > 0, ref.n * ref.m4 / np.maximum(ref.m2, 1e-300) ** 2 - 3.0, 0.0)
-        se_log = np.sqrt(np.maximum(g2 + 2.0, 0.5) / 4.0 * (1 / np.maximum(n, 1) + 1 / np.maximum(m, 1)))
+        se_log = np.sqrt(side["kurt"] * (1 / np.maximum(n, 1) + side["inv_m"]))
         scale_ok = live & (s_ref > 0) & (s_cur > 0)
         scale_changed = scale_ok & (np.abs(log_ratio) > np.maximum(math.log(scale_floor), noise_z * se_log))
 
         psi = np.full(len(current.n), np.nan)
         psi_changed = np.zeros(len(current.n), dtype=bool)
         if reference.binned_steps > 0 and current.hist.sum() > 0:
-            psi = _psi_rows(ref.hist, current.hist)
+            psi = _psi_rows(side, current.hist)
             # effective counts: rows of one image or sequence are not independent observations
             f_cur = np.minimum(1.0, current.items / np.maximum(current.hist.sum(1, keepdims=True), 1))
-            f_ref = np.minimum(1.0, ref.items / np.maximum(ref.hist.sum(1, keepdims=True), 1))
-            p_value = homogeneity_pvalue(ref.hist * f_ref, current.hist * f_cur)
+            p_value = homogeneity_pvalue(side["weighted"], current.hist * f_cur, ref_sum=side["weighted_sum"])
             psi_changed = live & np.isfinite(psi) & (psi > psi_floor) & (p_value < 2 * _normal_sf(noise_z))
             # The normal approximations of the mean and log-std tests fail for sparse features (a pixel
             # that is non-zero in 2 % of rows): a mean or scale change must also change the binned
