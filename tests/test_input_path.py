@@ -129,3 +129,21 @@ def test_feature_drift_follows_its_reference() -> None:
         for name in ("mean_shift", "std_log_ratio", "psi", "changed", "score", "constant"):
             assert np.array_equal(getattr(a, name), getattr(b, name), equal_nan=True), name
     assert not np.array_equal(first.mean_shift, feature_drift(ref, batches[0]).mean_shift)
+
+
+@pytest.mark.parametrize("shape", [(1, 257), (1,), (1, 3, 4)])
+def test_merge_of_one_group_is_bitwise_the_general_merge(shape: tuple[int, ...]) -> None:
+    from lightning_normwatch.stats.moments import _merge_many, merge_groups
+
+    rng = np.random.default_rng(6)
+    arrays = [rng.normal(size=shape) * 10.0 ** rng.integers(-30, 30, size=shape) for _ in range(5)]
+    arrays[0] = rng.integers(0, 300, size=shape).astype(float)
+    flat = [a.reshape(-1) for a in arrays]
+    specials = [(0.0, -0.0), (3.0, -0.0), (5.0, np.nan), (2.0, np.inf), (7.0, 1e300), (0.0, 5.0)]
+    for i, (count, value) in enumerate(specials[: flat[0].size]):
+        flat[0][i], flat[1 + i % 4][i] = count, value
+    with np.errstate(all="ignore"):
+        plain = _merge_many(*arrays, axis=0)
+    for a, b in zip(merge_groups(*arrays), plain, strict=True):
+        assert a.shape == b.shape and np.array_equal(a, b, equal_nan=True)
+        assert np.array_equal(np.signbit(a), np.signbit(b))

@@ -186,11 +186,13 @@ def feature_figures(
     if not scaled.any():
         return {}
     g1, g2 = standardized_shape(n, m2, m3, m4)
+    rms = rms[scaled]
+    largest = rms.max()
     return {
         # largest over median: a feature far larger than the rest dominates the gradients; tiny,
         # sparse features (a pixel that is almost always 0) are harmless and would make max/min useless
-        "feature_rms_ratio": float(rms[scaled].max() / np.median(rms[scaled])),
-        "feature_rms_max": float(rms[scaled].max()),
+        "feature_rms_ratio": float(largest / np.median(rms)),
+        "feature_rms_max": float(largest),
         "channel_skew": g1,
         "channel_kurtosis": g2,
     }

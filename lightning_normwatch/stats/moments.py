@@ -134,6 +134,26 @@ def merge_groups(
 def _merge_groups(n, mean, m2, m3, m4, axis):  # noqa: ANN001, ANN202
     n = np.asarray(n, dtype=np.float64)
     mean, m2, m3, m4 = (np.asarray(v, dtype=np.float64) for v in (mean, m2, m3, m4))
+    if n.ndim and n.shape[axis] == 1 and all(v.shape == n.shape for v in (mean, m2, m3, m4)):
+        return _merge_one(*(np.take(v, 0, axis=axis) for v in (n, mean, m2, m3, m4)))
+    return _merge_many(n, mean, m2, m3, m4, axis)
+
+
+def _merge_one(n, mean, m2, m3, m4):  # noqa: ANN001, ANN202
+    """``_merge_many`` of a single group, without its reductions: a sum of one value ``x`` is ``x + 0.0``."""
+    total = n + 0.0
+    safe = np.where(total > 0, total, 1.0)
+    grand = (n * mean + 0.0) / safe
+    grand = grand + (np.where(n > 0, n * (mean - grand), 0.0) + 0.0) / safe
+    d = np.where(n > 0, mean - grand, 0.0)
+    d2 = d * d
+    M2 = (m2 + n * d2) + 0.0
+    M3 = (m3 + 3 * d * m2 + n * d2 * d) + 0.0
+    M4 = (m4 + 4 * d * m3 + 6 * d2 * m2 + n * d2 * d2) + 0.0
+    return total, grand, M2, M3, M4
+
+
+def _merge_many(n, mean, m2, m3, m4, axis):  # noqa: ANN001, ANN202
     total = n.sum(axis=axis)
     safe = np.where(total > 0, total, 1.0)
     grand = (n * mean).sum(axis=axis) / safe
