@@ -44,11 +44,12 @@ import torch
 from torch import Tensor
 
 from ..stats.block import CHANNEL_FIELDS, HEAD
-from ..stats.histogram import _bin_index, bin_edges, num_bins
+from ..stats.feature_drift import FEATURE_BINS, FEATURE_EDGES
+from ..stats.histogram import _KEY_BITS, _bin_lookup, bin_edges, num_bins
 from ..stats.moments import channel_moments, pow2_scale, rescale
 from .sampling import Sampled, measure_sampled
 
-__all__ = ["measure_all"]
+__all__ = ["measure_all", "bin_index_into", "feature_counts"]
 
 
 @dataclass
@@ -64,6 +65,7 @@ class _Plan:
     hi: list[Tensor | None]
     gather: Tensor  # positions in the source vector of every block value, blocks in item order
     sizes: list[int]  # block sizes, item order
+    values: int  # sampled values of all items
 
 
 _PLANS: dict[tuple, _Plan] = {}
@@ -150,6 +152,7 @@ def _plan(items: Sequence[Sampled]) -> _Plan:
         hi=hi,
         gather=torch.tensor(gather, dtype=torch.int64, device=device),
         sizes=sizes,
+        values=sum(s.sample.numel() for s in items),
     )
 
 
@@ -161,18 +164,107 @@ def _segments(values: Tensor, counts: Tensor, reduce: str) -> Tensor:
 def _finite_moments(sample: Tensor, absmax: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``channel_moments`` for a sample known to hold only finite values: the same arithmetic without the
     masks (``f`` is 1 everywhere, ``z`` is the sample), so the same figures in 12 passes instead of 18.
-    Columns are divided by a power of two before the powers and scaled back in float64, as there."""
+    Columns are divided by a power of two before the powers and scaled back in float64, as there.
+
+    The products go into two work buffers in place (``d * d2`` is ``d2 * d``, IEEE products commute), and
+    non-zero values are counted as floats: a boolean mask summed into a float is several times slower
+    on CPU than the comparison written as 0.0/1.0, and the counts are the same integers.
+
+    Example:
+        >>> x = torch.tensor([[1.0, 0.0], [3.0, 0.0]])
+        >>> all(torch.equal(a, b) for a, b in zip(_finite_moments(x, x.abs().amax(0)), channel_moments(x)))
+        True
+    """
     scale = pow2_scale(absmax)
-    sample = sample / scale
-    rows = sample.shape[0]
-    n = torch.full((sample.shape[1],), float(rows), dtype=sample.dtype, device=sample.device)
+    scaled = sample / scale
+    rows = scaled.shape[0]
+    n = torch.full((scaled.shape[1],), float(rows), dtype=scaled.dtype, device=scaled.device)
     count = max(rows, 1)
-    mean = sample.sum(0) / count
-    mean = mean + (sample - mean).sum(0) / count
-    d = sample - mean
+    mean = scaled.sum(0) / count
+    d = scaled - mean
+    mean = mean + d.sum(0) / count
+    torch.sub(scaled, mean, out=d)
+    nonzero = scaled.ne_(0).sum(0)  # in place: 1.0 where non-zero (scaled is not read again)
     d2 = d * d
-    nonzero = (sample != 0).sum(0, dtype=sample.dtype)
-    return rescale(n, mean, d2.sum(0), (d2 * d).sum(0), (d2 * d2).sum(0), nonzero, scale)
+    m2 = d2.sum(0)
+    m3 = d.mul_(d2).sum(0)
+    m4 = d2.mul_(d2).sum(0)
+    return rescale(n, mean, m2, m3, m4, nonzero, scale)
+
+
+_WIDTH = {torch.float32: torch.int32, torch.float64: torch.int64}  # integers of a float's width
+
+_LOOKUPS: dict[int, tuple[Tensor, tuple[Tensor, Tensor] | None]] = {}  # id(edges) -> (edges, tables)
+
+
+def _lookups(edges: Tensor) -> tuple[Tensor, Tensor] | None:
+    """``stats.histogram``'s table (``table[key]``: edges below the key's range) and per key the edge its
+    values are compared with (``upper[table[key]]``, so that both gathers read by key). None: no table."""
+    cached = _LOOKUPS.get(id(edges))
+    if cached is None or cached[0] is not edges:  # edges are cached tensors (bin_edges, the feature edges)
+        found = _bin_lookup(edges)
+        if found is not None:
+            table, upper = found
+            found = (table, upper.index_select(0, table))
+        cached = _LOOKUPS[id(edges)] = (edges, found)
+    return cached[1]
+
+
+def bin_index_into(flat: Tensor, edges: Tensor, out: Tensor) -> Tensor:
+    """``torch.bucketize(flat, edges)`` of the finite values of a 1-D float32/float64 ``flat``, written into
+    ``out`` (int32 for float32, int64 for float64, ``flat``'s size); non-finite values get some index in
+    ``[0, len(edges)]``. The table lookup of ``stats.histogram`` (a few passes, no binary search), with the
+    intermediate results in place.
+
+    Example:
+        >>> x = torch.tensor([-2.0, -1.0, 0.0, 0.5, 1.0, 3.0])
+        >>> e = torch.tensor([-1.0, 0.0, 1.0])
+        >>> bin_index_into(x, e, torch.empty(6, dtype=torch.int32)).tolist() == torch.bucketize(x, e).tolist()
+        True
+    """
+    found = _lookups(edges)
+    if found is None:
+        return out.copy_(torch.bucketize(torch.nan_to_num(flat, 0.0, 0.0, 0.0), edges))
+    table, edge = found
+    width = _KEY_BITS[flat.dtype]
+    torch.bitwise_right_shift(flat.view(out.dtype), 8 * flat.element_size() - width, out=out)
+    key = out.bitwise_and_((1 << width) - 1)
+    below = table.index_select(0, key)
+    torch.lt(edge.index_select(0, key), flat, out=out)
+    return out.add_(below)
+
+
+_FEATURE_EDGES: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+_OFFSETS: dict[tuple[int, torch.device, torch.dtype], Tensor] = {}
+
+
+def feature_counts(sample: Tensor, center: Tensor, scale: Tensor) -> Tensor:
+    """``stats.feature_drift.feature_histogram`` (counts of each column on ``FEATURE_EDGES`` in anchor units,
+    ``[C * FEATURE_BINS]`` in the sample's dtype; non-finite values not counted), the same counts from the
+    table lookup and one ``bincount`` instead of a binary search per value. ``center`` and ``scale`` are
+    in the sample's dtype.
+
+    Example:
+        >>> from lightning_normwatch.stats.feature_drift import feature_histogram
+        >>> x = torch.tensor([[0.1, 10.0], [-5.0, 10.0], [float("nan"), 13.0]])
+        >>> c, s = torch.tensor([0.0, 10.0]), torch.tensor([1.0, 1.0])
+        >>> torch.equal(feature_counts(x, c, s), feature_histogram(x, c, s))
+        True
+    """
+    rows, channels = sample.shape
+    device, dtype = sample.device, sample.dtype
+    edges = _FEATURE_EDGES.get((device, dtype))
+    if edges is None:
+        edges = _FEATURE_EDGES[(device, dtype)] = torch.tensor(FEATURE_EDGES, device=device, dtype=dtype)
+    offsets = _OFFSETS.get((channels, device, dtype))
+    if offsets is None:
+        offsets = torch.arange(channels, device=device, dtype=_WIDTH[dtype]).mul_(FEATURE_BINS)
+        _OFFSETS[(channels, device, dtype)] = offsets
+    z = (sample - center) / scale
+    index = bin_index_into(z.reshape(-1), edges, torch.empty(z.numel(), dtype=_WIDTH[dtype], device=device))
+    index.view(rows, channels).add_(offsets)
+    index.masked_fill_(z.isfinite().logical_not_().reshape(-1), channels * FEATURE_BINS)  # a discarded bin
+    return torch.bincount(index, minlength=channels * FEATURE_BINS + 1)[:-1].to(dtype)
 
 
 @torch.no_grad()
@@ -197,7 +289,10 @@ def _measure_group(items: Sequence[Sampled]) -> list[Tensor]:
     cmin: list[Tensor] = []
     cmax: list[Tensor] = []
     csat: list[Tensor] = []
-    bins: list[Tensor] = []
+    # bin of every value, offset by its item's bins, all row groups in one index vector (for one bincount)
+    itype = plan.column_item[0].dtype if plan.column_item else torch.int64
+    index = torch.empty(plan.values, dtype=itype, device=device)
+    at = 0
     for g, (rows, positions) in enumerate(plan.row_groups):
         parts = [items[i].sample for i in positions]
         matrix = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
@@ -220,14 +315,22 @@ def _measure_group(items: Sequence[Sampled]) -> list[Tensor]:
         cmin.append(low)
         cmax.append(high)
         lo, hi = plan.lo[g], plan.hi[g]
-        if lo is not None and hi is not None:
-            csat.append((matrix <= lo).sum(0, dtype=dtype) + (matrix >= hi).sum(0, dtype=dtype))
+        if lo is not None and hi is not None:  # comparisons written as 0.0/1.0 (a bool mask summed as floats is slow)
+            hits = torch.le(matrix, lo, out=torch.empty_like(matrix)).sum(0)
+            csat.append(hits + torch.ge(matrix, hi, out=torch.empty_like(matrix)).sum(0))
         else:
             csat.append(torch.zeros(matrix.shape[1], dtype=dtype, device=device))
-        # bin of every value, offset by its item's bins; non-finite values to the discarded bin t * nb
-        index = _bin_index(matrix.reshape(-1), edges).view(matrix.shape) + plan.column_item[g]
-        bins.append((index if finite else torch.where(matrix.isfinite(), index, t * nb)).reshape(-1))
-    hist = torch.bincount(torch.cat(bins), minlength=t * nb + 1)[: t * nb] if bins else None
+        flat = matrix.reshape(-1)
+        mine = index[at : at + flat.numel()]
+        at += flat.numel()
+        if mine.dtype == _WIDTH[dtype]:
+            bin_index_into(flat, edges, mine)
+        else:  # (more than 2**31 bins in all: int64 offsets for float32 values)
+            mine.copy_(bin_index_into(flat, edges, torch.empty_like(flat, dtype=_WIDTH[dtype])))
+        mine.view(matrix.shape).add_(plan.column_item[g])
+        if not finite:  # non-finite values to the discarded bin t * nb
+            mine.masked_fill_(flat.isfinite().logical_not_(), t * nb)
+    hist = torch.bincount(index, minlength=t * nb + 1)[: t * nb] if at else None
     hist = hist.to(dtype) if hist is not None else torch.zeros(t * nb, dtype=dtype, device=device)
 
     def item_order(parts: list[Tensor]) -> Tensor:
