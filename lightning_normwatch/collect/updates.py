@@ -290,7 +290,10 @@ class UpdateProbe:
                 if row is not None:
                     self._lr[row] = lr
         params = [self._params[r] for r in rows]  # no_grad: no graph, no detach needed
-        copies = torch._foreach_mul(params, 1.0)  # one copy of each, in one call
+        if all(p.device.type == "cpu" for p in params):  # clone: a copy, twice as fast as a multiplication on CPU
+            copies = [p.clone() for p in params]
+        else:
+            copies = torch._foreach_mul(params, 1.0)  # one copy of each, in one call (one launch per chunk)
         grads = [p.grad for p in params]
         present = [i for i, g in enumerate(grads) if g is not None]
         dense = [grads[i].coalesce().values() if grads[i].is_sparse else grads[i] for i in present]
