@@ -73,6 +73,7 @@ class StageProfile:
 
     def __init__(self) -> None:
         self.seconds: dict[tuple[str, str], float] = {}
+        self.cpu: dict[str, float] = {}  # stage -> CPU seconds of the thread that ran it, all threads together
         self.steps = 0
         self._undo: list[Callable[[], None]] = []
         self._lock = threading.Lock()
@@ -83,19 +84,21 @@ class StageProfile:
         def timed(*args: Any, **kwargs: Any) -> Any:
             depth = getattr(self._depth, stage, 0)
             setattr(self._depth, stage, depth + 1)
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.thread_time()
             try:
                 return fn(*args, **kwargs)
             finally:
                 setattr(self._depth, stage, depth)
                 if depth == 0:
                     spent, thread = time.perf_counter() - started, _thread_kind()
+                    cpu = time.thread_time() - cpu_started
                     keys = [(stage, thread)]
                     if stage != "callback" and getattr(self._depth, "callback", 0):
                         keys.append((stage + "@callback", thread))  # inside NormWatch's hooks (a compiled replay)
                     with self._lock:
                         for key in keys:
                             self.seconds[key] = self.seconds.get(key, 0.0) + spent
+                        self.cpu[stage] = self.cpu.get(stage, 0.0) + cpu
                         self.steps += stage == "transfer"
 
         return timed
@@ -140,19 +143,28 @@ class StageProfile:
         """Milliseconds per logging step of ``stage`` on ``thread``."""
         return 1000 * self.seconds.get((stage, thread), 0.0) / max(self.steps, 1)
 
+    def cpu_per_step(self, stage: str) -> float:
+        """CPU milliseconds per logging step of ``stage``, on whichever thread ran it: less sensitive than wall
+        time to other processes on a shared machine (``time.thread_time``; CPU spent by torch's intra-op
+        threads on the stage's behalf is not counted)."""
+        return 1000 * self.cpu.get(stage, 0.0) / max(self.steps, 1)
+
     def rows(self, model: str) -> list[str]:
-        """Markdown table rows: one per stage, ms per logging step by thread."""
+        """Markdown table rows: one per stage, ms per logging step by thread, and CPU ms."""
         lines = []
         inside = sum(self.per_step(s + "@callback", "training") for s in STAGES if s != "callback")
         for stage in STAGES:
             cells = " | ".join(f"{self.per_step(stage, t):.2f}" for t in THREADS)
-            lines.append(f"| {model} | {stage} | {cells} |")
+            lines.append(f"| {model} | {stage} | {cells} | {self.cpu_per_step(stage):.2f} |")
         other = self.per_step("callback", "training") - inside
-        lines.append(f"| {model} | other (callback − above) | {other:.2f} | — | — |")
+        lines.append(f"| {model} | other (callback − above) | {other:.2f} | — | — | — |")
         hooks_outside = self.per_step("hooks", "training") - self.per_step("hooks@callback", "training")
         total = hooks_outside + self.per_step("callback", "training")
-        lines.append(f"| {model} | **training thread total** | {total:.2f} | — | — |")
+        lines.append(f"| {model} | **training thread total** | {total:.2f} | — | — | — |")
         return lines
 
 
-HEADER = "| model | stage | training thread ms/logging step | worker ms | TB writer ms |\n|---|---|---:|---:|---:|"
+HEADER = (
+    "| model | stage | training thread ms/logging step | worker ms | TB writer ms | CPU ms (any thread) |\n"
+    "|---|---|---:|---:|---:|---:|"
+)

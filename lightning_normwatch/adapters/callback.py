@@ -201,7 +201,13 @@ class NormWatch(Callback):
     @property
     @override
     def state_key(self) -> str:
-        return self._generate_state_key(modules=repr(self.modules), exclude=repr(self.exclude))
+        # Lightning reads it at every hook call (its profiler's key): built once, the patterns never change
+        key = self.__dict__.get("_state_key")
+        if key is None:
+            key = self.__dict__["_state_key"] = self._generate_state_key(
+                modules=repr(self.modules), exclude=repr(self.exclude)
+            )
+        return key
 
     # ------------------------------------------------------------------ set-up / tear-down
     @override

@@ -26,8 +26,18 @@ __all__ = ["trainer_hooks_only"]
 T = TypeVar("T", bound=type)
 
 
+#: types already found to be trainers: the check runs at every hook call, and ``hasattr`` on a Trainer's
+#: properties (``global_step`` walks its loops) costs microseconds each time
+_TRAINER_TYPES: set[type] = set()
+
+
 def _is_trainer(obj: Any) -> bool:
-    return hasattr(obj, "global_step") and hasattr(obj, "loggers") and hasattr(obj, "strategy")
+    if type(obj) in _TRAINER_TYPES:
+        return True
+    if hasattr(obj, "global_step") and hasattr(obj, "loggers") and hasattr(obj, "strategy"):
+        _TRAINER_TYPES.add(type(obj))
+        return True
+    return False
 
 
 def _guarded(name: str, hook: Callable[..., Any]) -> Callable[..., Any]:
