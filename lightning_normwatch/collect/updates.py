@@ -3,9 +3,10 @@
 On a logging step, right before an optimizer steps (Lightning's ``on_before_optimizer_step``, where
 gradients are already unscaled under AMP; a plain loop's optimizer step pre-hook), ``UpdateProbe.before_step``
 copies the parameters that optimizer holds and measures ``||W||`` and ``||g||`` with one ``_foreach_norm``
-each; right after the step (an optimizer step post-hook, which only fires when the step ran: a step
-that ``GradScaler`` skipped leaves no update, and is reported as skipped, not as a zero update),
-``after_step`` measures ``||W_new - W_old||`` and drops the copies. Nothing is read on the host before
+(both lists in one call); right after the step (an optimizer step post-hook, which only fires when the step
+ran: a step that ``GradScaler`` skipped leaves no update, and is reported as skipped, not as a zero update),
+``after_step`` subtracts the new weights from the copies in place, measures ``||W_old - W_new||`` (the norm
+of the update) and drops the copies. Nothing is read on the host before
 ``collect`` at the end of the logging step: one transfer of one small tensor. Other steps cost a dict
 lookup in the post-hook.
 
