@@ -195,3 +195,37 @@ def test_update_norms_equal_per_tensor_norms() -> None:
         else:
             assert g == torch.linalg.vector_norm(p.grad).double().item()
         assert d == torch.linalg.vector_norm(p.detach() - before[row]).double().item()
+
+
+def plain_channel_moments(sample: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``channel_moments`` as first written: fresh products, non-zero values counted from a boolean mask."""
+    from lightning_normwatch.stats.moments import pow2_scale, rescale
+
+    absmax = sample.abs().nan_to_num_(0.0, 0.0, 0.0).amax(0) if sample.shape[0] else sample.new_zeros(sample.shape[1:])
+    scale = pow2_scale(absmax)
+    sample = sample / scale
+    f = sample.mul(0).add_(1).nan_to_num_(0.0, 0.0, 0.0)
+    z = sample.nan_to_num(0.0, 0.0, 0.0)
+    n = f.sum(0)
+    count = n.clamp_min(1)
+    mean = z.sum(0) / count
+    mean = mean + torch.addcmul(z, f, mean, value=-1).sum(0) / count
+    d = torch.addcmul(z, f, mean, value=-1)
+    d2 = d * d
+    nonzero = (sample != 0).sum(0, dtype=sample.dtype)
+    return rescale(n, mean, d2.sum(0), (d2 * d).sum(0), (d2 * d2).sum(0), nonzero, scale)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_channel_moments_equal_their_plain_definition(dtype: torch.dtype) -> None:
+    from lightning_normwatch.stats.moments import channel_moments
+
+    g = torch.Generator().manual_seed(4)
+    x = (torch.randn(200, 9, generator=g) * 1e3).to(dtype)
+    x[:, 1] = 0.0
+    x[::3, 2] = 0.0
+    x[5, 3], x[6, 4], x[7, 4] = math.nan, math.inf, -math.inf
+    x[:, 5] = math.nan
+    for sample in (x, x[:0], x[:1]):
+        for a, b in zip(channel_moments(sample), plain_channel_moments(sample), strict=True):
+            assert torch.equal(a.nan_to_num(-7.0), b.nan_to_num(-7.0))
