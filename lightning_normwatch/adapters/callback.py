@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -198,16 +199,10 @@ class NormWatch(Callback):
         """How statistics are collected (``collectives`` and ``bytes_sent`` tell the cost under DDP)."""
         return self.session.exchange
 
-    @property
+    @functools.cached_property
     @override
-    def state_key(self) -> str:
-        # Lightning reads it at every hook call (its profiler's key): built once, the patterns never change
-        key = self.__dict__.get("_state_key")
-        if key is None:
-            key = self.__dict__["_state_key"] = self._generate_state_key(
-                modules=repr(self.modules), exclude=repr(self.exclude)
-            )
-        return key
+    def state_key(self) -> str:  # Lightning reads it at every hook call: built once (the patterns never change)
+        return self._generate_state_key(modules=repr(self.modules), exclude=repr(self.exclude))
 
     # ------------------------------------------------------------------ set-up / tear-down
     @override
@@ -246,8 +241,7 @@ class NormWatch(Callback):
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
-        # gradients are final here (accumulated, reduced under DDP, unscaled under AMP); the step follows
-        self.session.before_optimizer_step(optimizer)
+        self.session.before_optimizer_step(optimizer)  # gradients final: accumulated, DDP-reduced, unscaled
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

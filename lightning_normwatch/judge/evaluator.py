@@ -27,15 +27,17 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 from torch import nn
 
 from ..collect.collector import Collector
 from ..collect.info import TensorInfo
 from ..config import SessionConfig
+from ..stats.drift_rows import drift_many
 from ..stats.feature_drift import FeatureStats
 from ..stats.figures import TensorStats, figures, figures_many
-from ..stats.reference import Reference, drift
+from ..stats.reference import Reference
 from .alerts import SEVERITY, Alert, AlertTracker
 from .collapse import collapse_alerts
 from .depth import depth_alerts, rms_of, small_growth
@@ -46,6 +48,17 @@ from .resume import FORMAT, ResumePlan, made_for, plan_resume
 from .rules import CLEAR_FRACTION, evaluate, nonfinite_alert
 
 __all__ = ["Evaluator", "StepResult"]
+
+
+@lru_cache(maxsize=4096)
+def _module_name(key: str) -> str:
+    """The module a watched tensor's name belongs to (``name#k``, ``name@k``, ``name[i]`` -> ``name``).
+
+    Example:
+        >>> _module_name("net.3.attn[0]"), _module_name("fc#2@2"), _module_name("fc")
+        ('net.3.attn', 'fc', 'fc')
+    """
+    return re.split(r"[#@\[]", key, maxsplit=1)[0]
 
 
 @dataclass
@@ -126,7 +139,7 @@ class Evaluator:
         order = [k for k in stats if k not in prediction and not self._is_input(k)]
         out: set[str] = set()
         for key in reversed(order):
-            module = modules.get(re.split(r"[#@\[]", key, maxsplit=1)[0])
+            module = modules.get(_module_name(key))
             if module is None or next(module.parameters(recurse=False), None) is not None:
                 break
             out.add(key)
@@ -137,7 +150,7 @@ class Evaluator:
         as the units learn to use their range, so ``shift`` does not judge them (as the head's input); their
         scale and mean drift still do, and the tensors they feed keep every rule."""
         modules = dict(self.collector.watched)
-        return {k for k in stats if isinstance(modules.get(re.split(r"[#@\[]", k, maxsplit=1)[0]), nn.RNNBase)}
+        return {k for k in stats if isinstance(modules.get(_module_name(k)), nn.RNNBase)}
 
     # ----------------------------------------------------------- one logging step
     def evaluate(self, step: int, stats: dict[str, TensorStats]) -> StepResult:
@@ -153,12 +166,13 @@ class Evaluator:
         self.order = list(stats) or self.order
         self._steps = [*self._steps[-1:], step]
         computed = dict(zip(stats, figures_many(list(stats.values())), strict=True))  # all tensors at once
+        drifts = self._reference_and_drift(stats, step)  # all tensors at once
         for key, st in stats.items():
             info = self._info(key) or TensorInfo(key, "other", "?", len(st.cn))
             fig = computed[key]
             if info.role == "input":
                 fig.update(self._input_figures(key, st, step, firing, checked))
-            d = self._reference_and_drift(key, st, step)
+            d = drifts.get(key)
             if d is not None:
                 fig.update(d)
             all_figures[key] = fig
@@ -174,13 +188,14 @@ class Evaluator:
             checked |= c
             if fig.get("dead", math.nan) < CLEAR_FRACTION * th.dead:
                 self.alive.add(key)
-        reference_rms = {
-            k: math.hypot(r.moments.mean, r.moments.std)
-            for k, r in self.references.items()
-            if r.steps > 0 and r.moments.n > 0 and not self._is_input(k)
-        }
-        learning = small_growth(firing, all_figures, reference_rms)
-        firing = [a for a in firing if a not in learning]
+        if any(a.kind == "scale_drift" for a in firing):  # small_growth judges only these
+            reference_rms = {
+                k: math.hypot(r.moments.mean, r.moments.std)
+                for k, r in self.references.items()
+                if r.steps > 0 and r.moments.n > 0 and not self._is_input(k)
+            }
+            learning = small_growth(firing, all_figures, reference_rms)
+            firing = [a for a in firing if a not in learning]
         a, c = self._depth_alerts(stats, all_figures, prediction, step, previous_rms)
         firing += a
         checked |= c
@@ -194,15 +209,18 @@ class Evaluator:
         self.alerts.extend(a for a in new if a.kind != "nonfinite")
         return StepResult(step, all_figures, new, self.active_counts())
 
-    def _reference_and_drift(self, key: str, st: TensorStats, step: int) -> dict[str, float] | None:
-        """Add this step to the tensor's reference inside the window; its drift figures once it is complete."""
-        ref = self.references.setdefault(key, Reference())
-        overall = st.overall
-        if not st.has_nonfinite and self.in_reference_window(step, ref) and overall.n > 0:
-            ref.add(overall, st.hist)
-        if self.reference_ready(step) and ref.steps > 0:
-            return drift(ref, overall, st.hist)
-        return None
+    def _reference_and_drift(self, stats: dict[str, TensorStats], step: int) -> dict[str, dict[str, float]]:
+        """Add this step to each tensor's reference inside the window; the drift figures of the tensors whose
+        reference is complete (``drift_many``: all tensors at once, the figures of ``drift``)."""
+        ready = []
+        for key, st in stats.items():
+            ref = self.references.setdefault(key, Reference())
+            overall = st.overall
+            if not st.has_nonfinite and self.in_reference_window(step, ref) and overall.n > 0:
+                ref.add(overall, st.hist)
+            if self.reference_ready(step) and ref.steps > 0:
+                ready.append((key, (ref, overall, st.hist)))
+        return dict(zip((key for key, _ in ready), drift_many([item for _, item in ready]), strict=True))
 
     def _finish_discovery(self, step: int) -> None:
         first = self.collector.discovery.finish()

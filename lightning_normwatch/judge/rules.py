@@ -14,6 +14,8 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from functools import lru_cache
 
 from ..collect.info import TensorInfo
 from ..config import Thresholds
@@ -41,6 +43,7 @@ def who(info: TensorInfo) -> str:
     return f"`{info.name}` ({info.type_name})"
 
 
+@lru_cache(maxsize=32)
 def near_overflow_limit(dtype: str) -> float:
     """|x| above which values of ``dtype`` are close to overflowing.
 
@@ -112,11 +115,12 @@ class Checks:
         self.out: list[Alert] = []
         self.checked: set[tuple[str, str]] = set()
 
-    def check(self, kind: str, condition: bool, value: float, threshold: float, message: str) -> None:
+    def check(self, kind: str, condition: bool, value: float, threshold: float, message: Callable[[], str]) -> None:
         """Hysteresis: an active alert clears only once the figure is clearly back (below 80 % of the
-        threshold), so a figure hovering around its threshold does not raise the alert again and again."""
+        threshold), so a figure hovering around its threshold does not raise the alert again and again.
+        ``message`` is called only when the alert fires (most checks at most steps do not: no text to format)."""
         if condition:
-            self.out.append(_alert(self.step, self.info, kind, value, threshold, message))
+            self.out.append(_alert(self.step, self.info, kind, value, threshold, message()))
             self.checked.add((self.info.name, kind))
         elif value < CLEAR_FRACTION * threshold:
             self.checked.add((self.info.name, kind))
@@ -187,8 +191,10 @@ def unit_rules(c: Checks, fig: dict[str, float], th: Thresholds, alive_before: b
             dead >= th.dead,
             dead,
             th.dead,
-            f"{dead:.0%} of {label}'s {info.channels} units output zero for the whole sampled batch "
-            f"(threshold {th.dead:.0%}): {cause}.",
+            lambda: (
+                f"{dead:.0%} of {label}'s {info.channels} units output zero for the whole sampled batch "
+                f"(threshold {th.dead:.0%}): {cause}."
+            ),
         )
     sat = fig.get("saturated")
     if info.role == "bounded" and sat is not None and math.isfinite(sat):
@@ -197,9 +203,11 @@ def unit_rules(c: Checks, fig: dict[str, float], th: Thresholds, alive_before: b
             sat >= th.saturated,
             sat,
             th.saturated,
-            f"{sat:.0%} of {label}'s outputs sit at the limits of its range (threshold "
-            f"{th.saturated:.0%}), where its gradient vanishes; usual cause: large weights or initialization, "
-            "or unnormalized inputs.",
+            lambda: (
+                f"{sat:.0%} of {label}'s outputs sit at the limits of its range (threshold "
+                f"{th.saturated:.0%}), where its gradient vanishes; usual cause: large weights or initialization, "
+                "or unnormalized inputs."
+            ),
         )
 
 
@@ -214,9 +222,11 @@ def scale_rules(c: Checks, fig: dict[str, float], th: Thresholds) -> None:
             ratio > th.outlier and max_abs >= th.outlier_min_abs,
             ratio,
             th.outlier,
-            f"{label} has massive values: max |x| = {max_abs:.4g} is {ratio:.0f}x its median non-zero |x| "
-            f"{typical:.3g} (threshold {th.outlier:g}x); usual causes: a few exploding units, unclipped inputs "
-            "or corrupted samples.",
+            lambda: (
+                f"{label} has massive values: max |x| = {max_abs:.4g} is {ratio:.0f}x its median non-zero |x| "
+                f"{typical:.3g} (threshold {th.outlier:g}x); usual causes: a few exploding units, unclipped inputs "
+                "or corrupted samples."
+            ),
         )
     ratio, largest = fig.get("feature_rms_ratio", math.nan), fig.get("feature_rms_max", math.nan)
     if info.role == "input" and math.isfinite(ratio) and math.isfinite(largest):
@@ -226,7 +236,7 @@ def scale_rules(c: Checks, fig: dict[str, float], th: Thresholds) -> None:
             value > th.feature_scale,
             value,
             th.feature_scale,
-            feature_scale_message(name, ratio, largest, th),
+            lambda: feature_scale_message(name, ratio, largest, th),
         )
     limit = near_overflow_limit(info.dtype)
     if math.isfinite(max_abs):
@@ -235,9 +245,11 @@ def scale_rules(c: Checks, fig: dict[str, float], th: Thresholds) -> None:
             max_abs > limit,
             max_abs,
             limit,
-            f"{label} holds values of {max_abs:.3g}, close to the largest {info.dtype} ({limit:.3g} is the mark): "
-            "one more layer, a square or a sum overflows to inf; usual causes: exploding activations from a "
-            "learning rate too high, or half precision without loss scaling / normalization.",
+            lambda: (
+                f"{label} holds values of {max_abs:.3g}, close to the largest {info.dtype} ({limit:.3g} is the mark): "
+                "one more layer, a square or a sum overflows to inf; usual causes: exploding activations from a "
+                "learning rate too high, or half precision without loss scaling / normalization."
+            ),
         )
 
 
@@ -253,9 +265,11 @@ def shape_rules(c: Checks, fig: dict[str, float], th: Thresholds) -> None:
             value > 1.0,
             value,
             1.0,
-            f"{label} is far from Gaussian-shaped (within-channel skewness {g1:.2f}, excess kurtosis "
-            f"{g2:.2f}; thresholds |{th.skew:g}| and {th.kurtosis:g}). Information, not a fault: networks "
-            "do not need Gaussian values, only comparable, stable scales.",
+            lambda: (
+                f"{label} is far from Gaussian-shaped (within-channel skewness {g1:.2f}, excess kurtosis "
+                f"{g2:.2f}; thresholds |{th.skew:g}| and {th.kurtosis:g}). Information, not a fault: networks "
+                "do not need Gaussian values, only comparable, stable scales."
+            ),
         )
 
 
@@ -271,9 +285,11 @@ def drift_rules(c: Checks, drift: dict[str, float], th: Thresholds) -> None:
             factor > th.scale_drift,
             factor,
             th.scale_drift,
-            f"The std of {label} {direction} {factor:.1f}x from its reference (threshold "
-            f"{th.scale_drift:g}x); usual causes: a learning rate too high (exploding) or a vanishing "
-            "signal, or input data whose scale changed.",
+            lambda: (
+                f"The std of {label} {direction} {factor:.1f}x from its reference (threshold "
+                f"{th.scale_drift:g}x); usual causes: a learning rate too high (exploding) or a vanishing "
+                "signal, or input data whose scale changed."
+            ),
         )
     shift = drift.get("mean_shift", math.nan)
     if math.isfinite(shift):
@@ -282,8 +298,10 @@ def drift_rules(c: Checks, drift: dict[str, float], th: Thresholds) -> None:
             abs(shift) > th.mean_drift,
             abs(shift),
             th.mean_drift,
-            f"The mean of {label} moved {shift:+.1f} reference stds from its reference (threshold "
-            f"{th.mean_drift:g}); usual causes: a shifted input distribution or a bias running away.",
+            lambda: (
+                f"The mean of {label} moved {shift:+.1f} reference stds from its reference (threshold "
+                f"{th.mean_drift:g}); usual causes: a shifted input distribution or a bias running away."
+            ),
         )
     value = drift.get("shape_psi", math.nan)
     if math.isfinite(value):
@@ -292,7 +310,9 @@ def drift_rules(c: Checks, drift: dict[str, float], th: Thresholds) -> None:
             value > th.shift,
             value,
             th.shift,
-            f"The shape of {label}'s distribution moved away from its reference: PSI {value:.2f} after "
-            f"standardizing both (threshold {th.shift:g}); usual causes: changed input data, units dying "
-            "or saturating, or unstable training.",
+            lambda: (
+                f"The shape of {label}'s distribution moved away from its reference: PSI {value:.2f} after "
+                f"standardizing both (threshold {th.shift:g}); usual causes: changed input data, units dying "
+                "or saturating, or unstable training."
+            ),
         )

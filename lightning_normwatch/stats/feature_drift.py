@@ -52,6 +52,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .histogram import _KEY_BITS, _bin_lookup
 from .moments import merge_groups
 
 __all__ = [
@@ -81,6 +82,27 @@ def _edges(device: torch.device, dtype: torch.dtype) -> Tensor:
     return torch.tensor(FEATURE_EDGES, device=device, dtype=dtype)
 
 
+_LOOKUP: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor] | None] = {}
+
+
+def _bin_index(z: Tensor, edges: Tensor) -> Tensor:
+    """``torch.bucketize(z, edges)`` for finite values (any bin for the others), by a table lookup on the top
+    bits of float32/float64 values (``histogram._bin_lookup``: 4x faster than ``bucketize`` here)."""
+    key = (z.device, z.dtype)
+    if key not in _LOOKUP:
+        _LOOKUP[key] = _bin_lookup(edges)
+    found = _LOOKUP[key]
+    if found is None:  # float16, bfloat16
+        return torch.bucketize(z.nan_to_num(0.0, 0.0, 0.0).contiguous(), edges)
+    table, upper = found
+    flat, width = z.reshape(-1), _KEY_BITS[z.dtype]
+    bits = (flat.view(torch.int32 if z.dtype == torch.float32 else torch.int64) >> (8 * z.element_size() - width)) & (
+        (1 << width) - 1
+    )
+    below = table.index_select(0, bits)
+    return (below + (upper.index_select(0, below) < flat)).view(z.shape)
+
+
 @torch.no_grad()
 def feature_histogram(sample: Tensor, center: Tensor, scale: Tensor) -> Tensor:
     """Counts of each column of ``sample`` (``[rows, C]``) on ``FEATURE_EDGES`` in anchor units.
@@ -99,7 +121,7 @@ def feature_histogram(sample: Tensor, center: Tensor, scale: Tensor) -> Tensor:
     rows, channels = sample.shape
     z = (sample - center.to(sample.dtype)) / scale.to(sample.dtype)
     finite = z.mul(0).add_(1).nan_to_num_(0.0, 0.0, 0.0)  # 1 where finite (float ops only)
-    idx = torch.bucketize(z.nan_to_num(0.0, 0.0, 0.0), _edges(sample.device, sample.dtype))
+    idx = _bin_index(z, _edges(sample.device, sample.dtype))
     idx = idx + torch.arange(channels, device=sample.device).mul_(FEATURE_BINS)
     counts = torch.zeros(channels * FEATURE_BINS, dtype=sample.dtype, device=sample.device)
     return counts.index_add_(0, idx.reshape(-1), finite.reshape(-1))
@@ -253,7 +275,7 @@ def homogeneity_pvalue(ref: np.ndarray, cur: np.ndarray, min_expected: float = 5
         >>> bool(p[0] > 0.9), bool(p[1] < 1e-6)
         (True, True)
     """
-    from scipy import stats
+    from scipy import special
 
     rows, bins = ref.shape
     m, n = ref.sum(1, keepdims=True), cur.sum(1, keepdims=True)
@@ -273,7 +295,7 @@ def homogeneity_pvalue(ref: np.ndarray, cur: np.ndarray, min_expected: float = 5
         terms = np.where(e_r > 0, (r_g - e_r) ** 2 / e_r, 0.0) + np.where(e_c > 0, (c_g - e_c) ** 2 / e_c, 0.0)
     chi2 = terms.sum(1)
     dof = (np.diff(groups, axis=1) > 0).sum(1)  # groups - 1
-    out = np.where(dof > 0, stats.chi2.sf(chi2, np.maximum(dof, 1)), 1.0)
+    out = np.where(dof > 0, special.chdtrc(np.maximum(dof, 1), chi2), 1.0)  # scipy.stats.chi2.sf, without its checks
     return np.where((m[:, 0] > 0) & (n[:, 0] > 0), out, np.nan)
 
 

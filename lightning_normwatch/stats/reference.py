@@ -27,7 +27,7 @@ import numpy as np
 from .histogram import edges_numpy, ks_distance, psi
 from .moments import Moments
 
-__all__ = ["Reference", "drift", "shape_drift", "DRIFT_FIGURES"]
+__all__ = ["Reference", "drift", "moment_drift", "shape_drift", "DRIFT_FIGURES"]
 
 DRIFT_FIGURES = ("std_log_ratio", "mean_shift", "psi", "ks", "shape_psi", "shape_ks")
 
@@ -40,17 +40,20 @@ class Reference:
         moments: merged moments of every sample in the window.
         hist: summed shared-bin counts.
         steps: logging steps accumulated.
+        cache: arrays derived from the sums above (``drift_rows``), dropped by ``add``; never checkpointed.
     """
 
     moments: Moments = field(default_factory=Moments)
     hist: np.ndarray | None = None
     steps: int = 0
+    cache: dict[str, object] = field(default_factory=dict, repr=False, compare=False)
 
     def add(self, moments: Moments, hist: np.ndarray) -> None:
         """Add one logging step's statistics."""
         self.moments = self.moments.merge(moments)
         self.hist = hist.copy() if self.hist is None else self.hist + hist
         self.steps += 1
+        self.cache.clear()
 
     def state(self) -> dict[str, object]:
         """Plain values for a checkpoint (loads with ``weights_only=True``)."""
@@ -71,11 +74,27 @@ class Reference:
 
 
 def drift(reference: Reference, current: Moments, hist: np.ndarray) -> dict[str, float]:
-    """Drift figures of the current step against the reference; NaN where undefined."""
+    """Drift figures of the current step against the reference; NaN where undefined.
+
+    The plain definition; ``drift_rows.drift_many`` gives the same figures for many tensors at once.
+    """
+    out = moment_drift(reference, current)
+    if out is None or reference.hist is None:
+        return dict.fromkeys(DRIFT_FIGURES, math.nan)
+    ref, ref_hist = reference.moments, reference.hist
+    out["psi"] = psi(ref_hist, hist)
+    out["ks"] = ks_distance(ref_hist, hist)
+    if ref.std > 0 and current.std > 0:
+        out["shape_psi"], out["shape_ks"] = shape_drift(ref_hist, ref.mean, ref.std, hist, current.mean, current.std)
+    return out
+
+
+def moment_drift(reference: Reference, current: Moments) -> dict[str, float] | None:
+    """The figures of ``drift`` read off the moments (the histogram ones NaN), or None when drift is undefined."""
     ref = reference.moments
-    out = dict.fromkeys(DRIFT_FIGURES, math.nan)
     if ref.n == 0 or current.n == 0 or reference.hist is None:
-        return out
+        return None
+    out = dict.fromkeys(DRIFT_FIGURES, math.nan)
     ref_std, cur_std = ref.std, current.std
     if ref_std > 0 and cur_std > 0:
         out["std_log_ratio"] = math.log(cur_std / ref_std)
@@ -83,10 +102,6 @@ def drift(reference: Reference, current: Moments, hist: np.ndarray) -> dict[str,
     # the mean (an absolute floor would hide a real shift of a tensor whose unit is tiny, std 1e-20)
     scale = max(ref_std, 1e-6 * abs(ref.mean)) or 1e-18
     out["mean_shift"] = (current.mean - ref.mean) / scale
-    out["psi"] = psi(reference.hist, hist)
-    out["ks"] = ks_distance(reference.hist, hist)
-    if ref_std > 0 and cur_std > 0:
-        out["shape_psi"], out["shape_ks"] = shape_drift(reference.hist, ref.mean, ref_std, hist, current.mean, cur_std)
     return out
 
 
