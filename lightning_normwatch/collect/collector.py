@@ -31,10 +31,9 @@ from torch.utils.hooks import RemovableHandle
 
 from ..config import SessionConfig
 from ..stats.block import BlockLayout
-from ..stats.feature_drift import FEATURE_BINS, Anchor
+from ..stats.feature_drift import FEATURE_BINS, Anchor, feature_histogram
 from ..stats.figures import TensorStats
 from .batched import measure_flat
-from .binning import feature_counts
 from .discovery import InputDiscovery
 from .info import TensorInfo
 from .layout import Flow, module_layout
@@ -304,7 +303,7 @@ class Collector:
             if cached is None or cached[0] is not anchor:
                 cached = (anchor, *anchor.tensors(sample.device, sample.dtype))
                 self._anchor_tensors[(key, sample.device)] = cached
-            hist = feature_counts(sample, cached[1], cached[2])  # = feature_histogram, faster
+            hist = feature_histogram(sample, cached[1], cached[2])
         return torch.cat([items.to(sample.dtype), hist])
 
     # ----------------------------------------------------------- blocks
