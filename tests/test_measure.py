@@ -333,7 +333,7 @@ def test_subsample_rows_are_distinct_and_keep_channels_together(shape: tuple[int
 
     x = torch.arange(math.prod(shape), dtype=torch.float64).reshape(shape)
     spec = MeasureSpec(sample_size=512, channel_first=channel_first)
-    rows = _as_channel_rows(x, spec, gen(19))
+    rows, _ = _as_channel_rows(x, spec, gen(19))
     channels = shape[1] if channel_first else shape[-1]
     assert rows.shape[1] == channels and rows.shape[0] * channels <= max(512, 16 * channels)
     as_rows = (x.movedim(1, -1) if channel_first else x).reshape(-1, channels)

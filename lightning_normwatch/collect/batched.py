@@ -44,11 +44,12 @@ import torch
 from torch import Tensor
 
 from ..stats.block import CHANNEL_FIELDS, HEAD
-from ..stats.histogram import _bin_index, bin_edges, num_bins
-from ..stats.moments import channel_moments, pow2_scale, rescale
+from ..stats.histogram import bin_edges, num_bins
+from ..stats.moments import channel_moments, pow2_scale
+from .binning import WIDTH, bin_index_into
 from .sampling import Sampled, measure_sampled
 
-__all__ = ["measure_all"]
+__all__ = ["measure_all", "measure_flat"]
 
 
 @dataclass
@@ -64,6 +65,11 @@ class _Plan:
     hi: list[Tensor | None]
     gather: Tensor  # positions in the source vector of every block value, blocks in item order
     sizes: list[int]  # block sizes, item order
+    values: int  # sampled values of all items
+    head_sizes: Tensor  # [items, 2]: values in the full tensor and sampled (work dtype)
+    has_values: Tensor  # per item: it has sampled values
+    p_where: list[Tensor]  # per p-value group: its item positions
+    column_rows: Tensor  # rows of each column of the row groups, in group order (float64): the count per channel
 
 
 _PLANS: dict[tuple, _Plan] = {}
@@ -71,9 +77,9 @@ _MAX_PLANS = 32
 
 
 def _signature(items: Sequence[Sampled]) -> tuple:
-    """What a plan depends on: device, work dtype, and every item's shapes and saturation limits."""
+    """What a plan depends on: device, work dtype, and every item's shapes, size and saturation limits."""
     shapes = tuple(
-        (tuple(s.sample.shape), s.pvalues.numel(), s.spec.bounds, s.spec.saturation_tolerance) for s in items
+        (tuple(s.sample.shape), s.pvalues.numel(), s.numel, s.spec.bounds, s.spec.saturation_tolerance) for s in items
     )
     return (items[0].sample.device, items[0].sample.dtype, shapes)
 
@@ -150,6 +156,15 @@ def _plan(items: Sequence[Sampled]) -> _Plan:
         hi=hi,
         gather=torch.tensor(gather, dtype=torch.int64, device=device),
         sizes=sizes,
+        values=sum(s.sample.numel() for s in items),
+        head_sizes=torch.tensor([[float(s.numel), float(s.sample.numel())] for s in items], dtype=dtype, device=device),
+        has_values=torch.tensor([s.sample.numel() > 0 for s in items], device=device),
+        p_where=[torch.tensor(positions, dtype=torch.int64, device=device) for positions in by_len.values()],
+        column_rows=torch.tensor(
+            [float(rows) for rows, positions in row_groups for i in positions for _ in range(channels[i])],
+            dtype=torch.float64,
+            device=device,
+        ),
     )
 
 
@@ -158,103 +173,184 @@ def _segments(values: Tensor, counts: Tensor, reduce: str) -> Tensor:
     return torch.segment_reduce(values, reduce, lengths=counts, unsafe=True)
 
 
-def _finite_moments(sample: Tensor, absmax: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """``channel_moments`` for a sample known to hold only finite values: the same arithmetic without the
-    masks (``f`` is 1 everywhere, ``z`` is the sample), so the same figures in 12 passes instead of 18.
-    Columns are divided by a power of two before the powers and scaled back in float64, as there."""
-    scale = pow2_scale(absmax)
-    sample = sample / scale
-    rows = sample.shape[0]
-    n = torch.full((sample.shape[1],), float(rows), dtype=sample.dtype, device=sample.device)
-    count = max(rows, 1)
-    mean = sample.sum(0) / count
-    mean = mean + (sample - mean).sum(0) / count
-    d = sample - mean
+def _raw_moments(sample: Tensor, scale: Tensor) -> Tensor:
+    """``[5, channels]`` in the work dtype: mean, M2, M3, M4 and non-zero count of ``sample / scale`` per column,
+    for a sample known to hold only finite values: ``channel_moments``' arithmetic without the masks (``f`` is
+    1 everywhere, ``z`` is the sample), 12 passes instead of 18; ``_scaled_back`` finishes it.
+
+    The products go into two work buffers in place (``d * d2`` is ``d2 * d``: IEEE products commute), and
+    non-zero values are counted as floats: a boolean mask summed into a float is several times slower
+    on CPU than the comparison written as 0.0/1.0, and the counts are the same integers.
+    """
+    scaled = sample / scale
+    count = max(scaled.shape[0], 1)
+    mean = scaled.sum(0) / count
+    d = scaled - mean
+    mean = mean + d.sum(0) / count
+    torch.sub(scaled, mean, out=d)
+    nonzero = scaled.ne_(0).sum(0)  # in place: 1.0 where non-zero (scaled is not read again)
     d2 = d * d
-    nonzero = (sample != 0).sum(0, dtype=sample.dtype)
-    return rescale(n, mean, d2.sum(0), (d2 * d).sum(0), (d2 * d2).sum(0), nonzero, scale)
+    return torch.stack([mean, d2.sum(0), d.mul_(d2).sum(0), d2.mul_(d2).sum(0), nonzero])
 
 
-@torch.no_grad()
-def _measure_group(items: Sequence[Sampled]) -> list[Tensor]:
-    key = _signature(items)
-    plan = _PLANS.get(key)
-    if plan is None:
-        if len(_PLANS) >= _MAX_PLANS:
-            _PLANS.clear()
-        plan = _PLANS[key] = _plan(items)
+def _scaled_back(raw: Tensor, scale: Tensor) -> Tensor:
+    """``rescale`` of stacked ``_raw_moments`` (columns of any number of them): ``[mean * s, M2 * s**2,
+    M3 * s**3, M4 * s**4, non-zero]`` in float64, the very products ``rescale`` computes.
+
+    Example:
+        >>> x = torch.tensor([[1.0, 0.0], [3.0, 0.0]])
+        >>> scale = pow2_scale(x.abs().amax(0))
+        >>> torch.equal(torch.cat([torch.full((1, 2), 2.0, dtype=torch.float64), _scaled_back(_raw_moments(x, scale),
+        ...     scale)]), torch.stack(channel_moments(x)))
+        True
+    """
+    s = scale.to(torch.float64)
+    s2 = s * s
+    out = raw.to(torch.float64)
+    out[:4] *= torch.stack([s, s2, s2 * s, s2 * s2])
+    return out
+
+
+def _finite_fields(
+    items: Sequence[Sampled], plan: _Plan, matrices: list[Tensor], bounds: list[Tensor]
+) -> tuple[Tensor, Tensor]:
+    """Per-channel moments ``[6, channels]`` (item order) and p-value moments ``[5, items]`` (float64) when every
+    sampled value is finite and every row group has rows: one power-of-two scale and one ``rescale`` for all
+    row groups and p-value groups together (elementwise, so the same numbers as group by group)."""
+    p_rows = [torch.stack([items[i].pvalues for i in positions]) for _, positions in plan.p_groups]
+    absmax = [torch.maximum(b[0].neg(), b[1]) for b in bounds]
+    # = columns.abs().amax(0) of the p-value columns (max does not round); rows: the fast reduction
+    absmax += [torch.maximum(r.amin(1).neg(), r.amax(1)) for r in p_rows if r.shape[1]]
+    scale = pow2_scale(torch.cat(absmax))
+    # one p-value subsample per row, then the [length, items] layout the moments are summed in (a blocked
+    # transpose copy: faster than stacking into columns)
+    columns = [r.T.contiguous() for r in p_rows if r.shape[1]]
+    parts, at = [], 0
+    for matrix in matrices + columns:
+        parts.append(_raw_moments(matrix, scale[at : at + matrix.shape[1]]))
+        at += matrix.shape[1]
+    back = _scaled_back(torch.cat(parts, dim=1) if len(parts) > 1 else parts[0], scale)
+    width = len(plan.column_rows)
+    fields = torch.cat([plan.column_rows[None], back[:, :width]]).index_select(1, plan.channel_order)
+    pmoments = torch.zeros(5, len(items), dtype=torch.float64, device=scale.device)
+    for (length, positions), where, rows in zip(plan.p_groups, plan.p_where, p_rows, strict=True):
+        if length == 0:  # (further calls of a module have empty p-value samples)
+            pmoments[:, where] = torch.stack(channel_moments(rows.T)[:5])
+            continue
+        pmoments[0, where] = float(length)
+        pmoments[1:, where] = back[:4, width : width + len(positions)]
+        width += len(positions)
+    return fields, pmoments
+
+
+def _masked_fields(
+    items: Sequence[Sampled], plan: _Plan, matrices: list[Tensor], bounds: list[Tensor]
+) -> tuple[Tensor, Tensor]:
+    """``_finite_fields`` where some value may not be finite or some row group is empty: ``channel_moments``
+    (masks for the non-finite values) group by group."""
+    fields = [
+        torch.stack(channel_moments(m, torch.maximum(b[0].neg(), b[1]) if m.shape[0] else None))
+        for m, b in zip(matrices, bounds, strict=True)
+    ]
+    fields_t = (torch.cat(fields, dim=1) if len(fields) > 1 else fields[0]).index_select(1, plan.channel_order)
+    pmoments = torch.zeros(5, len(items), dtype=torch.float64, device=fields_t.device)
+    for (_, positions), where in zip(plan.p_groups, plan.p_where, strict=True):
+        columns = torch.stack([items[i].pvalues for i in positions], dim=1)  # [length, items]
+        pmoments[:, where] = torch.stack(channel_moments(columns)[:5])
+    return fields_t, pmoments
+
+
+def _row_groups(items: Sequence[Sampled], plan: _Plan, finite: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per-channel moments ``[6, channels]`` (float64) and extremes and saturation counts ``[3, channels]`` (work
+    dtype), both in item order, histogram counts ``[items * bins]`` (work dtype) and p-value moments."""
     device, dtype = items[0].sample.device, items[0].sample.dtype
     t, nb = len(items), num_bins()
     edges = bin_edges(device, dtype)
-    fmin = torch.stack([s.fmin.to(dtype) for s in items])
-    fmax = torch.stack([s.fmax.to(dtype) for s in items])
-    # Every sampled value is finite when every full tensor's extremes are: then the masks can go. Only
-    # on CPU, where reading the flag costs nothing (on an accelerator it would wait for the device).
-    finite = device.type == "cpu" and bool(torch.cat([fmin, fmax]).isfinite().all())
-    moments_of = _finite_moments if finite else channel_moments
-
-    moments: list[list[Tensor]] = [[] for _ in CHANNEL_FIELDS]
-    cmin: list[Tensor] = []
-    cmax: list[Tensor] = []
-    csat: list[Tensor] = []
-    bins: list[Tensor] = []
+    matrices: list[Tensor] = []
+    bounds: list[Tensor] = []
+    # bin of every value, offset by its item's bins, all row groups in one index vector (for one bincount)
+    itype = plan.column_item[0].dtype if plan.column_item else torch.int64
+    index = torch.empty(plan.values, dtype=itype, device=device)
+    at = 0
     for g, (rows, positions) in enumerate(plan.row_groups):
         parts = [items[i].sample for i in positions]
         matrix = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+        matrices.append(matrix)
         if rows == 0:
             inf = torch.full((matrix.shape[1],), math.inf, dtype=dtype, device=device)
-            for acc, value in zip(moments, channel_moments(matrix), strict=True):
-                acc.append(value)
-            cmin.append(inf)
-            cmax.append(-inf)
-            csat.append(torch.zeros_like(inf))
+            bounds.append(torch.stack([inf, -inf, torch.zeros_like(inf)]))
             continue
         if finite:
             low, high = matrix.amin(0), matrix.amax(0)  # aminmax(dim=0) is 8x slower on CPU
         else:
             low = matrix.nan_to_num(math.inf, math.inf, math.inf).amin(0)
             high = matrix.nan_to_num(-math.inf, -math.inf, -math.inf).amax(0)
-        absmax = torch.maximum(low.neg(), high)  # largest finite |x| per column (-inf: none): the moments' scale
-        for acc, value in zip(moments, moments_of(matrix, absmax), strict=True):
-            acc.append(value)
-        cmin.append(low)
-        cmax.append(high)
         lo, hi = plan.lo[g], plan.hi[g]
-        if lo is not None and hi is not None:
-            csat.append((matrix <= lo).sum(0, dtype=dtype) + (matrix >= hi).sum(0, dtype=dtype))
+        if lo is not None and hi is not None:  # comparisons written as 0.0/1.0 (a bool mask summed as floats is slow)
+            hits = torch.le(matrix, lo, out=torch.empty_like(matrix)).sum(0)
+            saturated = hits + torch.ge(matrix, hi, out=torch.empty_like(matrix)).sum(0)
         else:
-            csat.append(torch.zeros(matrix.shape[1], dtype=dtype, device=device))
-        # bin of every value, offset by its item's bins; non-finite values to the discarded bin t * nb
-        index = _bin_index(matrix.reshape(-1), edges).view(matrix.shape) + plan.column_item[g]
-        bins.append((index if finite else torch.where(matrix.isfinite(), index, t * nb)).reshape(-1))
-    hist = torch.bincount(torch.cat(bins), minlength=t * nb + 1)[: t * nb] if bins else None
+            saturated = torch.zeros(matrix.shape[1], dtype=dtype, device=device)
+        bounds.append(torch.stack([low, high, saturated]))
+        flat = matrix.reshape(-1)
+        mine = index[at : at + flat.numel()]
+        at += flat.numel()
+        if mine.dtype == WIDTH[dtype]:
+            bin_index_into(flat, edges, mine)
+        else:  # (more than 2**31 bins in all: int64 offsets for float32 values)
+            mine.copy_(bin_index_into(flat, edges, torch.empty_like(flat, dtype=WIDTH[dtype])))
+        mine.view(matrix.shape).add_(plan.column_item[g])
+        if not finite:  # non-finite values to the discarded bin t * nb
+            mine.masked_fill_(flat.isfinite().logical_not_(), t * nb)
+    hist = torch.bincount(index, minlength=t * nb + 1)[: t * nb] if at else None
     hist = hist.to(dtype) if hist is not None else torch.zeros(t * nb, dtype=dtype, device=device)
+    extremes = (torch.cat(bounds, dim=1) if len(bounds) > 1 else bounds[0]).index_select(1, plan.channel_order)
+    fast = finite and all(m.shape[0] for m in matrices)
+    fields, pmoments = (_finite_fields if fast else _masked_fields)(items, plan, matrices, bounds)
+    return fields, extremes, hist, pmoments
 
-    def item_order(parts: list[Tensor]) -> Tensor:
-        return (torch.cat(parts) if len(parts) > 1 else parts[0]).index_select(0, plan.channel_order)
 
-    channel = torch.stack([item_order(acc) for acc in moments])  # [fields, total channels], item order
+@torch.no_grad()
+def _measure_group(items: Sequence[Sampled]) -> tuple[Tensor, list[int]]:
+    """The blocks of one group of items (same device and work dtype), concatenated, and their sizes."""
+    key = _signature(items)
+    plan = _PLANS.get(key)
+    if plan is None:
+        if len(_PLANS) >= _MAX_PLANS:
+            _PLANS.clear()
+        plan = _PLANS[key] = _plan(items)
+    dtype = items[0].sample.dtype
+    extremes = [s.fmin for s in items] + [s.fmax for s in items]
+    if any(e.dtype != dtype for e in extremes):
+        extremes = [e.to(dtype) for e in extremes]
+    fmin, fmax = torch.stack(extremes).view(2, len(items))
+    # Every sampled value is finite when every full tensor's extremes are: then the masks can go. Only
+    # on CPU, where reading the flag costs nothing (on an accelerator it would wait for the device).
+    finite = items[0].sample.device.type == "cpu" and bool(torch.stack([fmin, fmax]).isfinite().all())
+    channel, bounds, hist, pmoments = _row_groups(items, plan, finite)
     counts = plan.channel_counts
-    sampled = [float(s.sample.numel()) for s in items]
-    has_values = torch.tensor([v > 0 for v in sampled], device=device)
-    smin = torch.where(has_values, _segments(item_order(cmin), counts, "min"), fmin)
-    smax = torch.where(has_values, _segments(item_order(cmax), counts, "max"), fmax)
-    saturated = _segments(item_order(csat), counts, "sum")
-
-    pmoments = torch.zeros(5, t, dtype=torch.float64, device=device)
-    for _, positions in plan.p_groups:
-        columns = torch.stack([items[i].pvalues for i in positions], dim=1)  # [length, items]
-        # p-values are sampled values: finite when the extremes are (the same figures, without the masks)
-        if finite and columns.shape[0]:
-            pn, pmean, pm2, pm3, pm4, _ = _finite_moments(columns, columns.abs().amax(0))
-        else:  # (further calls of a module have empty p-value samples)
-            pn, pmean, pm2, pm3, pm4, _ = channel_moments(columns)
-        pmoments[:, positions] = torch.stack([pn, pmean, pm2, pm3, pm4])
-    sizes = torch.tensor([[float(s.numel), v] for s, v in zip(items, sampled, strict=True)], dtype=dtype, device=device)
-    head = torch.cat([sizes, torch.stack([fmin, fmax, smin, smax, saturated], dim=1)], dim=1).to(torch.float64)
-    head = torch.cat([head, pmoments.T], dim=1)  # [items, len(HEAD)]: the moments are float64 already
+    smin = torch.where(plan.has_values, _segments(bounds[0], counts, "min"), fmin)
+    smax = torch.where(plan.has_values, _segments(bounds[1], counts, "max"), fmax)
+    saturated = _segments(bounds[2], counts, "sum")
+    head = torch.stack([fmin, fmax, smin, smax, saturated], dim=1)
+    head = torch.cat([plan.head_sizes, head], dim=1).to(torch.float64)
+    head = torch.cat([head, pmoments.T], dim=1)  # [items, len(HEAD)]
     source = torch.cat([head.reshape(-1), hist.to(torch.float64), channel.reshape(-1)])
-    return list(source.index_select(0, plan.gather).split(plan.sizes))
+    return source.index_select(0, plan.gather), plan.sizes
+
+
+def measure_flat(items: Sequence[Sampled]) -> tuple[Tensor, list[int]]:
+    """``torch.cat(measure_all(items))`` and the blocks' sizes: without splitting the blocks (one vector for
+    the one transfer of a logging step)."""
+    if not items:
+        return torch.zeros(0, dtype=torch.float64), []
+    first = items[0].sample
+    if first.dtype in (torch.float32, torch.float64) and all(
+        s.sample.device == first.device and s.sample.dtype == first.dtype for s in items
+    ):
+        return _measure_group(items)
+    blocks = measure_all(items)
+    return torch.cat([b.to(blocks[0].device) for b in blocks]), [len(b) for b in blocks]
 
 
 def measure_all(items: Sequence[Sampled]) -> list[Tensor]:
@@ -272,6 +368,7 @@ def measure_all(items: Sequence[Sampled]) -> list[Tensor]:
             for i in positions:
                 out[i] = measure_sampled(items[i])
             continue
-        for i, block in zip(positions, _measure_group([items[i] for i in positions]), strict=True):
+        source, sizes = _measure_group([items[i] for i in positions])
+        for i, block in zip(positions, source.split(sizes), strict=True):
             out[i] = block
     return out  # type: ignore[return-value]

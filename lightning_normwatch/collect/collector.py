@@ -33,7 +33,7 @@ from ..config import SessionConfig
 from ..stats.block import BlockLayout
 from ..stats.feature_drift import FEATURE_BINS, Anchor, feature_histogram
 from ..stats.figures import TensorStats
-from .batched import measure_all
+from .batched import measure_flat
 from .discovery import InputDiscovery
 from .info import TensorInfo
 from .layout import Flow, module_layout
@@ -307,18 +307,25 @@ class Collector:
         return torch.cat([items.to(sample.dtype), hist])
 
     # ----------------------------------------------------------- blocks
-    def local_blocks(self) -> dict[str, Tensor]:
-        """This process's blocks of the current collection, ``[calls, size]`` per tensor, in execution order."""
+    def local_blocks(self) -> tuple[Tensor, dict[str, tuple[int, int]]]:
+        """This process's blocks of the current collection in one vector (float64, on the device), and the
+        ``[calls, size]`` of every tensor's blocks in it, in execution order."""
         items = [s for taken in self._blocks.values() for s in taken]
-        blocks = iter(measure_all(items))  # one set of operations for all tensors (batched.py)
-        out: dict[str, Tensor] = {}
+        source, sizes = measure_flat(items)  # one set of operations for all tensors (batched.py)
+        pieces: list[Tensor] = []
+        shapes: dict[str, tuple[int, int]] = {}
+        i = done = end = 0  # items passed, values of source in pieces, values of source passed
         for key, taken in self._blocks.items():
-            mine = [next(blocks) for _ in taken]
-            tails = self._tails.get(key)
-            if tails:  # input features: the per-feature tail
-                mine = [torch.cat([b, t.to(b.dtype)]) for b, t in zip(mine, tails, strict=True)]
-            out[key] = mine[0].unsqueeze(0) if len(mine) == 1 else torch.stack(mine)
-        return out
+            tails = self._tails.get(key, [])
+            for tail in tails:  # input features: every call's block is followed by its per-feature tail
+                end += sizes[i]
+                pieces += [source[done:end], tail.to(source.dtype)]
+                done, i = end, i + 1
+            end += sum(sizes[i : i + len(taken) - len(tails)])
+            i += len(taken) - len(tails)
+            shapes[key] = (len(taken), sizes[i - 1] + (tails[0].numel() if tails else 0))
+        pieces.append(source[done:end])
+        return (torch.cat(pieces) if len(pieces) > 1 else pieces[0]), shapes
 
     def block_layout(self, key: str, channels: int) -> BlockLayout:
         """The block layout of a watched tensor: input features carry a per-feature tail."""
@@ -337,16 +344,16 @@ class Collector:
 
     def collect(self) -> dict[str, TensorStats]:
         """Merge this process's blocks on the host (one device-to-host transfer for all tensors)."""
-        blocks = self.local_blocks()
-        self._blocks, self._tails = {}, {}
-        if not blocks:
+        if not self._blocks:
             return {}
-        flat = torch.cat([b.reshape(-1) for b in blocks.values()]).cpu().numpy()
+        flat, shapes = self.local_blocks()
+        self._blocks, self._tails = {}, {}
+        host = flat.cpu().numpy()
         out, start = {}, 0
-        for key, b in blocks.items():
-            stop = start + b.numel()
+        for key, (calls, size) in shapes.items():
+            stop = start + calls * size
             bins = self.block_layout(key, self.channels(key)).feature_bins
-            out[key] = TensorStats.from_blocks(flat[start:stop].reshape(b.shape), self.channels(key), bins)
+            out[key] = TensorStats.from_blocks(host[start:stop].reshape(calls, size), self.channels(key), bins)
             start = stop
         return out
 

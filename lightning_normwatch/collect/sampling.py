@@ -85,8 +85,62 @@ class MeasureSpec:
     saturation_tolerance: float = 0.01
 
 
-def _as_channel_rows(x: Tensor, spec: MeasureSpec, generator: torch.Generator) -> Tensor:
-    """A ``[rows, channels]`` sample of ``x`` (all rows when ``x`` has at most ``sample_size`` values)."""
+_MEMORY_ROWS: dict[tuple, Tensor] = {}  # (shape, dimension order, device) -> memory row of each logical row
+
+
+def _rows_in_memory_order(x: Tensor) -> tuple[Tensor, Tensor] | None:
+    """For a channels-last ``x`` whose rows are dense in memory in another order than its logical one (the
+    transposed output of a ``batch_first`` attention): its rows as a ``[rows, C]`` view in memory order, and
+    for each logical row its row there. None if its memory is not such rows (then it is copied).
+
+    Example:
+        >>> x = torch.arange(24.0).reshape(3, 2, 4).transpose(0, 1)   # [2, 3, 4], not viewable as [6, 4]
+        >>> dense, where = _rows_in_memory_order(x)
+        >>> torch.equal(dense.index_select(0, where), x.reshape(6, 4))
+        True
+    """
+    lead = x.shape[:-1]
+    if x.stride(-1) != 1 or not lead:
+        return None
+    order = sorted(range(len(lead)), key=lambda d: x.stride(d), reverse=True)
+    dense = x.permute(*order, x.ndim - 1)
+    if not dense.is_contiguous():
+        return None
+    key = (tuple(x.shape), tuple(order), x.device)
+    where = _MEMORY_ROWS.get(key)
+    if where is None:
+        if len(_MEMORY_ROWS) >= 64:
+            _MEMORY_ROWS.clear()
+        inverse = sorted(range(len(order)), key=order.__getitem__)
+        rows = torch.arange(math.prod(lead), device=x.device).reshape([lead[d] for d in order])
+        where = _MEMORY_ROWS[key] = rows.permute(*inverse).reshape(-1)
+    return dense.reshape(-1, x.shape[-1]), where
+
+
+def _chosen_rows(x: Tensor, rows: int, channels: int, chosen: Tensor) -> Tensor:
+    """``x.reshape(rows, channels)[chosen]`` (a copy) without copying all of a non-contiguous ``x`` first."""
+    if x.is_contiguous():
+        return x.view(rows, channels).index_select(0, chosen)
+    found = _rows_in_memory_order(x)
+    if found is None:
+        return x.reshape(rows, channels).index_select(0, chosen)
+    dense, where = found
+    return dense.index_select(0, where.index_select(0, chosen))
+
+
+def _as_channel_rows(x: Tensor, spec: MeasureSpec, generator: torch.Generator) -> tuple[Tensor, bool]:
+    """A ``[rows, channels]`` sample of ``x`` (all rows when ``x`` has at most ``sample_size`` values), and
+    whether it is a copy for sure (else it may be a view of ``x``)."""
+    if x.ndim >= 2 and not (spec.channel_first and x.ndim >= 3) and x.shape[-1] <= spec.max_channels:
+        # channels last, all of them: the rows are the leading positions (the general path below, with fewer ops)
+        rows, channels = math.prod(x.shape[:-1]), x.shape[-1]
+        if rows * channels > spec.sample_size:
+            want = min(rows, max(spec.min_rows, spec.sample_size // channels))
+            if rows <= 32 * want:
+                r = torch.randperm(rows, device=x.device, generator=generator)[:want]
+            else:
+                r = torch.randint(rows, (want,), device=x.device, generator=generator)
+            return _chosen_rows(x, rows, channels, r), True
     if x.ndim == 0:
         x = x.reshape(1, 1)
     elif x.ndim == 1:
@@ -103,19 +157,19 @@ def _as_channel_rows(x: Tensor, spec: MeasureSpec, generator: torch.Generator) -
     batch, positions = view.shape[0], view.shape[2]
     rows = batch * positions
     if rows * channels <= spec.sample_size:
-        return view.permute(0, 2, 1).reshape(rows, channels)
+        return view.permute(0, 2, 1).reshape(rows, channels), False
     want = min(rows, max(spec.min_rows, spec.sample_size // channels))
     if rows <= 32 * want:
         # Without replacement: repeated rows would inflate the p-values' test statistics (and could miss
         # rows of a small batch). O(rows), so only here; above, repeats are under 1/64 of the sample.
         r = torch.randperm(rows, device=x.device, generator=generator)[:want]
         # index_select copies the chosen rows as advanced indexing does, a third of its dispatch cost on CPU
-        return view[:, :, 0].index_select(0, r) if positions == 1 else view[r // positions, :, r % positions]
+        return (view[:, :, 0].index_select(0, r) if positions == 1 else view[r // positions, :, r % positions]), True
     b = torch.randint(batch, (want,), device=x.device, generator=generator)
     if positions == 1:
-        return view[:, :, 0].index_select(0, b)
+        return view[:, :, 0].index_select(0, b), True
     p = torch.randint(positions, (want,), device=x.device, generator=generator)
-    return view[b, :, p]
+    return view[b, :, p], True
 
 
 def measured_channels(x: Tensor, spec: MeasureSpec) -> int:
@@ -146,20 +200,21 @@ class Sampled:
     spec: MeasureSpec
 
 
-@torch.no_grad()
 def take_sample(x: Tensor, spec: MeasureSpec, generator: torch.Generator) -> Sampled:
     """The hook's part of ``measure``: draw the samples (all random draws) and the full-tensor extremes.
 
     Copies what it keeps (never a view of ``x``: a later in-place op may overwrite ``x``). Deferring
     the arithmetic to ``measure_sampled`` lets the collector run it for all layers in a row after the
-    forward pass, with warm caches: about twice as fast on CPU as between the layers' kernels.
+    forward pass, with warm caches: about twice as fast on CPU as between the layers' kernels. Every
+    operation reads the detached ``x``, so no autograd graph is recorded (no ``no_grad`` needed).
     """
     x = x.detach()
     if x.element_size() == 1:  # float8: most kernels (aminmax ...) are missing; bfloat16 holds its values exactly
         x = x.to(torch.bfloat16)
-    work_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    sample = _as_channel_rows(x, spec, generator).to(work_dtype)
-    if sample.numel() and sample.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():
+    sample, copied = _as_channel_rows(x, spec, generator)
+    if x.dtype != torch.float64 and x.dtype != torch.float32:
+        sample = sample.to(torch.float32)  # the work dtype: float64 stays, everything else is measured in float32
+    elif not copied and sample.numel() and sample.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():
         sample = sample.clone()  # small tensors are taken whole, as a view
     if x.numel() > 0:
         fmin, fmax = torch.aminmax(x)  # over all dimensions: no copy of a non-contiguous tensor

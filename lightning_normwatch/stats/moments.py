@@ -83,9 +83,11 @@ def channel_moments(
     d = torch.addcmul(z, f, mean, value=-1)
     d2 = d * d
     m2 = d2.sum(0)
-    m3 = (d2 * d).sum(0)
-    m4 = (d2 * d2).sum(0)
-    nonzero = (sample != 0).sum(0, dtype=sample.dtype)
+    m3 = d.mul_(d2).sum(0)  # in place: d * d2 is d2 * d (IEEE products commute)
+    m4 = d2.mul_(d2).sum(0)
+    # in place (sample is our scaled copy): 1.0 where non-zero, the same counts as a boolean mask summed as floats,
+    # which is several times slower on CPU
+    nonzero = sample.ne_(0).sum(0)
     return rescale(n, mean, m2, m3, m4, nonzero, scale)
 
 
