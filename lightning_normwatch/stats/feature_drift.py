@@ -285,9 +285,9 @@ def _reference_side(ref: FeatureStats) -> dict[str, np.ndarray]:
         }
 
 
-def _psi_rows(side: dict[str, np.ndarray], q_counts: np.ndarray) -> np.ndarray:
-    """PSI per row between the reference's and ``[C, bins]`` current counts (NaN for an empty row)."""
-    p, qt = side["p"], q_counts.sum(1, keepdims=True)
+def _psi_rows(side: dict[str, np.ndarray], q_counts: np.ndarray, qt: np.ndarray) -> np.ndarray:
+    """PSI per row between the reference's and ``[C, bins]`` current counts with row sums ``qt`` (NaN if empty)."""
+    p = side["p"]
     with np.errstate(invalid="ignore", divide="ignore"):
         q = np.maximum(q_counts / qt, _PSI_FLOOR)
         out = ((q - p) * np.log(q / p)).sum(1)
@@ -323,9 +323,10 @@ def feature_drift(
         psi = np.full(len(current.n), np.nan)
         psi_changed = np.zeros(len(current.n), dtype=bool)
         if reference.binned_steps > 0 and current.hist.sum() > 0:
-            psi = _psi_rows(side, current.hist)
+            qt = current.hist.sum(1, keepdims=True)
+            psi = _psi_rows(side, current.hist, qt)
             # effective counts: rows of one image or sequence are not independent observations
-            f_cur = np.minimum(1.0, current.items / np.maximum(current.hist.sum(1, keepdims=True), 1))
+            f_cur = np.minimum(1.0, current.items / np.maximum(qt, 1))
             p_value = homogeneity_pvalue(side["weighted"], current.hist * f_cur, ref_sum=side["weighted_sum"])
             psi_changed = live & np.isfinite(psi) & (psi > psi_floor) & (p_value < 2 * _normal_sf(noise_z))
             # The normal approximations of the mean and log-std tests fail for sparse features (a pixel
