@@ -462,25 +462,32 @@ def time_model(spec: ModelSpec, rounds: int, quick: bool, log_dir: str, logger: 
         print(f"  {spec.name}: round {r + 1}/{rounds} done", file=sys.stderr, flush=True)
 
 
-def interval_ratios(spec: ModelSpec, rounds: int, log_dir: str, logger: bool) -> list[float]:
+def interval_ratios(spec: ModelSpec, rounds: int, log_dir: str, logger: bool) -> tuple[list[float], float]:
     """``default`` against plain over whole logging intervals: per round (plain and default interleaved, the
     order alternating), mean step time over steps 50-149 (two 50-step intervals, each with its logging step
     and everything that follows it: the worker thread's judging and writing included), default / plain.
 
+    Returns the per-round ratios and one burst-robust ratio: the sum over step positions 50-149 of the median
+    (over rounds) step time at that position, default / plain. A logging step's cost recurs at its position in
+    every round and stays in the median; a burst of another process's load hits a position in one round and
+    drops out (the per-round means of a shared machine swing by more than the 2 % being measured).
     Steps 0-49 (step 0's logging step, the reference window of 5 steps, warm-up) are not timed.
     """
     start, end = INTERVAL, 3 * INTERVAL
     torch.manual_seed(0)
     model = spec.build()
     ratios = []
+    steps: dict[str, list[list[float]]] = {"plain": [], "default": []}
     for r in range(rounds * spec.round_factor):
         means = {}
         for config in ("plain", "default") if r % 2 == 0 else ("default", "plain"):
             times = fit(model, spec, config, end + 1, log_dir, logger=logger).step_times()[start:end]
             means[config] = statistics.fmean(times)
+            steps[config].append(times)
         ratios.append(means["default"] / means["plain"])
         print(f"  {spec.name}: whole intervals, round {r + 1} done", file=sys.stderr, flush=True)
-    return ratios
+    robust = {c: sum(statistics.median(column) for column in zip(*runs, strict=True)) for c, runs in steps.items()}
+    return ratios, robust["default"] / robust["plain"]
 
 
 def profile_model(spec: ModelSpec, quick: bool, log_dir: str, logger: bool) -> StageProfile:
@@ -615,9 +622,11 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "`default` over whole logging intervals (steps 50-149 of a fit: two 50-step intervals with their logging "
         "steps and what follows them, the worker thread's work included), mean step / plain's mean step, per round "
-        "(plain and default interleaved), median [min-max] over rounds: "
+        "(plain and default interleaved), median [min-max] over rounds; then, burst-robust, the sum over the 100 "
+        "step positions of the median step time at each position over rounds, default / plain: "
         + ", ".join(
-            f"{n} {statistics.median(r):.3f} [{min(r):.3f}-{max(r):.3f}] ({len(r)} rounds)" for n, r in whole.items()
+            f"{n} {statistics.median(r):.3f} [{min(r):.3f}-{max(r):.3f}] ({len(r)} rounds), robust {robust:.3f}"
+            for n, (r, robust) in whole.items()
         )
         + ".",
         "",
