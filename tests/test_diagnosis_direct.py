@@ -335,3 +335,41 @@ def test_joined_sentence() -> None:
     sentence = joined_sentence(root, 4, many, {}, 1)
     assert "dead on `net.3` from step 4 and 2 more): they follow" in sentence and "net.4" not in sentence
     assert sentence.split(";")[1].startswith(" its activations started drifting at the same logging step")
+
+
+def test_join_updates_marks_followers_rewrites_notes_and_joins_the_sentence() -> None:
+    from lightning_normwatch.judge.diagnosis import join_updates
+
+    early = Alert(6, "net.3", "update_size", "warning", 0.3, 0.1, "early.")  # raised at an earlier logging step
+    late = Alert(8, "net.1", "update_size", "warning", 0.4, 0.1, "late.")  # raised at this logging step
+    drift = _a("net.4", "scale_drift", step=8)  # after both layers and both streaks: the nearer one (net.3) takes it
+    dead = _a("net.2", "dead", step=8)  # after net.1 only
+    follower = Alert(8, "net.4", "outlier", "warning", 1.0, 0.5, "o." + follower_note(drift), caused_by=(
+        "scale_drift", "net.4"))  # fmt: skip
+    inactive = _a("net.2", "mean_drift", step=8)  # not active any more: untouched
+    alerts = [drift, dead, follower, inactive]
+    active = [("net.4", "scale_drift"), ("net.2", "dead"), ("net.4", "outlier"), ("net.9", "dead")]
+    roots, since = {"net.1": late, "net.3": early}, {"net.1": 8, "net.3": 6}
+    replaced, joined = join_updates(roots, since, [late], alerts, active, ORDER, None, {}, 2)
+
+    assert set(replaced) == {id(drift), id(dead), id(follower)}
+    assert replaced[id(drift)].caused_by == ("update_size", "net.3")
+    assert replaced[id(follower)].caused_by == ("update_size", "net.3")
+    assert replaced[id(dead)].caused_by == ("update_size", "net.1")
+    # the follower's note now names the update; a first follower of an update raised earlier gets the sentence
+    assert replaced[id(follower)].message == "o." + follower_note(early)
+    assert replaced[id(drift)].message.startswith("m" + follower_note(early) + " `net.3`'s updates are 300x")
+    # a first follower of an update raised now gets the note only: the sentence goes on the update
+    assert replaced[id(dead)].message == "m" + follower_note(late)
+    assert set(joined) == {id(late)}
+    assert joined[id(late)].message.startswith("late. `net.1`'s updates are 400x the usual 0.001")
+    assert "(dead on `net.2` from step 8)" in joined[id(late)].message
+
+
+def test_join_updates_without_followers_changes_nothing() -> None:
+    from lightning_normwatch.judge.diagnosis import join_updates
+
+    root = Alert(8, "net.3", "update_size", "warning", 0.4, 0.1, "m")
+    before = _a("net.1", "scale_drift", step=8)  # before the layer
+    assert join_updates({"net.3": root}, {"net.3": 8}, [root], [before], [("net.1", "scale_drift")],
+                        ORDER, None, {}, 2) == ({}, {})  # fmt: skip

@@ -51,6 +51,7 @@ __all__ = [
     "diagnose",
     "downstream",
     "follower_note",
+    "join_updates",
     "joined_sentence",
     "roots_first",
     "update_followers",
@@ -312,3 +313,54 @@ def joined_sentence(
         f"`{root.module}`'s updates are {root.value / USUAL_UPDATE:.3g}x the usual {USUAL_UPDATE:g} of its weights per "
         f"step from step {since}; {whose} started drifting {when} ({listed}{more}): they follow from it."
     )
+
+
+def join_updates(
+    roots: Mapping[str, Alert],
+    since: Mapping[str, int],
+    new: Sequence[Alert],
+    alerts: Sequence[Alert],
+    active: Iterable[tuple[str, str]],
+    order: Sequence[str],
+    edges: Mapping[str, str] | None,
+    started: Mapping[tuple[str, str], int],
+    interval: int,
+) -> tuple[dict[int, Alert], dict[int, Alert]]:
+    """The two halves joined: each too-large update (``roots``: module -> its latest ``update_size`` alert, its
+    streak from step ``since[module]``), nearest the output first, takes as followers the active activation
+    alerts (``active`` keys ``(module, kind)`` of ``alerts``) it explains (``update_followers``). Returns the
+    replaced activation alerts (by ``id`` of the old one: ``caused_by`` the update, the note naming it; a root of
+    the activations raised earlier than the update also gets the joined sentence) and the update alerts raised at
+    this logging step (in ``new``) with the sentence added, by ``id``.
+
+    Example:
+        >>> root = Alert(8, "net.1", "update_size", "warning", 0.4, 0.1, "updates too large.")
+        >>> drift = Alert(8, "net.2", "scale_drift", "warning", 3.0, 2.0, "std moved.")
+        >>> replaced, joined = join_updates({"net.1": root}, {"net.1": 8}, [root, drift], [drift],
+        ...                                 [("net.2", "scale_drift")], ["net.1", "net.2"], None, {}, 2)
+        >>> replaced[id(drift)].caused_by, joined[id(root)].message.startswith("updates too large. `net.1`'s")
+        (('update_size', 'net.1'), True)
+    """
+    by_key = {(a.module, a.kind): a for a in alerts}
+    current = [by_key[key] for key in active if key in by_key]
+    replaced: dict[int, Alert] = {}
+    joined: dict[int, Alert] = {}
+    pos = {name: i for i, name in enumerate(order)}
+    for module, root in sorted(roots.items(), key=lambda kv: -pos.get(kv[0], -1)):  # the nearest root first
+        found = update_followers(root, since[module], current, order, edges, started)
+        found = [a for a in found if id(a) not in replaced]
+        firsts = [a for a in found if a.caused_by is None]
+        if not firsts:
+            continue
+        sentence = joined_sentence(root, since[module], firsts, started, interval)
+        raised_now = any(a is root for a in new)
+        for a in found:
+            if a.caused_by is None:  # a root of the activations: it now follows the update
+                message = a.message + follower_note(root) + ("" if raised_now else " " + sentence)
+            else:  # it followed one of those: now the update, with the note naming it
+                was = by_key.get((a.caused_by[1], a.caused_by[0]))
+                message = a.message.replace(follower_note(was), follower_note(root)) if was else a.message
+            replaced[id(a)] = replace(a, caused_by=(root.kind, root.module), message=message)
+        if raised_now:
+            joined[id(root)] = replace(root, message=root.message + " " + sentence)
+    return replaced, joined

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
 from typing import Any
 
 import torch
@@ -41,7 +40,7 @@ from ..collect.selection import Pattern
 from ..collect.updates import UpdateProbe, histograms_by_owner
 from ..config import Thresholds
 from ..judge.alerts import REARM_WINDOW, Alert, AlertTracker
-from ..judge.diagnosis import follower_note, joined_sentence, update_followers
+from ..judge.diagnosis import join_updates
 from ..judge.updates import UpdateHistory, time_factors, unheld_alerts, update_alerts
 
 __all__ = ["UpdateWatch", "DRIFT_FIGURES"]
@@ -216,7 +215,7 @@ class UpdateWatch:
         return new
 
     def join(self, step: int, new: list[Alert], result: Any, evaluator: Any) -> list[Alert]:
-        """The two halves joined (``judge.diagnosis.update_followers``): activation alerts on a layer whose updates
+        """The two halves joined (``judge.diagnosis.join_updates``): activation alerts on a layer whose updates
         were too large within the last ``REARM_WINDOW`` logging steps, or after it, that started with or after those
         updates are marked as followers of the ``update_size`` alert, in ``evaluator.alerts`` and ``result.alerts``;
         an ``update_size`` alert raised now (in ``new``, returned) says so in one sentence, a follower raised
@@ -236,33 +235,14 @@ class UpdateWatch:
             return new
         interval = self._logged[-1] - self._logged[-2] if len(self._logged) > 1 else 0
         started = {key: int(episode[0]) for key, episode in evaluator.tracker.episodes.items()}
-        by_key = {(a.module, a.kind): a for a in evaluator.alerts}
-        active = [by_key[key] for key in evaluator.tracker.active if key in by_key]
-        replaced: dict[int, Alert] = {}
-        pos = {name: i for i, name in enumerate(evaluator.order)}
-        for module, root in sorted(roots.items(), key=lambda kv: -pos.get(kv[0], -1)):  # the nearest root first
-            since = self.large_since[module]
-            found = update_followers(root, since, active, evaluator.order, evaluator.collector.edges, started)
-            found = [a for a in found if id(a) not in replaced]
-            firsts = [a for a in found if a.caused_by is None]
-            if not firsts:
-                continue
-            sentence = joined_sentence(root, since, firsts, started, interval)
-            raised_now = any(a is root for a in new)
-            for a in found:
-                if a.caused_by is None:  # a root of the activations: it now follows the update
-                    message = a.message + follower_note(root) + ("" if raised_now else " " + sentence)
-                else:  # it followed one of those: now the update, with the note naming it
-                    was = by_key.get((a.caused_by[1], a.caused_by[0]))
-                    message = a.message.replace(follower_note(was), follower_note(root)) if was else a.message
-                replaced[id(a)] = replace(a, caused_by=(root.kind, root.module), message=message)
-            if raised_now:
-                joined = replace(root, message=root.message + " " + sentence)
-                new = [joined if a is root else a for a in new]
-                self.alerts = [joined if a is root else a for a in self.alerts]
+        replaced, joined = join_updates(
+            roots, self.large_since, new, evaluator.alerts, evaluator.tracker.active, evaluator.order,
+            evaluator.collector.edges, started, interval,
+        )  # fmt: skip
+        self.alerts = [joined.get(id(a), a) for a in self.alerts]
         for alerts in (evaluator.alerts, result.alerts):
             alerts[:] = [replaced.get(id(a), a) for a in alerts]
-        return new
+        return [joined.get(id(a), a) for a in new]
 
     def _drift(self, step: int, figures: dict[str, dict[str, float]]) -> None:
         start = self.warmup_steps
