@@ -21,7 +21,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -216,19 +216,34 @@ def _readable(run: str, mux: Any) -> RunReport | None:
         return None
 
 
+def latest_text(records: Iterable[Any], value: Callable[[Any], Any]) -> str | None:
+    """The text of the last written of ``records`` (events or plugin data: ``wall_time``, ``step``; ``value(r)``
+    its tensor), or None: the latest wall time wins, then the step (a run restarted in the same folder logs lower
+    steps). Shared by ``normwatch report`` and the TensorBoard tab, so both show the same text.
+
+    Example:
+        >>> from types import SimpleNamespace as R
+        >>> latest_text([R(wall_time=2.0, step=1, v=b"new"), R(wall_time=1.0, step=9, v=b"old")], lambda r: r.v)
+        'new'
+    """
+    best = None
+    for record in records:
+        if best is None or (record.wall_time, record.step) >= (best.wall_time, best.step):
+            best = record
+    if best is None:
+        return None
+    text = value(best)
+    text = text.reshape(-1)[0] if hasattr(text, "reshape") else text
+    return text.decode("utf-8") if isinstance(text, bytes) else str(text)
+
+
 def _last_text(acc: Any, tags: dict[str, Any], tag: str) -> str | None:
-    """The latest text written to a Text-panel tag, or None."""
+    """The latest text written to a Text-panel tag (``tag`` or ``tag/text_summary``), or None."""
     from tensorboard.util import tensor_util
 
-    last_event = None
-    for name in (t for t in tags.get("tensors", []) if t in (tag, f"{tag}/text_summary")):
-        for event in acc.Tensors(name):
-            if last_event is None or (event.wall_time, event.step) >= (last_event.wall_time, last_event.step):
-                last_event = event
-    if last_event is None:
-        return None
-    value = tensor_util.make_ndarray(last_event.tensor_proto).reshape(-1)[0]
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+    names = [t for t in tags.get("tensors", []) if t in (tag, f"{tag}/text_summary")]
+    events = (event for name in names for event in acc.Tensors(name))
+    return latest_text(events, lambda event: tensor_util.make_ndarray(event.tensor_proto))
 
 
 def load_reports(logdir: str | os.PathLike[str]) -> list[RunReport]:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ...output.tags import ALERT_TAG, WATCHED_TAG
-from ..report import parse_alerts_markdown, parse_watched_markdown, split_tag
+from ..report import latest_text, parse_alerts_markdown, parse_watched_markdown, split_tag
 
 __all__ = ["Source", "BadRequest", "RunData", "normwatch_runs", "load_run", "read_series", "read_histograms"]
 
@@ -122,18 +122,11 @@ def check_run(runs: dict[str, Any], run: str | None) -> str:
 
 
 def last_text(src: Source, run: str, tag: str, listing: dict[str, Any]) -> str | None:
-    """The latest text written to a Text-panel tag (``tag`` or ``tag/text_summary``), or None."""
+    """The latest text written to a Text-panel tag (``tag`` or ``tag/text_summary``), or None (``latest_text``: the
+    same choice as ``normwatch report``)."""
     names = [t for t in listing if t in (tag, f"{tag}/text_summary")]
-    best = None
-    for series in src.read("text", run, names, kind="tensors").values():
-        for datum in series:
-            # the last written wins, as in ``normwatch report`` (a run restarted in the same folder logs lower steps)
-            if best is None or (datum.wall_time, datum.step) >= (best.wall_time, best.step):
-                best = datum
-    if best is None:
-        return None
-    value = np.asarray(best.numpy).reshape(-1)[0]
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+    data = (datum for series in src.read("text", run, names, kind="tensors").values() for datum in series)
+    return latest_text(data, lambda datum: np.asarray(datum.numpy))
 
 
 _DESCRIBED = re.compile(r"^(?P<name>.+?)(?: \((?P<type>[^()]+)\))?, (?P<role>\w+)$")
