@@ -49,25 +49,24 @@ def test_depth_ratios_both_ways() -> None:
 
 
 def test_origin_hint_branches() -> None:
-    info = TensorInfo("net.4", "preact", "Linear", 32)
-    assert origin_hint(info, {"mean": 0.5, "std": 2.0}) == "its mean is 0.5 and its std 2"
+    assert origin_hint({"mean": 0.5, "std": 2.0}) == "its mean is 0.5 and its std 2"
     # |mean| exactly 3 std: not yet a mean that dominates
-    assert origin_hint(info, {"mean": 3.0, "std": 1.0}) == "its mean is 3 and its std 1"
-    hint = origin_hint(info, {"mean": -3.5, "std": 1.0})
+    assert origin_hint({"mean": 3.0, "std": 1.0}) == "its mean is 3 and its std 1"
+    hint = origin_hint({"mean": -3.5, "std": 1.0})
     assert (
         hint == "its RMS is its mean (-3.5, std 1: a bias or an offset that jumped, not weights initialised too small)"
     )
-    assert origin_hint(info, {"mean": math.nan, "std": math.nan}) == ""
+    assert origin_hint({"mean": math.nan, "std": math.nan}) == ""
     # the change since the previous logging step: more than 2x either way
-    assert origin_hint(info, {"mean": 0.0, "std": 4.0}, 2.0) == "its mean is 0 and its std 4"
-    assert origin_hint(info, {"mean": 0.0, "std": 1.0}, 2.0) == "its mean is 0 and its std 1"
-    grew = origin_hint(info, {"mean": 0.0, "std": 4.5}, 2.0)
+    assert origin_hint({"mean": 0.0, "std": 4.0}, 2.0) == "its mean is 0 and its std 4"
+    assert origin_hint({"mean": 0.0, "std": 1.0}, 2.0) == "its mean is 0 and its std 1"
+    grew = origin_hint({"mean": 0.0, "std": 4.5}, 2.0)
     assert grew == (
         "its mean is 0 and its std 4.5, and it was 2 at the previous logging step (the change began during "
         "training, not at initialization)"
     )
-    assert "it was 2 at the previous" in origin_hint(info, {"mean": 0.0, "std": 0.9}, 2.0)
-    assert "previous" not in origin_hint(info, {"mean": 0.0, "std": 9.0}, 0.0)
+    assert "it was 2 at the previous" in origin_hint({"mean": 0.0, "std": 0.9}, 2.0)
+    assert "previous" not in origin_hint({"mean": 0.0, "std": 9.0}, 0.0)
 
 
 def test_vanishing_message_figures_and_causes() -> None:
@@ -244,10 +243,9 @@ def test_the_zero_activation_right_before_the_origin_is_not_where_the_signal_was
 
 
 def test_origin_hint_with_missing_figures_and_a_mean_between_one_and_three_stds() -> None:
-    info = TensorInfo("net.4", "preact", "Linear", 32)
-    assert origin_hint(info, {"std": 2.0}) == "its mean is nan and its std 2"
-    assert origin_hint(info, {"mean": 2.0}) == ""
-    assert origin_hint(info, {"mean": 5.0, "std": 2.0}) == "its mean is 5 and its std 2"
+    assert origin_hint({"std": 2.0}) == "its mean is nan and its std 2"
+    assert origin_hint({"mean": 2.0}) == ""
+    assert origin_hint({"mean": 5.0, "std": 2.0}) == "its mean is 5 and its std 2"
 
 
 def test_an_active_depth_alert_stays_on_its_tensor_while_above_the_clearing_level() -> None:

@@ -131,12 +131,12 @@ def _dead_between(sequence: Sequence[tuple[TensorInfo, dict[str, float]]], start
     return None
 
 
-def origin_hint(info: TensorInfo, fig: dict[str, float], previous_rms: float | None = None) -> str:
+def origin_hint(fig: dict[str, float], previous_rms: float | None = None) -> str:
     """What the figures say about the layer where the scale changed: a mean that dominates its RMS (a
     bias or an offset, not the weights' scale), and whether its scale changed since the last logging step.
 
     Example:
-        >>> print(origin_hint(TensorInfo("net.40", "preact", "Linear", 32), {"mean": -49.9, "std": 1.9}, 2.0))
+        >>> print(origin_hint({"mean": -49.9, "std": 1.9}, 2.0))
         ... # doctest: +NORMALIZE_WHITESPACE
         its RMS is its mean (-49.9, std 1.9: a bias or an offset that jumped, not weights initialised too small),
         and it was 2 at the previous logging step (the change began during training, not at initialization)
@@ -257,7 +257,7 @@ def depth_alerts(
         n_after = len(logs) - at
         # where the scale changed: the origin of a vanishing signal; the first exploded tensor of an exploding one
         changed = origin_info if kind == "vanishing" else info
-        hint = origin_hint(changed, figs[changed.name], previous.get(changed.name))
+        hint = origin_hint(figs[changed.name], previous.get(changed.name))
         during = "during training" in hint
         normalizes = bool(re.search(r"norm$", info.type_name, re.IGNORECASE))
         message = _depth_message(
