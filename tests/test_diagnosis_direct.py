@@ -373,3 +373,26 @@ def test_join_updates_without_followers_changes_nothing() -> None:
     before = _a("net.1", "scale_drift", step=8)  # before the layer
     assert join_updates({"net.3": root}, {"net.3": 8}, [root], [before], [("net.1", "scale_drift")],
                         ORDER, None, {}, 2) == ({}, {})  # fmt: skip
+
+
+def test_join_updates_edges_episode_starts_and_unplaced_roots() -> None:
+    from lightning_normwatch.judge.diagnosis import join_updates
+
+    def join(roots, alerts, edges=None, started=None):  # noqa: ANN001, ANN202 - short test helper
+        since = {m: 8 for m in roots}
+        active = [(a.module, a.kind) for a in alerts]
+        return join_updates(roots, since, [], alerts, active, ORDER, edges, started or {}, 2)[0]
+
+    near = Alert(8, "net.3", "update_size", "warning", 0.4, 0.1, "m")
+    far = Alert(8, "net.1", "update_size", "warning", 0.4, 0.1, "m")
+    dead = _a("net.2", "dead", step=8)
+    # the nearest root explains nothing: the next one is still tried
+    assert join({"net.3": near, "net.1": far}, [dead])[id(dead)].caused_by == ("update_size", "net.1")
+    # a branch that does not carry net.1's output (the edges decide)
+    assert join({"net.1": far}, [dead], edges={"net.2": "net.0"}) == {}
+    # the episode's start decides, not the alert's own step: started before the streak, not a follower
+    assert join({"net.1": far}, [dead], started={("net.2", "dead"): 4}) == {}
+    # a root on a module the execution order does not know explains its own layer
+    odd_root = Alert(8, "head", "update_size", "warning", 0.4, 0.1, "m")
+    odd = _a("head", "scale_drift", step=8)
+    assert join({"head": odd_root, "net.1": far}, [odd, dead])[id(odd)].caused_by == ("update_size", "head")

@@ -116,6 +116,23 @@ def _moments(x: np.ndarray) -> tuple[np.ndarray, ...]:
     return s.n, s.mean, s.m2, s.m3, s.m4
 
 
+def test_a_window_of_two_batches_is_judged_on_both() -> None:
+    """Two batches of 150 rows (min_rows 256): the figures are those of their 300 rows taken together."""
+    first, second = _batch(rows=150), _batch(rows=150, scale=3.0)
+    tracker = InputTracker(reference_end=10, min_rows=256, window=3)
+    assert tracker.scale_figures("input", *_moments(first)) == {}
+    two = tracker.scale_figures("input", *_moments(second))
+    assert len(tracker.inputs["input"].recent) == 2
+    together = InputTracker(reference_end=10, min_rows=256, window=3).scale_figures(
+        "input", *_moments(np.concatenate([first, second]))
+    )
+    assert two.keys() == together.keys() and two
+    for name, value in together.items():
+        assert two[name] == pytest.approx(value, rel=1e-12, abs=1e-12), name
+    # feature 1 has std 3 in the second batch only: its RMS over both is sqrt((1 + 9) / 2)
+    assert two["feature_rms_max"] == pytest.approx(np.sqrt(5.0), rel=0.1)
+
+
 def test_feature_scales_on_the_recent_window() -> None:
     tracker = InputTracker(reference_end=10, min_rows=256, window=3)
     assert tracker.scale_figures("input", *_moments(_batch(rows=100))) == {}  # 100 rows: too few
