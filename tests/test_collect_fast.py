@@ -16,15 +16,12 @@ from torch import nn
 
 from lightning_normwatch.collect import batched
 from lightning_normwatch.collect.batched import measure_all, measure_flat
-from lightning_normwatch.collect.binning import bin_index_into
 from lightning_normwatch.collect.collector import Collector
 from lightning_normwatch.collect.sampling import MeasureSpec, _as_channel_rows, take_sample
 from lightning_normwatch.collect.updates import UpdateProbe
 from lightning_normwatch.config import SessionConfig
 from lightning_normwatch.stats.feature_drift import FEATURE_EDGES, Anchor
-from lightning_normwatch.stats.histogram import bin_edges
-
-WIDTH = {torch.float32: torch.int32, torch.float64: torch.int64}
+from lightning_normwatch.stats.histogram import INDEX_DTYPE, bin_edges, bin_index
 
 
 def awkward(dtype: torch.dtype, edges: torch.Tensor) -> torch.Tensor:
@@ -42,8 +39,9 @@ def awkward(dtype: torch.dtype, edges: torch.Tensor) -> torch.Tensor:
 def test_table_bins_equal_bucketize(dtype: torch.dtype, which: str) -> None:
     edges = bin_edges("cpu", dtype) if which == "shared" else torch.tensor(FEATURE_EDGES, dtype=dtype)
     x = awkward(dtype, edges)
-    got = bin_index_into(x, edges, torch.empty(len(x), dtype=WIDTH[dtype]))
+    got = bin_index(x, edges, torch.empty(len(x), dtype=INDEX_DTYPE[dtype]))
     assert torch.equal(got.long(), torch.bucketize(x, edges))
+    assert torch.equal(bin_index(x, edges).long(), torch.bucketize(x, edges))  # without ``out``
 
 
 def finite_items(seed: int) -> list:

@@ -44,9 +44,8 @@ import torch
 from torch import Tensor
 
 from ..stats.block import CHANNEL_FIELDS, HEAD
-from ..stats.histogram import bin_edges, num_bins
+from ..stats.histogram import INDEX_DTYPE, bin_edges, bin_index, num_bins
 from ..stats.moments import channel_moments, pow2_scale
-from .binning import WIDTH, bin_index_into
 from .sampling import Sampled, measure_sampled
 
 __all__ = ["measure_all", "measure_flat"]
@@ -295,10 +294,10 @@ def _row_groups(items: Sequence[Sampled], plan: _Plan, finite: bool) -> tuple[Te
         flat = matrix.reshape(-1)
         mine = index[at : at + flat.numel()]
         at += flat.numel()
-        if mine.dtype == WIDTH[dtype]:
-            bin_index_into(flat, edges, mine)
+        if mine.dtype == INDEX_DTYPE[dtype]:
+            bin_index(flat, edges, mine)
         else:  # (more than 2**31 bins in all: int64 offsets for float32 values)
-            mine.copy_(bin_index_into(flat, edges, torch.empty_like(flat, dtype=WIDTH[dtype])))
+            mine.copy_(bin_index(flat, edges))
         mine.view(matrix.shape).add_(plan.column_item[g])
         if not finite:  # non-finite values to the discarded bin t * nb
             mine.masked_fill_(flat.isfinite().logical_not_(), t * nb)

@@ -24,7 +24,9 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "INDEX_DTYPE",
     "bin_edges",
+    "bin_index",
     "edges_numpy",
     "bin_counts",
     "num_bins",
@@ -66,9 +68,11 @@ def bin_edges(device: torch.device | str = "cpu", dtype: torch.dtype = torch.flo
     return _EDGE_CACHE[key]
 
 
-_LUT_CACHE: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor]] = {}
+_LUT_CACHE: dict[int, tuple[Tensor, tuple[Tensor, Tensor] | None]] = {}  # id(edges) -> (edges, tables)
 # sign, exponent and 4 mantissa bits: ranges 6 % wide, under the bins' 10 % (a 32 KiB table for float32)
 _KEY_BITS = {torch.float32: 1 + 8 + 4, torch.float64: 1 + 11 + 4}
+#: the integer type of a float's width: bin indices of float32/float64 values (``bin_index``'s ``out``)
+INDEX_DTYPE = {torch.float32: torch.int32, torch.float64: torch.int64}
 
 
 def _bin_lookup(edges: Tensor) -> tuple[Tensor, Tensor] | None:
@@ -100,20 +104,44 @@ def _bin_lookup(edges: Tensor) -> tuple[Tensor, Tensor] | None:
     return table, torch.cat([edges, edges.new_full((1,), math.inf)])
 
 
-def _bin_index(flat: Tensor, edges: Tensor) -> Tensor:
-    """``torch.bucketize(flat, edges)`` for the shared edges (any index for non-finite values)."""
-    key = (edges.device, edges.dtype)
-    if key not in _LUT_CACHE:
+def _lookup(edges: Tensor) -> tuple[Tensor, Tensor] | None:
+    """``_bin_lookup``'s table and, per key, the edge its values are compared with (``upper[table[key]]``, so
+    that both gathers read by key), cached while ``edges`` lives (``bin_edges`` are cached tensors). None: no table."""
+    cached = _LUT_CACHE.get(id(edges))
+    if cached is None or cached[0] is not edges:
+        if len(_LUT_CACHE) >= 16:  # edges that are not the cached ones: do not keep them all
+            _LUT_CACHE.clear()
         found = _bin_lookup(edges)
-        if found is None:
-            return torch.bucketize(torch.nan_to_num(flat, 0.0, 0.0, 0.0), edges)
-        _LUT_CACHE[key] = found
-    table, upper = _LUT_CACHE[key]
-    itype = torch.int32 if flat.dtype == torch.float32 else torch.int64
+        if found is not None:
+            table, upper = found
+            found = (table, upper.index_select(0, table))
+        cached = _LUT_CACHE[id(edges)] = (edges, found)
+    return cached[1]
+
+
+def bin_index(flat: Tensor, edges: Tensor, out: Tensor | None = None) -> Tensor:
+    """``torch.bucketize(flat, edges)`` of the finite values of a 1-D ``flat`` (any index in ``[0, len(edges)]``
+    for non-finite values), by a table lookup for float32/float64 (a few passes, no binary search), written into
+    ``out`` when given (``INDEX_DTYPE[flat.dtype]``, ``flat``'s size: the intermediate results stay in it).
+
+    Example:
+        >>> x = torch.tensor([-2.0, -1.0, 0.0, 0.5, 1.0, 3.0])
+        >>> e = torch.tensor([-1.0, 0.0, 1.0])
+        >>> bin_index(x, e).tolist() == torch.bucketize(x, e).tolist()
+        True
+    """
+    found = _lookup(edges) if flat.dtype == edges.dtype else None
+    if found is None:
+        idx = torch.bucketize(torch.nan_to_num(flat, 0.0, 0.0, 0.0), edges)
+        return idx if out is None else out.copy_(idx)
+    table, edge = found
+    out = torch.empty_like(flat, dtype=INDEX_DTYPE[flat.dtype]) if out is None else out
     width = _KEY_BITS[flat.dtype]
-    bits = (flat.view(itype) >> (8 * flat.element_size() - width)) & ((1 << width) - 1)
-    below = table.index_select(0, bits)
-    return below + (upper.index_select(0, below) < flat)
+    torch.bitwise_right_shift(flat.view(out.dtype), 8 * flat.element_size() - width, out=out)
+    key = out.bitwise_and_((1 << width) - 1)
+    below = table.index_select(0, key)
+    torch.lt(edge.index_select(0, key), flat, out=out)
+    return out.add_(below)
 
 
 def bin_counts(sample: Tensor, edges: Tensor) -> Tensor:
@@ -125,7 +153,7 @@ def bin_counts(sample: Tensor, edges: Tensor) -> Tensor:
     flat = sample.reshape(-1)
     finite = flat.mul(0).add_(1).nan_to_num_(0.0, 0.0, 0.0)  # 1 where finite, else 0 (float ops only: fast)
     if flat.dtype == edges.dtype and edges is bin_edges(edges.device, edges.dtype):
-        idx = _bin_index(flat, edges)  # a table lookup: 5x faster than bucketize on 583 edges
+        idx = bin_index(flat, edges)  # a table lookup: 5x faster than bucketize on 583 edges
     else:
         idx = torch.bucketize(torch.nan_to_num(flat, 0.0, 0.0, 0.0), edges.to(flat.dtype))
     counts = torch.zeros(edges.numel() + 1, dtype=flat.dtype, device=flat.device)
