@@ -82,10 +82,7 @@ class InputTracker:
             if rows >= self.min_rows or keep >= self.window:
                 break
         state.recent = state.recent[-keep:]
-        if keep == 1:  # one batch: no stacking (merge_groups of one group, the same figures)
-            merged = merge_groups(*(a[None] for a in state.recent[0]))
-        else:
-            merged = merge_groups(*(np.stack(parts) for parts in zip(*state.recent, strict=True)))
+        merged = merge_groups(*(np.stack(parts) for parts in zip(*state.recent, strict=True)))
         # a full window of small batches is judged on what it holds
         return feature_figures(*merged, min_rows=min(self.min_rows, rows) if keep >= self.window else self.min_rows)
 

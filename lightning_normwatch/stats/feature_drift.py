@@ -201,14 +201,14 @@ class FeatureReference:
     stats: FeatureStats | None = None
     steps: int = 0
     binned_steps: int = 0
-    _side: tuple[tuple[int, int], dict[str, np.ndarray]] | None = field(default=None, repr=False, compare=False)
+    _side: dict[str, np.ndarray] | None = field(default=None, repr=False, compare=False)  # dropped by ``add``
 
     def side(self) -> dict[str, np.ndarray]:
-        """The reference's part of ``feature_drift``'s arithmetic, computed once per reference state."""
-        key = (id(self.stats), self.steps)
-        if self._side is None or self._side[0] != key:
-            self._side = (key, _reference_side(self.stats))  # type: ignore[arg-type]
-        return self._side[1]
+        """The reference's part of ``feature_drift``'s arithmetic, computed once per reference state (as
+        ``Reference.cache``: dropped by ``add``, never checkpointed)."""
+        if self._side is None:
+            self._side = _reference_side(self.stats)  # type: ignore[arg-type]
+        return self._side
 
     def add(self, cur: FeatureStats) -> None:
         if self.stats is not None and len(self.stats.n) != len(cur.n):
@@ -223,6 +223,7 @@ class FeatureReference:
             s.items += cur.items
         self.steps += 1
         self.binned_steps += int(cur.hist.sum() > 0)
+        self._side = None
 
     def state(self) -> dict[str, object]:
         s = self.stats
