@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all bench bench-gpu calibrate drift mutate clean
+.PHONY: demo test test-all bench bench-floor bench-gpu calibrate drift mutate clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -24,6 +24,10 @@ test-all: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/overhead.py
+
+# what the cheapest per-layer monitor costs every step, next to NormWatch (docs/performance.md)
+bench-floor: $(STAMP)
+	$(BIN)/python benchmarks/floor.py
 
 # on a machine with a CUDA GPU (skips with its reason without one): sync checks, every-step overhead on the transformer
 bench-gpu: $(STAMP)
