@@ -53,7 +53,7 @@ import time
 import traceback
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 os.environ.setdefault("PL_DISABLE_FORK", "1")
@@ -295,14 +295,27 @@ class NaiveHistograms(pl.Callback):
             self.writer.close()
 
 
+#: the NormWatch of the latest fit of each configuration (its ``cost``: NormWatch's own estimate of what it cost)
+WATCHES: dict[str, NormWatch] = {}
+
+
+def own_estimate(config: str) -> float | None:
+    """``cost.share`` of the latest fit's NormWatch under ``config`` (None before it measured a logging step)."""
+    watch = WATCHES.pop(config, None)
+    cost = watch.cost if watch is not None else None
+    return cost.share if cost is not None else None
+
+
 def make_callbacks(config: str, log_dir: str, timer: StepTimer) -> list[pl.Callback]:
     """The callbacks of one configuration (the timer itself is added by ``fit``)."""
     if config == "plain":
         return []
     if config == "every step":
-        return [NormWatch(every_n_steps=1, warmup_steps=0, reference_steps=5)]
+        WATCHES[config] = NormWatch(every_n_steps=1, warmup_steps=0, reference_steps=5)
+        return [WATCHES[config]]
     if config == "default":
-        return [TimedNormWatch(timer, warmup_steps=0, reference_steps=5)]
+        WATCHES[config] = TimedNormWatch(timer, warmup_steps=0, reference_steps=5)
+        return [WATCHES[config]]
     if config == "naive hist":
         return [NaiveHistograms(log_dir)]
     raise ValueError(f"unknown configuration {config!r}")
@@ -428,6 +441,8 @@ class Timings:
     ratio: dict[tuple[str, str], list[float]]
     amortised: dict[tuple[str, str], list[float]]
     hooks: dict[str, list[float]]  # model -> NormWatch's hook seconds per non-logging step (default), per round
+    #: (model, configuration) -> NormWatch's own estimate of its cost (``callback.cost.share``), per round
+    meter: dict[tuple[str, str], list[float]] = field(default_factory=dict)
 
 
 def time_model(spec: ModelSpec, rounds: int, quick: bool, log_dir: str, logger: bool, t: Timings) -> None:
@@ -448,6 +463,9 @@ def time_model(spec: ModelSpec, rounds: int, quick: bool, log_dir: str, logger: 
             times = timer.step_times()[spec.warmup :]
             t.steps.setdefault((spec.name, config), []).extend(times)
             medians[config] = statistics.median(times)
+            share = own_estimate(config)
+            if config == "every step" and share is not None:
+                t.meter.setdefault((spec.name, config), []).append(share)
             if config == "default":
                 quiet = [s for step, s in timer.hooks.items() if step >= spec.warmup and step % INTERVAL]
                 hooks = statistics.median(quiet) if quiet else 0.0
@@ -462,7 +480,9 @@ def time_model(spec: ModelSpec, rounds: int, quick: bool, log_dir: str, logger: 
         print(f"  {spec.name}: round {r + 1}/{rounds} done", file=sys.stderr, flush=True)
 
 
-def interval_ratios(spec: ModelSpec, rounds: int, log_dir: str, logger: bool) -> tuple[list[float], float]:
+def interval_ratios(
+    spec: ModelSpec, rounds: int, log_dir: str, logger: bool, t: Timings | None = None
+) -> tuple[list[float], float]:
     """``default`` against plain over whole logging intervals: per round (plain and default interleaved, the
     order alternating), mean step time over steps 50-149 (two 50-step intervals, each with its logging step
     and everything that follows it: the worker thread's judging and writing included), default / plain.
@@ -483,6 +503,9 @@ def interval_ratios(spec: ModelSpec, rounds: int, log_dir: str, logger: bool) ->
         for config in ("plain", "default") if r % 2 == 0 else ("default", "plain"):
             times = fit(model, spec, config, end + 1, log_dir, logger=logger).step_times()[start:end]
             means[config] = statistics.fmean(times)
+            share = own_estimate(config)
+            if t is not None and share is not None:
+                t.meter.setdefault((spec.name, config), []).append(share)
             steps[config].append(times)
         ratios.append(means["default"] / means["plain"])
         print(f"  {spec.name}: whole intervals, round {r + 1} done", file=sys.stderr, flush=True)
@@ -503,6 +526,27 @@ def profile_model(spec: ModelSpec, quick: bool, log_dir: str, logger: bool) -> S
 
 
 # ---------------------------------------------------------------------------------------------- report
+def own_estimates(specs: list[ModelSpec], t: Timings, whole: dict[str, tuple[list[float], float]]) -> str:
+    """NormWatch's own estimate of its cost (``callback.cost.share``, ``session/cost.py``) next to the measured
+    overhead: every step against its median ratio - 1, the default against its whole-interval ratio - 1."""
+    cells = []
+    for spec in specs:
+        every = t.meter.get((spec.name, "every step"))
+        default = t.meter.get((spec.name, "default"))
+        measured = statistics.median(t.ratio[(spec.name, "every step")]) - 1
+        cell = f"{spec.name}: every step {statistics.median(every):+.1%} (measured {measured:+.1%})" if every else ""
+        if default:
+            whole_ratio = statistics.median(whole[spec.name][0]) - 1
+            cell += f", default {statistics.median(default):+.1%} (measured {whole_ratio:+.1%})"
+        cells.append(cell or f"{spec.name}: no estimate")
+    return (
+        "NormWatch's own estimate of what it costs (`callback.cost.share`: its work over the training time, median "
+        "over rounds; the default from the whole-interval fits), against the measured overhead: "
+        + "; ".join(cells)
+        + "."
+    )
+
+
 def machine() -> str:
     """CPU model, cores and library versions."""
     model = platform.processor() or "unknown CPU"
@@ -599,7 +643,7 @@ def main(argv: list[str] | None = None) -> int:
         timings = Timings({}, {}, {}, {})
         for spec in specs:
             time_model(spec, rounds, args.quick, log_dir, logger, timings)
-        whole = {s.name: interval_ratios(s, rounds, log_dir, logger) for s in specs}
+        whole = {s.name: interval_ratios(s, rounds, log_dir, logger, timings) for s in specs}
         profiles = {} if args.skip_profile else {s.name: profile_model(s, args.quick, log_dir, logger) for s in specs}
     total_s = time.perf_counter() - started
 
@@ -633,6 +677,8 @@ def main(argv: list[str] | None = None) -> int:
         "NormWatch's own hooks on a non-logging step (`default`, measured directly, median over rounds): "
         + ", ".join(f"{s.name} {1000 * statistics.median(timings.hooks[s.name]):.3f} ms" for s in specs)
         + ".",
+        "",
+        own_estimates(specs, timings, whole),
         "",
     ]
     if profiles:

@@ -54,7 +54,8 @@ def test_start_line_and_summary_of_a_healthy_run(tmp_path, caplog) -> None:
     )
     assert text[1].split() == ["tensor", "type", "std", "skew", "kurt", "drift", "dead", "alerts"]
     assert text[-1].startswith("rules: drift judged from step 2 (reference window steps 0-2); depth, collapse")
-    rows = {line.split()[0]: line.split() for line in text[3:-1]}
+    assert text[-2].startswith("cost: NormWatch's own work took ") and " ms of training per step: about " in text[-2]
+    rows = {line.split()[0]: line.split() for line in text[3:-2]}
     figures = cb.last_result.figures
     assert set(rows) == set(figures)
     for key, cells in rows.items():

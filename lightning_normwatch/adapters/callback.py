@@ -31,10 +31,10 @@ from ..config import SessionConfig, Thresholds
 from ..judge.alerts import Alert
 from ..judge.evaluator import StepResult
 from ..judge.windows import Windows
-from ..output.loggers import is_tensorboard_logger, tensorboard_writer
-from ..output.panels import Panels
+from ..session.cost import Cost
 from ..session.session import Session
 from .guard import trainer_hooks_only
+from .trainer import panels_for, run_length
 
 __all__ = ["NormWatch"]
 
@@ -68,33 +68,6 @@ def _replay(pl_module: pl.LightningModule) -> Callable[[Any, int], Any] | None:
             return pl_module.training_step(batch, batch_idx)
 
     return run
-
-
-def _panels(trainer: pl.Trainer, config: SessionConfig) -> Panels | None:
-    """Panels on every ``TensorBoardLogger`` of the trainer (rank zero); one warning with other loggers only."""
-    if not config.tensorboard:
-        return None
-    if any(is_tensorboard_logger(logger) for logger in trainer.loggers):
-        if not trainer.is_global_zero:
-            return None
-        return Panels(tensorboard_writer(trainer.loggers), config.plot_every_n_steps, config.thresholds)
-    if trainer.loggers:
-        names = ", ".join(type(lg).__name__ for lg in trainer.loggers)
-        rank_zero_warn(
-            f"NormWatch: no TensorBoardLogger among the trainer's loggers ({names}); the scalars "
-            "normwatch/<tensor>/<figure> go to these loggers, but the TensorBoard-only panels (histograms, "
-            "custom-scalars layout, alert table" + (", figures" if config.plot_every_n_steps else "") + ") are skipped."
-        )
-    return None
-
-
-def _run_length(trainer: pl.Trainer) -> float | None:
-    """Optimizer steps of the run (``max_steps``, or epochs x batches / accumulation; inf: unknown). Lightning
-    loads the training dataloader to count its batches, as it does for ``configure_optimizers``."""
-    try:
-        return trainer.estimated_stepping_batches
-    except Exception:  # noqa: BLE001 - no length is not an error: the default windows apply
-        return None
 
 
 class NormWatch(Callback):
@@ -190,6 +163,11 @@ class NormWatch(Callback):
         return self.session.alerts
 
     @property
+    def cost(self) -> Cost | None:
+        """What NormWatch's own work costs this run so far (``Cost``: ms per logging step, share of training time)."""
+        return self.session.cost
+
+    @property
     def last_result(self) -> StepResult | None:
         """Figures and alerts of the latest logging step."""
         return self.session.last_result
@@ -214,12 +192,12 @@ class NormWatch(Callback):
         self.session.start(
             pl_module,
             loggers=trainer.loggers,
-            panels=_panels(trainer, self.config),
+            panels=panels_for(trainer, self.config),
             world_size=trainer.world_size,
             is_global_zero=trainer.is_global_zero,
             device=trainer.strategy.root_device,
             trainer_interval=trainer.log_every_n_steps,
-            total_steps=_run_length(trainer),
+            total_steps=run_length(trainer),
         )
 
     @property

@@ -49,6 +49,7 @@ from ..judge.evaluator import StepResult
 from ..judge.windows import Windows
 from ..output.loggers import is_tensorboard_logger, write_scalars
 from ..output.panels import Panels
+from ..session.cost import Cost
 from ..session.session import Session
 
 __all__ = ["LoopWatch", "unwrap"]
@@ -203,6 +204,11 @@ class LoopWatch:
     def alerts(self) -> list[Alert]:
         """Every alert raised so far, in order."""
         return self.session.alerts
+
+    @property
+    def cost(self) -> Cost | None:
+        """What NormWatch's own work costs this run so far (``Cost``: ms per logging step, share of training time)."""
+        return self.session.cost
 
     @property
     def last_result(self) -> StepResult | None:

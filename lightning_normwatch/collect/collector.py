@@ -84,6 +84,8 @@ class Collector:
         self._calls: dict[str, int] = {}  # calls of each watched module in the current forward pass
         self.skipped = Skipped()  # tensors not measured, each named once with the reason (info line)
         self._anchor_tensors: dict[tuple[str, torch.device], tuple[object, Tensor, Tensor]] = {}
+        #: wraps every hook when it is registered (the session's ``session.cost.timed``: counts its time)
+        self.timing: Callable[[Callable[..., None]], Callable[..., None]] = lambda hook: hook
 
     # ----------------------------------------------------------------- hooks
     def attach(
@@ -125,11 +127,13 @@ class Collector:
         """Register the hooks again after ``pause``, keeping what was collected."""
         if self._handles:
             return
-        self._handles = [module.register_forward_hook(self._hook_for(name)) for name, module in self.watched]
+        hooks = [(module, self._hook_for(name)) for name, module in self.watched]
+        self._handles = [module.register_forward_hook(self.timing(hook)) for module, hook in hooks]
         if self._model is not None and self.watched:
             self._handles.append(self._model.register_forward_pre_hook(lambda *_: self.next_pass()))
         if self.discovery.expected:
-            self._handles += [m.register_forward_pre_hook(self._input_hook_for(n)) for n, m in self.discovery.modules()]
+            pre = [(m, self.timing(self._input_hook_for(n))) for n, m in self.discovery.modules()]
+            self._handles += [m.register_forward_pre_hook(hook) for m, hook in pre]
 
     def pause(self) -> None:
         """Remove the hooks but keep the collection (e.g. while validation runs inside a logging step)."""

@@ -27,7 +27,9 @@ Example:
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
+from typing import Any
 
 from ..judge.alerts import NormWatchAlertError
 from ..output import console
@@ -57,6 +59,7 @@ class Pipeline:
         self.failed = False  # a job failed on the worker: the synchronous path runs the rest of the run
         self.error: NormWatchAlertError | None = None  # raised by the next raise_pending (training thread)
         self._thread: threading.Thread | None = None
+        self.meter: Any = None  # a ``CostMeter``: the worker's job time, the training thread's waits
 
     @property
     def alive(self) -> bool:
@@ -79,7 +82,12 @@ class Pipeline:
         """Wait until the job submitted has run (no-op on the worker itself or with no job)."""
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
+            if self.meter is None or not thread.is_alive():
+                thread.join()
+                return
+            started = time.perf_counter()
             thread.join()
+            self.meter.waited(time.perf_counter() - started)
 
     def boundary(self, wait: bool) -> None:
         """At a step boundary: raise what a job recorded; ``wait`` (``on_alert="raise"``): wait for the judging
@@ -99,8 +107,11 @@ class Pipeline:
         self.drain()
 
     def _run(self, job: Callable[[], None]) -> None:
+        started = time.thread_time()  # CPU time: the job's waits for the GIL while training runs are not its cost
         try:
             job()
+            if self.meter is not None:
+                self.meter.worker(time.thread_time() - started)
         except NormWatchAlertError as error:  # on_alert="raise": the training thread raises it
             if self.error is None:
                 self.error = error

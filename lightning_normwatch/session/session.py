@@ -31,7 +31,6 @@ import math
 import warnings
 from collections import deque
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from dataclasses import replace
 from typing import Any
 
@@ -42,7 +41,7 @@ from ..collect.collector import Collector
 from ..collect.exchange import Exchange
 from ..collect.info import TensorInfo
 from ..collect.inputs import InputSpec, find_inputs
-from ..collect.replay import RngState, is_compiled, preserved
+from ..collect.replay import RngState, is_compiled
 from ..collect.selection import Pattern, validate_patterns
 from ..config import SessionConfig
 from ..judge.alerts import Alert, NormWatchAlertError
@@ -52,8 +51,10 @@ from ..judge.windows import plan_windows, rules_ran
 from ..output import console
 from ..output.guarded import Guard
 from . import checkpoint
+from .cost import Cost, CostMeter, timed, timed_method
 from .judging import PANELS, judge, post, role, take
 from .pipeline import Pipeline
+from .replays import locate_nonfinite, measure_compiled
 from .updates import UpdateWatch
 
 __all__ = ["Session"]
@@ -100,6 +101,7 @@ class Session:
         self.exchange: Exchange | None = None
         self.guard = Guard()  # sink failures: one error line (rate-limited), never an exception into training
         self.pipeline = Pipeline(config.pipeline, self.interval)  # judging and writing of logging steps
+        self.pipeline.meter = self.meter
         self.outbox: deque[tuple[Any, dict[str, float], int]] = deque()  # logger rows the worker left (judging.py)
 
     def _resolved(self, config: SessionConfig) -> SessionConfig:
@@ -125,6 +127,10 @@ class Session:
         self._warned_manual = False
         self.anchors_pending = False  # the queued judging places input anchors: the next hooks wait for it
         self.updates = UpdateWatch.for_config(config)  # the parameter side (None: updates=False)
+        self.meter = CostMeter(self.interval)  # what NormWatch's own work costs this run (``cost.py``)
+        self.collector.timing = lambda hook: timed(self.meter, hook)
+        if self.updates is not None:
+            self.updates.meter = self.meter
 
     @property
     def alerts(self) -> list[Alert]:
@@ -137,6 +143,11 @@ class Session:
         """Figures and alerts of the latest logging step judged (waits for the pipeline)."""
         self.drain()
         return self.latest
+
+    @property
+    def cost(self) -> Cost | None:
+        """What NormWatch's own work costs this run so far (``session/cost.py``); None before it was measured."""
+        return self.meter.cost()
 
     def drain(self) -> None:
         """Wait until every logging step submitted is judged and written (``pipeline.py``)."""
@@ -170,6 +181,7 @@ class Session:
         self.windows = plan_windows(total, self.interval, config.warmup_steps, config.reference_steps)
         self.earlier_alerts += self.evaluator.alerts
         self._fresh(replace(self._resolved(config), world_size=max(1, world_size)))
+        self.pipeline.meter = self.meter
         self.loggers, self.panels, self.is_global_zero = list(loggers), panels, is_global_zero
         self.exchange = Exchange.for_process_group(self.collector, world_size, device)
         names = self.collector.attach(model, self.modules, self.exclude)
@@ -193,6 +205,7 @@ class Session:
             self.drain()
             self.record(self.updates.start(self.model, optimizers, step, pre, unused_ok, self.modules, self.exclude))
 
+    @timed_method
     def before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Gradients are final (unscaled under AMP) and ``optimizer`` is about to step (``UpdateWatch.before_step``)."""
         if self.updates is not None:
@@ -235,6 +248,8 @@ class Session:
             roles = {key: role(self.collector.infos, key) for key in figures}
             step = self.last_result.step
             rules = rules_ran(self.windows, step)
+            cost = self.meter.cost()
+            rules = rules if cost is None else cost.line() + "\n" + rules
             console.log_summary(figures, self.types(), self.alerts, step, roles=roles, rules=rules)
 
     def close(self) -> None:
@@ -256,17 +271,22 @@ class Session:
     def is_logging_step(self, step: int) -> bool:
         return step % self.interval == 0
 
+    @timed_method
     def begin_step(self, step: int, batch: Any, batch_idx: int = 0) -> None:
         """Before the forward pass of global step ``step`` (every batch, accumulated ones too)."""
+        logging_step = self.is_logging_step(step)
+        self.meter.step(step, logging_step)
         post(self)
         self.pipeline.boundary(wait=self.config.on_alert == "raise")  # an alert the worker found stops training
-        logging_step = self.is_logging_step(step)
         self._replayed = False
         if self.config.check_nonfinite or (logging_step and self.compiled):
             self._batch, self._batch_idx = batch, batch_idx
             self._rng = RngState.capture(torch_only=True)
         if not logging_step:
             return
+        notice = self.meter.notice()
+        if notice is not None and self.is_global_zero:  # INFO: the WARNING level keeps only alerts (console.py)
+            log.info("%s", notice)
         if self.anchors_pending:  # the hooks bin inputs by anchors the queued judging places
             self.drain()
             self.anchors_pending = False
@@ -291,11 +311,12 @@ class Session:
     def _automatic_inputs(self) -> bool:
         return self.inputs is True and not self.collector.discovery.failed
 
+    @timed_method
     def before_backward(self, loss: Tensor, step: int, replay: Callable[[Any, int], Any] | None = None) -> None:
         """With the step's loss, before backward: measure a compiled model's layers on a logging step, and
         check the loss. ``replay(batch, batch_idx)`` re-runs the step's forward (None: it cannot be replayed)."""
         if self.compiled and self._collecting and not self._replayed and self._batch is not None:
-            self._measure_compiled(replay)
+            measure_compiled(self, replay)
         if not self.config.check_nonfinite or self._batch is None:
             return
         loss = loss.detach()
@@ -311,7 +332,7 @@ class Session:
         if self.evaluator.loss_checked(finite):  # finite, or a non-finite episode already raised
             return
         if replay is not None:
-            self._locate_nonfinite(step, replay)
+            locate_nonfinite(self, step, replay)
             return
         # Without a replay (manual optimization would repeat its optimizer toggling and backward calls):
         # report the loss without locating the origin.
@@ -323,62 +344,7 @@ class Session:
         bad = ~torch.isfinite(loss.detach()).all()
         self.bad_loss = bad if self.bad_loss is None else self.bad_loss | bad
 
-    def _eager(self) -> Any:
-        """Compiled code runs eagerly inside (hooks fire normally; nothing is traced or recompiled)."""
-        return torch.compiler.set_stance("force_eager") if self.compiled else nullcontext()
-
-    def _measure_compiled(self, replay: Callable[[Any, int], Any] | None) -> None:
-        """Measure the layers of a compiled model on a logging step: replay the batch's forward eagerly,
-        without gradient, from the batch-start RNG state and on copies of the buffers, with hooks.
-
-        The compiled training step itself never meets a hook, so it runs the same graphs (no graph break,
-        no recompilation) and trains exactly as without NormWatch; the cost is one eager forward pass per
-        logging step. Without a replay (manual optimization) the layers are not measured.
-        """
-        self._replayed = True
-        if replay is None:
-            if not self._warned_manual:
-                self._warn("NormWatch: compiled model under manual optimization: layers are not measured.")
-                self._warned_manual = True
-            return
-        self.collector.resume()
-        try:
-            with self._eager(), preserved(self.model, self._rng):
-                replay(self._batch, self._batch_idx)
-        except Exception as exc:  # best effort: never break training for it
-            log.debug("NormWatch: replay of a compiled model's batch failed: %r", exc)
-        finally:
-            self.collector.pause()
-
-    def _locate_nonfinite(self, step: int, replay: Callable[[Any, int], Any]) -> None:
-        """Replay this batch's forward with hooks armed to name the first module with NaN/Inf."""
-        batch, self._batch = self._batch, None  # a backward inside the replay must not replay again
-        try:
-            automatic = self._automatic_inputs()
-            if automatic:
-                self.collector.expect_inputs(batch)
-            with self._eager(), self.collector.separate_collection():
-                try:
-                    with preserved(self.model, self._rng):
-                        if not automatic:
-                            for name, tensor in find_inputs(batch, self.inputs):
-                                self.collector.observe(name, tensor, role="input")
-                        replay(batch, self._batch_idx)
-                except Exception as exc:  # the replay is best effort: never break training for it
-                    # what the forward measured before the failure (e.g. manual_backward under no_grad) still counts
-                    log.debug("NormWatch: replay for non-finite values failed: %r", exc)
-                stats = self.collector.collect()
-        finally:
-            self._batch = batch
-        first = self.collector.first_nonfinite(stats)
-        if first is None:  # a finite forward and a non-finite loss: the loss overflowed; name where it grew
-            overflowed = self.evaluator.raise_overflow(step, stats)
-            if overflowed is not None:
-                self.emit(overflowed)
-                return
-        origin, share, downstream = first if first is not None else ("loss", math.nan, 0)
-        self.emit(self.evaluator.raise_nonfinite(step, origin, share, downstream, "replaying the batch"))
-
+    @timed_method
     def end_step(self, step: int) -> None:
         """After the optimizer stepped at global step ``step`` (or after an accumulated batch)."""
         self._batch = None

@@ -42,6 +42,7 @@ from ..config import Thresholds
 from ..judge.alerts import REARM_WINDOW, Alert, AlertTracker
 from ..judge.diagnosis import join_updates
 from ..judge.updates import UpdateHistory, time_factors, unheld_alerts, update_alerts
+from .cost import CostMeter, timed
 
 __all__ = ["UpdateWatch", "DRIFT_FIGURES"]
 
@@ -84,6 +85,7 @@ class UpdateWatch:
         self._model: nn.Module | None = None
         self._logged: list[int] = []  # the last two logging steps finished (the interval between them)
         self.large_since: dict[str, int] = {}  # module -> step its too-large updates began (last update_size raised)
+        self.meter: CostMeter | None = None  # the optimizer hooks' time counts as NormWatch's work (``cost.py``)
 
     def attach(
         self,
@@ -141,10 +143,11 @@ class UpdateWatch:
         ``pre=True`` suits loops where ``backward`` runs before ``optimizer.step()``; Lightning computes the
         gradients inside ``step`` (a closure) and calls ``before_step`` from ``on_before_optimizer_step``.
         """
+        before, after = timed(self.meter, self.before_step), timed(self.meter, self.after_step)
         for opt in optimizers:
             if pre:
-                self._handles.append(opt.register_step_pre_hook(lambda o, *_: self.before_step(o)))
-            self._handles.append(opt.register_step_post_hook(lambda o, *_: self.after_step(o)))
+                self._handles.append(opt.register_step_pre_hook(lambda o, *_: before(o)))
+            self._handles.append(opt.register_step_post_hook(lambda o, *_: after(o)))
 
     def close(self) -> None:
         """Remove the optimizer hooks (idempotent)."""
