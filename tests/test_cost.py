@@ -215,3 +215,25 @@ def test_no_notice_when_normwatch_is_a_small_share(tmp_path: Path, caplog: pytes
     assert c is not None and c.share < WARN_SHARE
     assert not [r for r in caplog.records if "of the training time here" in r.getMessage()]
     assert slept <= c.step_ms <= slept + 20, (c, slept)
+
+
+def test_loopwatch_measures_its_cost_too(tmp_path: Path) -> None:
+    from lightning_normwatch import LoopWatch
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    with LoopWatch(net, every_n_steps=3, tensorboard=False) as watch:
+        assert watch.cost is None  # nothing measured yet
+        for _ in range(13):
+            x = torch.randn(8, 4)
+            with watch.step(x):
+                time.sleep(0.005)  # the loop's own work
+                loss = net(x).square().mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    c = watch.cost
+    # logging steps 0 (warm-up, not counted), 3, 6, 9 measured once the step after each began (12 is the last)
+    assert c is not None and c.interval == 3 and c.logging_steps == 3
+    assert 5 <= c.step_ms <= 25 and c.logging_ms > 0 and 0 < c.other_ms < c.logging_ms
