@@ -417,3 +417,35 @@ def test_every_threshold_has_a_user_set_boundary_test() -> None:
     for name, where in USER_SET_TESTS.items():
         path, test = where.split("::") if "::" in where else ("tests/test_rule_boundaries.py", where)
         assert f"def {test}(" in (root / path).read_text(), (name, where)
+
+
+def test_a_loss_episode_survives_a_checkpoint_and_a_finite_loss_still_ends_it(tmp_path) -> None:
+    import torch
+    from torch import nn
+
+    from lightning_normwatch.collect.collector import Collector
+    from lightning_normwatch.config import SessionConfig
+    from lightning_normwatch.judge.evaluator import Evaluator
+
+    config = SessionConfig(warmup_steps=0, reference_steps=1)
+
+    def evaluator() -> Evaluator:
+        collector = Collector(config)
+        collector.attach(nn.Sequential(nn.Linear(4, 4)))
+        return Evaluator(config, collector)
+
+    before = evaluator()
+    assert before.loss_checked(False) is False  # a non-finite loss: a new episode, located and raised
+    before.raise_nonfinite(7, "loss", math.nan, 0, "the loss check")
+    torch.save(before.state_dict(), tmp_path / "state.pt")
+    after = evaluator()
+    after.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
+    assert after.nonfinite_active and after.loss_checked(False) is True  # the same episode: not raised again
+    assert after.loss_checked(True) is True and not after.nonfinite_active  # a finite loss ends it, as before
+    assert after.loss_checked(False) is False  # so the next non-finite loss is a new episode
+    # a checkpoint written before the flag was saved: the episode stays active until a logging step clears it
+    old = before.state_dict()
+    del old["nonfinite_from_loss"]
+    legacy = evaluator()
+    legacy.load_state_dict(old)
+    assert legacy.loss_checked(True) is True and legacy.nonfinite_active

@@ -396,6 +396,7 @@ class Evaluator:
             "active": self.tracker.state(),
             "episodes": self.tracker.episode_state(),
             "nonfinite_active": self.nonfinite_active,
+            "nonfinite_from_loss": self.nonfinite_from_loss,  # a finite loss ends that episode (``loss_checked``)
             "alerts": [a.to_dict() for a in self.alerts],
             "inputs": self.input_tracker.state(),
         }
@@ -415,6 +416,7 @@ class Evaluator:
             episodes["episodes"] = [r for r in episodes.get("episodes", []) if plan.keeps(r[0])]
             self.tracker.load_episodes(episodes)
         self.nonfinite_active = bool(state.get("nonfinite_active", False))
+        self.nonfinite_from_loss = self.nonfinite_active and bool(state.get("nonfinite_from_loss", False))
         self.alerts = [Alert.from_dict(a) for a in state.get("alerts", [])]  # type: ignore[union-attr]
         if not plan.reset_references:
             self.input_tracker.load(state.get("inputs", {}))  # type: ignore[arg-type]
