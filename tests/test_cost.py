@@ -103,6 +103,23 @@ def test_meter_counts_outermost_sections_minus_waits_and_skips_the_warm_up() -> 
     assert c.step_ms == pytest.approx(10.0)
 
 
+def test_a_wait_for_the_device_is_training_time_not_normwatch_work() -> None:
+    clock = Clock()
+    meter = CostMeter(interval=1, clock=clock, warm_logging_steps=0)
+    for step in range(3):
+        meter.step(step, logging=True)
+        clock.now += 0.003  # the forward and backward launched (a GPU runs them after)
+        meter.enter()
+        clock.now += 0.012  # the logging step's end: 8 ms waiting for the device at its first synchronisation
+        meter.device(0.008)
+        meter.leave()
+        meter.device(1.0)  # outside any section: ignored
+    meter.step(3, logging=True)
+    c = meter.cost()
+    assert c is not None
+    assert c.logging_ms == pytest.approx(4.0) and c.step_ms == pytest.approx(11.0)
+
+
 def test_notice_comes_once_after_enough_logging_steps_and_only_above_the_share() -> None:
     for work, expected in ((0.0025, True), (0.0015, False)):  # 25 % and 15 % of a 10 ms step
         clock = Clock()

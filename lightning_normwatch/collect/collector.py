@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
@@ -86,6 +87,8 @@ class Collector:
         self._anchor_tensors: dict[tuple[str, torch.device], tuple[object, Tensor, Tensor]] = {}
         #: wraps every hook when it is registered (the session's ``session.cost.timed``: counts its time)
         self.timing: Callable[[Callable[..., None]], Callable[..., None]] = lambda hook: hook
+        #: told how long the transfer waited for a device's queued work (the session's ``CostMeter.device``)
+        self.device_wait: Callable[[float], None] = lambda seconds: None
 
     # ----------------------------------------------------------------- hooks
     def attach(
@@ -352,7 +355,12 @@ class Collector:
             return {}
         flat, shapes = self.local_blocks()
         self._blocks, self._tails = {}, {}
-        host = flat.cpu().numpy()
+        if flat.device.type == "cpu":
+            host = flat.numpy()
+        else:  # waits for everything queued on the device before it, the training's kernels first
+            started = time.perf_counter()
+            host = flat.cpu().numpy()
+            self.device_wait(time.perf_counter() - started)
         out, start = {}, 0
         for key, (calls, size) in shapes.items():
             stop = start + calls * size

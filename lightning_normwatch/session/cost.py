@@ -7,7 +7,9 @@ interval it costs a few percent. So the session times its own work and says what
 
 - on the training thread: the session's step methods, the forward hooks and the optimizer hooks (sections may
   nest: a compiled model's replay runs the hooks inside ``before_backward``; only the outermost counts), minus
-  the time spent waiting for the worker (its job is counted on the worker);
+  the time spent waiting for the worker (its job is counted on the worker) and, on a GPU, the logging step's
+  first host synchronisation, which waits for the step's queued kernels (counted as training: the device was
+  running the forward and backward);
 - on the worker thread: each logging step's job (judging and writing), in the thread's CPU time (its waits for
   the GIL while the training thread runs are not its cost);
 - per global step, its wall time from one step's start to the next: the training's own step time is that minus
@@ -139,6 +141,7 @@ class CostMeter:
         self._since = 0.0
         self._own = 0.0  # training-thread seconds of the current step in NormWatch's sections
         self._wait = 0.0  # of which waiting for the worker
+        self._device = 0.0  # of which waiting for the device to finish the step's queued work (training's)
         self._step: int | None = None
         self._logging = False
         self._started = 0.0
@@ -157,13 +160,15 @@ class CostMeter:
         if self._step is not None and self._counted:
             # the step's training time: its wall time minus the sections (waits for the worker included: they
             # delay training but are counted as the worker's job); NormWatch's own work: the sections minus waits
-            self._steps.append(max(now - self._started - self._own, 0.0))
-            (self._logging_own if self._logging else self._other_own).append(max(self._own - self._wait, 0.0))
+            self._steps.append(max(now - self._started - self._own + self._device, 0.0))
+            own = self._own - self._wait - self._device
+            (self._logging_own if self._logging else self._other_own).append(max(own, 0.0))
         if logging and self._warm > 0:
             self._warm -= 1  # a warm-up logging step: counting starts at the next one
         elif logging:
             self._counted = True
-        self._step, self._logging, self._started, self._own, self._wait = step, logging, now, 0.0, 0.0
+        self._step, self._logging, self._started = step, logging, now
+        self._own = self._wait = self._device = 0.0
 
     def enter(self) -> None:
         """A section of NormWatch's work on the training thread starts."""
@@ -183,6 +188,13 @@ class CostMeter:
         training's time to the meter)."""
         if self._depth:
             self._wait += seconds
+
+    def device(self, seconds: float) -> None:
+        """The training thread waited ``seconds`` inside a section for the device (a GPU) to finish the work queued
+        before it, the training's forward and backward first: training's time, not NormWatch's (the first host
+        synchronisation of a logging step: the loss flag or the one transfer)."""
+        if self._depth:
+            self._device += seconds
 
     def worker(self, seconds: float) -> None:
         """A logging step's job took ``seconds`` on the worker thread."""

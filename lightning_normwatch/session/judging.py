@@ -26,10 +26,11 @@ Example:
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from torch import nn
+from torch import Tensor, nn
 
 from ..collect.collector import Collector
 from ..collect.info import TensorInfo
@@ -91,7 +92,7 @@ class Taken:
 def take(session: Session, step: int) -> Taken:
     """Training thread: the statistics' transfer and copies of the live state (see the module docstring)."""
     assert session.exchange is not None
-    bad_loss = session.bad_loss is not None and bool(session.bad_loss)
+    bad_loss = session.bad_loss is not None and _device_read(session, session.bad_loss)
     stats = session.exchange.collect(flags=(bad_loss,))  # OR-ed over ranks: every rank raises the same alert
     session.bad_loss = None
     c = session.collector
@@ -104,6 +105,17 @@ def take(session: Session, step: int) -> Taken:
     updates = session.updates.measure() if session.updates is not None else None
     session.anchors_pending = _anchors_change(session, stats, view)
     return Taken(step, stats, bool(session.exchange.flags[0]), view, checks, reported, updates)
+
+
+def _device_read(session: Session, flag: Tensor) -> bool:
+    """``bool(flag)``: on a GPU the logging step's first host synchronisation, which waits for the kernels queued
+    before it (the training's): that wait is told to the cost meter as the device's."""
+    if flag.device.type == "cpu":
+        return bool(flag)
+    started = time.perf_counter()
+    value = bool(flag)
+    session.meter.device(time.perf_counter() - started)
+    return value
 
 
 def _anchors_change(session: Session, stats: dict[str, TensorStats], view: CollectorView) -> bool:

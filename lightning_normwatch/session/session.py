@@ -129,6 +129,7 @@ class Session:
         self.updates = UpdateWatch.for_config(config)  # the parameter side (None: updates=False)
         self.meter = CostMeter(self.interval)  # what NormWatch's own work costs this run (``cost.py``)
         self.collector.timing = lambda hook: timed(self.meter, hook)
+        self.collector.device_wait = self.meter.device
         if self.updates is not None:
             self.updates.meter = self.meter
 
