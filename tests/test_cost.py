@@ -254,3 +254,11 @@ def test_loopwatch_measures_its_cost_too(tmp_path: Path) -> None:
     # logging steps 0 (warm-up, not counted), 3, 6, 9 measured once the step after each began (12 is the last)
     assert c is not None and c.interval == 3 and c.logging_steps == 3
     assert 5 <= c.step_ms <= 25 and c.logging_ms > 0 and 0 < c.other_ms < c.logging_ms
+
+
+def test_a_fresh_callback_still_pickles_for_ddp_spawn() -> None:
+    import pickle
+
+    # ddp_spawn pickles the trainer's callbacks to start its processes: the meter's wiring must stay picklable
+    cb = pickle.loads(pickle.dumps(NormWatch(every_n_steps=3)))
+    assert cb.session.meter.interval == 3 and cb.session.collector.timing.args == (cb.session.meter,)

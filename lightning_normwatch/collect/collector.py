@@ -57,6 +57,15 @@ def input_features(tensor: Tensor) -> int:
     return tensor.shape[1] if tensor.ndim >= 4 else (tensor.shape[-1] if tensor.ndim >= 2 else 1)
 
 
+def _untimed(hook: Callable[..., None]) -> Callable[..., None]:
+    """``Collector.timing`` without a cost meter (module-level, so that a collector pickles: ``ddp_spawn``)."""
+    return hook
+
+
+def _ignored(seconds: float) -> None:
+    """``Collector.device_wait`` without a cost meter."""
+
+
 class Collector:
     """Samples the watched tensors of a logging step on their devices and merges them on the host.
 
@@ -86,9 +95,9 @@ class Collector:
         self.skipped = Skipped()  # tensors not measured, each named once with the reason (info line)
         self._anchor_tensors: dict[tuple[str, torch.device], tuple[object, Tensor, Tensor]] = {}
         #: wraps every hook when it is registered (the session's ``session.cost.timed``: counts its time)
-        self.timing: Callable[[Callable[..., None]], Callable[..., None]] = lambda hook: hook
+        self.timing: Callable[[Callable[..., None]], Callable[..., None]] = _untimed
         #: told how long the transfer waited for a device's queued work (the session's ``CostMeter.device``)
-        self.device_wait: Callable[[float], None] = lambda seconds: None
+        self.device_wait: Callable[[float], None] = _ignored
 
     # ----------------------------------------------------------------- hooks
     def attach(

@@ -27,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections import deque
@@ -128,7 +129,7 @@ class Session:
         self.anchors_pending = False  # the queued judging places input anchors: the next hooks wait for it
         self.updates = UpdateWatch.for_config(config)  # the parameter side (None: updates=False)
         self.meter = CostMeter(self.interval)  # what NormWatch's own work costs this run (``cost.py``)
-        self.collector.timing = lambda hook: timed(self.meter, hook)
+        self.collector.timing = functools.partial(timed, self.meter)  # no lambda: a session pickles (ddp_spawn)
         self.collector.device_wait = self.meter.device
         if self.updates is not None:
             self.updates.meter = self.meter
