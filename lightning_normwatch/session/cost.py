@@ -2,7 +2,7 @@
 
 A monitor that doubles the step time without saying so breaks the first promise of "one line to add". Logging
 every step on a small model costs NormWatch about as much as the step itself (``docs/performance.md``, where
-``benchmarks/floor.py`` shows that even four scalars per layer cost a 8 ms MLP step about 10 %); at the default
+``benchmarks/floor.py`` shows that even four scalars per layer cost an 8 ms MLP step about 10 %); at the default
 interval it costs a few percent. So the session times its own work and says what it costs:
 
 - on the training thread: the session's step methods, the forward hooks and the optimizer hooks (sections may
@@ -16,10 +16,10 @@ interval it costs a few percent. So the session times its own work and says what
   NormWatch's training-thread share (medians over the recent steps, so a compile or a checkpoint does not count).
 
 ``cost()`` gives the figures (``Cost``); ``notice()`` gives, once, a line (logged at INFO: the WARNING level
-keeps only alerts) when NormWatch's work takes
-more than ``WARN_SHARE`` of the training time, with the interval that would bring it to ``TARGET_SHARE``; the
-end-of-fit summary ends with ``Cost.line()``. Nothing of it reaches the event files, the alerts or checkpoints:
-the figures depend on the machine and its load, and those must not.
+keeps only alerts) when NormWatch's work takes more than ``WARN_SHARE`` of the training time, with the interval
+that would bring it to ``TARGET_SHARE``; the end-of-fit summary carries ``Cost.line()`` before its rules line.
+Nothing of it reaches the event files, the alerts or checkpoints: the figures depend on the machine and its load,
+and those must not.
 
 Example:
     >>> clock = iter([0.0, 0.0, 0.004, 0.010, 0.010, 0.0105, 0.020]).__next__
