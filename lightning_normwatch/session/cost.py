@@ -8,8 +8,9 @@ interval it costs a few percent. So the session times its own work and says what
 - on the training thread: the session's step methods, the forward hooks and the optimizer hooks (sections may
   nest: a compiled model's replay runs the hooks inside ``before_backward``; only the outermost counts), minus
   the time spent waiting for the worker (its job is counted on the worker) and, on a GPU, the logging step's
-  first host synchronisation, which waits for the step's queued kernels (counted as training: the device was
-  running the forward and backward);
+  host synchronisations (the loss flag and the one transfer), which wait for the step's queued kernels (counted
+  as training: the device was running the forward and backward; the measurement kernels queued just before the
+  transfer count as training too, so on a GPU the figure reads somewhat low);
 - on the worker thread: each logging step's job (judging and writing), in the thread's CPU time (its waits for
   the GIL while the training thread runs are not its cost);
 - per global step, its wall time from one step's start to the next: the training's own step time is that minus
@@ -80,10 +81,14 @@ class Cost:
     interval: int
     logging_steps: int
 
+    @property
+    def _other(self) -> float:
+        """``other_ms``, 0 when no other step was measured (every step logged: they do not occur)."""
+        return 0.0 if math.isnan(self.other_ms) else self.other_ms
+
     def share_at(self, interval: int) -> float:
         """NormWatch's work as a share of the training time when logging every ``interval`` steps."""
-        other = 0.0 if math.isnan(self.other_ms) else self.other_ms
-        return (self.logging_ms + (interval - 1) * other) / (interval * self.step_ms)
+        return (self.logging_ms + (interval - 1) * self._other) / (interval * self.step_ms)
 
     @property
     def share(self) -> float:
@@ -93,11 +98,10 @@ class Cost:
     def interval_for(self, share: float = TARGET_SHARE) -> int | None:
         """The shortest logging interval at which NormWatch's work stays under ``share`` of the training time;
         None when its work on the other steps alone is above it."""
-        other = 0.0 if math.isnan(self.other_ms) else self.other_ms
-        budget = share * self.step_ms - other
+        budget = share * self.step_ms - self._other
         if budget <= 0:
             return None
-        return max(1, math.ceil((self.logging_ms - other) / budget))
+        return max(1, math.ceil((self.logging_ms - self._other) / budget))
 
     def line(self) -> str:
         """One line for the end-of-fit summary."""
@@ -115,7 +119,7 @@ class Cost:
         other steps alone cost more than half of that, to twice what they cost (the least at any interval)."""
         if self.share <= WARN_SHARE:
             return ""
-        least = 0.0 if math.isnan(self.other_ms) else self.other_ms / self.step_ms
+        least = self._other / self.step_ms
         better = self.interval_for(max(TARGET_SHARE, 2 * least)) or 1
         advice = f"; every_n_steps={better} would bring it to about {_percent(self.share_at(better))}"
         if 2 * least <= TARGET_SHARE:
@@ -191,8 +195,8 @@ class CostMeter:
 
     def device(self, seconds: float) -> None:
         """The training thread waited ``seconds`` inside a section for the device (a GPU) to finish the work queued
-        before it, the training's forward and backward first: training's time, not NormWatch's (the first host
-        synchronisation of a logging step: the loss flag or the one transfer)."""
+        before it, the training's forward and backward first: training's time, not NormWatch's (a logging step's
+        host synchronisations: the loss flag and the one transfer)."""
         if self._depth:
             self._device += seconds
 

@@ -108,8 +108,8 @@ def take(session: Session, step: int) -> Taken:
 
 
 def _device_read(session: Session, flag: Tensor) -> bool:
-    """``bool(flag)``: on a GPU the logging step's first host synchronisation, which waits for the kernels queued
-    before it (the training's): that wait is told to the cost meter as the device's."""
+    """``bool(flag)``: on a GPU a host synchronisation, which waits for the kernels queued before it (the
+    training's): that wait is told to the cost meter as the device's (as the collector does for the transfer)."""
     if flag.device.type == "cpu":
         return bool(flag)
     started = time.perf_counter()

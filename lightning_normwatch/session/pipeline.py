@@ -29,10 +29,10 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 from ..judge.alerts import NormWatchAlertError
 from ..output import console
+from .cost import CostMeter
 
 __all__ = ["Pipeline", "THREAD_NAME"]
 
@@ -52,14 +52,15 @@ class Pipeline:
             longer than one step, else sync (measured in ``docs/pipeline.md``: with every step logged there are
             no steps in between to overlap, and the worker only competes with training for the GIL).
         interval: the logging interval in steps.
+        meter: told the worker's job time and the training thread's waits for it (``cost.py``), if given.
     """
 
-    def __init__(self, mode: str = "thread", interval: int = 2) -> None:
+    def __init__(self, mode: str = "thread", interval: int = 2, meter: CostMeter | None = None) -> None:
         self.mode = mode if mode != "auto" else "thread" if interval > 1 else "sync"
         self.failed = False  # a job failed on the worker: the synchronous path runs the rest of the run
         self.error: NormWatchAlertError | None = None  # raised by the next raise_pending (training thread)
         self._thread: threading.Thread | None = None
-        self.meter: Any = None  # a ``CostMeter``: the worker's job time, the training thread's waits
+        self.meter = meter
 
     @property
     def alive(self) -> bool:
@@ -82,12 +83,10 @@ class Pipeline:
         """Wait until the job submitted has run (no-op on the worker itself or with no job)."""
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
-            if self.meter is None or not thread.is_alive():
-                thread.join()
-                return
             started = time.perf_counter()
             thread.join()
-            self.meter.waited(time.perf_counter() - started)
+            if self.meter is not None:
+                self.meter.waited(time.perf_counter() - started)
 
     def boundary(self, wait: bool) -> None:
         """At a step boundary: raise what a job recorded; ``wait`` (``on_alert="raise"``): wait for the judging

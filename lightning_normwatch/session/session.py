@@ -101,8 +101,7 @@ class Session:
         self.panels: Any = None
         self.exchange: Exchange | None = None
         self.guard = Guard()  # sink failures: one error line (rate-limited), never an exception into training
-        self.pipeline = Pipeline(config.pipeline, self.interval)  # judging and writing of logging steps
-        self.pipeline.meter = self.meter
+        self.pipeline = Pipeline(config.pipeline, self.interval, self.meter)  # judging and writing of logging steps
         self.outbox: deque[tuple[Any, dict[str, float], int]] = deque()  # logger rows the worker left (judging.py)
 
     def _resolved(self, config: SessionConfig) -> SessionConfig:
@@ -178,12 +177,11 @@ class Session:
         config = self.config
         self.pipeline.close()  # the previous run's judging finishes first
         self.interval = config.interval(trainer_interval)
-        self.pipeline = Pipeline(config.pipeline, self.interval)
         total = total_steps if total_steps is not None else config.total_steps
         self.windows = plan_windows(total, self.interval, config.warmup_steps, config.reference_steps)
         self.earlier_alerts += self.evaluator.alerts
         self._fresh(replace(self._resolved(config), world_size=max(1, world_size)))
-        self.pipeline.meter = self.meter
+        self.pipeline = Pipeline(config.pipeline, self.interval, self.meter)
         self.loggers, self.panels, self.is_global_zero = list(loggers), panels, is_global_zero
         self.exchange = Exchange.for_process_group(self.collector, world_size, device)
         names = self.collector.attach(model, self.modules, self.exclude)
